@@ -1,0 +1,30 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates or updates the local
+# virtual environment .venv; the stamp file makes a second run skip the install unless
+# pyproject.toml or the lock file changed.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+EXTRAS ?= cpu,server,dev
+
+.PHONY: demo test lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml deploy/constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -c deploy/constraints.txt -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ptystream demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -ra
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ptystream tests benchmarks
+	$(VENV)/bin/ruff format --check ptystream tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo-output

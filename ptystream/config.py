@@ -1,0 +1,247 @@
+"""Instrument profiles: one validated, documented pydantic model, parsed once at the edge.
+
+A profile is YAML under ``profiles/``. Unknown keys are errors (a typo must never be silently
+ignored at a beamline). Units are in the field names.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ptystream.types import Geometry
+
+__all__ = [
+    "EngineSettings",
+    "InstrumentSettings",
+    "Profile",
+    "ProfileError",
+    "PublishSettings",
+    "SimSettings",
+    "load_profile",
+    "profile_search_path",
+]
+
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+#: h*c in eV*m, to turn photon energy into wavelength.
+HC_EV_M = 1.239841984e-6
+
+
+class ProfileError(ValueError):
+    """A profile could not be found or does not validate; the message names the problem."""
+
+
+class InstrumentSettings(BaseModel):
+    """What the beamline knows: detector, motors, geometry."""
+
+    model_config = _STRICT
+
+    detector_key: str = "det_image"
+    """Event data key holding the diffraction frame."""
+    x_motor: str = "sx"
+    """Event data key of the horizontal sample-stage readback."""
+    y_motor: str = "sy"
+    """Event data key of the vertical sample-stage readback."""
+    motor_units_m: float = Field(1e-6, gt=0)
+    """Metres per motor unit (1e-6 when the motors are in micrometres)."""
+    energy_eV: float = Field(gt=0)
+    """Photon energy in eV."""
+    distance_m: float = Field(gt=0)
+    """Sample-to-detector distance in metres."""
+    detector_pixel_size_m: float = Field(gt=0)
+    """Detector pixel pitch in metres."""
+    frame_px: int = Field(gt=0)
+    """Side of the square diffraction frame in pixels (after any cropping by the detector)."""
+    read_noise_counts: float = Field(0.0, ge=0)
+    """Gaussian read-noise sigma in counts; enters the variance-stabilised loss."""
+    saturation_counts: float | None = Field(None, gt=0)
+    """Counts at which a pixel saturates; None when the detector does not saturate."""
+    probe_defocus_m: float = 0.0
+    """Nominal focus-to-sample distance in metres, used to build the initial probe."""
+
+    @property
+    def wavelength_m(self) -> float:
+        return HC_EV_M / self.energy_eV
+
+    def geometry(self) -> Geometry:
+        return Geometry(
+            wavelength_m=self.wavelength_m,
+            distance_m=self.distance_m,
+            detector_pixel_size_m=self.detector_pixel_size_m,
+            frame_px=self.frame_px,
+        )
+
+
+class LossKind(StrEnum):
+    AMPLITUDE = "amplitude"
+    """Variance-stabilised amplitude misfit (generalised Anscombe), robust to Poisson + read noise."""
+
+
+class EngineSettings(BaseModel):
+    """How the AD engine reconstructs."""
+
+    model_config = _STRICT
+
+    loss: LossKind = LossKind.AMPLITUDE
+    """Misfit between measured and predicted intensities."""
+    batch_size: int = Field(16, gt=0)
+    """Frames per optimiser step (a fixed shape, padded with a validity mask)."""
+    object_learning_rate: float = Field(0.1, gt=0)
+    """Adam learning rate of the object's real and imaginary parts (data normalised to max 1)."""
+    probe_learning_rate: float = Field(0.02, ge=0)
+    """Adam learning rate of the probe; 0 keeps the probe fixed."""
+    probe_start_step: int = Field(0, ge=0)
+    """Optimiser steps before the probe starts to move."""
+    steps_per_arrival: int = Field(4, gt=0)
+    """Optimiser steps after each arrival of new frames (new frames plus a sample of old ones)."""
+    final_epochs: int = Field(30, ge=0)
+    """Passes over all frames after the scan stops, before the final result is published."""
+    subpixel: bool = True
+    """Shift the probe by the fractional part of each position (Fourier shift)."""
+    jit_compile: bool = True
+    """Compile the step with XLA (faster per step; about 2 s to compile per shape)."""
+    canvas_margin_px: int = Field(8, ge=0)
+    """Object pixels added around the planned scan extent plus one probe."""
+    seed: int = 0
+    """Seed of the engine's random generator (mini-batch sampling)."""
+    tf_threads: int = Field(1, gt=0)
+    """TensorFlow intra- and inter-op threads; 1 leaves a core for ingest and publishing."""
+
+
+class PublishSettings(BaseModel):
+    """How results reach Tiled."""
+
+    model_config = _STRICT
+
+    cadence_s: float = Field(1.0, gt=0)
+    """At most one live publication per this many seconds."""
+    raw_batch_size: int = Field(50, gt=0)
+    """Events per write of bluesky's TiledWriter (the raw scan); larger means fewer, bigger writes."""
+
+
+class ProbeKind(StrEnum):
+    FOCUSED = "focused"
+    PINHOLE = "pinhole"
+
+
+class TrajectoryKind(StrEnum):
+    FERMAT = "fermat"
+    RINGS = "rings"
+    RASTER = "raster"
+
+
+class SimSettings(BaseModel):
+    """The simulated sample, probe, scan and detector (demo and test profiles only)."""
+
+    model_config = _STRICT
+
+    object_px: int = Field(256, gt=0)
+    """Side of the square ground-truth object in pixels."""
+    amplitude_range: tuple[float, float] = (0.3, 1.0)
+    """Minimum and maximum transmission amplitude of the object."""
+    phase_range_rad: tuple[float, float] = (-1.2, 1.2)
+    """Minimum and maximum phase of the object in radians."""
+    probe: ProbeKind = ProbeKind.FOCUSED
+    """Focused beam with defocus, or a pinhole propagated to the sample."""
+    convergence_semi_angle_rad: float = Field(5e-4, gt=0)
+    """Focused probe: semi-angle of the focusing optic's pupil in radians."""
+    defocus_m: float = 2e-3
+    """Focused probe: focus-to-sample distance in metres (the true one)."""
+    pinhole_diameter_m: float = Field(2e-6, gt=0)
+    """Pinhole probe: pinhole diameter in metres."""
+    pinhole_distance_m: float = Field(1e-3, ge=0)
+    """Pinhole probe: pinhole-to-sample distance in metres."""
+    trajectory: TrajectoryKind = TrajectoryKind.FERMAT
+    """Shape of the scan."""
+    n_points: int = Field(100, gt=0)
+    """Number of scan points."""
+    overlap: float = Field(0.7, ge=0.0, lt=1.0)
+    """Linear overlap of neighbouring probe footprints, 1 - step / probe diameter."""
+    jitter_fraction: float = Field(0.1, ge=0.0)
+    """Raster only: random position error as a fraction of the step."""
+    photons_per_frame: float | None = Field(1e6, gt=0)
+    """Mean total counts per frame; None for noise-free frames."""
+    exposure_s: float = Field(0.0, ge=0)
+    """Detector exposure per point in seconds (the scan's pace)."""
+    seed: int = 0
+    """Seed of the simulation's random generator (positions, noise)."""
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> SimSettings:
+        for name in ("amplitude_range", "phase_range_rad"):
+            lo, hi = getattr(self, name)
+            if not lo <= hi:
+                raise ValueError(f"{name} must be (min, max), got {(lo, hi)}")
+        if self.amplitude_range[0] < 0:
+            raise ValueError("amplitude_range must be non-negative")
+        return self
+
+
+class Profile(BaseModel):
+    """A validated instrument profile."""
+
+    model_config = _STRICT
+
+    name: str
+    """Profile name, recorded in the start document and in published metadata."""
+    instrument: InstrumentSettings
+    engine: EngineSettings = EngineSettings()
+    publish: PublishSettings = PublishSettings()
+    sim: SimSettings | None = None
+    """Present only for simulated instruments (demo, tests)."""
+
+    @model_validator(mode="after")
+    def _object_covers_probe(self) -> Profile:
+        if self.sim is not None and self.sim.object_px < self.instrument.frame_px:
+            raise ValueError(
+                f"sim.object_px ({self.sim.object_px}) is smaller than instrument.frame_px "
+                f"({self.instrument.frame_px})"
+            )
+        if not math.isfinite(self.instrument.distance_m):
+            raise ValueError("instrument.distance_m must be finite for the far-field model")
+        return self
+
+
+def profile_search_path() -> list[Path]:
+    """Directories searched for ``<name>.yaml``: ./profiles, then the checkout's profiles/."""
+    here = Path(__file__).resolve().parent.parent / "profiles"
+    return [Path.cwd() / "profiles", here]
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load and validate a profile from a YAML path or a name on :func:`profile_search_path`.
+
+    Raises
+    ------
+    ProfileError
+        When the file is missing, is not YAML, or does not validate (the message lists each
+        offending key, including unknown ones).
+    """
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        candidates = [d / f"{name_or_path}.yaml" for d in profile_search_path()]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            searched = ", ".join(str(p) for p in candidates)
+            raise ProfileError(f"profile {name_or_path!r} not found (searched {searched})")
+        path = found
+    elif not path.is_file():
+        raise ProfileError(f"profile file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"profile {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProfileError(f"profile {path} must be a mapping, got {type(data).__name__}")
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ProfileError(f"profile {path} is invalid: {problems}") from exc

@@ -1,0 +1,78 @@
+"""Reconstruction engines: the only package that imports TensorFlow.
+
+Importing this package is cheap; TensorFlow is imported by :func:`make_engine` and
+:func:`configure_tensorflow`. Engines never see documents, run uids or Tiled: they take frames,
+positions and a :class:`~ptystream.types.Geometry`, and return numpy
+:class:`~ptystream.types.Estimate` objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+
+from ptystream.config import EngineSettings
+from ptystream.types import Estimate, Geometry, ScanPlan
+
+__all__ = ["Engine", "configure_tensorflow", "make_engine"]
+
+logger = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the pipeline needs of a streaming reconstruction engine."""
+
+    @property
+    def n_frames(self) -> int: ...
+
+    def warm_up(self) -> None:
+        """Compile for the current shapes, so the first real step does not stall."""
+
+    def add_frames(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
+        """Append centred diffraction frames ``(k, N, N)`` (counts) at positions ``(k, 2)`` (m)."""
+
+    def step(self, n_steps: int) -> float:
+        """Run ``n_steps`` bounded optimiser steps; return their mean loss."""
+
+    def refine(self, epochs: int) -> float:
+        """Run ``epochs`` passes over every frame seen; return the last epoch's mean loss."""
+
+    def estimate(self, *, final: bool = False) -> Estimate:
+        """Snapshot the current object and probe as numpy arrays."""
+
+
+def configure_tensorflow(threads: int) -> None:
+    """Import TensorFlow and pin its thread pools (call before the first TensorFlow op).
+
+    One intra-op thread leaves the other core of a 2-core machine to ingest and publishing;
+    TensorFlow used one core for this workload whatever the setting (ENGINE_NOTES).
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        logger.debug("TensorFlow already initialised; thread pools left as they are")
+
+
+def make_engine(
+    geometry: Geometry,
+    settings: EngineSettings,
+    *,
+    plan: ScanPlan | None = None,
+    read_noise_counts: float = 0.0,
+    probe_defocus_m: float = 0.0,
+) -> Engine:
+    """Build the AD engine for one run (imports TensorFlow)."""
+    from ptystream.engine.ad import ADEngine
+
+    return ADEngine(
+        geometry,
+        settings,
+        plan=plan or ScanPlan(),
+        read_noise_counts=read_noise_counts,
+        probe_defocus_m=probe_defocus_m,
+    )

@@ -1,0 +1,377 @@
+"""The automatic-differentiation engine: streaming, warm-started, fixed batch shape.
+
+The object and probe are float32 real and imaginary ``tf.Variable`` pairs (never complex
+variables: Keras' Adam squares complex gradients as g^2, not |g|^2). They are updated by an Adam
+written here rather than ``keras.optimizers.Adam`` because the engine needs to own the optimiser
+state: the object canvas grows mid-scan (state padded, nothing lost), and a pixel first lit late
+in the scan needs its own bias correction (a per-pixel step count; ENGINE_NOTES "Streaming").
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from ptystream import optics
+from ptystream.config import EngineSettings
+from ptystream.engine import forward
+from ptystream.types import Estimate, Geometry, ScanPlan
+
+__all__ = ["ADEngine"]
+
+logger = logging.getLogger(__name__)
+
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+_GROW_CHUNK_PX = 64
+_DEFAULT_CAPACITY = 256
+
+
+@dataclass
+class _Canvas:
+    """Object canvas: ``shape`` in pixels, ``origin_m`` = stage position of pixel [0, 0]."""
+
+    shape: tuple[int, int]
+    origin_m: np.ndarray
+
+
+class _Adam:
+    """Adam state for one real variable, with a per-element step count (lazy, sparse-aware).
+
+    Elements whose gradient is exactly zero (outside every probe window of the batch) keep their
+    value and their moments, so a pixel's bias correction counts only the steps that touched it.
+    """
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.m = tf.Variable(tf.zeros(shape), trainable=False)
+        self.v = tf.Variable(tf.zeros(shape), trainable=False)
+
+    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.m.numpy(), self.v.numpy()
+
+
+def _adam_update(var, grad, state: _Adam, count, touched, lr) -> None:
+    m = state.m.assign(tf.where(touched, _BETA1 * state.m + (1 - _BETA1) * grad, state.m))
+    v = state.v.assign(tf.where(touched, _BETA2 * state.v + (1 - _BETA2) * grad**2, state.v))
+    t = tf.maximum(count, 1.0)
+    m_hat = m / (1.0 - _BETA1**t)
+    v_hat = v / (1.0 - _BETA2**t)
+    var.assign_sub(tf.where(touched, lr * m_hat / (tf.sqrt(v_hat) + _EPS), 0.0))
+
+
+class ADEngine:
+    """Far-field AD ptychography that accepts frames at any time and keeps its state.
+
+    Parameters
+    ----------
+    geometry : wavelength, distance, detector pixel and frame size.
+    settings : the profile's engine settings (batch size, learning rates, ...).
+    plan : planned number of points and position extent; sizes the canvas and frame buffer so
+        that a normal scan never recompiles. Unknown values are grown into.
+    read_noise_counts : Gaussian read noise in counts (enters the loss's variance offset).
+    probe_defocus_m : nominal defocus used to build the initial probe from the mean pattern.
+
+    Notes
+    -----
+    Each :meth:`step` takes the oldest frames not yet visited plus a random sample of earlier
+    ones, up to ``settings.batch_size``; the batch shape never changes, so arriving frames never
+    retrace. Data are normalised by the maximum of the first frames received.
+    """
+
+    def __init__(
+        self,
+        geometry: Geometry,
+        settings: EngineSettings,
+        *,
+        plan: ScanPlan,
+        read_noise_counts: float = 0.0,
+        probe_defocus_m: float = 0.0,
+    ):
+        self.geometry = geometry
+        self.settings = settings
+        self._n = geometry.frame_px
+        self._dx = geometry.object_pixel_size_m
+        self._noise_offset_counts = 0.375 + read_noise_counts**2
+        self._probe_defocus_m = probe_defocus_m
+        self._rng = np.random.default_rng(settings.seed)
+        self._scale: float | None = None
+        self._n_frames = 0
+        self._pending: collections.deque[int] = collections.deque()
+        self._positions_m = np.zeros((0, 2))
+        self._loss: list[tuple[int, float]] = []
+        self._iteration = 0
+
+        capacity = max(plan.n_points or _DEFAULT_CAPACITY, settings.batch_size)
+        self._canvas = self._plan_canvas(plan)
+        h, w = self._canvas.shape if self._canvas else (self._n, self._n)
+        self._obj_re = tf.Variable(tf.ones((h, w)))
+        self._obj_im = tf.Variable(tf.zeros((h, w)))
+        self._obj_count = tf.Variable(tf.zeros((h, w)), trainable=False)
+        self._obj_adam = (_Adam((h, w)), _Adam((h, w)))
+        self._probe_re = tf.Variable(tf.zeros((self._n, self._n)))
+        self._probe_im = tf.Variable(tf.zeros((self._n, self._n)))
+        self._probe_count = tf.Variable(0.0, trainable=False)
+        self._probe_adam = (_Adam((self._n, self._n)), _Adam((self._n, self._n)))
+        self._offset = tf.Variable(1.0, trainable=False)
+        self._frames = tf.Variable(tf.zeros((capacity, self._n, self._n)), trainable=False)
+        self._top_left = tf.Variable(tf.zeros((capacity, 2), tf.int32), trainable=False)
+        self._frac = tf.Variable(tf.zeros((capacity, 2)), trainable=False)
+        self._step_fn = self._compile()
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def n_frames(self) -> int:
+        return self._n_frames
+
+    @property
+    def iteration(self) -> int:
+        return self._iteration
+
+    def warm_up(self) -> None:
+        """Compile the step for the current shapes with an all-padding batch (changes nothing)."""
+        b = self.settings.batch_size
+        self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), tf.constant(0.0))
+
+    def add_frames(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
+        """Append ``patterns`` ``(k, N, N)`` (centred, counts) taken at ``positions_m`` ``(k, 2)``.
+
+        Raises ValueError on a wrong shape or non-finite input (the pipeline filters these first).
+        """
+        patterns = np.asarray(patterns, dtype=np.float32)
+        positions_m = np.asarray(positions_m, dtype=np.float64).reshape(-1, 2)
+        if patterns.ndim != 3 or patterns.shape[1:] != (self._n, self._n):
+            raise ValueError(f"frames must be (k, {self._n}, {self._n}), got {patterns.shape}")
+        if len(patterns) != len(positions_m):
+            raise ValueError(f"{len(patterns)} frames but {len(positions_m)} positions")
+        if not (np.isfinite(patterns).all() and np.isfinite(positions_m).all()):
+            raise ValueError("frames and positions must be finite")
+        k = len(patterns)
+        if k == 0:
+            return
+        if self._scale is None:
+            self._initialise_from(patterns, positions_m)
+        self._ensure_canvas(positions_m)
+        self._ensure_capacity(self._n_frames + k)
+        top_left, frac = self._corners(positions_m)
+        sl = slice(self._n_frames, self._n_frames + k)
+        self._frames[sl].assign(np.fft.ifftshift(patterns / self._scale, axes=(-2, -1)))
+        self._top_left[sl].assign(top_left)
+        self._frac[sl].assign(frac)
+        self._positions_m = np.concatenate([self._positions_m, positions_m])
+        self._pending.extend(range(self._n_frames, self._n_frames + k))
+        self._n_frames += k
+
+    def step(self, n_steps: int = 1) -> float:
+        """Run ``n_steps`` steps on new frames plus a random sample of earlier ones."""
+        if self._n_frames == 0:
+            return float("nan")
+        losses = [self._run_batch(*self._next_batch()) for _ in range(n_steps)]
+        return float(np.mean(losses))
+
+    def refine(self, epochs: int) -> float:
+        """``epochs`` passes over all frames in random order; returns the last pass's mean loss."""
+        self._pending.clear()
+        b = self.settings.batch_size
+        loss = float("nan")
+        for _ in range(epochs):
+            order = self._rng.permutation(self._n_frames)
+            losses = []
+            for start in range(0, len(order), b):
+                chosen = order[start : start + b]
+                idx = np.zeros(b, np.int32)
+                idx[: len(chosen)] = chosen
+                valid = np.zeros(b, np.float32)
+                valid[: len(chosen)] = 1.0
+                losses.append(self._run_batch(idx, valid))
+            loss = float(np.mean(losses))
+        return loss
+
+    def estimate(self, *, final: bool = False) -> Estimate:
+        """Numpy snapshot of the current state."""
+        obj = (self._obj_re.numpy() + 1j * self._obj_im.numpy()).astype(np.complex64)
+        probe = (self._probe_re.numpy() + 1j * self._probe_im.numpy()).astype(np.complex64)
+        origin = self._canvas.origin_m if self._canvas else np.zeros(2)
+        return Estimate(
+            object=obj,
+            probe=probe,
+            object_origin_m=(float(origin[0]), float(origin[1])),
+            pixel_size_m=self._dx,
+            positions_m=self._positions_m.copy(),
+            illumination=self._illumination(probe, obj.shape),
+            iteration=self._iteration,
+            n_frames=self._n_frames,
+            loss=np.asarray(self._loss, dtype=np.float64).reshape(-1, 2),
+            final=final,
+        )
+
+    # -- compiled step ---------------------------------------------------------------------
+
+    def _compile(self):
+        n = self._n
+        settings = self.settings
+        obj_vars = (self._obj_re, self._obj_im)
+        probe_vars = (self._probe_re, self._probe_im)
+
+        def train_step(idx, valid, probe_lr):
+            with tf.GradientTape() as tape:
+                obj = tf.complex(*obj_vars)
+                probe = tf.complex(*probe_vars)
+                top_left = tf.gather(self._top_left, idx)
+                patches = forward.extract_patches(obj, top_left, n)
+                if settings.subpixel:
+                    probes = forward.shifted_probes(probe, tf.gather(self._frac, idx))
+                else:
+                    probes = probe[None]
+                predicted = forward.farfield_intensity(patches * probes)
+                measured = tf.gather(self._frames, idx)
+                loss = forward.amplitude_loss(predicted, measured, self._offset, valid)
+            g_obj_re, g_obj_im, g_pr, g_pi = tape.gradient(loss, [*obj_vars, *probe_vars])
+            touched = tf.logical_or(g_obj_re != 0.0, g_obj_im != 0.0)
+            count = self._obj_count.assign_add(tf.cast(touched, tf.float32))
+            lr = settings.object_learning_rate
+            _adam_update(self._obj_re, g_obj_re, self._obj_adam[0], count, touched, lr)
+            _adam_update(self._obj_im, g_obj_im, self._obj_adam[1], count, touched, lr)
+            active = probe_lr > 0.0
+            p_count = self._probe_count.assign_add(tf.cast(active, tf.float32))
+            every = tf.fill([n, n], active)
+            _adam_update(self._probe_re, g_pr, self._probe_adam[0], p_count, every, probe_lr)
+            _adam_update(self._probe_im, g_pi, self._probe_adam[1], p_count, every, probe_lr)
+            return loss
+
+        b = settings.batch_size
+        signature = [
+            tf.TensorSpec((b,), tf.int32),
+            tf.TensorSpec((b,), tf.float32),
+            tf.TensorSpec((), tf.float32),
+        ]
+        return tf.function(train_step, input_signature=signature, jit_compile=settings.jit_compile)
+
+    def _run_batch(self, idx: np.ndarray, valid: np.ndarray) -> float:
+        s = self.settings
+        probe_lr = s.probe_learning_rate if self._iteration >= s.probe_start_step else 0.0
+        loss = float(self._step_fn(tf.constant(idx), tf.constant(valid), tf.constant(probe_lr)))
+        self._iteration += 1
+        self._loss.append((self._iteration, loss))
+        return loss
+
+    def _next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        b = self.settings.batch_size
+        chosen = [self._pending.popleft() for _ in range(min(b, len(self._pending)))]
+        room = min(b - len(chosen), self._n_frames - len(chosen))
+        if room > 0:
+            others = np.setdiff1d(np.arange(self._n_frames), chosen, assume_unique=True)
+            chosen.extend(self._rng.choice(others, size=room, replace=False).tolist())
+        idx = np.zeros(b, np.int32)
+        idx[: len(chosen)] = chosen
+        valid = np.zeros(b, np.float32)
+        valid[: len(chosen)] = 1.0
+        return idx, valid
+
+    # -- state management ------------------------------------------------------------------
+
+    def _initialise_from(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
+        """Normalise by the first frames' maximum and build the initial probe from their mean."""
+        self._scale = float(max(patterns.max(), 1e-12))
+        self._offset.assign(self._noise_offset_counts / self._scale)
+        probe = optics.initial_probe_from_patterns(
+            patterns.mean(axis=0) / self._scale,
+            self._dx,
+            self.geometry.wavelength_m,
+            self._probe_defocus_m,
+        )
+        self._probe_re.assign(probe.real)
+        self._probe_im.assign(probe.imag)
+        if self._canvas is None:
+            lo, hi = positions_m.min(axis=0), positions_m.max(axis=0)
+            self._canvas = self._canvas_for(lo, hi)
+            self._resize_object(self._canvas.shape, (0, 0))
+
+    def _plan_canvas(self, plan: ScanPlan) -> _Canvas | None:
+        if plan.extent_m is None:
+            return None
+        (y0, y1), (x0, x1) = plan.extent_m
+        return self._canvas_for(np.array([y0, x0]), np.array([y1, x1]))
+
+    def _canvas_for(self, lo_m: np.ndarray, hi_m: np.ndarray) -> _Canvas:
+        """Canvas holding every probe window for positions in [lo_m, hi_m], plus the margin."""
+        pad = self._n / 2 + self.settings.canvas_margin_px + 1
+        lo_px = np.floor(lo_m / self._dx - pad)
+        hi_px = np.ceil(hi_m / self._dx + pad)
+        shape = tuple(int(v) for v in hi_px - lo_px)
+        return _Canvas(shape=(shape[0], shape[1]), origin_m=lo_px * self._dx)
+
+    def _corners(self, positions_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        corner = (positions_m - self._canvas.origin_m) / self._dx - self._n / 2
+        if not self.settings.subpixel:
+            corner = np.round(corner)
+        top_left = np.floor(corner)
+        return top_left.astype(np.int32), (corner - top_left).astype(np.float32)
+
+    def _ensure_canvas(self, positions_m: np.ndarray) -> None:
+        """Grow the canvas (in chunks of at least 64 px) so every probe window fits."""
+        top_left, _ = self._corners(positions_m)
+        h, w = self._canvas.shape
+        need_lo = np.maximum(-top_left.min(axis=0), 0)
+        need_hi = np.maximum(top_left.max(axis=0) + self._n + 1 - np.array([h, w]), 0)
+        if not (need_lo.any() or need_hi.any()):
+            return
+        grow_lo = np.where(need_lo > 0, np.maximum(need_lo, _GROW_CHUNK_PX), 0).astype(int)
+        grow_hi = np.where(need_hi > 0, np.maximum(need_hi, _GROW_CHUNK_PX), 0).astype(int)
+        new_shape = (h + grow_lo[0] + grow_hi[0], w + grow_lo[1] + grow_hi[1])
+        logger.info("growing the object canvas from %s to %s px", (h, w), new_shape)
+        self._canvas = _Canvas(new_shape, self._canvas.origin_m - grow_lo * self._dx)
+        self._resize_object(new_shape, (int(grow_lo[0]), int(grow_lo[1])))
+        self._top_left.assign_add(
+            tf.broadcast_to(tf.constant(grow_lo, tf.int32), self._top_left.shape)
+        )
+
+    def _resize_object(self, shape: tuple[int, int], offset: tuple[int, int]) -> None:
+        """Re-allocate object-shaped variables at ``shape``, old content placed at ``offset``."""
+
+        def moved(var: tf.Variable, fill: float) -> tf.Variable:
+            old = var.numpy()
+            new = np.full(shape, fill, np.float32)
+            oy, ox = offset
+            hy, hx = min(old.shape[0], shape[0] - oy), min(old.shape[1], shape[1] - ox)
+            new[oy : oy + hy, ox : ox + hx] = old[:hy, :hx]
+            return tf.Variable(new, trainable=var.trainable)
+
+        self._obj_re = moved(self._obj_re, 1.0)
+        self._obj_im = moved(self._obj_im, 0.0)
+        self._obj_count = moved(self._obj_count, 0.0)
+        for adam in self._obj_adam:
+            adam.m = moved(adam.m, 0.0)
+            adam.v = moved(adam.v, 0.0)
+        self._step_fn = self._compile()
+
+    def _ensure_capacity(self, needed: int) -> None:
+        capacity = self._frames.shape[0]
+        if needed <= capacity:
+            return
+        new_capacity = max(needed, 2 * capacity)
+        logger.info("growing the frame buffer from %d to %d frames", capacity, new_capacity)
+
+        def grown(var: tf.Variable) -> tf.Variable:
+            old = var.numpy()
+            new = np.zeros((new_capacity, *old.shape[1:]), old.dtype)
+            new[:capacity] = old
+            return tf.Variable(new, trainable=False)
+
+        self._frames = grown(self._frames)
+        self._top_left = grown(self._top_left)
+        self._frac = grown(self._frac)
+        self._step_fn = self._compile()
+
+    def _illumination(self, probe: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Summed probe intensity over the frames' windows (integer placement), float32."""
+        out = np.zeros(shape, np.float32)
+        if self._n_frames == 0:
+            return out
+        intensity = np.abs(probe) ** 2
+        for r, c in self._top_left[: self._n_frames].numpy():
+            out[r : r + self._n, c : c + self._n] += intensity
+        return out

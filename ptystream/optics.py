@@ -1,0 +1,132 @@
+"""Numpy optics shared by the simulator and the engine's initial guess (no TensorFlow).
+
+Conventions: orthonormal, centred FFTs (``norm="ortho"``; zero position and zero frequency both at
+index ``[N // 2, N // 2]``); fields are complex64 ``(N, N)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "angular_spectrum",
+    "defocus_transfer",
+    "fft2c",
+    "focused_probe",
+    "ifft2c",
+    "initial_probe_from_patterns",
+    "pinhole_probe",
+    "probe_diameter_m",
+    "spatial_frequencies",
+]
+
+
+def fft2c(field: np.ndarray) -> np.ndarray:
+    """Orthonormal 2-D FFT over the last two axes, centred in both spaces."""
+    axes = (-2, -1)
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(field, axes=axes), norm="ortho"), axes=axes)
+
+
+def ifft2c(spectrum: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`fft2c`."""
+    axes = (-2, -1)
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(spectrum, axes=axes), norm="ortho"), axes=axes)
+
+
+def spatial_frequencies(n: int, pixel_size_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centred spatial-frequency grids ``(fy, fx)`` in 1/m for an ``n x n`` field."""
+    f = np.fft.fftshift(np.fft.fftfreq(n, d=pixel_size_m))
+    return np.meshgrid(f, f, indexing="ij")
+
+
+def defocus_transfer(
+    n: int, pixel_size_m: float, wavelength_m: float, distance_m: float
+) -> np.ndarray:
+    """Centred paraxial (Fresnel) transfer function for propagating ``distance_m`` downstream."""
+    fy, fx = spatial_frequencies(n, pixel_size_m)
+    return np.exp(-1j * np.pi * wavelength_m * distance_m * (fx**2 + fy**2))
+
+
+def angular_spectrum(
+    field: np.ndarray, pixel_size_m: float, wavelength_m: float, distance_m: float
+) -> np.ndarray:
+    """Propagate ``field`` by ``distance_m`` with the band-limited angular-spectrum method."""
+    n = field.shape[-1]
+    fy, fx = spatial_frequencies(n, pixel_size_m)
+    arg = 1.0 / wavelength_m**2 - fx**2 - fy**2
+    kernel = np.where(
+        arg > 0, np.exp(2j * np.pi * distance_m * np.sqrt(np.maximum(arg, 0.0))), 0.0
+    )
+    kernel *= np.exp(-2j * np.pi * distance_m / wavelength_m)  # drop the constant phase
+    return ifft2c(fft2c(field) * kernel)
+
+
+def focused_probe(
+    n: int,
+    pixel_size_m: float,
+    wavelength_m: float,
+    semi_angle_rad: float,
+    defocus_m: float,
+) -> np.ndarray:
+    """A beam focused by a circular pupil of semi-angle ``semi_angle_rad``, ``defocus_m`` past focus.
+
+    Returns the complex64 probe on the sample grid, normalised to unit total intensity.
+    """
+    fy, fx = spatial_frequencies(n, pixel_size_m)
+    cutoff = semi_angle_rad / wavelength_m
+    radius = np.hypot(fy, fx) / cutoff
+    pupil = np.clip((1.0 - radius) * n / 2.0 + 0.5, 0.0, 1.0)  # anti-aliased edge
+    spectrum = pupil * defocus_transfer(n, pixel_size_m, wavelength_m, defocus_m)
+    probe = ifft2c(spectrum)
+    return (probe / np.sqrt(np.sum(np.abs(probe) ** 2))).astype(np.complex64)
+
+
+def pinhole_probe(
+    n: int,
+    pixel_size_m: float,
+    wavelength_m: float,
+    diameter_m: float,
+    distance_m: float,
+) -> np.ndarray:
+    """A plane wave through a pinhole of ``diameter_m``, propagated ``distance_m`` to the sample.
+
+    Returns the complex64 probe normalised to unit total intensity.
+    """
+    c = (np.arange(n) - n / 2) * pixel_size_m
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    r = np.hypot(yy, xx)
+    aperture = np.clip((diameter_m / 2 - r) / pixel_size_m + 0.5, 0.0, 1.0).astype(complex)
+    probe = angular_spectrum(aperture, pixel_size_m, wavelength_m, distance_m)
+    return (probe / np.sqrt(np.sum(np.abs(probe) ** 2))).astype(np.complex64)
+
+
+def probe_diameter_m(probe: np.ndarray, pixel_size_m: float, fraction: float = 0.9) -> float:
+    """Diameter in metres of the centred disc holding ``fraction`` of the probe's intensity."""
+    intensity = np.abs(probe) ** 2
+    n = probe.shape[-1]
+    total = intensity.sum()
+    yy, xx = np.indices(intensity.shape)
+    cy = (intensity * yy).sum() / total
+    cx = (intensity * xx).sum() / total
+    r = np.hypot(yy - cy, xx - cx).ravel()
+    order = np.argsort(r)
+    cumulative = np.cumsum(intensity.ravel()[order]) / total
+    radius_px = r[order][min(np.searchsorted(cumulative, fraction), n * n - 1)]
+    return float(2.0 * radius_px * pixel_size_m)
+
+
+def initial_probe_from_patterns(
+    mean_pattern: np.ndarray,
+    pixel_size_m: float,
+    wavelength_m: float,
+    defocus_m: float,
+) -> np.ndarray:
+    """Initial probe from the optics: aperture from the mean diffraction pattern, plus defocus.
+
+    ``mean_pattern`` is a centred far-field intensity (counts or normalised); the probe keeps its
+    total power, so a unit-transmission object reproduces the measured mean intensity.
+    """
+    n = mean_pattern.shape[-1]
+    amplitude = np.sqrt(np.clip(mean_pattern, 0.0, None))
+    spectrum = amplitude * defocus_transfer(n, pixel_size_m, wavelength_m, defocus_m)
+    return ifft2c(spectrum).astype(np.complex64)

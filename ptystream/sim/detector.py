@@ -1,0 +1,72 @@
+"""Far-field diffraction of the ground truth, and the detector's noise model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ptystream import optics
+from ptystream.sim.sample import GroundTruth
+
+__all__ = ["DetectorModel", "diffraction_pattern", "exit_wave"]
+
+
+def exit_wave(truth: GroundTruth, position_m: tuple[float, float]) -> np.ndarray:
+    """Probe times object for a probe centred at stage position ``position_m`` (y, x) in metres.
+
+    The object patch is taken at the integer pixel and the probe is Fourier-shifted by the
+    fractional remainder, the same convention as the engine.
+    """
+    n = truth.probe.shape[-1]
+    centre_px = (np.asarray(position_m) - np.asarray(truth.object_origin_m)) / truth.pixel_size_m
+    corner = centre_px - n / 2
+    top_left = np.floor(corner).astype(int)
+    frac = corner - top_left
+    h, w = truth.object.shape
+    if top_left.min() < 0 or top_left[0] + n > h or top_left[1] + n > w:
+        raise ValueError(f"position {position_m} m puts the probe outside the simulated object")
+    patch = truth.object[top_left[0] : top_left[0] + n, top_left[1] : top_left[1] + n]
+    f = np.fft.fftfreq(n)
+    ramp = np.exp(-2j * np.pi * (f[:, None] * frac[0] + f[None, :] * frac[1]))
+    shifted = np.fft.ifft2(np.fft.fft2(truth.probe) * ramp)
+    return patch * shifted
+
+
+def diffraction_pattern(truth: GroundTruth, position_m: tuple[float, float]) -> np.ndarray:
+    """Noise-free far-field intensity (centred, float64) for a unit-power probe."""
+    return np.abs(optics.fft2c(exit_wave(truth, position_m))) ** 2
+
+
+@dataclass
+class DetectorModel:
+    """Counts recorded by a photon-counting-like detector.
+
+    Attributes
+    ----------
+    photons_per_frame : expected total counts of a frame from a unit-transmission object; None
+        gives the noise-free intensity scaled to that flux of 1e6.
+    read_noise_counts : sigma of the additive Gaussian read noise (counts may go negative, as
+        after dark subtraction).
+    saturation_counts : counts at which a pixel clips; None for no saturation.
+    rng : the generator all noise is drawn from.
+    """
+
+    photons_per_frame: float | None
+    read_noise_counts: float
+    saturation_counts: float | None
+    rng: np.random.Generator
+
+    def record(self, intensity: np.ndarray) -> np.ndarray:
+        """Turn a unit-power intensity into detector counts (float32)."""
+        flux = self.photons_per_frame if self.photons_per_frame is not None else 1e6
+        expected = intensity * flux
+        if self.photons_per_frame is None:
+            counts = expected
+        else:
+            counts = self.rng.poisson(expected).astype(np.float64)
+            if self.read_noise_counts > 0:
+                counts += self.rng.normal(0.0, self.read_noise_counts, counts.shape)
+        if self.saturation_counts is not None:
+            counts = np.minimum(counts, self.saturation_counts)
+        return counts.astype(np.float32)

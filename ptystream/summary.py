@@ -1,0 +1,73 @@
+"""A one-page PNG summary of a reconstruction (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ptystream.types import Estimate
+
+__all__ = ["write_summary"]
+
+
+def write_summary(
+    path: str | Path,
+    estimate: Estimate,
+    *,
+    truth: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """Object amplitude and phase, probe amplitude and phase, loss against iteration.
+
+    Only pixels the probe lit (illumination above 5 % of its maximum) are shown for the object.
+    ``truth`` (on the estimate's grid) adds the ground truth's amplitude and phase for comparison.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lit = estimate.illumination > 0.05 * estimate.illumination.max()
+    rows, cols = np.nonzero(lit)
+    crop = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+
+    def masked(a: np.ndarray) -> np.ndarray:
+        return np.ma.masked_where(~lit[crop], a[crop])
+
+    obj = estimate.object * np.exp(-1j * np.angle(np.sum(estimate.object[lit])))
+    panels = [
+        ("object amplitude", masked(np.abs(obj)), "gray"),
+        ("object phase (rad)", masked(np.angle(obj)), "twilight"),
+        ("probe amplitude", np.abs(estimate.probe), "magma"),
+        ("probe phase (rad)", np.angle(estimate.probe), "twilight"),
+    ]
+    if truth is not None:
+        panels += [
+            ("true amplitude", masked(np.abs(truth)), "gray"),
+            ("true phase (rad)", masked(np.angle(truth)), "twilight"),
+        ]
+    n_cols = 4
+    n_rows = (len(panels) + 1 + n_cols - 1) // n_cols
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4 * n_cols, 3.6 * n_rows))
+    axes = axes.ravel()
+    for ax, (name, image, cmap) in zip(axes, panels, strict=False):
+        shown = ax.imshow(image, cmap=cmap)
+        ax.set_title(name)
+        ax.axis("off")
+        fig.colorbar(shown, ax=ax, fraction=0.046)
+    ax = axes[len(panels)]
+    if len(estimate.loss):
+        ax.semilogy(estimate.loss[:, 0], estimate.loss[:, 1], lw=0.6)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title("loss")
+    for ax in axes[len(panels) + 1 :]:
+        ax.axis("off")
+    fig.suptitle(title or f"{estimate.n_frames} frames, {estimate.iteration} iterations")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,142 @@
+"""Leaf vocabulary shared by every module: plain frozen dataclasses over numpy.
+
+Nothing here knows about documents, TensorFlow or Tiled. Units are SI and written in the names;
+arrays are row-major ``(y, x)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Estimate",
+    "FrameRecord",
+    "Geometry",
+    "RunStart",
+    "RunStop",
+    "ScanPlan",
+]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Far-field ptychography geometry.
+
+    Attributes
+    ----------
+    wavelength_m : X-ray wavelength in metres.
+    distance_m : sample-to-detector distance in metres.
+    detector_pixel_size_m : detector pixel pitch in metres (square pixels).
+    frame_px : side of the (square) diffraction frame in pixels.
+    """
+
+    wavelength_m: float
+    distance_m: float
+    detector_pixel_size_m: float
+    frame_px: int
+
+    @property
+    def object_pixel_size_m(self) -> float:
+        """Pixel size of the reconstructed object in metres: lambda z / (N dx) (far field)."""
+        return self.wavelength_m * self.distance_m / (self.frame_px * self.detector_pixel_size_m)
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return (self.frame_px, self.frame_px)
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """What is known about a scan before its first frame (from the start document).
+
+    Attributes
+    ----------
+    n_points : number of planned positions, or None when unknown.
+    extent_m : ``((y_min, y_max), (x_min, x_max))`` of the planned probe positions in metres,
+        or None when unknown (the engine then grows its canvas as positions arrive).
+    """
+
+    n_points: int | None = None
+    extent_m: tuple[tuple[float, float], tuple[float, float]] | None = None
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """A run accepted for reconstruction."""
+
+    run_uid: str
+    geometry: Geometry
+    plan: ScanPlan
+    scan_id: int | None = None
+    profile: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One acquisition point as parsed from a document: cheap to build on the RunEngine thread.
+
+    ``frame`` is the detector image as delivered (not yet validated); ``position_m`` is the probe
+    position on the sample ``(y, x)`` in metres, or None when it travels in another record.
+    """
+
+    run_uid: str
+    seq_num: int
+    frame: np.ndarray | None = None
+    position_m: tuple[float, float] | None = None
+    time: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunStop:
+    """The end of a run: ``exit_status`` is bluesky's ("success", "abort", "fail")."""
+
+    run_uid: str
+    exit_status: str
+    reason: str = ""
+    num_events: int | None = None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A snapshot of a reconstruction, as numpy arrays.
+
+    Attributes
+    ----------
+    object : complex64 ``(H, W)`` transmission on the object canvas.
+    probe : complex64 ``(N, N)`` illumination.
+    object_origin_m : stage position ``(y, x)`` in metres of the centre of object pixel ``[0, 0]``.
+    pixel_size_m : object pixel size in metres.
+    positions_m : ``(n, 2)`` probe positions ``(y, x)`` in metres of the frames used.
+    illumination : float32 ``(H, W)``, summed probe intensity over the positions used.
+    iteration : number of optimiser steps taken so far.
+    n_frames : number of frames the estimate has seen.
+    loss : ``(k, 2)`` float64 rows of ``(iteration, loss)``.
+    final : True for the result published at the end of a run.
+    """
+
+    object: np.ndarray
+    probe: np.ndarray
+    object_origin_m: tuple[float, float]
+    pixel_size_m: float
+    positions_m: np.ndarray
+    illumination: np.ndarray
+    iteration: int
+    n_frames: int
+    loss: np.ndarray
+    final: bool = False
+
+    @property
+    def last_loss(self) -> float:
+        return float(self.loss[-1, 1]) if len(self.loss) else float("nan")
+
+    def is_finite(self) -> bool:
+        """True when object, probe and positions are all finite (never publish otherwise)."""
+        return bool(
+            np.isfinite(self.object).all()
+            and np.isfinite(self.probe).all()
+            and np.isfinite(self.positions_m).all()
+        )
