@@ -131,7 +131,8 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a = a - a.mean()
     b = b - b.mean()
     denom = np.sqrt(np.sum(a * a) * np.sum(b * b))
-    return float(np.sum(a * b) / denom) if denom > 0 else 0.0
+    # A constant (up to rounding) correlates with nothing.
+    return float(np.sum(a * b) / denom) if denom > 1e-9 * a.size else 0.0
 
 
 def complex_correlation(
@@ -170,11 +171,13 @@ def complex_correlation(
     ramp = np.zeros(2)
     yy, xx = np.indices(est.shape)
     window = _smooth_window(mask, sigma_px=max(2.0, 0.05 * np.sqrt(mask.sum())))
-    # A ramp weakens the cross-correlation and a shift biases the ramp: alternate twice.
-    for _ in range(2 if register and remove_ramp else 1):
+    # A ramp weakens the cross-correlation and a shift biases the ramp: alternate. The window
+    # biases a large shift towards zero, so each pass registers what is left after the last.
+    for _ in range(3 if register or remove_ramp else 0):
         deramped = est * np.exp(-1j * (ramp[0] * yy + ramp[1] * xx))
         if register:
-            shift = register_shift(deramped, ref, window)
+            residual = register_shift(fourier_shift(deramped, shift), ref, window)
+            shift = (shift[0] + residual[0], shift[1] + residual[1])
         if remove_ramp:
             ramp = _fit_phase_ramp(fourier_shift(est, shift), ref, mask)
     est = fourier_shift(est, shift) * np.exp(-1j * (ramp[0] * yy + ramp[1] * xx))

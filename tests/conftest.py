@@ -1,0 +1,44 @@
+"""Shared fixtures: profiles for small simulated scans and a real embedded Tiled server."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from ptystream.config import Profile, load_profile  # noqa: E402
+
+
+def small_profile(**sim_overrides) -> Profile:
+    """The demo profile shrunk to a fast scan (no exposure time); ``sim`` fields overridable."""
+    demo = load_profile("demo")
+    sim = demo.sim.model_copy(
+        update={"object_px": 176, "n_points": 90, "exposure_s": 0.0, **sim_overrides}
+    )
+    return demo.model_copy(
+        update={
+            "name": "test",
+            "sim": sim,
+            "engine": demo.engine.model_copy(update={"final_epochs": 60}),
+            "publish": demo.publish.model_copy(update={"cadence_s": 0.2, "raw_batch_size": 10}),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def tiled_server(tmp_path_factory):
+    """A real SimpleTiledServer on 127.0.0.1, one per test module."""
+    from ptystream.server import start_embedded_server
+
+    server = start_embedded_server(tmp_path_factory.mktemp("tiled"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def tiled_client(tiled_server):
+    from tiled.client import from_uri
+
+    return from_uri(tiled_server.uri)

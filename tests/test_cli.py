@@ -1,0 +1,40 @@
+"""The ``ptystream`` command as a real subprocess."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import small_profile
+
+
+def ptystream(*args, cwd=None, timeout=600):
+    exe = Path(sys.executable).with_name("ptystream")
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    profile = small_profile(photons_per_frame=None, n_points=60, object_px=160)
+    path = tmp_path / "small.yaml"
+    path.write_text(profile.model_dump_json())  # JSON is YAML
+    out = ptystream("demo", "--profile", str(path), "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert re.search(r"Tiled: +http://127\.0\.0\.1:\d+/api/v1\?api_key=", text)
+    assert re.search(r"result: +processed/ptystream/[0-9a-f-]{36}/live/", text)
+    abs_c = float(re.search(r"\|C\| = ([0-9.]+)", text).group(1))
+    assert abs_c >= 0.95
+    png = Path(re.search(r"summary: +(\S+\.png)", text).group(1))
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "start-up" in text and "final reconstruction" in text
+
+
+def test_bad_profile_is_a_clear_error(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("name: typo\ninstrument: {energy_ev: 8000}\n")
+    out = ptystream("demo", "--profile", str(path), "--out", str(tmp_path))
+    assert out.returncode == 2
+    assert "instrument.energy_ev: Extra inputs are not permitted" in out.stderr
+    assert "Traceback" not in out.stderr
