@@ -142,7 +142,9 @@ class PtychoCallback:
         if wanted not in (None, self._profile.name):
             logger.info(
                 "run %s asks for profile %r; this process serves %r: skipped",
-                uid, wanted, self._profile.name,
+                uid,
+                wanted,
+                self._profile.name,
             )
             return [], []
         start = RunStart(

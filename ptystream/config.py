@@ -79,7 +79,8 @@ class InstrumentSettings(BaseModel):
 
 class LossKind(StrEnum):
     AMPLITUDE = "amplitude"
-    """Variance-stabilised amplitude misfit (generalised Anscombe), robust to Poisson + read noise."""
+    """Variance-stabilised amplitude misfit (generalised Anscombe): robust to Poisson and read
+    noise."""
 
 
 class EngineSettings(BaseModel):
@@ -101,6 +102,8 @@ class EngineSettings(BaseModel):
     """Optimiser steps after each arrival of new frames (new frames plus a sample of old ones)."""
     final_epochs: int = Field(30, ge=0)
     """Passes over all frames after the scan stops, before the final result is published."""
+    final_learning_rate_fraction: float = Field(0.1, gt=0, le=1)
+    """Learning rates decay (cosine) to this fraction of their values over the final passes."""
     subpixel: bool = True
     """Shift the probe by the fractional part of each position (Fourier shift)."""
     jit_compile: bool = True
@@ -121,7 +124,8 @@ class PublishSettings(BaseModel):
     cadence_s: float = Field(1.0, gt=0)
     """At most one live publication per this many seconds."""
     raw_batch_size: int = Field(50, gt=0)
-    """Events per write of bluesky's TiledWriter (the raw scan); larger means fewer, bigger writes."""
+    """Events per write of bluesky's TiledWriter (the raw scan): larger means fewer, bigger
+    writes."""
 
 
 class ProbeKind(StrEnum):

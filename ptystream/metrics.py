@@ -42,7 +42,7 @@ class Correlation:
 
 
 def fourier_shift(image: np.ndarray, shift_px: tuple[float, float]) -> np.ndarray:
-    """Circularly shift ``image`` by a sub-pixel ``(dy, dx)`` (positive moves content down/right)."""
+    """Circularly shift ``image`` by a ``(dy, dx)``; positive moves content down/right."""
     fy = np.fft.fftfreq(image.shape[0])[:, None]
     fx = np.fft.fftfreq(image.shape[1])[None, :]
     ramp = np.exp(-2j * np.pi * (fy * shift_px[0] + fx * shift_px[1]))

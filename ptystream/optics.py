@@ -30,7 +30,9 @@ def fft2c(field: np.ndarray) -> np.ndarray:
 def ifft2c(spectrum: np.ndarray) -> np.ndarray:
     """Inverse of :func:`fft2c`."""
     axes = (-2, -1)
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(spectrum, axes=axes), norm="ortho"), axes=axes)
+    return np.fft.fftshift(
+        np.fft.ifft2(np.fft.ifftshift(spectrum, axes=axes), norm="ortho"), axes=axes
+    )
 
 
 def spatial_frequencies(n: int, pixel_size_m: float) -> tuple[np.ndarray, np.ndarray]:
@@ -54,9 +56,7 @@ def angular_spectrum(
     n = field.shape[-1]
     fy, fx = spatial_frequencies(n, pixel_size_m)
     arg = 1.0 / wavelength_m**2 - fx**2 - fy**2
-    kernel = np.where(
-        arg > 0, np.exp(2j * np.pi * distance_m * np.sqrt(np.maximum(arg, 0.0))), 0.0
-    )
+    kernel = np.where(arg > 0, np.exp(2j * np.pi * distance_m * np.sqrt(np.maximum(arg, 0.0))), 0.0)
     kernel *= np.exp(-2j * np.pi * distance_m / wavelength_m)  # drop the constant phase
     return ifft2c(fft2c(field) * kernel)
 
@@ -68,7 +68,8 @@ def focused_probe(
     semi_angle_rad: float,
     defocus_m: float,
 ) -> np.ndarray:
-    """A beam focused by a circular pupil of semi-angle ``semi_angle_rad``, ``defocus_m`` past focus.
+    """A beam focused by a circular pupil of semi-angle ``semi_angle_rad``, ``defocus_m`` past
+    focus.
 
     Returns the complex64 probe on the sample grid, normalised to unit total intensity.
     """

@@ -158,21 +158,31 @@ class TiledPublisher:
         node = self._runs[run_uid]
         self.publish_live(run_uid, estimate)
         final = _child(node, "final")
-        meta = {"object_origin_m": list(estimate.object_origin_m),
-                "pixel_size_m": estimate.pixel_size_m}
+        meta = {
+            "object_origin_m": list(estimate.object_origin_m),
+            "pixel_size_m": estimate.pixel_size_m,
+        }
         self._overwrite(final, "object", estimate.object.astype(np.complex64), meta)
         self._overwrite(final, "probe", estimate.probe.astype(np.complex64))
         self._overwrite(final, "positions_m", estimate.positions_m.astype(np.float64))
         if "loss" in final:
             final.delete_contents("loss", external_only=False)
-        loss = pd.DataFrame({"iteration": estimate.loss[:, 0].astype(np.int64),
-                             "loss": estimate.loss[:, 1]})
+        loss = pd.DataFrame(
+            {"iteration": estimate.loss[:, 0].astype(np.int64), "loss": estimate.loss[:, 1]}
+        )
         final.write_table(loss, key="loss")
         timings = dict(node.metadata.get("timings", {}))
         timings["finished_at"] = _now()
         node.update_metadata(
-            _jsonable({"status": status, "timings": timings, "iterations": estimate.iteration,
-                       "frames_used": estimate.n_frames, **extra})
+            _jsonable(
+                {
+                    "status": status,
+                    "timings": timings,
+                    "iterations": estimate.iteration,
+                    "frames_used": estimate.n_frames,
+                    **extra,
+                }
+            )
         )
 
     def mark(self, run_uid: str, status: str, extra: dict[str, Any]) -> None:

@@ -134,7 +134,8 @@ class ADEngine:
     def warm_up(self) -> None:
         """Compile the step for the current shapes with an all-padding batch (changes nothing)."""
         b = self.settings.batch_size
-        self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), tf.constant(0.0))
+        zero = tf.constant(0.0)
+        self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), zero, zero)
 
     def add_frames(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
         """Append ``patterns`` ``(k, N, N)`` (centred, counts) taken at ``positions_m`` ``(k, 2)``.
@@ -173,11 +174,19 @@ class ADEngine:
         return float(np.mean(losses))
 
     def refine(self, epochs: int) -> float:
-        """``epochs`` passes over all frames in random order; returns the last pass's mean loss."""
+        """``epochs`` passes over all frames in random order; returns the last pass's mean loss.
+
+        The learning rates follow a cosine from their settings down to
+        ``settings.final_learning_rate_fraction`` of them over the passes: a constant rate leaves
+        Adam jittering around the minimum by about the rate itself.
+        """
         self._pending.clear()
         b = self.settings.batch_size
+        floor = self.settings.final_learning_rate_fraction
         loss = float("nan")
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            progress = epoch / max(epochs - 1, 1)
+            lr_scale = floor + (1.0 - floor) * 0.5 * (1.0 + np.cos(np.pi * progress))
             order = self._rng.permutation(self._n_frames)
             losses = []
             for start in range(0, len(order), b):
@@ -186,7 +195,7 @@ class ADEngine:
                 idx[: len(chosen)] = chosen
                 valid = np.zeros(b, np.float32)
                 valid[: len(chosen)] = 1.0
-                losses.append(self._run_batch(idx, valid))
+                losses.append(self._run_batch(idx, valid, lr_scale))
             loss = float(np.mean(losses))
         return loss
 
@@ -216,7 +225,7 @@ class ADEngine:
         obj_vars = (self._obj_re, self._obj_im)
         probe_vars = (self._probe_re, self._probe_im)
 
-        def train_step(idx, valid, probe_lr):
+        def train_step(idx, valid, object_lr, probe_lr):
             with tf.GradientTape() as tape:
                 obj = tf.complex(*obj_vars)
                 probe = tf.complex(*probe_vars)
@@ -232,9 +241,8 @@ class ADEngine:
             g_obj_re, g_obj_im, g_pr, g_pi = tape.gradient(loss, [*obj_vars, *probe_vars])
             touched = tf.logical_or(g_obj_re != 0.0, g_obj_im != 0.0)
             count = self._obj_count.assign_add(tf.cast(touched, tf.float32))
-            lr = settings.object_learning_rate
-            _adam_update(self._obj_re, g_obj_re, self._obj_adam[0], count, touched, lr)
-            _adam_update(self._obj_im, g_obj_im, self._obj_adam[1], count, touched, lr)
+            _adam_update(self._obj_re, g_obj_re, self._obj_adam[0], count, touched, object_lr)
+            _adam_update(self._obj_im, g_obj_im, self._obj_adam[1], count, touched, object_lr)
             active = probe_lr > 0.0
             p_count = self._probe_count.assign_add(tf.cast(active, tf.float32))
             every = tf.fill([n, n], active)
@@ -247,13 +255,21 @@ class ADEngine:
             tf.TensorSpec((b,), tf.int32),
             tf.TensorSpec((b,), tf.float32),
             tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((), tf.float32),
         ]
         return tf.function(train_step, input_signature=signature, jit_compile=settings.jit_compile)
 
-    def _run_batch(self, idx: np.ndarray, valid: np.ndarray) -> float:
+    def _run_batch(self, idx: np.ndarray, valid: np.ndarray, lr_scale: float = 1.0) -> float:
         s = self.settings
         probe_lr = s.probe_learning_rate if self._iteration >= s.probe_start_step else 0.0
-        loss = float(self._step_fn(tf.constant(idx), tf.constant(valid), tf.constant(probe_lr)))
+        loss = float(
+            self._step_fn(
+                tf.constant(idx),
+                tf.constant(valid),
+                tf.constant(lr_scale * s.object_learning_rate, tf.float32),
+                tf.constant(lr_scale * probe_lr, tf.float32),
+            )
+        )
         self._iteration += 1
         self._loss.append((self._iteration, loss))
         return loss

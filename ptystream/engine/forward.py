@@ -27,12 +27,19 @@ def extract_patches(obj: tf.Tensor, top_left: tf.Tensor, n: int) -> tf.Tensor:
 
 
 def shifted_probes(probe: tf.Tensor, frac_px: tf.Tensor) -> tf.Tensor:
-    """The probe moved by sub-pixel offsets ``frac_px`` ``(B, 2)`` (Fourier shift): ``(B, n, n)``."""
+    """The probe moved by sub-pixel offsets ``frac_px`` ``(B, 2)`` by a Fourier shift.
+
+    Returns ``(B, n, n)`` complex64.
+    """
     n = probe.shape[-1]
     freq = tf.constant(np.fft.fftfreq(n), tf.float32)
-    phase = -2.0 * np.pi * (
-        frac_px[:, 0, None, None] * freq[None, :, None]
-        + frac_px[:, 1, None, None] * freq[None, None, :]
+    phase = (
+        -2.0
+        * np.pi
+        * (
+            frac_px[:, 0, None, None] * freq[None, :, None]
+            + frac_px[:, 1, None, None] * freq[None, None, :]
+        )
     )
     ramp = tf.complex(tf.cos(phase), tf.sin(phase))
     return tf.signal.ifft2d(tf.signal.fft2d(probe)[None] * ramp)

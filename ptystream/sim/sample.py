@@ -86,8 +86,9 @@ class GroundTruth:
         y1 = min(shape[0], h - offset[0])
         x1 = min(shape[1], w - offset[1])
         if y1 > y0 and x1 > x0:
-            out[y0:y1, x0:x1] = self.object[y0 + offset[0] : y1 + offset[0],
-                                            x0 + offset[1] : x1 + offset[1]]
+            out[y0:y1, x0:x1] = self.object[
+                y0 + offset[0] : y1 + offset[0], x0 + offset[1] : x1 + offset[1]
+            ]
         return out
 
 

@@ -10,7 +10,13 @@ import numpy as np
 
 from ptystream.config import TrajectoryKind
 
-__all__ = ["concentric_rings", "fermat_spiral", "jittered_raster", "step_from_overlap", "trajectory"]
+__all__ = [
+    "concentric_rings",
+    "fermat_spiral",
+    "jittered_raster",
+    "step_from_overlap",
+    "trajectory",
+]
 
 _GOLDEN_ANGLE = np.pi * (3.0 - np.sqrt(5.0))
 

@@ -36,8 +36,7 @@ def test_probes_have_unit_power_and_the_expected_size(profile):
     # defocus spreads the beam: diameter ~ 2 * semi-angle * defocus = 1.8 um
     assert optics.probe_diameter_m(focused, dx) == pytest.approx(1.8e-6, rel=0.2)
     sim = profile.sim.model_copy(
-        update={"probe": ProbeKind.PINHOLE, "pinhole_diameter_m": 1.5e-6,
-                "pinhole_distance_m": 0.0}
+        update={"probe": ProbeKind.PINHOLE, "pinhole_diameter_m": 1.5e-6, "pinhole_distance_m": 0.0}
     )
     pinhole = make_ground_truth(sim, g).probe
     assert np.sum(np.abs(pinhole) ** 2) == pytest.approx(1.0, rel=1e-5)

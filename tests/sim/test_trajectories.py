@@ -24,12 +24,15 @@ def test_spacing_follows_the_overlap(kind):
 
 def test_raster_jitter_is_bounded_and_seeded():
     step = 1e-6
-    a = trajectory(TrajectoryKind.RASTER, 16, step, jitter_fraction=0.2,
-                   rng=np.random.default_rng(1))
-    b = trajectory(TrajectoryKind.RASTER, 16, step, jitter_fraction=0.2,
-                   rng=np.random.default_rng(1))
-    grid = trajectory(TrajectoryKind.RASTER, 16, step, jitter_fraction=0.0,
-                      rng=np.random.default_rng(1))
+    a = trajectory(
+        TrajectoryKind.RASTER, 16, step, jitter_fraction=0.2, rng=np.random.default_rng(1)
+    )
+    b = trajectory(
+        TrajectoryKind.RASTER, 16, step, jitter_fraction=0.2, rng=np.random.default_rng(1)
+    )
+    grid = trajectory(
+        TrajectoryKind.RASTER, 16, step, jitter_fraction=0.0, rng=np.random.default_rng(1)
+    )
     np.testing.assert_array_equal(a, b)
     assert 0 < np.abs(a - grid).max() <= 0.2 * step
 
