@@ -9,7 +9,6 @@ never raises into the RunEngine: live reconstruction is not data saving, so an e
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Protocol
 
 from event_model import DocumentRouter, RunRouter
@@ -62,6 +61,7 @@ class _RunParser(DocumentRouter):
         self._uid = start.run_uid
         self._sink = sink
         inst = profile.instrument
+        self._stream = inst.stream
         self._frame_key = inst.detector_key
         self._motor_keys = (inst.y_motor, inst.x_motor)
         self._units_m = inst.motor_units_m
@@ -69,6 +69,8 @@ class _RunParser(DocumentRouter):
         sink.open_run(start)
 
     def descriptor(self, doc):
+        if doc.get("name") != self._stream:
+            return
         keys = doc.get("data_keys", {})
         has_frame = self._frame_key in keys
         has_position = all(k in keys for k in self._motor_keys)
@@ -89,7 +91,6 @@ class _RunParser(DocumentRouter):
                 seq_num=int(doc["seq_num"]),
                 frame=data[self._frame_key] if has_frame else None,
                 position_m=position,
-                time=float(doc.get("time", time.time())),
             )
         )
 
@@ -99,7 +100,6 @@ class _RunParser(DocumentRouter):
                 run_uid=self._uid,
                 exit_status=str(doc.get("exit_status", "success")),
                 reason=str(doc.get("reason", "")),
-                num_events=sum((doc.get("num_events") or {}).values()) or None,
             )
         )
 

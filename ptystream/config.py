@@ -41,6 +41,9 @@ class InstrumentSettings(BaseModel):
 
     model_config = _STRICT
 
+    stream: str = "primary"
+    """Event stream carrying the frames and stage readbacks; other streams (a baseline that
+    also reads the stage, say) are ignored, so their seq_nums never pair with frames."""
     detector_key: str = "det_image"
     """Event data key holding the diffraction frame."""
     x_motor: str = "sx"
@@ -123,6 +126,10 @@ class PublishSettings(BaseModel):
 
     cadence_s: float = Field(1.0, gt=0)
     """At most one live publication per this many seconds."""
+    retries: int = Field(5, ge=0)
+    """Retries of a run's creation and final write before the final is kept on disk."""
+    retry_backoff_s: float = Field(0.5, gt=0)
+    """First retry delay in seconds; it doubles on each retry, up to 8 s."""
     raw_batch_size: int = Field(50, gt=0)
     """Events per write of bluesky's TiledWriter (the raw scan): larger means fewer, bigger
     writes."""

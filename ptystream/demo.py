@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -77,7 +78,9 @@ def run_demo(
             TiledWriter(raw_catalog(client), batch_size=profile.publish.raw_batch_size),
             name="raw-writer",
         )
-        pipeline = LivePipeline(profile, TiledPublisher(client)).start()
+        pipeline = LivePipeline(
+            profile, TiledPublisher(client), spool_dir=out_dir / "spool"
+        ).start()
         sim = build_simulation(profile)
         RE = RunEngine({})
         callback = PtychoCallback(profile, pipeline)
@@ -91,14 +94,15 @@ def run_demo(
         result = pipeline.wait(uid, timeout=600)
         t_final = time.perf_counter()
         raw_writer.flush(timeout=120)
+        raw_writer.close()
         pipeline.close()
-        if result.final is None:
-            raise RuntimeError(f"run {uid} ended {result.status} without a result: {result.error}")
-        final_object = client[result.node_path]["final"]["object"].read()
+        if result.final is None or result.node_path is None:
+            raise RuntimeError(
+                f"run {uid} ended {result.status} without a published result: {result.error}"
+            )
         estimate = result.final
-        score, flat = score_against_truth(
-            type(estimate)(**{**estimate.__dict__, "object": final_object}), sim.truth
-        )
+        served = client[result.node_path]["final"]["object"].read()
+        score, flat = score_against_truth(dataclasses.replace(estimate, object=served), sim.truth)
         png = write_summary(
             out_dir / f"summary-{uid[:8]}.png",
             estimate,

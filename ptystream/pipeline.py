@@ -18,15 +18,16 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ptystream.batching import Accounting, FramePairer
 from ptystream.config import Profile
 from ptystream.engine import Engine, configure_tensorflow, make_engine
-from ptystream.publisher import TiledPublisher
+from ptystream.publisher import NonFiniteEstimate, TiledPublisher, spool_final
 from ptystream.types import Estimate, FrameRecord, RunStart, RunStop
 
 __all__ = ["BackgroundCallback", "LivePipeline", "RunResult"]
@@ -34,6 +35,7 @@ __all__ = ["BackgroundCallback", "LivePipeline", "RunResult"]
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+_FLUSH = object()
 
 
 class BackgroundCallback:
@@ -57,13 +59,20 @@ class BackgroundCallback:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued document was handled; False on timeout."""
         done = threading.Event()
-        self._queue.put((_STOP, done))
+        self._queue.put((_FLUSH, done))
         return done.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Handle what is queued, then end the thread."""
+        self._queue.put((_STOP, None))
+        self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             name, doc = self._queue.get()
             if name is _STOP:
+                return
+            if name is _FLUSH:
                 doc.set()
                 continue
             try:
@@ -77,29 +86,48 @@ class BackgroundCallback:
 class RunResult:
     """What became of one run: its status, final estimate and bookkeeping."""
 
-    run_uid: str
+    start: RunStart
     status: str = "running"
     node_path: str | None = None
     final: Estimate | None = None
     accounting: Accounting = field(default_factory=Accounting)
     timings_s: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    spooled: Path | None = None
     done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def run_uid(self) -> str:
+        return self.start.run_uid
+
+    def summary(self) -> dict[str, Any]:
+        """The run's bookkeeping for its published metadata."""
+        out: dict[str, Any] = {"frames": self.accounting.as_dict(), "timings_s": self.timings_s}
+        if self.error:
+            out["reason"] = self.error
+        return out
 
 
 class _LiveRun:
     """Worker-side state of the run being reconstructed."""
 
-    def __init__(self, start: RunStart, engine: Engine, result: RunResult):
-        self.start = start
+    def __init__(self, engine: Engine, result: RunResult):
         self.engine = engine
-        self.pairer = FramePairer(start.geometry.frame_px)
         self.result = result
+        self.pairer = FramePairer(result.start.geometry.frame_px)
         self.t_open = time.perf_counter()
         self.last_publish = 0.0
 
+    @property
+    def uid(self) -> str:
+        return self.result.run_uid
+
 
 _STATUS = {"success": "finished", "abort": "aborted", "fail": "failed"}
+_KEEP_RESULTS = 32
+#: After a failed attempt to create a run's node, live publications wait this long (s) before
+#: trying again; tiled's client already retries each request for up to 45 s.
+_BEGIN_RETRY_INTERVAL_S = 10.0
 
 
 class LivePipeline:
@@ -109,7 +137,14 @@ class LivePipeline:
     ----------
     profile : engine and publishing settings.
     publisher : where estimates go; None keeps results in memory only (see :meth:`result`).
+    spool_dir : where a final result is saved (NPZ + JSON) when Tiled cannot take it after
+        ``profile.publish.retries`` attempts; None keeps it in memory only.
     engine_factory : builds an engine per run (the AD engine by default).
+
+    Notes
+    -----
+    A failure while reconstructing a run marks that run ``failed`` (published with the reason)
+    and the worker waits for the next run; it never propagates to the RunEngine.
     """
 
     def __init__(
@@ -117,15 +152,18 @@ class LivePipeline:
         profile: Profile,
         publisher: TiledPublisher | None,
         *,
+        spool_dir: str | Path | None = None,
         engine_factory: Callable[..., Engine] = make_engine,
     ):
         self._profile = profile
         self._publisher = publisher
+        self._spool_dir = Path(spool_dir) if spool_dir is not None else None
         self._engine_factory = engine_factory
         self._inbox: queue.Queue = queue.Queue()
-        self._outbox: deque[tuple[str, str, Any]] = deque()
+        self._outbox: deque[tuple[str, RunResult, Any]] = deque()
         self._out_cond = threading.Condition()
-        self._results: dict[str, RunResult] = {}
+        self._results: OrderedDict[str, RunResult] = OrderedDict()
+        self._begin_after: dict[str, float] = {}  # publisher thread only
         self._ready = threading.Event()
         self._closing = False
         self._worker = threading.Thread(target=self._work, name="ptystream-worker", daemon=True)
@@ -134,7 +172,9 @@ class LivePipeline:
     # -- RunSink: called on the RunEngine's thread; enqueue only ----------------------------
 
     def open_run(self, start: RunStart) -> None:
-        self._results[start.run_uid] = RunResult(start.run_uid)
+        self._results[start.run_uid] = RunResult(start)
+        while len(self._results) > _KEEP_RESULTS:
+            self._results.popitem(last=False)
         self._inbox.put(("open", start))
 
     def submit(self, record: FrameRecord) -> None:
@@ -163,14 +203,16 @@ class LivePipeline:
             raise TimeoutError(f"run {run_uid} did not finish within {timeout} s")
         return result
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Finish what is queued, then stop both threads."""
-        self._inbox.put(("shutdown", None))
-        self._worker.join(timeout)
+    def close(self) -> None:
+        """Finish the current run (as 'incomplete' if it has not stopped), publish, then stop."""
+        if self._worker.is_alive():
+            self._inbox.put(("shutdown", None))
+            self._worker.join()
         with self._out_cond:
             self._closing = True
             self._out_cond.notify()
-        self._pub.join(timeout)
+        if self._pub.is_alive():
+            self._pub.join()
 
     # -- worker thread ----------------------------------------------------------------------
 
@@ -181,66 +223,72 @@ class LivePipeline:
         while True:
             busy = run is not None and run.engine.n_frames > 0
             try:
-                kind, item = self._inbox.get(timeout=0.0 if busy else 0.5)
+                items = [self._inbox.get(timeout=0.0 if busy else 0.5)]
             except queue.Empty:
                 if busy:
-                    run.engine.step(1)
-                    self._maybe_publish(run)
+                    run = self._guarded(run, self._refine_while_idle)
                 continue
-            items = [(kind, item)]
             while len(items) < 10_000:
                 try:
                     items.append(self._inbox.get_nowait())
                 except queue.Empty:
                     break
             for kind, item in items:
-                try:
-                    run = self._handle(run, kind, item)
-                except Exception as exc:
-                    run = self._fail(run, exc)
+                run = self._handle(run, kind, item)
                 if kind == "shutdown":
                     return
             if run is not None:
-                try:
-                    self._feed(run)
-                except Exception as exc:
-                    run = self._fail(run, exc)
+                run = self._guarded(run, self._feed)
+
+    def _guarded(self, run: _LiveRun, action: Callable[[_LiveRun], Any]) -> _LiveRun | None:
+        """``action(run)``; on an exception the run is failed and None is returned."""
+        try:
+            action(run)
+            return run
+        except Exception as exc:
+            run.pairer.close()
+            run.result.accounting = run.pairer.accounting
+            self._fail(run.result, exc)
+            return None
 
     def _handle(self, run: _LiveRun | None, kind: str, item: Any) -> _LiveRun | None:
-        if kind == "open":
-            if run is not None:
-                self._finish(run, "incomplete", "a new run started before this one stopped")
-            return self._open(item)
         if kind == "frame":
-            if run is not None and item.run_uid == run.start.run_uid:
+            if run is not None and item.run_uid == run.uid:
                 run.pairer.add(item)
             return run
-        if kind == "close":
-            if run is not None and item.run_uid == run.start.run_uid:
-                self._feed(run)
-                self._finish(run, _STATUS.get(item.exit_status, item.exit_status), item.reason)
-                return None
+        if kind == "close" and (run is None or item.run_uid != run.uid):
             return run
-        if kind == "shutdown" and run is not None:
-            self._finish(run, "incomplete", "ptystream shut down before the run stopped")
-            return None
+        if run is not None and kind in ("open", "close", "shutdown"):
+            if kind == "close":
+                status, reason = _STATUS.get(item.exit_status, item.exit_status), item.reason
+            elif kind == "open":
+                status, reason = "incomplete", "a new run started before this one stopped"
+            else:
+                status, reason = "incomplete", "ptystream shut down before the run stopped"
+            self._guarded(run, lambda r: self._finish(r, status, reason))
+            run = None
+        if kind == "open":
+            result = self._results.get(item.run_uid) or RunResult(item)
+            try:
+                return self._open(result)
+            except Exception as exc:
+                self._fail(result, exc)
         return run
 
-    def _open(self, start: RunStart) -> _LiveRun:
+    def _open(self, result: RunResult) -> _LiveRun:
         inst = self._profile.instrument
         t0 = time.perf_counter()
+        self._post("begin", result)
         engine = self._engine_factory(
-            start.geometry,
+            result.start.geometry,
             self._profile.engine,
-            plan=start.plan,
+            plan=result.start.plan,
             read_noise_counts=inst.read_noise_counts,
             probe_defocus_m=inst.probe_defocus_m,
         )
         engine.warm_up()
-        result = self._results[start.run_uid]
         result.timings_s["engine_setup"] = time.perf_counter() - t0
-        self._post("begin", start.run_uid, start)
-        return _LiveRun(start, engine, result)
+        return _LiveRun(engine, result)
 
     def _feed(self, run: _LiveRun) -> None:
         pairs = run.pairer.take()
@@ -249,14 +297,19 @@ class LivePipeline:
             run.engine.step(self._profile.engine.steps_per_arrival)
         self._maybe_publish(run)
 
+    def _refine_while_idle(self, run: _LiveRun) -> None:
+        run.engine.step(1)
+        self._maybe_publish(run)
+
     def _maybe_publish(self, run: _LiveRun) -> None:
         now = time.perf_counter()
         if run.engine.n_frames and now - run.last_publish >= self._profile.publish.cadence_s:
             run.last_publish = now
-            self._post("live", run.start.run_uid, run.engine.estimate())
+            self._post("live", run.result, run.engine.estimate())
 
     def _finish(self, run: _LiveRun, status: str, reason: str) -> None:
         run.pairer.close()
+        self._feed(run)
         result = run.result
         result.accounting = run.pairer.accounting
         t0 = time.perf_counter()
@@ -268,27 +321,24 @@ class LivePipeline:
         result.status = status
         if reason:
             result.error = reason
-        self._post("final", run.start.run_uid, result)
+        self._post("final", result)
 
-    def _fail(self, run: _LiveRun | None, exc: Exception) -> None:
-        """Log ``exc``, publish the run as failed; the worker then waits for the next run."""
-        logger.exception("live reconstruction failed")
-        if run is not None:
-            run.result.error = f"{type(exc).__name__}: {exc}"
-            run.result.status = "failed"
-            run.result.accounting = run.pairer.accounting
-            self._post("final", run.start.run_uid, run.result)
-        return None
+    def _fail(self, result: RunResult, exc: Exception) -> None:
+        """Log ``exc`` and publish the run as failed; the worker then waits for the next run."""
+        logger.exception("live reconstruction of run %s failed", result.run_uid)
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.status = "failed"
+        self._post("final", result)
 
     # -- publisher thread -------------------------------------------------------------------
 
-    def _post(self, kind: str, run_uid: str, payload: Any) -> None:
+    def _post(self, kind: str, result: RunResult, estimate: Estimate | None = None) -> None:
         with self._out_cond:
             if kind in ("live", "final"):
-                stale = [c for c in self._outbox if c[0] == "live" and c[1] == run_uid]
+                stale = [c for c in self._outbox if c[0] == "live" and c[1] is result]
                 for command in stale:  # latest wins; a final supersedes any pending live
                     self._outbox.remove(command)
-            self._outbox.append((kind, run_uid, payload))
+            self._outbox.append((kind, result, estimate))
             self._out_cond.notify()
 
     def _publish(self) -> None:
@@ -298,43 +348,88 @@ class LivePipeline:
                     self._out_cond.wait()
                 if not self._outbox:
                     return
-                kind, run_uid, payload = self._outbox.popleft()
-            if kind == "live":
-                self._attempt(kind, run_uid, payload, retries=0)
-            else:
-                self._attempt(kind, run_uid, payload, retries=5)
-            if kind == "final":
-                payload.done.set()
+                kind, result, estimate = self._outbox.popleft()
+            try:
+                if self._publisher is not None:
+                    self._deliver(kind, result, estimate)
+            except Exception:
+                logger.exception("publishing %s of run %s failed", kind, result.run_uid)
+            finally:
+                if kind == "final":
+                    result.done.set()
 
-    def _attempt(self, kind: str, run_uid: str, payload: Any, *, retries: int) -> None:
-        if self._publisher is None:
+    def _deliver(self, kind: str, result: RunResult, estimate: Estimate | None) -> None:
+        """Create the run's node if needed, then write. Only the final write is retried in
+        full; a live estimate is best effort (a newer one follows within ``cadence_s``)."""
+        retries = self._profile.publish.retries if kind == "final" else 0
+        if result.node_path is None:
+            if kind == "live" and time.monotonic() < self._begin_after.get(result.run_uid, 0):
+                return
+            if not self._attempt(lambda: self._begin(result), "begin", result, retries):
+                self._begin_after[result.run_uid] = time.monotonic() + _BEGIN_RETRY_INTERVAL_S
+                if kind == "final":
+                    self._keep_on_disk(result)
+                return
+        if kind == "final":
+            self._begin_after.pop(result.run_uid, None)
+        if kind == "live":
+            self._attempt(
+                lambda: self._publisher.publish_live(result.run_uid, estimate), kind, result, 0
+            )
+        elif kind == "final":
+            if not self._attempt(lambda: self._write_final(result), kind, result, retries):
+                self._keep_on_disk(result)
+
+    def _begin(self, result: RunResult) -> None:
+        if result.node_path is None:
+            settings = self._profile.engine.model_dump(mode="json")
+            result.node_path = self._publisher.begin_run(result.start, settings)
+
+    def _write_final(self, result: RunResult) -> None:
+        pub = self._publisher
+        if result.final is None:
+            pub.mark(result.run_uid, result.status, result.summary())
             return
-        delay = 0.5
+        try:
+            pub.publish_final(result.run_uid, result.final, result.status, result.summary())
+        except NonFiniteEstimate as exc:
+            result.status, result.error, result.final = "failed", str(exc), None
+            pub.mark(result.run_uid, result.status, result.summary())
+
+    def _attempt(
+        self, write: Callable[[], None], kind: str, result: RunResult, retries: int
+    ) -> bool:
+        """``write()`` with up to ``retries`` retries and exponential back-off; True if done."""
+        delay = self._profile.publish.retry_backoff_s
         for attempt in range(retries + 1):
             try:
-                self._write(kind, run_uid, payload)
-                return
+                write()
+                return True
             except Exception as exc:
                 if attempt == retries:
-                    logger.error("publishing %s of run %s failed: %s", kind, run_uid, exc)
-                    if kind == "final":
-                        payload.error = f"publishing failed: {exc}"
-                    return
-                logger.warning("publishing %s of run %s failed (%s); retrying", kind, run_uid, exc)
+                    logger.error("publishing %s of run %s failed: %s", kind, result.run_uid, exc)
+                    return False
+                logger.warning(
+                    "publishing %s of run %s failed (%s); retrying in %.1f s",
+                    kind,
+                    result.run_uid,
+                    exc,
+                    delay,
+                )
                 time.sleep(delay)
                 delay = min(2 * delay, 8.0)
+        return False
 
-    def _write(self, kind: str, run_uid: str, payload: Any) -> None:
-        pub = self._publisher
-        if kind == "begin":
-            settings = self._profile.engine.model_dump(mode="json")
-            self._results[run_uid].node_path = pub.begin_run(payload, settings)
-        elif kind == "live":
-            pub.publish_live(run_uid, payload)
-        elif payload.final is not None:
-            extra = {"frames": payload.accounting.as_dict(), "timings_s": payload.timings_s}
-            if payload.error:
-                extra["reason"] = payload.error
-            pub.publish_final(run_uid, payload.final, payload.status, extra)
-        else:
-            pub.mark(run_uid, payload.status, {"reason": payload.error or "no frames"})
+    def _keep_on_disk(self, result: RunResult) -> None:
+        if self._spool_dir is None or result.final is None:
+            logger.error("run %s: final result not published and not spooled", result.run_uid)
+            return
+        result.spooled = spool_final(
+            self._spool_dir,
+            result.run_uid,
+            result.final,
+            {"status": result.status, **result.summary()},
+        )
+        logger.error(
+            "run %s: Tiled unreachable; final result kept at %s", result.run_uid, result.spooled
+        )

@@ -13,8 +13,11 @@ image. Non-finite estimates are refused.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +26,7 @@ import pandas as pd
 from ptystream import __version__
 from ptystream.types import Estimate, RunStart
 
-__all__ = ["PROCESSED_PATH", "NonFiniteEstimate", "TiledPublisher"]
+__all__ = ["PROCESSED_PATH", "NonFiniteEstimate", "TiledPublisher", "load_spooled", "spool_final"]
 
 logger = logging.getLogger(__name__)
 
@@ -208,3 +211,31 @@ class TiledPublisher:
                 return
             parent.delete_contents(key, external_only=False)
         parent.write_array(array, key=key, metadata=metadata or {})
+
+
+def spool_final(
+    directory: str | Path, run_uid: str, estimate: Estimate, metadata: dict[str, Any]
+) -> Path:
+    """Keep a final estimate on disk (``<run uid>.npz``) when Tiled cannot take it.
+
+    Every field of the :class:`Estimate` is stored, plus ``metadata`` as JSON, so the result can
+    be uploaded later without loss (see :func:`load_spooled`).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{run_uid}.npz"
+    fields = {f.name: np.asarray(getattr(estimate, f.name)) for f in dataclasses.fields(estimate)}
+    np.savez(path, **fields, metadata_json=np.asarray(json.dumps(_jsonable(metadata))))
+    return path
+
+
+def load_spooled(path: str | Path) -> tuple[Estimate, dict[str, Any]]:
+    """Read back what :func:`spool_final` wrote."""
+    with np.load(path) as data:
+        metadata = json.loads(str(data["metadata_json"]))
+        values = {}
+        for f in dataclasses.fields(Estimate):
+            value = data[f.name]
+            values[f.name] = value.item() if value.ndim == 0 else value
+        values["object_origin_m"] = tuple(float(v) for v in values["object_origin_m"])
+    return Estimate(**values), metadata

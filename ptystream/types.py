@@ -87,7 +87,6 @@ class FrameRecord:
     seq_num: int
     frame: np.ndarray | None = None
     position_m: tuple[float, float] | None = None
-    time: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,6 @@ class RunStop:
     run_uid: str
     exit_status: str
     reason: str = ""
-    num_events: int | None = None
 
 
 @dataclass(frozen=True)

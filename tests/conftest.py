@@ -7,6 +7,10 @@ import os
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# tiled's client retries each request for up to 45 s; the test servers are local, so a dead one
+# should fail fast (read by tiled at import).
+os.environ.setdefault("TILED_RETRY_ATTEMPTS", "2")
+os.environ.setdefault("TILED_RETRY_TIMEOUT", "2")
 
 from ptystream.config import Profile, load_profile  # noqa: E402
 

@@ -132,3 +132,21 @@ def test_plan_errors_name_the_key(block, message):
 
 def test_plan_may_be_unknown():
     assert plan_from_start({}) == ScanPlan(None, None)
+
+
+def test_other_streams_are_ignored(profile):
+    """A baseline stream that also reads the stage must not lend its seq_nums to frames."""
+    sink = Recorder()
+    cb = PtychoCallback(profile, sink, raise_errors=True)
+    bundle = compose_run(metadata={"ptystream": BLOCK})
+    cb("start", bundle.start_doc)
+    motors = {k: {"dtype": "number", "shape": [], "source": "sim"} for k in ("sx", "sy")}
+    baseline = bundle.compose_descriptor(name="baseline", data_keys=motors)
+    cb("descriptor", baseline.descriptor_doc)
+    cb(
+        "event",
+        baseline.compose_event(
+            data={"sx": 99.0, "sy": 99.0}, timestamps={"sx": 0.0, "sy": 0.0}, seq_num=1
+        ),
+    )
+    assert sink.records == []

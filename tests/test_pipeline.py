@@ -1,6 +1,8 @@
 """End to end: a RunEngine scan on the simulated beamline, reconstructed live into a real
 embedded Tiled server, with the raw scan saved by bluesky's TiledWriter. Nothing is faked."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from bluesky import RunEngine
@@ -45,8 +47,7 @@ def final_from_tiled(client, result):
     """The published final estimate, with ``object`` replaced by what Tiled serves."""
     node = client[result.node_path]
     served = node["final"]["object"].read()
-    est = result.final
-    return type(est)(**{**est.__dict__, "object": served}), node
+    return dataclasses.replace(result.final, object=served), node
 
 
 @pytest.fixture(scope="module")

@@ -49,9 +49,6 @@ class _Adam:
         self.m = tf.Variable(tf.zeros(shape), trainable=False)
         self.v = tf.Variable(tf.zeros(shape), trainable=False)
 
-    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.m.numpy(), self.v.numpy()
-
 
 def _adam_update(var, grad, state: _Adam, count, touched, lr) -> None:
     m = state.m.assign(tf.where(touched, _BETA1 * state.m + (1 - _BETA1) * grad, state.m))

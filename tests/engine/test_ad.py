@@ -53,42 +53,78 @@ def test_streaming_reconstruction_of_a_clean_scan(clean_scan):
     assert est.loss[-1, 1] < 0.1 * est.loss[0, 1]
 
 
-def test_unplanned_scan_grows_the_canvas_and_buffer_without_losing_state(clean_scan):
+def test_growing_the_canvas_keeps_object_and_optimiser_state(clean_scan):
+    """An engine that must grow its canvas follows the same trajectory as one planned big.
+
+    If growth lost or misplaced the Adam moments or the per-pixel step counts, the two engines
+    would part ways on the next steps.
+    """
     profile, sim, frames = clean_scan
-    engine = engine_for(profile, ScanPlan())  # nothing known in advance
+    settings = profile.engine.model_copy(update={"jit_compile": False})
+    geometry = profile.instrument.geometry()
     centre = np.argsort(np.abs(sim.positions_m).max(axis=1))
     first, rest = centre[:20], centre[20:]
-    engine.add_frames(frames[first], sim.positions_m[first])
-    engine.step(30)
-    before = engine.estimate()
-    engine.add_frames(frames[rest], sim.positions_m[rest])  # outer points: canvas must grow
-    after = engine.estimate()
-    assert after.object.shape[0] > before.object.shape[0]
-    assert after.object.shape[1] > before.object.shape[1]
-    # the old content sits at the same stage coordinates on the grown canvas
+    engines = [
+        make_engine(geometry, settings, plan=plan)
+        for plan in (planned(sim.positions_m), planned(sim.positions_m[first]))
+    ]
+    for engine in engines:
+        engine.add_frames(frames[first], sim.positions_m[first])
+        engine.step(30)
+        engine.add_frames(frames[rest], sim.positions_m[rest])  # the second must grow
+        engine.step(10)
+    big, grown = (engine.estimate() for engine in engines)
+    assert grown.object.shape[0] > planned_shape(engines[1], first, sim)[0]
     offset = np.rint(
-        (np.array(before.object_origin_m) - after.object_origin_m) / after.pixel_size_m
+        (np.array(big.object_origin_m) - grown.object_origin_m) / grown.pixel_size_m
     ).astype(int)
-    h, w = before.object.shape
-    np.testing.assert_array_equal(
-        after.object[offset[0] : offset[0] + h, offset[1] : offset[1] + w], before.object
-    )
-    engine.step(20)
+    h, w = big.object.shape
+    region = grown.object[offset[0] : offset[0] + h, offset[1] : offset[1] + w]
+    lit = big.illumination > 1e-3 * big.illumination.max()
+    np.testing.assert_allclose(region[lit], big.object[lit], atol=2e-4)
+    np.testing.assert_allclose(grown.probe, big.probe, atol=2e-4)
+
+
+def planned_shape(engine, chosen, sim):
+    """Canvas shape the engine would plan for the positions ``chosen`` alone."""
+    return engine._canvas_for(
+        sim.positions_m[chosen].min(axis=0), sim.positions_m[chosen].max(axis=0)
+    ).shape
+
+
+def test_unplanned_scan_reconstructs(clean_scan):
+    profile, sim, frames = clean_scan
+    engine = engine_for(profile, ScanPlan())  # nothing known in advance
+    for i in range(0, len(frames), 10):
+        engine.add_frames(frames[i : i + 10], sim.positions_m[i : i + 10])
+        engine.step(4)
     engine.refine(60)
     score, _ = score_against_truth(engine.estimate(), sim.truth)
     assert engine.n_frames == len(frames)
-    assert score.abs_c >= 0.99 and score.phase >= 0.85
+    assert score.abs_c >= 0.99 and score.phase >= 0.9
 
 
 def test_warm_up_changes_nothing(clean_scan):
+    """Warming up after frames arrived leaves the engine on the same path as a cold twin."""
+    profile, sim, frames = clean_scan
+    engines = [engine_for(profile, planned(sim.positions_m)) for _ in range(2)]
+    for engine in engines:
+        engine.add_frames(frames[:30], sim.positions_m[:30])
+        engine.step(5)
+    engines[0].warm_up()
+    for engine in engines:
+        engine.step(5)
+    warm, cold = (engine.estimate() for engine in engines)
+    assert warm.iteration == cold.iteration == 10
+    np.testing.assert_array_equal(warm.object, cold.object)
+    np.testing.assert_array_equal(warm.probe, cold.probe)
+    np.testing.assert_array_equal(warm.loss, cold.loss)
+
+
+def test_no_frames_no_steps(clean_scan):
     profile, sim, _ = clean_scan
     engine = engine_for(profile, planned(sim.positions_m))
-    before = engine.estimate()
-    engine.warm_up()
-    after = engine.estimate()
-    np.testing.assert_array_equal(before.object, after.object)
-    np.testing.assert_array_equal(before.probe, after.probe)
-    assert after.iteration == 0 and np.isnan(engine.step(1))  # no frames: nothing to do
+    assert np.isnan(engine.step(1)) and engine.iteration == 0
 
 
 @pytest.mark.parametrize(
