@@ -1,5 +1,6 @@
 """Module boundaries of DESIGN.md, checked in fresh interpreters (the tiled trick)."""
 
+import os
 import subprocess
 import sys
 
@@ -28,3 +29,28 @@ def test_module_does_not_pull_forbidden_packages(module):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "", f"importing {module} imported {out.stdout.strip()}"
+
+
+def test_tensorflow_first_does_not_break_the_embedded_tiled_server(tmp_path):
+    """TensorFlow loaded before tiled's SQLite catalog broke every write (no FTS5): the engine
+    package guards against it, whatever the import order of the process."""
+    code = f"""
+import os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+from ptystream.engine import configure_tensorflow
+configure_tensorflow(1)                       # imports tensorflow before any tiled code
+from tiled.client import from_uri
+from ptystream.server import raw_catalog, start_embedded_server
+server = start_embedded_server({str(tmp_path)!r})
+raw_catalog(from_uri(server.uri))             # creating a container writes the FTS index
+server.close()
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TILED_RETRY_ATTEMPTS": "1", "TILED_RETRY_TIMEOUT": "1"},
+    )
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -9,6 +9,12 @@ positions and a :class:`~ptystream.types.Geometry`, and return numpy
 from __future__ import annotations
 
 import logging
+
+# TensorFlow's shared library carries SQLite symbols without FTS5. If it is loaded before
+# Python's _sqlite3, that module binds to them and tiled's SQLite catalog (the embedded server)
+# then fails every write with "no such module: fts5" (HTTP 500). Loading sqlite3 first, here at
+# the only gateway to TensorFlow in ptystream, keeps the system SQLite.
+import sqlite3  # noqa: F401  (isort: keep before any tensorflow import)
 from typing import Protocol
 
 import numpy as np
