@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import SIGINT, SIGTERM
 
 import numpy as np
 
@@ -130,15 +133,24 @@ def run_demo(
         )
         if keep_serving:
             _print_report(report, announce)
-            announce("serving until Ctrl-C ...")
-            try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
+            announce("serving until Ctrl-C (or SIGTERM) ...")
+            _wait_for_signal()
         return report
     finally:
         server.close()
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM (handlers set explicitly: a job started in the background
+    of a non-interactive shell inherits SIGINT as ignored)."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (SIGINT, SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _print_report(report: DemoReport, announce: Callable[[str], None]) -> None:

@@ -50,7 +50,7 @@ print("ok")
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=120,
         env={**os.environ, "TILED_RETRY_ATTEMPTS": "1", "TILED_RETRY_TIMEOUT": "1"},
     )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
