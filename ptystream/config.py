@@ -84,6 +84,12 @@ class LossKind(StrEnum):
     AMPLITUDE = "amplitude"
     """Variance-stabilised amplitude misfit (generalised Anscombe): robust to Poisson and read
     noise."""
+    INTENSITY = "intensity"
+    """Mean squared intensity error, as in the TensorFlow AD ptychography paper; needs a smaller
+    learning rate on noisy data."""
+    POISSON = "poisson"
+    """Poisson deviance (negative log-likelihood up to a constant), for photon-counting data;
+    negative counts are clipped to zero, which biases it where read noise is large."""
 
 
 class EngineSettings(BaseModel):
@@ -97,6 +103,9 @@ class EngineSettings(BaseModel):
     """Frames per optimiser step (a fixed shape, padded with a validity mask)."""
     object_learning_rate: float = Field(0.1, gt=0)
     """Adam learning rate of the object's real and imaginary parts (data normalised to max 1)."""
+    tv_weight: float = Field(0.0, ge=0)
+    """Weight of the object's total variation (on the patches of each batch) against noise
+    over-fitting; 0 disables it. Relative to the data loss, whose scale depends on ``loss``."""
     probe_learning_rate: float = Field(0.02, ge=0)
     """Adam learning rate of the probe; 0 keeps the probe fixed."""
     probe_start_step: int = Field(0, ge=0)

@@ -12,6 +12,7 @@ __all__ = [
     "angular_spectrum",
     "defocus_transfer",
     "fft2c",
+    "fill_masked",
     "focused_probe",
     "ifft2c",
     "initial_probe_from_patterns",
@@ -114,6 +115,29 @@ def probe_diameter_m(probe: np.ndarray, pixel_size_m: float, fraction: float = 0
     cumulative = np.cumsum(intensity.ravel()[order]) / total
     radius_px = r[order][min(np.searchsorted(cumulative, fraction), n * n - 1)]
     return float(2.0 * radius_px * pixel_size_m)
+
+
+def fill_masked(image: np.ndarray, valid: np.ndarray, sigma_px: float = 2.0) -> np.ndarray:
+    """``image`` with the pixels where ``valid`` is False filled from their valid neighbours.
+
+    Normalised convolution with a Gaussian of ``sigma_px``, widened until every hole is reached
+    (a beamstop can be wide); valid pixels keep their values.
+    """
+    valid = valid.astype(bool)
+    if valid.all():
+        return image
+    if not valid.any():
+        raise ValueError("the mask leaves no valid pixel")
+    fy = np.fft.fftfreq(image.shape[0])[:, None]
+    fx = np.fft.fftfreq(image.shape[1])[None, :]
+    weights = valid.astype(float)
+    while True:
+        kernel = np.exp(-2 * (np.pi * sigma_px) ** 2 * (fy**2 + fx**2))
+        num = np.fft.ifft2(np.fft.fft2(np.where(valid, image, 0.0)) * kernel).real
+        den = np.fft.ifft2(np.fft.fft2(weights) * kernel).real
+        if (den[~valid] > 1e-6).all():
+            return np.where(valid, image, num / np.maximum(den, 1e-12))
+        sigma_px *= 2
 
 
 def initial_probe_from_patterns(

@@ -71,8 +71,12 @@ def make_engine(
     plan: ScanPlan | None = None,
     read_noise_counts: float = 0.0,
     probe_defocus_m: float = 0.0,
+    detector_mask: np.ndarray | None = None,
 ) -> Engine:
-    """Build the AD engine for one run (imports TensorFlow)."""
+    """Build the AD engine for one run (imports TensorFlow).
+
+    ``detector_mask`` is a centred boolean ``(N, N)`` array, True where a pixel is valid.
+    """
     from ptystream.engine.ad import ADEngine
 
     return ADEngine(
@@ -81,4 +85,5 @@ def make_engine(
         plan=plan or ScanPlan(),
         read_noise_counts=read_noise_counts,
         probe_defocus_m=probe_defocus_m,
+        detector_mask=detector_mask,
     )

@@ -70,6 +70,8 @@ class ADEngine:
         that a normal scan never recompiles. Unknown values are grown into.
     read_noise_counts : Gaussian read noise in counts (enters the loss's variance offset).
     probe_defocus_m : nominal defocus used to build the initial probe from the mean pattern.
+    detector_mask : centred ``(N, N)`` boolean array, True where a detector pixel is valid;
+        masked pixels (gaps, hot pixels, a beamstop) never enter the loss. None: all valid.
 
     Notes
     -----
@@ -86,6 +88,7 @@ class ADEngine:
         plan: ScanPlan,
         read_noise_counts: float = 0.0,
         probe_defocus_m: float = 0.0,
+        detector_mask: np.ndarray | None = None,
     ):
         self.geometry = geometry
         self.settings = settings
@@ -93,6 +96,16 @@ class ADEngine:
         self._dx = geometry.object_pixel_size_m
         self._noise_offset_counts = 0.375 + read_noise_counts**2
         self._probe_defocus_m = probe_defocus_m
+        if detector_mask is None:
+            detector_mask = np.ones(geometry.frame_shape, bool)
+        detector_mask = np.asarray(detector_mask, dtype=bool)
+        if detector_mask.shape != geometry.frame_shape:
+            raise ValueError(
+                f"detector mask is {detector_mask.shape}, frames are {geometry.frame_shape}"
+            )
+        if not detector_mask.any():
+            raise ValueError("the detector mask leaves no valid pixel")
+        self._valid_pixels = detector_mask
         self._rng = np.random.default_rng(settings.seed)
         self._scale: float | None = None
         self._n_frames = 0
@@ -113,6 +126,7 @@ class ADEngine:
         self._probe_count = tf.Variable(0.0, trainable=False)
         self._probe_adam = (_Adam((self._n, self._n)), _Adam((self._n, self._n)))
         self._offset = tf.Variable(1.0, trainable=False)
+        self._pixel_mask = tf.constant(np.fft.ifftshift(detector_mask).astype(np.float32))
         self._frames = tf.Variable(tf.zeros((capacity, self._n, self._n)), trainable=False)
         self._top_left = tf.Variable(tf.zeros((capacity, 2), tf.int32), trainable=False)
         self._frac = tf.Variable(tf.zeros((capacity, 2)), trainable=False)
@@ -234,7 +248,16 @@ class ADEngine:
                     probes = probe[None]
                 predicted = forward.farfield_intensity(patches * probes)
                 measured = tf.gather(self._frames, idx)
-                loss = forward.amplitude_loss(predicted, measured, self._offset, valid)
+                loss = forward.data_loss(
+                    str(settings.loss),
+                    predicted,
+                    measured,
+                    self._offset,
+                    valid,
+                    self._pixel_mask,
+                )
+                if settings.tv_weight > 0:
+                    loss += settings.tv_weight * forward.total_variation(patches, valid)
             g_obj_re, g_obj_im, g_pr, g_pi = tape.gradient(loss, [*obj_vars, *probe_vars])
             touched = tf.logical_or(g_obj_re != 0.0, g_obj_im != 0.0)
             count = self._obj_count.assign_add(tf.cast(touched, tf.float32))
@@ -287,11 +310,15 @@ class ADEngine:
     # -- state management ------------------------------------------------------------------
 
     def _initialise_from(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
-        """Normalise by the first frames' maximum and build the initial probe from their mean."""
-        self._scale = float(max(patterns.max(), 1e-12))
+        """Normalise by the first frames' maximum and build the initial probe from their mean.
+
+        Masked pixels are left out of the maximum and filled from their neighbours in the mean.
+        """
+        self._scale = float(max(patterns[:, self._valid_pixels].max(), 1e-12))
         self._offset.assign(self._noise_offset_counts / self._scale)
+        mean = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels)
         probe = optics.initial_probe_from_patterns(
-            patterns.mean(axis=0) / self._scale,
+            mean / self._scale,
             self._dx,
             self.geometry.wavelength_m,
             self._probe_defocus_m,

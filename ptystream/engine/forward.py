@@ -11,11 +11,15 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = [
-    "amplitude_loss",
+    "data_loss",
     "extract_patches",
     "farfield_intensity",
     "shifted_probes",
+    "total_variation",
 ]
+
+#: Floor inside square roots and logarithms, so gradients stay finite where a prediction is 0.
+_FLOOR = 1e-12
 
 
 def extract_patches(obj: tf.Tensor, top_left: tf.Tensor, n: int) -> tf.Tensor:
@@ -52,18 +56,58 @@ def farfield_intensity(exit_waves: tf.Tensor) -> tf.Tensor:
     return tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
 
 
-def amplitude_loss(
-    predicted: tf.Tensor, measured: tf.Tensor, offset: tf.Tensor, weights: tf.Tensor
+def data_loss(
+    kind: str,
+    predicted: tf.Tensor,
+    measured: tf.Tensor,
+    offset: tf.Tensor,
+    weights: tf.Tensor,
+    pixel_mask: tf.Tensor,
 ) -> tf.Tensor:
-    """Variance-stabilised amplitude misfit, weighted mean over frames of the per-pixel mean.
+    """Misfit between predicted and measured intensities ``(B, n, n)`` (normalised units).
 
-    ``(sqrt(I_pred + c) - sqrt(max(I_meas + c, 0)))^2`` with ``c = 3/8 + sigma^2`` in the data's
-    units (generalised Anscombe): stabilises the variance of Poisson counts with Gaussian read
-    noise without clipping negative counts to zero first, which would bias the amplitude.
+    Per frame, the mean over the detector pixels where ``pixel_mask`` is 1; over frames, the mean
+    weighted by ``weights`` (0 for padding). ``kind`` is a :class:`~ptystream.config.LossKind`:
+
+    - ``amplitude``: ``(sqrt(I_pred + c) - sqrt(max(I_meas + c, 0)))^2`` with ``c = 3/8 +
+      sigma^2`` in the data's units (generalised Anscombe): stabilises the variance of Poisson
+      counts with Gaussian read noise, without clipping negative counts first (which would bias
+      the amplitude).
+    - ``intensity``: ``(I_pred - I_meas)^2``.
+    - ``poisson``: the Poisson deviance ``I_pred - I + I log(I / I_pred)`` with ``I =
+      max(I_meas, 0)``; zero where the prediction matches.
     """
-    # The floor keeps the gradient of the square root finite where the prediction is zero.
-    residual = tf.sqrt(tf.maximum(predicted + offset, 1e-12)) - tf.sqrt(
-        tf.maximum(measured + offset, 0.0)
+    if kind == "amplitude":
+        residual = tf.sqrt(tf.maximum(predicted + offset, _FLOOR)) - tf.sqrt(
+            tf.maximum(measured + offset, 0.0)
+        )
+        per_pixel = residual**2
+    elif kind == "intensity":
+        per_pixel = (predicted - measured) ** 2
+    elif kind == "poisson":
+        counts = tf.maximum(measured, 0.0)
+        per_pixel = (
+            predicted
+            - counts
+            + counts * (tf.math.log(counts + _FLOOR) - tf.math.log(predicted + _FLOOR))
+        )
+    else:
+        raise ValueError(f"unknown loss {kind!r}")
+    n_valid = tf.maximum(tf.reduce_sum(pixel_mask), 1.0)
+    per_frame = tf.reduce_sum(per_pixel * pixel_mask, axis=[1, 2]) / n_valid
+    return tf.reduce_sum(per_frame * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+def total_variation(patches: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """Mean isotropic total variation of complex object patches ``(B, n, n)``, weighted by frame.
+
+    Computed on the patches of a batch, so its cost is bounded and pixels outside the batch keep
+    a zero gradient (the engine's per-pixel Adam relies on that).
+    """
+    dy = patches[:, 1:, :-1] - patches[:, :-1, :-1]
+    dx = patches[:, :-1, 1:] - patches[:, :-1, :-1]
+    magnitude = tf.sqrt(
+        tf.math.real(dy * tf.math.conj(dy)) + tf.math.real(dx * tf.math.conj(dx)) + _FLOOR
     )
-    per_frame = tf.reduce_mean(residual**2, axis=[1, 2])
+    per_frame = tf.reduce_mean(magnitude, axis=[1, 2])
     return tf.reduce_sum(per_frame * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)

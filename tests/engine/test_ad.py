@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from ptystream.config import EngineSettings
 from ptystream.demo import score_against_truth
 from ptystream.engine import make_engine
-from ptystream.sim.detector import diffraction_pattern
+from ptystream.sim.detector import DetectorModel, diffraction_pattern
 from ptystream.sim.plans import scan_metadata
 from ptystream.sim.scan import build_simulation
 from ptystream.types import ScanPlan
@@ -125,6 +126,75 @@ def test_no_frames_no_steps(clean_scan):
     profile, sim, _ = clean_scan
     engine = engine_for(profile, planned(sim.positions_m))
     assert np.isnan(engine.step(1)) and engine.iteration == 0
+
+
+def reconstruct(profile, sim, frames, settings, mask=None, read_noise_counts=0.0):
+    """Stream ``frames`` in chunks of 5 with 4 steps each, then 60 final passes; score it."""
+    engine = make_engine(
+        profile.instrument.geometry(),
+        settings,
+        plan=planned(sim.positions_m),
+        probe_defocus_m=profile.instrument.probe_defocus_m,
+        detector_mask=mask,
+        read_noise_counts=read_noise_counts,
+    )
+    for i in range(0, len(frames), 5):
+        engine.add_frames(frames[i : i + 5], sim.positions_m[i : i + 5])
+        engine.step(4)
+    engine.refine(60)
+    return score_against_truth(engine.estimate(), sim.truth)[0]
+
+
+@pytest.mark.parametrize(
+    "loss, min_phase",
+    # measured on this problem: amplitude 0.9998, intensity 0.96, poisson 0.9999
+    [("intensity", 0.9), ("poisson", 0.99)],
+)
+def test_other_losses_reconstruct_a_clean_scan(clean_scan, loss, min_phase):
+    profile, sim, frames = clean_scan
+    settings = EngineSettings.model_validate({**profile.engine.model_dump(), "loss": loss})
+    score = reconstruct(profile, sim, frames, settings)
+    assert score.abs_c >= 0.99 and score.amplitude >= 0.98 and score.phase >= min_phase
+
+
+def test_masked_pixels_never_enter_the_loss(clean_scan):
+    """A beamstop (zeros) and two hot pixels (1e7 counts): masked, the reconstruction is as good
+    as on clean data (measured phase r 0.9999); unmasked they ruin it (phase r 0.17)."""
+    profile, sim, frames = clean_scan
+    mask = np.ones((64, 64), bool)
+    yy, xx = np.indices(mask.shape)
+    mask[np.hypot(yy - 32, xx - 32) < 3] = False
+    mask[5, 7] = mask[40, 50] = False
+    bad = frames.copy()
+    bad[:, ~mask] = 0.0
+    bad[:, 5, 7] = bad[:, 40, 50] = 1e7
+    masked = reconstruct(profile, sim, bad, profile.engine, mask)
+    unmasked = reconstruct(profile, sim, bad, profile.engine, None)
+    assert masked.abs_c >= 0.999 and masked.phase >= 0.99
+    assert unmasked.phase < 0.5
+
+
+def test_total_variation_fights_noise_at_low_dose(clean_scan):
+    """1e5 photons per frame plus read noise sigma 10: measured phase r 0.34 without TV and
+    0.82 with weight 1e-3 (0.58 at 3e-4, 0.57 at 1e-2), so the gain is far above noise."""
+    profile, sim, _ = clean_scan
+    detector = DetectorModel(1e5, 10.0, None, np.random.default_rng(0))
+    frames = np.stack([detector.record(diffraction_pattern(sim.truth, p)) for p in sim.positions_m])
+    noisy = profile.engine
+    plain = reconstruct(profile, sim, frames, noisy, read_noise_counts=10.0)
+    tv = reconstruct(
+        profile, sim, frames, noisy.model_copy(update={"tv_weight": 1e-3}), read_noise_counts=10.0
+    )
+    assert tv.phase > plain.phase + 0.25
+    assert tv.abs_c > plain.abs_c
+
+
+def test_mask_of_the_wrong_shape_is_named(clean_scan):
+    profile, _, _ = clean_scan
+    with pytest.raises(ValueError, match=r"detector mask is \(32, 32\), frames are \(64, 64\)"):
+        make_engine(
+            profile.instrument.geometry(), profile.engine, detector_mask=np.ones((32, 32), bool)
+        )
 
 
 @pytest.mark.parametrize(
