@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ptystream.types import Geometry
+from ptystream.types import FAR_FIELD, NEAR_FIELD, Geometry
 
 __all__ = [
     "EngineSettings",
@@ -56,6 +57,11 @@ class InstrumentSettings(BaseModel):
     """Photon energy in eV."""
     distance_m: float = Field(gt=0)
     """Sample-to-detector distance in metres."""
+    propagation: Literal["far_field", "near_field"] = FAR_FIELD
+    """Far field (one FFT) or near field (angular spectrum over the propagation distance)."""
+    focus_to_sample_m: float | None = Field(None, gt=0)
+    """Near field in a divergent beam: focus-to-sample distance in metres (from the beamline, not
+    in the data), for the Fresnel scaling theorem; None for a plane wave."""
     detector_pixel_size_m: float = Field(gt=0)
     """Detector pixel pitch in metres."""
     frame_px: int = Field(gt=0)
@@ -77,6 +83,8 @@ class InstrumentSettings(BaseModel):
             distance_m=self.distance_m,
             detector_pixel_size_m=self.detector_pixel_size_m,
             frame_px=self.frame_px,
+            propagation=self.propagation,
+            focus_to_sample_m=self.focus_to_sample_m,
         )
 
 
@@ -116,6 +124,10 @@ class EngineSettings(BaseModel):
     """Passes over all frames after the scan stops, before the final result is published."""
     final_learning_rate_fraction: float = Field(0.1, gt=0, le=1)
     """Learning rates decay (cosine) to this fraction of their values over the final passes."""
+    train_distance: bool = False
+    """Near field only: fit the propagation distance too (Adam, its own learning rate)."""
+    distance_learning_rate_m: float = Field(1e-5, gt=0)
+    """Adam learning rate of the propagation distance, in metres per step."""
     subpixel: bool = True
     """Shift the probe by the fractional part of each position (Fourier shift)."""
     jit_compile: bool = True
@@ -223,7 +235,15 @@ class Profile(BaseModel):
                 f"({self.instrument.frame_px})"
             )
         if not math.isfinite(self.instrument.distance_m):
-            raise ValueError("instrument.distance_m must be finite for the far-field model")
+            raise ValueError("instrument.distance_m must be finite")
+        if self.sim is not None and self.instrument.propagation == NEAR_FIELD:
+            raise ValueError("the simulated beamline (sim) is far-field only")
+        if self.engine.train_distance and self.instrument.propagation != NEAR_FIELD:
+            raise ValueError("engine.train_distance needs instrument.propagation: near_field")
+        if self.instrument.focus_to_sample_m is not None and (
+            self.instrument.propagation != NEAR_FIELD
+        ):
+            raise ValueError("instrument.focus_to_sample_m applies to the near field only")
         return self
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 __all__ = [
     "angular_spectrum",
+    "angular_spectrum_phase",
     "defocus_transfer",
     "fft2c",
     "fill_masked",
@@ -50,15 +51,34 @@ def defocus_transfer(
     return np.exp(-1j * np.pi * wavelength_m * distance_m * (fx**2 + fy**2))
 
 
+def angular_spectrum_phase(n: int, pixel_size_m: float, wavelength_m: float) -> np.ndarray:
+    """``q`` such that angular-spectrum propagation by ``z`` multiplies the centred spectrum by
+    ``exp(-2 pi i z q)``, the constant phase ``2 pi z / lambda`` left out.
+
+    ``q = f^2 / (1/lambda + sqrt(1/lambda^2 - f^2))`` equals ``1/lambda - sqrt(1/lambda^2 -
+    f^2)`` without its catastrophic cancellation (``1/lambda`` is ~1e10 /m), so it stays exact
+    in float32 too. Evanescent frequencies (none for X-rays on a real grid) get ``q = 0`` and
+    are cut by :func:`angular_spectrum`.
+    """
+    fy, fx = spatial_frequencies(n, pixel_size_m)
+    f2 = fx**2 + fy**2
+    inv = 1.0 / wavelength_m
+    arg = inv**2 - f2
+    return np.where(arg > 0, f2 / (inv + np.sqrt(np.maximum(arg, 0.0))), 0.0)
+
+
 def angular_spectrum(
     field: np.ndarray, pixel_size_m: float, wavelength_m: float, distance_m: float
 ) -> np.ndarray:
-    """Propagate ``field`` by ``distance_m`` with the band-limited angular-spectrum method."""
+    """Propagate ``field`` by ``distance_m`` (negative: back) with the angular-spectrum method.
+
+    Valid for ``|distance_m| <= N dx^2 / lambda``; beyond that the kernel aliases.
+    """
     n = field.shape[-1]
+    q = angular_spectrum_phase(n, pixel_size_m, wavelength_m)
     fy, fx = spatial_frequencies(n, pixel_size_m)
-    arg = 1.0 / wavelength_m**2 - fx**2 - fy**2
-    kernel = np.where(arg > 0, np.exp(2j * np.pi * distance_m * np.sqrt(np.maximum(arg, 0.0))), 0.0)
-    kernel *= np.exp(-2j * np.pi * distance_m / wavelength_m)  # drop the constant phase
+    propagating = fx**2 + fy**2 < 1.0 / wavelength_m**2
+    kernel = np.where(propagating, np.exp(-2j * np.pi * distance_m * q), 0.0)
     return ifft2c(fft2c(field) * kernel)
 
 

@@ -148,6 +148,7 @@ class TiledPublisher:
                 "loss": estimate.last_loss,
                 "object_origin_m": list(estimate.object_origin_m),
                 "pixel_size_m": estimate.pixel_size_m,
+                **({"distance_m": estimate.distance_m} if np.isfinite(estimate.distance_m) else {}),
                 "updated_at": _now(),
             },
             drop_revision=True,

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "FAR_FIELD",
+    "NEAR_FIELD",
     "Estimate",
     "FrameRecord",
     "Geometry",
@@ -21,26 +23,55 @@ __all__ = [
 ]
 
 
+FAR_FIELD = "far_field"
+NEAR_FIELD = "near_field"
+
+
 @dataclass(frozen=True)
 class Geometry:
-    """Far-field ptychography geometry.
+    """Ptychography geometry, far field (Fraunhofer) or near field (angular spectrum).
 
     Attributes
     ----------
     wavelength_m : X-ray wavelength in metres.
     distance_m : sample-to-detector distance in metres.
     detector_pixel_size_m : detector pixel pitch in metres (square pixels).
-    frame_px : side of the (square) diffraction frame in pixels.
+    frame_px : side of the (square) frame in pixels.
+    propagation : ``"far_field"`` or ``"near_field"``.
+    focus_to_sample_m : near field with a divergent (cone) beam: distance from the focus to the
+        sample, for the Fresnel scaling theorem; None for a plane wave.
     """
 
     wavelength_m: float
     distance_m: float
     detector_pixel_size_m: float
     frame_px: int
+    propagation: str = FAR_FIELD
+    focus_to_sample_m: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.propagation not in (FAR_FIELD, NEAR_FIELD):
+            raise ValueError(f"propagation must be {FAR_FIELD!r} or {NEAR_FIELD!r}")
+        if self.focus_to_sample_m is not None and self.propagation != NEAR_FIELD:
+            raise ValueError("focus_to_sample_m applies to the near field only")
+
+    @property
+    def magnification(self) -> float:
+        """Geometric magnification (z1 + z2) / z1 of a cone beam; 1 for a plane wave."""
+        if self.focus_to_sample_m is None:
+            return 1.0
+        return (self.focus_to_sample_m + self.distance_m) / self.focus_to_sample_m
+
+    @property
+    def propagation_distance_m(self) -> float:
+        """Distance the exit wave is propagated over: z2, or z1 z2 / (z1 + z2) in a cone beam."""
+        return self.distance_m / self.magnification
 
     @property
     def object_pixel_size_m(self) -> float:
-        """Pixel size of the reconstructed object in metres: lambda z / (N dx) (far field)."""
+        """Object pixel in metres: lambda z / (N dx) in the far field, dx / M in the near field."""
+        if self.propagation == NEAR_FIELD:
+            return self.detector_pixel_size_m / self.magnification
         return self.wavelength_m * self.distance_m / (self.frame_px * self.detector_pixel_size_m)
 
     @property
@@ -114,6 +145,8 @@ class Estimate:
     n_frames : number of frames the estimate has seen.
     loss : ``(k, 2)`` float64 rows of ``(iteration, loss)``.
     final : True for the result published at the end of a run.
+    distance_m : near field: the propagation distance in metres (fitted when trained); NaN in
+        the far field.
     """
 
     object: np.ndarray
@@ -126,6 +159,7 @@ class Estimate:
     n_frames: int
     loss: np.ndarray
     final: bool = False
+    distance_m: float = float("nan")
 
     @property
     def last_loss(self) -> float:

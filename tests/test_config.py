@@ -56,3 +56,19 @@ def test_simulated_object_must_hold_a_frame():
     demo["sim"]["object_px"] = 32
     with pytest.raises(ValueError, match="smaller than instrument.frame_px"):
         Profile.model_validate(demo)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"engine": {"train_distance": True}}, "train_distance needs instrument.propagation"),
+        ({"instrument": {"propagation": "near_field"}}, "sim\\) is far-field only"),
+        ({"instrument": {"focus_to_sample_m": 1e-3}}, "near field only"),
+    ],
+)
+def test_near_field_rules(change, message):
+    data = load_profile("demo").model_dump()
+    for section, values in change.items():
+        data[section].update(values)
+    with pytest.raises(ValueError, match=message):
+        Profile.model_validate(data)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from ptystream import optics
 from ptystream.config import EngineSettings
 from ptystream.engine import forward
-from ptystream.types import Estimate, Geometry, ScanPlan
+from ptystream.types import NEAR_FIELD, Estimate, Geometry, ScanPlan
 
 __all__ = ["ADEngine"]
 
@@ -106,6 +106,13 @@ class ADEngine:
         if not detector_mask.any():
             raise ValueError("the detector mask leaves no valid pixel")
         self._valid_pixels = detector_mask
+        self._near = geometry.propagation == NEAR_FIELD
+        if settings.train_distance and not self._near:
+            raise ValueError("train_distance needs a near-field geometry")
+        # Far-field frames are stored with zero frequency at [0, 0]; near-field ones as they are.
+        self._to_engine = (
+            (lambda a: np.fft.ifftshift(a, axes=(-2, -1))) if not self._near else (lambda a: a)
+        )
         self._rng = np.random.default_rng(settings.seed)
         self._scale: float | None = None
         self._n_frames = 0
@@ -126,7 +133,12 @@ class ADEngine:
         self._probe_count = tf.Variable(0.0, trainable=False)
         self._probe_adam = (_Adam((self._n, self._n)), _Adam((self._n, self._n)))
         self._offset = tf.Variable(1.0, trainable=False)
-        self._pixel_mask = tf.constant(np.fft.ifftshift(detector_mask).astype(np.float32))
+        self._pixel_mask = tf.constant(self._to_engine(detector_mask).astype(np.float32))
+        q = optics.angular_spectrum_phase(self._n, self._dx, geometry.wavelength_m)
+        self._q = tf.constant(np.fft.ifftshift(q).astype(np.float32))
+        self._distance = tf.Variable(geometry.propagation_distance_m, dtype=tf.float32)
+        self._distance_adam = _Adam(())
+        self._distance_count = tf.Variable(0.0, trainable=False)
         self._frames = tf.Variable(tf.zeros((capacity, self._n, self._n)), trainable=False)
         self._top_left = tf.Variable(tf.zeros((capacity, 2), tf.int32), trainable=False)
         self._frac = tf.Variable(tf.zeros((capacity, 2)), trainable=False)
@@ -146,7 +158,7 @@ class ADEngine:
         """Compile the step for the current shapes with an all-padding batch (changes nothing)."""
         b = self.settings.batch_size
         zero = tf.constant(0.0)
-        self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), zero, zero)
+        self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), zero, zero, zero)
 
     def add_frames(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
         """Append ``patterns`` ``(k, N, N)`` (centred, counts) taken at ``positions_m`` ``(k, 2)``.
@@ -170,7 +182,7 @@ class ADEngine:
         self._ensure_capacity(self._n_frames + k)
         top_left, frac = self._corners(positions_m)
         sl = slice(self._n_frames, self._n_frames + k)
-        self._frames[sl].assign(np.fft.ifftshift(patterns / self._scale, axes=(-2, -1)))
+        self._frames[sl].assign(self._to_engine(patterns / self._scale))
         self._top_left[sl].assign(top_left)
         self._frac[sl].assign(frac)
         self._positions_m = np.concatenate([self._positions_m, positions_m])
@@ -226,6 +238,7 @@ class ADEngine:
             n_frames=self._n_frames,
             loss=np.asarray(self._loss, dtype=np.float64).reshape(-1, 2),
             final=final,
+            distance_m=float(self._distance.numpy()) if self._near else float("nan"),
         )
 
     # -- compiled step ---------------------------------------------------------------------
@@ -236,7 +249,7 @@ class ADEngine:
         obj_vars = (self._obj_re, self._obj_im)
         probe_vars = (self._probe_re, self._probe_im)
 
-        def train_step(idx, valid, object_lr, probe_lr):
+        def train_step(idx, valid, object_lr, probe_lr, distance_lr):
             with tf.GradientTape() as tape:
                 obj = tf.complex(*obj_vars)
                 probe = tf.complex(*probe_vars)
@@ -246,7 +259,12 @@ class ADEngine:
                     probes = forward.shifted_probes(probe, tf.gather(self._frac, idx))
                 else:
                     probes = probe[None]
-                predicted = forward.farfield_intensity(patches * probes)
+                if self._near:
+                    predicted = forward.nearfield_intensity(
+                        patches * probes, self._q, self._distance
+                    )
+                else:
+                    predicted = forward.farfield_intensity(patches * probes)
                 measured = tf.gather(self._frames, idx)
                 loss = forward.data_loss(
                     str(settings.loss),
@@ -258,7 +276,11 @@ class ADEngine:
                 )
                 if settings.tv_weight > 0:
                     loss += settings.tv_weight * forward.total_variation(patches, valid)
-            g_obj_re, g_obj_im, g_pr, g_pi = tape.gradient(loss, [*obj_vars, *probe_vars])
+            g_obj_re, g_obj_im, g_pr, g_pi, g_z = tape.gradient(
+                loss,
+                [*obj_vars, *probe_vars, self._distance],
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
             touched = tf.logical_or(g_obj_re != 0.0, g_obj_im != 0.0)
             count = self._obj_count.assign_add(tf.cast(touched, tf.float32))
             _adam_update(self._obj_re, g_obj_re, self._obj_adam[0], count, touched, object_lr)
@@ -268,12 +290,17 @@ class ADEngine:
             every = tf.fill([n, n], active)
             _adam_update(self._probe_re, g_pr, self._probe_adam[0], p_count, every, probe_lr)
             _adam_update(self._probe_im, g_pi, self._probe_adam[1], p_count, every, probe_lr)
+            if settings.train_distance:
+                fit = distance_lr > 0.0
+                z_count = self._distance_count.assign_add(tf.cast(fit, tf.float32))
+                _adam_update(self._distance, g_z, self._distance_adam, z_count, fit, distance_lr)
             return loss
 
         b = settings.batch_size
         signature = [
             tf.TensorSpec((b,), tf.int32),
             tf.TensorSpec((b,), tf.float32),
+            tf.TensorSpec((), tf.float32),
             tf.TensorSpec((), tf.float32),
             tf.TensorSpec((), tf.float32),
         ]
@@ -288,6 +315,7 @@ class ADEngine:
                 tf.constant(valid),
                 tf.constant(lr_scale * s.object_learning_rate, tf.float32),
                 tf.constant(lr_scale * probe_lr, tf.float32),
+                tf.constant(lr_scale * s.distance_learning_rate_m, tf.float32),
             )
         )
         self._iteration += 1
@@ -316,13 +344,18 @@ class ADEngine:
         """
         self._scale = float(max(patterns[:, self._valid_pixels].max(), 1e-12))
         self._offset.assign(self._noise_offset_counts / self._scale)
-        mean = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels)
-        probe = optics.initial_probe_from_patterns(
-            mean / self._scale,
-            self._dx,
-            self.geometry.wavelength_m,
-            self._probe_defocus_m,
-        )
+        mean = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels) / self._scale
+        if self._near:  # the measured amplitude, propagated back to the sample
+            probe = optics.angular_spectrum(
+                np.sqrt(np.clip(mean, 0.0, None)),
+                self._dx,
+                self.geometry.wavelength_m,
+                -self.geometry.propagation_distance_m,
+            ).astype(np.complex64)
+        else:
+            probe = optics.initial_probe_from_patterns(
+                mean, self._dx, self.geometry.wavelength_m, self._probe_defocus_m
+            )
         self._probe_re.assign(probe.real)
         self._probe_im.assign(probe.imag)
         if self._canvas is None:

@@ -14,6 +14,7 @@ __all__ = [
     "data_loss",
     "extract_patches",
     "farfield_intensity",
+    "nearfield_intensity",
     "shifted_probes",
     "total_variation",
 ]
@@ -54,6 +55,19 @@ def farfield_intensity(exit_waves: tf.Tensor) -> tf.Tensor:
     n = exit_waves.shape[-1]
     spectrum = tf.signal.fft2d(exit_waves) / tf.cast(n, tf.complex64)
     return tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
+
+
+def nearfield_intensity(exit_waves: tf.Tensor, q: tf.Tensor, distance_m: tf.Tensor) -> tf.Tensor:
+    """Intensity after angular-spectrum propagation of ``exit_waves`` ``(B, n, n)`` by
+    ``distance_m`` (a tensor, so it can be trained).
+
+    ``q`` ``(n, n)`` is :func:`ptystream.optics.angular_spectrum_phase`, ifftshifted (zero
+    frequency at [0, 0]); the kernel is ``exp(-2 pi i z q)``.
+    """
+    phase = -2.0 * np.pi * distance_m * q
+    kernel = tf.complex(tf.cos(phase), tf.sin(phase))
+    field = tf.signal.ifft2d(tf.signal.fft2d(exit_waves) * kernel[None])
+    return tf.math.real(field) ** 2 + tf.math.imag(field) ** 2
 
 
 def data_loss(
