@@ -23,6 +23,39 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconstruct(args: argparse.Namespace) -> int:
+    from ptystream.reconstruct import reconstruct_file
+
+    profile = load_profile(args.profile)
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.iterations, unit="epoch", desc="reconstruct")
+
+    def progress(done: int, total: int, loss: float) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+            bar.set_postfix(loss=f"{loss:.3g}")
+
+    estimate = reconstruct_file(
+        args.input,
+        profile,
+        args.out,
+        epochs=args.iterations,
+        time_budget_s=args.time_budget,
+        progress=progress,
+    )
+    if bar is not None:
+        bar.close()
+    print(
+        f"wrote {args.out}: object {estimate.object.shape}, {estimate.iteration} iterations, "
+        f"final loss {estimate.last_loss:.4g}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptystream", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -36,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-serving", action="store_true", help="keep the Tiled server up until Ctrl-C"
     )
     demo.set_defaults(func=_demo)
+    rec = sub.add_parser("reconstruct", help="reconstruct a finished scan file (CXI or NPZ)")
+    rec.add_argument("input", help="scan file: .cxi or .npz (see README)")
+    rec.add_argument("--profile", required=True, help="profile name or YAML path")
+    budget = rec.add_mutually_exclusive_group()
+    budget.add_argument("--iterations", type=int, help="passes over all frames (default 100)")
+    budget.add_argument("--time-budget", type=float, metavar="S", help="seconds to spend")
+    rec.add_argument(
+        "--engine", choices=["ad"], default="ad", help="reconstruction engine (AD only so far)"
+    )
+    rec.add_argument("--out", required=True, help="output HDF5 file")
+    rec.set_defaults(func=_reconstruct)
     return parser
 
 
@@ -47,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
+    if getattr(args, "command", None) == "reconstruct" and args.time_budget is None:
+        args.iterations = args.iterations or 100
     try:
         return args.func(args)
-    except ProfileError as exc:
+    except (ProfileError, FileNotFoundError) as exc:
         print(f"ptystream: {exc}", file=sys.stderr)
         return 2
 

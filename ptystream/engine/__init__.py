@@ -15,6 +15,7 @@ import logging
 # then fails every write with "no such module: fts5" (HTTP 500). Loading sqlite3 first, here at
 # the only gateway to TensorFlow in ptystream, keeps the system SQLite.
 import sqlite3  # noqa: F401  (isort: keep before any tensorflow import)
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -42,8 +43,9 @@ class Engine(Protocol):
     def step(self, n_steps: int) -> float:
         """Run ``n_steps`` bounded optimiser steps; return their mean loss."""
 
-    def refine(self, epochs: int) -> float:
-        """Run ``epochs`` passes over every frame seen; return the last epoch's mean loss."""
+    def refine(self, epochs: int, on_epoch: Callable[[int, float], None] | None = None) -> float:
+        """Run ``epochs`` passes over every frame seen; return the last epoch's mean loss.
+        ``on_epoch(i, loss)`` is called after each pass."""
 
     def estimate(self, *, final: bool = False) -> Estimate:
         """Snapshot the current object and probe as numpy arrays."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,12 +197,13 @@ class ADEngine:
         losses = [self._run_batch(*self._next_batch()) for _ in range(n_steps)]
         return float(np.mean(losses))
 
-    def refine(self, epochs: int) -> float:
+    def refine(self, epochs: int, on_epoch: Callable[[int, float], None] | None = None) -> float:
         """``epochs`` passes over all frames in random order; returns the last pass's mean loss.
 
         The learning rates follow a cosine from their settings down to
         ``settings.final_learning_rate_fraction`` of them over the passes: a constant rate leaves
-        Adam jittering around the minimum by about the rate itself.
+        Adam jittering around the minimum by about the rate itself. ``on_epoch(i, loss)`` is
+        called after pass ``i`` (from 0).
         """
         self._pending.clear()
         b = self.settings.batch_size
@@ -220,6 +222,8 @@ class ADEngine:
                 valid[: len(chosen)] = 1.0
                 losses.append(self._run_batch(idx, valid, lr_scale))
             loss = float(np.mean(losses))
+            if on_epoch is not None:
+                on_epoch(epoch, loss)
         return loss
 
     def estimate(self, *, final: bool = False) -> Estimate:

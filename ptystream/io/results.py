@@ -1,0 +1,47 @@
+"""Reconstruction results as HDF5 (the ``ptystream reconstruct`` output)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ptystream.types import Estimate, Geometry
+
+__all__ = ["corner_positions_px", "write_result"]
+
+
+def corner_positions_px(estimate: Estimate, frame_px: int) -> np.ndarray:
+    """``(n, 2)`` row and column of each probe window's top-left corner, in object pixels."""
+    origin = np.asarray(estimate.object_origin_m)
+    return (estimate.positions_m - origin) / estimate.pixel_size_m - frame_px / 2
+
+
+def write_result(
+    path: str | Path, estimate: Estimate, geometry: Geometry, settings: dict[str, Any]
+) -> Path:
+    """Write ``object``, ``probe`` (complex64), ``positions_px``, ``loss`` and the geometry and
+    settings as attributes (SI units in the names)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f["object"] = estimate.object.astype(np.complex64)
+        f["probe"] = estimate.probe.astype(np.complex64)
+        f["positions_px"] = corner_positions_px(estimate, geometry.frame_px)
+        f["loss"] = estimate.loss[:, 1]
+        f["loss"].attrs["iteration"] = estimate.loss[:, 0].astype(np.int64)
+        attrs = f.attrs
+        attrs["object_pixel_size_m"] = estimate.pixel_size_m
+        attrs["wavelength_m"] = geometry.wavelength_m
+        attrs["distance_m"] = geometry.distance_m
+        attrs["propagation"] = geometry.propagation
+        attrs["propagation_distance_m"] = (
+            estimate.distance_m if np.isfinite(estimate.distance_m) else geometry.distance_m
+        )
+        attrs["object_origin_m"] = np.asarray(estimate.object_origin_m)
+        attrs["iterations"] = estimate.iteration
+        attrs["settings"] = json.dumps(settings)
+    return path

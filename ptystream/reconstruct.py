@@ -1,0 +1,81 @@
+"""Offline reconstruction of a finished scan file (``ptystream reconstruct``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ptystream.config import Profile
+from ptystream.engine import configure_tensorflow, make_engine
+from ptystream.io.results import write_result
+from ptystream.io.scans import ScanFile, read_scan
+from ptystream.types import Estimate, Geometry, ScanPlan
+
+__all__ = ["geometry_for", "reconstruct_file"]
+
+
+def geometry_for(scan: ScanFile, profile: Profile) -> Geometry:
+    """The file's wavelength, distance and pixel, with the profile's propagation model and
+    focus-to-sample distance (which scan files do not record)."""
+    inst = profile.instrument
+    return Geometry(
+        wavelength_m=scan.wavelength_m,
+        distance_m=scan.distance_m,
+        detector_pixel_size_m=scan.detector_pixel_size_m,
+        frame_px=scan.frames.shape[-1],
+        propagation=inst.propagation,
+        focus_to_sample_m=inst.focus_to_sample_m,
+    )
+
+
+def reconstruct_file(
+    path: str | Path,
+    profile: Profile,
+    out: str | Path,
+    *,
+    epochs: int | None = None,
+    time_budget_s: float | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> Estimate:
+    """Reconstruct ``path`` (CXI or NPZ) and write ``out`` (HDF5, see :func:`write_result`).
+
+    Exactly one of ``epochs`` (passes over all frames) and ``time_budget_s`` is given; with a
+    budget the number of passes is set from the time of the first one. ``progress(done, total,
+    loss)`` is called after every pass.
+    """
+    if (epochs is None) == (time_budget_s is None):
+        raise ValueError("give exactly one of epochs and time_budget_s")
+    scan = read_scan(path)
+    geometry = geometry_for(scan, profile)
+    configure_tensorflow(profile.engine.tf_threads)
+    pos = scan.positions_m
+    extent = ((pos[:, 0].min(), pos[:, 0].max()), (pos[:, 1].min(), pos[:, 1].max()))
+    engine = make_engine(
+        geometry,
+        profile.engine,
+        plan=ScanPlan(len(pos), extent),
+        read_noise_counts=profile.instrument.read_noise_counts,
+        probe_defocus_m=profile.instrument.probe_defocus_m,
+        detector_mask=scan.valid_pixels,
+    )
+    engine.add_frames(scan.frames, pos)
+    if time_budget_s is not None:
+        start = time.perf_counter()
+        loss = engine.refine(1)
+        per_epoch = time.perf_counter() - start
+        epochs = 1 + max(0, int((time_budget_s - per_epoch) / per_epoch))
+        if progress:
+            progress(1, epochs, loss)
+        remaining = epochs - 1
+        done = 1
+    else:
+        remaining, done = epochs, 0
+    if remaining:
+        engine.refine(
+            remaining,
+            on_epoch=(lambda i, loss: progress(done + i + 1, epochs, loss)) if progress else None,
+        )
+    estimate = engine.estimate(final=True)
+    write_result(out, estimate, geometry, profile.engine.model_dump(mode="json"))
+    return estimate
