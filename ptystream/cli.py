@@ -50,10 +50,20 @@ def _reconstruct(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     print(
-        f"wrote {args.out}: object {estimate.object.shape}, {estimate.iteration} iterations, "
-        f"final loss {estimate.last_loss:.4g}"
+        f"wrote {args.out}: object {estimate.object.shape}, {estimate.iteration} optimiser "
+        f"steps, final loss {estimate.last_loss:.4g}"
     )
     return 0
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("input", help="scan file: .cxi or .npz (see README)")
     rec.add_argument("--profile", required=True, help="profile name or YAML path")
     budget = rec.add_mutually_exclusive_group()
-    budget.add_argument("--iterations", type=int, help="passes over all frames (default 100)")
-    budget.add_argument("--time-budget", type=float, metavar="S", help="seconds to spend")
+    budget.add_argument(
+        "--iterations", type=_positive(int), help="passes over all frames (default 100)"
+    )
+    budget.add_argument(
+        "--time-budget", type=_positive(float), metavar="S", help="seconds of passes"
+    )
     rec.add_argument(
         "--engine", choices=["ad"], default="ad", help="reconstruction engine (AD only so far)"
     )
@@ -92,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
     if getattr(args, "command", None) == "reconstruct" and args.time_budget is None:
-        args.iterations = args.iterations or 100
+        args.iterations = 100 if args.iterations is None else args.iterations
     try:
         return args.func(args)
-    except (ProfileError, FileNotFoundError) as exc:
+    except (ProfileError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"ptystream: {exc}", file=sys.stderr)
         return 2
 

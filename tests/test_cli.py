@@ -38,3 +38,38 @@ def test_bad_profile_is_a_clear_error(tmp_path):
     assert out.returncode == 2
     assert "instrument.energy_ev: Extra inputs are not permitted" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_reconstruct_arguments_are_checked(tmp_path):
+    both = ptystream(
+        "reconstruct",
+        "x.cxi",
+        "--profile",
+        "demo",
+        "--iterations",
+        "3",
+        "--time-budget",
+        "2",
+        "--out",
+        str(tmp_path / "o.h5"),
+    )
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    zero = ptystream(
+        "reconstruct",
+        "x.cxi",
+        "--profile",
+        "demo",
+        "--iterations",
+        "0",
+        "--out",
+        str(tmp_path / "o.h5"),
+    )
+    assert zero.returncode == 2 and "must be positive" in zero.stderr
+
+
+def test_reconstruct_unknown_format_is_a_clear_error(tmp_path):
+    scan = tmp_path / "scan.tiff"
+    scan.write_bytes(b"")
+    out = ptystream("reconstruct", str(scan), "--profile", "demo", "--out", str(tmp_path / "o.h5"))
+    assert out.returncode == 2
+    assert "unknown scan format '.tiff'" in out.stderr and "Traceback" not in out.stderr

@@ -38,7 +38,8 @@ class Engine(Protocol):
         """Compile for the current shapes, so the first real step does not stall."""
 
     def add_frames(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
-        """Append centred diffraction frames ``(k, N, N)`` (counts) at positions ``(k, 2)`` (m)."""
+        """Append frames ``(k, N, N)`` (counts; far field: centred diffraction patterns, near
+        field: images) taken at probe positions ``(k, 2)`` (y, x in metres)."""
 
     def step(self, n_steps: int) -> float:
         """Run ``n_steps`` bounded optimiser steps; return their mean loss."""
@@ -77,7 +78,8 @@ def make_engine(
 ) -> Engine:
     """Build the AD engine for one run (imports TensorFlow).
 
-    ``detector_mask`` is a centred boolean ``(N, N)`` array, True where a pixel is valid.
+    ``detector_mask`` is a boolean ``(N, N)`` array in the frames' orientation, True where a
+    pixel is valid.
     """
     from ptystream.engine.ad import ADEngine
 

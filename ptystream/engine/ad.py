@@ -71,7 +71,8 @@ class ADEngine:
         that a normal scan never recompiles. Unknown values are grown into.
     read_noise_counts : Gaussian read noise in counts (enters the loss's variance offset).
     probe_defocus_m : nominal defocus used to build the initial probe from the mean pattern.
-    detector_mask : centred ``(N, N)`` boolean array, True where a detector pixel is valid;
+    detector_mask : ``(N, N)`` boolean array in the frames' orientation, True where a pixel is
+        valid;
         masked pixels (gaps, hot pixels, a beamstop) never enter the loss. None: all valid.
 
     Notes
@@ -137,6 +138,9 @@ class ADEngine:
         self._pixel_mask = tf.constant(self._to_engine(detector_mask).astype(np.float32))
         q = optics.angular_spectrum_phase(self._n, self._dx, geometry.wavelength_m)
         self._q = tf.constant(np.fft.ifftshift(q).astype(np.float32))
+        fy, fx = optics.spatial_frequencies(self._n, self._dx)
+        band = (fx**2 + fy**2 < 1.0 / geometry.wavelength_m**2).astype(np.float32)
+        self._band = tf.constant(np.fft.ifftshift(band))  # evanescent waves do not propagate
         self._distance = tf.Variable(geometry.propagation_distance_m, dtype=tf.float32)
         self._distance_adam = _Adam(())
         self._distance_count = tf.Variable(0.0, trainable=False)
@@ -265,7 +269,7 @@ class ADEngine:
                     probes = probe[None]
                 if self._near:
                     predicted = forward.nearfield_intensity(
-                        patches * probes, self._q, self._distance
+                        patches * probes, self._q, self._distance, self._band
                     )
                 else:
                     predicted = forward.farfield_intensity(patches * probes)

@@ -57,15 +57,20 @@ def farfield_intensity(exit_waves: tf.Tensor) -> tf.Tensor:
     return tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
 
 
-def nearfield_intensity(exit_waves: tf.Tensor, q: tf.Tensor, distance_m: tf.Tensor) -> tf.Tensor:
+def nearfield_intensity(
+    exit_waves: tf.Tensor, q: tf.Tensor, distance_m: tf.Tensor, band: tf.Tensor | None = None
+) -> tf.Tensor:
     """Intensity after angular-spectrum propagation of ``exit_waves`` ``(B, n, n)`` by
     ``distance_m`` (a tensor, so it can be trained).
 
     ``q`` ``(n, n)`` is :func:`ptystream.optics.angular_spectrum_phase`, ifftshifted (zero
-    frequency at [0, 0]); the kernel is ``exp(-2 pi i z q)``.
+    frequency at [0, 0]); the kernel is ``exp(-2 pi i z q)``, times ``band`` (1 where a
+    frequency propagates, 0 for evanescent ones) when given.
     """
     phase = -2.0 * np.pi * distance_m * q
     kernel = tf.complex(tf.cos(phase), tf.sin(phase))
+    if band is not None:
+        kernel *= tf.cast(band, tf.complex64)
     field = tf.signal.ifft2d(tf.signal.fft2d(exit_waves) * kernel[None])
     return tf.math.real(field) ** 2 + tf.math.imag(field) ** 2
 

@@ -23,8 +23,8 @@ def corner_positions_px(estimate: Estimate, frame_px: int) -> np.ndarray:
 def write_result(
     path: str | Path, estimate: Estimate, geometry: Geometry, settings: dict[str, Any]
 ) -> Path:
-    """Write ``object``, ``probe`` (complex64), ``positions_px``, ``loss`` and the geometry and
-    settings as attributes (SI units in the names)."""
+    """Write ``object``, ``probe`` (complex64), ``positions_px``, ``loss`` (per optimiser
+    step) and the geometry, ``steps`` and settings as attributes (SI units in the names)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
@@ -42,6 +42,6 @@ def write_result(
             estimate.distance_m if np.isfinite(estimate.distance_m) else geometry.distance_m
         )
         attrs["object_origin_m"] = np.asarray(estimate.object_origin_m)
-        attrs["iterations"] = estimate.iteration
+        attrs["steps"] = estimate.iteration
         attrs["settings"] = json.dumps(settings)
     return path

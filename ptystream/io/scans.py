@@ -52,7 +52,11 @@ def read_cxi(path: str | Path) -> ScanFile:
                 f"{path}: {_DETECTOR}/basis_vectors is missing, so the orientation of the "
                 "translations relative to the frames is unknown"
             )
-        basis = det["basis_vectors"][()].astype(float)  # (3, 2): lab vectors of rows, columns
+        basis = det["basis_vectors"][()].astype(float)
+        if basis.shape == (2, 3):  # CXI 1.6 stores one row per detector axis
+            basis = basis.T
+        if basis.shape != (3, 2):
+            raise ValueError(f"{path}: basis_vectors must be (3, 2) or (2, 3), got {basis.shape}")
         translation = f["entry_1/sample_1/geometry_1/translation"][()].astype(float)
         mask = det["mask"][()] if "mask" in det else np.zeros(frames.shape[1:], np.uint32)
         scan = ScanFile(
