@@ -54,12 +54,11 @@ def test_reconstruct_the_p25_scan_from_the_command_line(tmp_path):
     assert last < 0.45 * first  # measured: 0.36 of the first pass after 12 passes
 
 
-def test_reconstruct_a_simulated_npz(tmp_path):
-    profile = small_profile(photons_per_frame=None)
+def simulated_npz(profile, path):
+    """A noise-free simulated scan written in the documented NPZ layout."""
     sim = build_simulation(profile)
     frames = np.stack([1e6 * diffraction_pattern(sim.truth, p) for p in sim.positions_m])
     g = profile.instrument.geometry()
-    path = tmp_path / "scan.npz"
     np.savez(
         path,
         frames=frames,
@@ -68,6 +67,12 @@ def test_reconstruct_a_simulated_npz(tmp_path):
         distance_m=g.distance_m,
         detector_pixel_size_m=g.detector_pixel_size_m,
     )
+    return path, sim
+
+
+def test_reconstruct_a_simulated_npz(tmp_path):
+    profile = small_profile(photons_per_frame=None)
+    path, sim = simulated_npz(profile, tmp_path / "scan.npz")
     estimate = reconstruct_file(path, profile, tmp_path / "out.h5", epochs=80)
     with h5py.File(tmp_path / "out.h5") as f:
         served = f["object"][()]
@@ -81,18 +86,7 @@ def test_reconstruct_a_simulated_npz(tmp_path):
 
 def test_time_budget_sets_the_number_of_passes(tmp_path):
     profile = small_profile(photons_per_frame=None, n_points=40, object_px=144)
-    sim = build_simulation(profile)
-    frames = np.stack([1e6 * diffraction_pattern(sim.truth, p) for p in sim.positions_m])
-    g = profile.instrument.geometry()
-    path = tmp_path / "scan.npz"
-    np.savez(
-        path,
-        frames=frames,
-        positions_m=sim.positions_m,
-        wavelength_m=g.wavelength_m,
-        distance_m=g.distance_m,
-        detector_pixel_size_m=g.detector_pixel_size_m,
-    )
+    path, sim = simulated_npz(profile, tmp_path / "scan.npz")
     calls = []
     estimate = reconstruct_file(
         path,
