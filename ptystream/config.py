@@ -120,6 +120,9 @@ class EngineSettings(BaseModel):
     """Optimiser steps before the probe starts to move."""
     steps_per_arrival: int = Field(4, gt=0)
     """Optimiser steps after each arrival of new frames (new frames plus a sample of old ones)."""
+    reuse_probe: bool = False
+    """Start each run from the previous run's final probe (same frame size) rather than from
+    the optics: a warm start across scans."""
     final_epochs: int = Field(30, ge=0)
     """Passes over all frames after the scan stops, before the final result is published."""
     final_learning_rate_fraction: float = Field(0.1, gt=0, le=1)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ptystream.batching import Accounting, FramePairer
 from ptystream.config import Profile
 from ptystream.engine import Engine, configure_tensorflow, make_engine
@@ -94,6 +96,7 @@ class RunResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     spooled: Path | None = None
+    initial_probe_from: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -103,6 +106,8 @@ class RunResult:
     def summary(self) -> dict[str, Any]:
         """The run's bookkeeping for its published metadata."""
         out: dict[str, Any] = {"frames": self.accounting.as_dict(), "timings_s": self.timings_s}
+        if self.initial_probe_from:
+            out["initial_probe_from"] = self.initial_probe_from
         if self.error:
             out["reason"] = self.error
         return out
@@ -164,6 +169,7 @@ class LivePipeline:
         self._out_cond = threading.Condition()
         self._results: OrderedDict[str, RunResult] = OrderedDict()
         self._begin_after: dict[str, float] = {}  # publisher thread only
+        self._last_probe: tuple[str, np.ndarray] | None = None  # worker thread only
         self._ready = threading.Event()
         self._closing = False
         self._worker = threading.Thread(target=self._work, name="ptystream-worker", daemon=True)
@@ -279,12 +285,18 @@ class LivePipeline:
         inst = self._profile.instrument
         t0 = time.perf_counter()
         self._post("begin", result)
+        initial_probe = None
+        if self._profile.engine.reuse_probe and self._last_probe is not None:
+            source, probe = self._last_probe
+            if probe.shape == result.start.geometry.frame_shape:
+                initial_probe, result.initial_probe_from = probe, source
         engine = self._engine_factory(
             result.start.geometry,
             self._profile.engine,
             plan=result.start.plan,
             read_noise_counts=inst.read_noise_counts,
             probe_defocus_m=inst.probe_defocus_m,
+            initial_probe=initial_probe,
         )
         engine.warm_up()
         result.timings_s["engine_setup"] = time.perf_counter() - t0
@@ -317,6 +329,8 @@ class LivePipeline:
         if run.engine.n_frames:
             run.engine.refine(self._profile.engine.final_epochs)
             result.final = run.engine.estimate(final=True)
+            if result.final.is_finite():
+                self._last_probe = (result.run_uid, result.final.probe)
         result.timings_s["final_reconstruction"] = time.perf_counter() - t0
         result.status = status
         if reason:

@@ -23,6 +23,14 @@ def quick_profile(**sim):
     return profile.model_copy(update={"publish": publish, "engine": engine})
 
 
+def live(profile, publisher, **kwargs):
+    """A started pipeline and a RunEngine feeding it through the callback."""
+    pipeline = LivePipeline(profile, publisher, **kwargs).start()
+    RE = RunEngine({})
+    RE.subscribe(PtychoCallback(profile, pipeline))
+    return pipeline, RE
+
+
 def failing_scan(sim, n_ok):
     """The simulated scan, written with plan stubs, raising after ``n_ok`` points."""
     units = sim.profile.instrument.motor_units_m
@@ -43,9 +51,7 @@ def test_tiled_down_keeps_the_final_result_on_disk(tmp_path):
     server = start_embedded_server(tmp_path / "tiled")
     publisher = TiledPublisher.from_uri(server.uri)
     server.close()  # the server is really gone before the scan starts
-    pipeline = LivePipeline(profile, publisher, spool_dir=tmp_path / "spool").start()
-    RE = RunEngine({})
-    RE.subscribe(PtychoCallback(profile, pipeline))
+    pipeline, RE = live(profile, publisher, spool_dir=tmp_path / "spool")
     sim = build_simulation(profile)
     (uid,) = RE(sim.plan())  # the scan is not held up by the dead server
     result = pipeline.wait(uid, timeout=300)
@@ -61,9 +67,7 @@ def test_tiled_down_keeps_the_final_result_on_disk(tmp_path):
 
 def test_failed_scan_and_back_to_back_runs(tiled_client):
     profile = quick_profile()
-    pipeline = LivePipeline(profile, TiledPublisher(tiled_client)).start()
-    RE = RunEngine({})
-    RE.subscribe(PtychoCallback(profile, pipeline))
+    pipeline, RE = live(profile, TiledPublisher(tiled_client))
     uids = []
     RE.subscribe(lambda name, doc: uids.append(doc["uid"]) if name == "start" else None)
     sim = build_simulation(profile)
@@ -93,10 +97,7 @@ def test_engine_failure_fails_that_run_only(tiled_client):
             raise RuntimeError("device lost")
         return make_engine(*args, **kwargs)
 
-    pipeline = LivePipeline(profile, TiledPublisher(tiled_client), engine_factory=flaky_factory)
-    pipeline.start()
-    RE = RunEngine({})
-    RE.subscribe(PtychoCallback(profile, pipeline))
+    pipeline, RE = live(profile, TiledPublisher(tiled_client), engine_factory=flaky_factory)
     (first,) = RE(build_simulation(profile).plan())
     (second,) = RE(build_simulation(profile).plan())
     bad, good = pipeline.wait(first, timeout=300), pipeline.wait(second, timeout=300)
@@ -105,3 +106,18 @@ def test_engine_failure_fails_that_run_only(tiled_client):
     assert tiled_client[bad.node_path].metadata["status"] == "failed"
     assert "device lost" in tiled_client[bad.node_path].metadata["reason"]
     assert good.status == "finished" and good.final.n_frames == 40
+
+
+def test_probe_is_carried_over_to_the_next_run(tiled_client):
+    profile = quick_profile()
+    profile = profile.model_copy(
+        update={"engine": profile.engine.model_copy(update={"reuse_probe": True})}
+    )
+    pipeline, RE = live(profile, TiledPublisher(tiled_client))
+    (first,) = RE(build_simulation(profile).plan())
+    (second,) = RE(build_simulation(profile).plan())
+    one, two = pipeline.wait(first, timeout=300), pipeline.wait(second, timeout=300)
+    pipeline.close()
+    assert one.initial_probe_from is None and two.initial_probe_from == first
+    assert tiled_client[two.node_path].metadata["initial_probe_from"] == first
+    assert two.status == "finished" and np.isfinite(two.final.object).all()

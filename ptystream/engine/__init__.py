@@ -75,11 +75,13 @@ def make_engine(
     read_noise_counts: float = 0.0,
     probe_defocus_m: float = 0.0,
     detector_mask: np.ndarray | None = None,
+    initial_probe: np.ndarray | None = None,
 ) -> Engine:
     """Build the AD engine for one run (imports TensorFlow).
 
     ``detector_mask`` is a boolean ``(N, N)`` array in the frames' orientation, True where a
-    pixel is valid.
+    pixel is valid. ``initial_probe`` (complex ``(N, N)``) replaces the probe built from the
+    optics, e.g. the previous scan's final probe.
     """
     from ptystream.engine.ad import ADEngine
 
@@ -90,4 +92,5 @@ def make_engine(
         read_noise_counts=read_noise_counts,
         probe_defocus_m=probe_defocus_m,
         detector_mask=detector_mask,
+        initial_probe=initial_probe,
     )

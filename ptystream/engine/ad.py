@@ -20,13 +20,14 @@ import tensorflow as tf
 from ptystream import optics
 from ptystream.config import EngineSettings
 from ptystream.engine import forward
+from ptystream.engine.adam import Adam, adam_update
 from ptystream.types import NEAR_FIELD, Estimate, Geometry, ScanPlan
 
 __all__ = ["ADEngine"]
 
 logger = logging.getLogger(__name__)
 
-_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+
 _GROW_CHUNK_PX = 64
 _DEFAULT_CAPACITY = 256
 
@@ -37,27 +38,6 @@ class _Canvas:
 
     shape: tuple[int, int]
     origin_m: np.ndarray
-
-
-class _Adam:
-    """Adam state for one real variable, with a per-element step count (lazy, sparse-aware).
-
-    Elements whose gradient is exactly zero (outside every probe window of the batch) keep their
-    value and their moments, so a pixel's bias correction counts only the steps that touched it.
-    """
-
-    def __init__(self, shape: tuple[int, ...]):
-        self.m = tf.Variable(tf.zeros(shape), trainable=False)
-        self.v = tf.Variable(tf.zeros(shape), trainable=False)
-
-
-def _adam_update(var, grad, state: _Adam, count, touched, lr) -> None:
-    m = state.m.assign(tf.where(touched, _BETA1 * state.m + (1 - _BETA1) * grad, state.m))
-    v = state.v.assign(tf.where(touched, _BETA2 * state.v + (1 - _BETA2) * grad**2, state.v))
-    t = tf.maximum(count, 1.0)
-    m_hat = m / (1.0 - _BETA1**t)
-    v_hat = v / (1.0 - _BETA2**t)
-    var.assign_sub(tf.where(touched, lr * m_hat / (tf.sqrt(v_hat) + _EPS), 0.0))
 
 
 class ADEngine:
@@ -71,6 +51,8 @@ class ADEngine:
         that a normal scan never recompiles. Unknown values are grown into.
     read_noise_counts : Gaussian read noise in counts (enters the loss's variance offset).
     probe_defocus_m : nominal defocus used to build the initial probe from the mean pattern.
+    initial_probe : complex ``(N, N)`` probe to start from (a previous scan's, for a warm start
+        across scans); rescaled to the power of the first frames. None: built from the optics.
     detector_mask : ``(N, N)`` boolean array in the frames' orientation, True where a pixel is
         valid;
         masked pixels (gaps, hot pixels, a beamstop) never enter the loss. None: all valid.
@@ -91,8 +73,14 @@ class ADEngine:
         read_noise_counts: float = 0.0,
         probe_defocus_m: float = 0.0,
         detector_mask: np.ndarray | None = None,
+        initial_probe: np.ndarray | None = None,
     ):
         self.geometry = geometry
+        if initial_probe is not None and initial_probe.shape != geometry.frame_shape:
+            raise ValueError(
+                f"initial probe is {initial_probe.shape}, frames are {geometry.frame_shape}"
+            )
+        self._initial_probe = initial_probe
         self.settings = settings
         self._n = geometry.frame_px
         self._dx = geometry.object_pixel_size_m
@@ -129,11 +117,11 @@ class ADEngine:
         self._obj_re = tf.Variable(tf.ones((h, w)))
         self._obj_im = tf.Variable(tf.zeros((h, w)))
         self._obj_count = tf.Variable(tf.zeros((h, w)), trainable=False)
-        self._obj_adam = (_Adam((h, w)), _Adam((h, w)))
+        self._obj_adam = (Adam((h, w)), Adam((h, w)))
         self._probe_re = tf.Variable(tf.zeros((self._n, self._n)))
         self._probe_im = tf.Variable(tf.zeros((self._n, self._n)))
         self._probe_count = tf.Variable(0.0, trainable=False)
-        self._probe_adam = (_Adam((self._n, self._n)), _Adam((self._n, self._n)))
+        self._probe_adam = (Adam((self._n, self._n)), Adam((self._n, self._n)))
         self._offset = tf.Variable(1.0, trainable=False)
         self._pixel_mask = tf.constant(self._to_engine(detector_mask).astype(np.float32))
         q = optics.angular_spectrum_phase(self._n, self._dx, geometry.wavelength_m)
@@ -142,7 +130,7 @@ class ADEngine:
         band = (fx**2 + fy**2 < 1.0 / geometry.wavelength_m**2).astype(np.float32)
         self._band = tf.constant(np.fft.ifftshift(band))  # evanescent waves do not propagate
         self._distance = tf.Variable(geometry.propagation_distance_m, dtype=tf.float32)
-        self._distance_adam = _Adam(())
+        self._distance_adam = Adam(())
         self._distance_count = tf.Variable(0.0, trainable=False)
         self._frames = tf.Variable(tf.zeros((capacity, self._n, self._n)), trainable=False)
         self._top_left = tf.Variable(tf.zeros((capacity, 2), tf.int32), trainable=False)
@@ -230,6 +218,18 @@ class ADEngine:
                 on_epoch(epoch, loss)
         return loss
 
+    def save_state(self, path) -> None:
+        """Write the whole state (variables, optimiser moments, frames, bookkeeping) to ``path``."""
+        from ptystream.engine.checkpoint import save_state
+
+        save_state(self, path)
+
+    def load_state(self, path) -> None:
+        """Continue from a state written by :meth:`save_state` (same geometry and settings)."""
+        from ptystream.engine.checkpoint import load_state
+
+        load_state(self, path)
+
     def estimate(self, *, final: bool = False) -> Estimate:
         """Numpy snapshot of the current state."""
         obj = (self._obj_re.numpy() + 1j * self._obj_im.numpy()).astype(np.complex64)
@@ -291,17 +291,17 @@ class ADEngine:
             )
             touched = tf.logical_or(g_obj_re != 0.0, g_obj_im != 0.0)
             count = self._obj_count.assign_add(tf.cast(touched, tf.float32))
-            _adam_update(self._obj_re, g_obj_re, self._obj_adam[0], count, touched, object_lr)
-            _adam_update(self._obj_im, g_obj_im, self._obj_adam[1], count, touched, object_lr)
+            adam_update(self._obj_re, g_obj_re, self._obj_adam[0], count, touched, object_lr)
+            adam_update(self._obj_im, g_obj_im, self._obj_adam[1], count, touched, object_lr)
             active = probe_lr > 0.0
             p_count = self._probe_count.assign_add(tf.cast(active, tf.float32))
             every = tf.fill([n, n], active)
-            _adam_update(self._probe_re, g_pr, self._probe_adam[0], p_count, every, probe_lr)
-            _adam_update(self._probe_im, g_pi, self._probe_adam[1], p_count, every, probe_lr)
+            adam_update(self._probe_re, g_pr, self._probe_adam[0], p_count, every, probe_lr)
+            adam_update(self._probe_im, g_pi, self._probe_adam[1], p_count, every, probe_lr)
             if settings.train_distance:
                 fit = distance_lr > 0.0
                 z_count = self._distance_count.assign_add(tf.cast(fit, tf.float32))
-                _adam_update(self._distance, g_z, self._distance_adam, z_count, fit, distance_lr)
+                adam_update(self._distance, g_z, self._distance_adam, z_count, fit, distance_lr)
             return loss
 
         b = settings.batch_size
@@ -353,7 +353,10 @@ class ADEngine:
         self._scale = float(max(patterns[:, self._valid_pixels].max(), 1e-12))
         self._offset.assign(self._noise_offset_counts / self._scale)
         mean = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels) / self._scale
-        if self._near:  # the measured amplitude, propagated back to the sample
+        if self._initial_probe is not None:  # keep its shape, match the measured power
+            probe = self._initial_probe.astype(np.complex64)
+            probe *= np.sqrt(mean.sum() / max(np.sum(np.abs(probe) ** 2), 1e-30))
+        elif self._near:  # the measured amplitude, propagated back to the sample
             probe = optics.angular_spectrum(
                 np.sqrt(np.clip(mean, 0.0, None)),
                 self._dx,
@@ -402,7 +405,7 @@ class ADEngine:
             return
         grow_lo = np.where(need_lo > 0, np.maximum(need_lo, _GROW_CHUNK_PX), 0).astype(int)
         grow_hi = np.where(need_hi > 0, np.maximum(need_hi, _GROW_CHUNK_PX), 0).astype(int)
-        new_shape = (h + grow_lo[0] + grow_hi[0], w + grow_lo[1] + grow_hi[1])
+        new_shape = (int(h + grow_lo[0] + grow_hi[0]), int(w + grow_lo[1] + grow_hi[1]))
         logger.info("growing the object canvas from %s to %s px", (h, w), new_shape)
         self._canvas = _Canvas(new_shape, self._canvas.origin_m - grow_lo * self._dx)
         self._resize_object(new_shape, (int(grow_lo[0]), int(grow_lo[1])))
