@@ -133,6 +133,15 @@ class EngineSettings(BaseModel):
     it corrects the Fresnel number, not the magnification."""
     distance_learning_rate_m: float = Field(1e-5, gt=0)
     """Adam learning rate of the propagation distance, in metres per step."""
+    correct_positions: bool = False
+    """Fit a correction of each frame's position (needs ``subpixel``); the mean correction is
+    kept at zero, since a common shift of all positions only moves the object."""
+    position_start_step: int = Field(50, ge=0)
+    """Optimiser steps before positions start to move (the object must take shape first)."""
+    position_learning_rate_px: float = Field(0.05, gt=0)
+    """Adam learning rate of the position corrections, in object pixels per step."""
+    position_max_px: float = Field(4.0, gt=0)
+    """Largest correction, in object pixels (damping against runaway frames)."""
     subpixel: bool = True
     """Shift the probe by the fractional part of each position (Fourier shift)."""
     jit_compile: bool = True
@@ -243,6 +252,8 @@ class Profile(BaseModel):
             raise ValueError("instrument.distance_m must be finite")
         if self.sim is not None and self.instrument.propagation == NEAR_FIELD:
             raise ValueError("the simulated beamline (sim) is far-field only")
+        if self.engine.correct_positions and not self.engine.subpixel:
+            raise ValueError("engine.correct_positions needs engine.subpixel: true")
         if self.engine.train_distance and self.instrument.propagation != NEAR_FIELD:
             raise ValueError("engine.train_distance needs instrument.propagation: near_field")
         if self.instrument.focus_to_sample_m is not None and (

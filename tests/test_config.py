@@ -64,6 +64,7 @@ def test_simulated_object_must_hold_a_frame():
         ({"engine": {"train_distance": True}}, "train_distance needs instrument.propagation"),
         ({"instrument": {"propagation": "near_field"}}, "sim\\) is far-field only"),
         ({"instrument": {"focus_to_sample_m": 1e-3}}, "near field only"),
+        ({"engine": {"correct_positions": True, "subpixel": False}}, "needs engine.subpixel"),
     ],
 )
 def test_near_field_rules(change, message):

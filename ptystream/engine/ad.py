@@ -135,6 +135,12 @@ class ADEngine:
         self._frames = tf.Variable(tf.zeros((capacity, self._n, self._n)), trainable=False)
         self._top_left = tf.Variable(tf.zeros((capacity, 2), tf.int32), trainable=False)
         self._frac = tf.Variable(tf.zeros((capacity, 2)), trainable=False)
+        if settings.correct_positions and not settings.subpixel:
+            raise ValueError("correct_positions needs subpixel shifts")
+        self._shift = tf.Variable(tf.zeros((capacity, 2)))  # position corrections, pixels
+        self._shift_count = tf.Variable(tf.zeros((capacity, 2)), trainable=False)
+        self._shift_adam = Adam((capacity, 2))
+        self._n_var = tf.Variable(0, dtype=tf.int32, trainable=False)
         self._step_fn = self._compile()
 
     # -- public API -----------------------------------------------------------------------
@@ -151,7 +157,7 @@ class ADEngine:
         """Compile the step for the current shapes with an all-padding batch (changes nothing)."""
         b = self.settings.batch_size
         zero = tf.constant(0.0)
-        self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), zero, zero, zero)
+        self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), zero, zero, zero, zero)
 
     def add_frames(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
         """Append ``patterns`` ``(k, N, N)`` (centred, counts) taken at ``positions_m`` ``(k, 2)``.
@@ -179,6 +185,7 @@ class ADEngine:
         self._top_left[sl].assign(top_left)
         self._frac[sl].assign(frac)
         self._positions_m = np.concatenate([self._positions_m, positions_m])
+        self._n_var.assign(self._n_frames + k)
         self._pending.extend(range(self._n_frames, self._n_frames + k))
         self._n_frames += k
 
@@ -240,7 +247,8 @@ class ADEngine:
             probe=probe,
             object_origin_m=(float(origin[0]), float(origin[1])),
             pixel_size_m=self._dx,
-            positions_m=self._positions_m.copy(),
+            positions_m=self._positions_m
+            + self._shift[: self._n_frames].numpy().astype(np.float64) * self._dx,
             illumination=self._illumination(probe, obj.shape),
             iteration=self._iteration,
             n_frames=self._n_frames,
@@ -257,14 +265,21 @@ class ADEngine:
         obj_vars = (self._obj_re, self._obj_im)
         probe_vars = (self._probe_re, self._probe_im)
 
-        def train_step(idx, valid, object_lr, probe_lr, distance_lr):
+        def train_step(idx, valid, object_lr, probe_lr, distance_lr, position_lr):
             with tf.GradientTape() as tape:
                 obj = tf.complex(*obj_vars)
                 probe = tf.complex(*probe_vars)
                 top_left = tf.gather(self._top_left, idx)
+                frac = tf.gather(self._frac, idx)
+                if settings.correct_positions:
+                    # the integer part picks the patch; the gradient flows through the rest
+                    corner = tf.cast(top_left, tf.float32) + frac + tf.gather(self._shift, idx)
+                    top_left = tf.cast(tf.floor(tf.stop_gradient(corner)), tf.int32)
+                    top_left = tf.clip_by_value(top_left, 0, tf.shape(obj) - n)
+                    frac = corner - tf.cast(top_left, tf.float32)
                 patches = forward.extract_patches(obj, top_left, n)
                 if settings.subpixel:
-                    probes = forward.shifted_probes(probe, tf.gather(self._frac, idx))
+                    probes = forward.shifted_probes(probe, frac)
                 else:
                     probes = probe[None]
                 if self._near:
@@ -284,9 +299,9 @@ class ADEngine:
                 )
                 if settings.tv_weight > 0:
                     loss += settings.tv_weight * forward.total_variation(patches, valid)
-            g_obj_re, g_obj_im, g_pr, g_pi, g_z = tape.gradient(
+            g_obj_re, g_obj_im, g_pr, g_pi, g_z, g_shift = tape.gradient(
                 loss,
-                [*obj_vars, *probe_vars, self._distance],
+                [*obj_vars, *probe_vars, self._distance, self._shift],
                 unconnected_gradients=tf.UnconnectedGradients.ZERO,
             )
             touched = tf.logical_or(g_obj_re != 0.0, g_obj_im != 0.0)
@@ -302,6 +317,21 @@ class ADEngine:
                 fit = distance_lr > 0.0
                 z_count = self._distance_count.assign_add(tf.cast(fit, tf.float32))
                 adam_update(self._distance, g_z, self._distance_adam, z_count, fit, distance_lr)
+            if settings.correct_positions:
+                g_shift = tf.convert_to_tensor(g_shift)
+                moved = tf.logical_and(g_shift != 0.0, position_lr > 0.0)
+                s_count = self._shift_count.assign_add(tf.cast(moved, tf.float32))
+                adam_update(self._shift, g_shift, self._shift_adam, s_count, moved, position_lr)
+                seen = tf.range(tf.shape(self._shift)[0]) < self._n_var
+                mean = tf.reduce_sum(tf.where(seen[:, None], self._shift, 0.0), axis=0) / tf.cast(
+                    tf.maximum(self._n_var, 1), tf.float32
+                )
+                limit = settings.position_max_px
+                self._shift.assign(
+                    tf.where(
+                        seen[:, None], tf.clip_by_value(self._shift - mean, -limit, limit), 0.0
+                    )
+                )
             return loss
 
         b = settings.batch_size
@@ -311,12 +341,16 @@ class ADEngine:
             tf.TensorSpec((), tf.float32),
             tf.TensorSpec((), tf.float32),
             tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((), tf.float32),
         ]
         return tf.function(train_step, input_signature=signature, jit_compile=settings.jit_compile)
 
     def _run_batch(self, idx: np.ndarray, valid: np.ndarray, lr_scale: float = 1.0) -> float:
         s = self.settings
         probe_lr = s.probe_learning_rate if self._iteration >= s.probe_start_step else 0.0
+        position_lr = (
+            s.position_learning_rate_px if self._iteration >= s.position_start_step else 0.0
+        )
         loss = float(
             self._step_fn(
                 tf.constant(idx),
@@ -324,6 +358,7 @@ class ADEngine:
                 tf.constant(lr_scale * s.object_learning_rate, tf.float32),
                 tf.constant(lr_scale * probe_lr, tf.float32),
                 tf.constant(lr_scale * s.distance_learning_rate_m, tf.float32),
+                tf.constant(lr_scale * position_lr, tf.float32),
             )
         )
         self._iteration += 1
@@ -448,6 +483,10 @@ class ADEngine:
         self._frames = grown(self._frames)
         self._top_left = grown(self._top_left)
         self._frac = grown(self._frac)
+        self._shift = tf.Variable(grown(self._shift).numpy())  # trainable again
+        self._shift_count = grown(self._shift_count)
+        self._shift_adam.m = grown(self._shift_adam.m)
+        self._shift_adam.v = grown(self._shift_adam.v)
         self._step_fn = self._compile()
 
     def _illumination(self, probe: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -42,6 +42,11 @@ STATE_VARIABLES: dict[str, tuple] = {
     "frames": ("_frames",),
     "top_left": ("_top_left",),
     "frac": ("_frac",),
+    "shift": ("_shift",),
+    "shift_count": ("_shift_count",),
+    "shift_m": ("_shift_adam", "m"),
+    "shift_v": ("_shift_adam", "v"),
+    "n_frames": ("_n_var",),
 }
 
 

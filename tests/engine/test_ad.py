@@ -189,6 +189,38 @@ def test_total_variation_fights_noise_at_low_dose(clean_scan):
     assert tv.abs_c > plain.abs_c
 
 
+def test_position_correction_repairs_wrong_positions(clean_scan):
+    """Frames taken at the true positions, given to the engine with errors of up to 1.5 px.
+    Measured: RMS error 1.21 px stays 1.21 without correction (phase r 0.82) and falls to
+    0.11 px with it (phase r 0.996)."""
+    profile, sim, frames = clean_scan
+    dx = profile.instrument.geometry().object_pixel_size_m
+    given = sim.positions_m + np.random.default_rng(7).uniform(-1.5, 1.5, (len(frames), 2)) * dx
+
+    def run(correct):
+        settings = profile.engine.model_copy(update={"correct_positions": correct})
+        engine = make_engine(
+            profile.instrument.geometry(),
+            settings,
+            plan=planned(given),
+            probe_defocus_m=profile.instrument.probe_defocus_m,
+        )
+        for i in range(0, len(frames), 5):
+            engine.add_frames(frames[i : i + 5], given[i : i + 5])
+            engine.step(4)
+        engine.refine(100)
+        estimate = engine.estimate()
+        error = (estimate.positions_m - sim.positions_m) / dx
+        error -= error.mean(axis=0)  # a common shift only moves the object
+        rms = np.sqrt((error**2).sum(axis=1).mean())
+        return rms, score_against_truth(estimate, sim.truth)[0]
+
+    plain_rms, plain = run(False)
+    fixed_rms, fixed = run(True)
+    assert plain_rms > 1.0 and fixed_rms < 0.3
+    assert fixed.phase >= 0.95 and fixed.phase > plain.phase + 0.1
+
+
 def test_mask_of_the_wrong_shape_is_named(clean_scan):
     profile, _, _ = clean_scan
     with pytest.raises(ValueError, match=r"detector mask is \(32, 32\), frames are \(64, 64\)"):
