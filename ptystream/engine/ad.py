@@ -299,9 +299,11 @@ class ADEngine:
                 )
                 if settings.tv_weight > 0:
                     loss += settings.tv_weight * forward.total_variation(patches, valid)
-            g_obj_re, g_obj_im, g_pr, g_pi, g_z, g_shift = tape.gradient(
+            extra = [self._distance] * settings.train_distance
+            extra += [self._shift] * settings.correct_positions
+            g_obj_re, g_obj_im, g_pr, g_pi, *g_extra = tape.gradient(
                 loss,
-                [*obj_vars, *probe_vars, self._distance, self._shift],
+                [*obj_vars, *probe_vars, *extra],
                 unconnected_gradients=tf.UnconnectedGradients.ZERO,
             )
             touched = tf.logical_or(g_obj_re != 0.0, g_obj_im != 0.0)
@@ -316,9 +318,10 @@ class ADEngine:
             if settings.train_distance:
                 fit = distance_lr > 0.0
                 z_count = self._distance_count.assign_add(tf.cast(fit, tf.float32))
+                g_z = g_extra.pop(0)
                 adam_update(self._distance, g_z, self._distance_adam, z_count, fit, distance_lr)
             if settings.correct_positions:
-                g_shift = tf.convert_to_tensor(g_shift)
+                g_shift = tf.convert_to_tensor(g_extra.pop(0))
                 moved = tf.logical_and(g_shift != 0.0, position_lr > 0.0)
                 s_count = self._shift_count.assign_add(tf.cast(moved, tf.float32))
                 adam_update(self._shift, g_shift, self._shift_adam, s_count, moved, position_lr)
@@ -490,10 +493,19 @@ class ADEngine:
         self._step_fn = self._compile()
 
     def _illumination(self, probe: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """Summed probe intensity over the frames' windows (integer placement), float32."""
+        """Summed probe intensity over the frames' windows (at the whole pixel of each corrected
+        position), float32."""
         out = np.zeros(shape, np.float32)
         if self._n_frames == 0:
             return out
+        n = self._n_frames
+        corners = self._top_left[:n].numpy() + self._frac[:n].numpy() + self._shift[:n].numpy()
+        limit = np.array(shape) - self._n
+        corners = np.clip(np.floor(corners).astype(int), 0, limit)
+        intensity = np.abs(probe) ** 2
+        for r, c in corners:
+            out[r : r + self._n, c : c + self._n] += intensity
+        return out
         intensity = np.abs(probe) ** 2
         for r, c in self._top_left[: self._n_frames].numpy():
             out[r : r + self._n, c : c + self._n] += intensity
