@@ -17,9 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ptystream.types import FAR_FIELD, NEAR_FIELD, Geometry
 
 __all__ = [
+    "Algorithm",
     "EngineSettings",
     "InstrumentSettings",
     "Profile",
+    "PieSettings",
     "ProfileError",
     "PublishSettings",
     "SimSettings",
@@ -57,8 +59,11 @@ class InstrumentSettings(BaseModel):
     """Photon energy in eV."""
     distance_m: float = Field(gt=0)
     """Sample-to-detector distance in metres."""
-    propagation: Literal["far_field", "near_field"] = FAR_FIELD
-    """Far field (one FFT) or near field (angular spectrum over the propagation distance)."""
+    propagation: Literal["far_field", "fresnel", "near_field"] = FAR_FIELD
+    """``far_field``: Fraunhofer, one FFT; ``fresnel``: far field at a finite distance, the
+    Fresnel phase over the probe window folded into the probe (matters when pi lambda z /
+    (4 dx^2) is not small, e.g. visible light at centimetres); ``near_field``: angular spectrum
+    over the propagation distance."""
     focus_to_sample_m: float | None = Field(None, gt=0)
     """Near field in a divergent beam: focus-to-sample distance in metres (from the beamline, not
     in the data), for the Fresnel scaling theorem; None for a plane wave."""
@@ -100,10 +105,43 @@ class LossKind(StrEnum):
     negative counts are clipped to zero, which biases it where read noise is large."""
 
 
-class EngineSettings(BaseModel):
-    """How the AD engine reconstructs."""
+class Algorithm(StrEnum):
+    """Reconstruction algorithm: the AD engine, or a classical baseline (numpy)."""
+
+    AD = "ad"
+    EPIE = "epie"
+    MPIE = "mpie"
+
+
+class PieSettings(BaseModel):
+    """The ePIE and mPIE baselines (Maiden, Johnson and Li, Optica 4, 736 (2017))."""
 
     model_config = _STRICT
+
+    object_step: float = Field(1.0, gt=0)
+    """Object update step (beta_O; ePIE's alpha)."""
+    probe_step: float = Field(1.0, gt=0)
+    """Probe update step (beta_P; ePIE's beta)."""
+    object_alpha: float = Field(0.1, gt=0, le=1)
+    """mPIE: rPIE regularisation of the object update (1 gives ePIE's denominator)."""
+    probe_alpha: float = Field(0.1, gt=0, le=1)
+    """mPIE: rPIE regularisation of the probe update."""
+    momentum: float = Field(0.7, ge=0, lt=1)
+    """mPIE: momentum friction eta."""
+    momentum_every: int = Field(0, ge=0)
+    """mPIE: position updates between momentum steps (T); 0 means once per pass over the
+    frames seen."""
+
+
+class EngineSettings(BaseModel):
+    """How the engine reconstructs."""
+
+    model_config = _STRICT
+
+    algorithm: Algorithm = Algorithm.AD
+    """``ad`` (the streaming AD engine) or a baseline, ``epie`` or ``mpie``."""
+    probe_modes: int = Field(1, ge=1, le=16)
+    """Mutually incoherent probe modes (partial coherence); 1 is a fully coherent probe."""
 
     loss: LossKind = LossKind.AMPLITUDE
     """Misfit between measured and predicted intensities."""
@@ -152,6 +190,8 @@ class EngineSettings(BaseModel):
     """Seed of the engine's random generator (mini-batch sampling)."""
     tf_threads: int = Field(1, gt=0)
     """TensorFlow intra- and inter-op threads; 1 leaves a core for ingest and publishing."""
+    pie: PieSettings = PieSettings()
+    """Settings of the ePIE and mPIE baselines (ignored by the AD engine)."""
 
 
 class PublishSettings(BaseModel):

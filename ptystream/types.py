@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = [
     "FAR_FIELD",
+    "FRESNEL",
     "NEAR_FIELD",
     "Estimate",
     "FrameRecord",
@@ -24,6 +25,9 @@ __all__ = [
 
 
 FAR_FIELD = "far_field"
+#: Far field at a finite distance: the Fresnel phase exp(i pi r^2 / (lambda z)) over the probe
+#: window is folded into the probe before the Fourier transform.
+FRESNEL = "fresnel"
 NEAR_FIELD = "near_field"
 
 
@@ -37,7 +41,8 @@ class Geometry:
     distance_m : sample-to-detector distance in metres.
     detector_pixel_size_m : detector pixel pitch in metres (square pixels).
     frame_px : side of the (square) frame in pixels.
-    propagation : ``"far_field"`` or ``"near_field"``.
+    propagation : ``"far_field"`` (Fraunhofer), ``"fresnel"`` (far field at a finite distance)
+        or ``"near_field"`` (angular spectrum).
     focus_to_sample_m : near field with a divergent (cone) beam: distance from the focus to the
         sample, for the Fresnel scaling theorem; None for a plane wave.
     """
@@ -50,8 +55,11 @@ class Geometry:
     focus_to_sample_m: float | None = None
 
     def __post_init__(self) -> None:
-        if self.propagation not in (FAR_FIELD, NEAR_FIELD):
-            raise ValueError(f"propagation must be {FAR_FIELD!r} or {NEAR_FIELD!r}")
+        if self.propagation not in (FAR_FIELD, FRESNEL, NEAR_FIELD):
+            raise ValueError(
+                f"propagation must be {FAR_FIELD!r}, {FRESNEL!r} or {NEAR_FIELD!r}, "
+                f"got {self.propagation!r}"
+            )
         if self.focus_to_sample_m is not None and self.propagation != NEAR_FIELD:
             raise ValueError("focus_to_sample_m applies to the near field only")
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
 from ptystream import optics
 from ptystream.config import EngineSettings
+from ptystream.engine import canvas as canvases
 from ptystream.engine import forward
 from ptystream.engine.adam import Adam, adam_update
 from ptystream.types import NEAR_FIELD, Estimate, Geometry, ScanPlan
@@ -28,16 +28,7 @@ __all__ = ["ADEngine"]
 logger = logging.getLogger(__name__)
 
 
-_GROW_CHUNK_PX = 64
 _DEFAULT_CAPACITY = 256
-
-
-@dataclass
-class _Canvas:
-    """Object canvas: ``shape`` in pixels, ``origin_m`` = stage position of pixel [0, 0]."""
-
-    shape: tuple[int, int]
-    origin_m: np.ndarray
 
 
 class ADEngine:
@@ -112,7 +103,7 @@ class ADEngine:
         self._iteration = 0
 
         capacity = max(plan.n_points or _DEFAULT_CAPACITY, settings.batch_size)
-        self._canvas = self._plan_canvas(plan)
+        self._canvas = canvases.plan_canvas(plan, self._n, self._dx, settings.canvas_margin_px)
         h, w = self._canvas.shape if self._canvas else (self._n, self._n)
         self._obj_re = tf.Variable(tf.ones((h, w)))
         self._obj_im = tf.Variable(tf.zeros((h, w)))
@@ -412,41 +403,23 @@ class ADEngine:
             self._canvas = self._canvas_for(lo, hi)
             self._resize_object(self._canvas.shape, (0, 0))
 
-    def _plan_canvas(self, plan: ScanPlan) -> _Canvas | None:
-        if plan.extent_m is None:
-            return None
-        (y0, y1), (x0, x1) = plan.extent_m
-        return self._canvas_for(np.array([y0, x0]), np.array([y1, x1]))
-
-    def _canvas_for(self, lo_m: np.ndarray, hi_m: np.ndarray) -> _Canvas:
-        """Canvas holding every probe window for positions in [lo_m, hi_m], plus the margin."""
-        pad = self._n / 2 + self.settings.canvas_margin_px + 1
-        lo_px = np.floor(lo_m / self._dx - pad)
-        hi_px = np.ceil(hi_m / self._dx + pad)
-        shape = tuple(int(v) for v in hi_px - lo_px)
-        return _Canvas(shape=(shape[0], shape[1]), origin_m=lo_px * self._dx)
+    def _canvas_for(self, lo_m: np.ndarray, hi_m: np.ndarray) -> canvases.Canvas:
+        return canvases.canvas_for(lo_m, hi_m, self._n, self._dx, self.settings.canvas_margin_px)
 
     def _corners(self, positions_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        corner = (positions_m - self._canvas.origin_m) / self._dx - self._n / 2
-        if not self.settings.subpixel:
-            corner = np.round(corner)
-        top_left = np.floor(corner)
-        return top_left.astype(np.int32), (corner - top_left).astype(np.float32)
+        return canvases.corners(
+            self._canvas, positions_m, self._n, self._dx, self.settings.subpixel
+        )
 
     def _ensure_canvas(self, positions_m: np.ndarray) -> None:
-        """Grow the canvas (in chunks of at least 64 px) so every probe window fits."""
-        top_left, _ = self._corners(positions_m)
-        h, w = self._canvas.shape
-        need_lo = np.maximum(-top_left.min(axis=0), 0)
-        need_hi = np.maximum(top_left.max(axis=0) + self._n + 1 - np.array([h, w]), 0)
-        if not (need_lo.any() or need_hi.any()):
+        """Grow the canvas (in large chunks) so every probe window fits."""
+        grown = canvases.growth(self._canvas, self._corners(positions_m)[0], self._n, self._dx)
+        if grown is None:
             return
-        grow_lo = np.where(need_lo > 0, np.maximum(need_lo, _GROW_CHUNK_PX), 0).astype(int)
-        grow_hi = np.where(need_hi > 0, np.maximum(need_hi, _GROW_CHUNK_PX), 0).astype(int)
-        new_shape = (int(h + grow_lo[0] + grow_hi[0]), int(w + grow_lo[1] + grow_hi[1]))
-        logger.info("growing the object canvas from %s to %s px", (h, w), new_shape)
-        self._canvas = _Canvas(new_shape, self._canvas.origin_m - grow_lo * self._dx)
-        self._resize_object(new_shape, (int(grow_lo[0]), int(grow_lo[1])))
+        new, grow_lo = grown
+        logger.info("growing the object canvas from %s to %s px", self._canvas.shape, new.shape)
+        self._canvas = new
+        self._resize_object(new.shape, (int(grow_lo[0]), int(grow_lo[1])))
         self._top_left.assign_add(
             tf.broadcast_to(tf.constant(grow_lo, tf.int32), self._top_left.shape)
         )
@@ -455,11 +428,7 @@ class ADEngine:
         """Re-allocate object-shaped variables at ``shape``, old content placed at ``offset``."""
 
         def moved(var: tf.Variable, fill: float) -> tf.Variable:
-            old = var.numpy()
-            new = np.full(shape, fill, np.float32)
-            oy, ox = offset
-            hy, hx = min(old.shape[0], shape[0] - oy), min(old.shape[1], shape[1] - ox)
-            new[oy : oy + hy, ox : ox + hx] = old[:hy, :hx]
+            new = canvases.place(var.numpy(), shape, offset, fill)
             return tf.Variable(new, trainable=var.trainable)
 
         self._obj_re = moved(self._obj_re, 1.0)
@@ -504,9 +473,5 @@ class ADEngine:
         corners = np.clip(np.floor(corners).astype(int), 0, limit)
         intensity = np.abs(probe) ** 2
         for r, c in corners:
-            out[r : r + self._n, c : c + self._n] += intensity
-        return out
-        intensity = np.abs(probe) ** 2
-        for r, c in self._top_left[: self._n_frames].numpy():
             out[r : r + self._n, c : c + self._n] += intensity
         return out

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ptystream.engine.ad import ADEngine, _Canvas
+from ptystream.engine.ad import ADEngine
+from ptystream.engine.canvas import Canvas
 
 __all__ = ["load_state", "save_state"]
 
@@ -115,6 +116,6 @@ def load_state(engine: ADEngine, path: str | Path) -> None:
     engine._pending.extend(meta["pending"])
     engine._iteration = meta["iteration"]
     if meta["canvas_shape"] is not None:
-        engine._canvas = _Canvas(tuple(meta["canvas_shape"]), np.asarray(meta["canvas_origin_m"]))
+        engine._canvas = Canvas(tuple(meta["canvas_shape"]), np.asarray(meta["canvas_origin_m"]))
     engine._rng.bit_generator.state = meta["rng"]
     engine._step_fn = engine._compile()
