@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "fresnel_phase",
     "angular_spectrum",
     "angular_spectrum_phase",
     "defocus_transfer",
@@ -65,6 +66,21 @@ def angular_spectrum_phase(n: int, pixel_size_m: float, wavelength_m: float) -> 
     inv = 1.0 / wavelength_m
     arg = inv**2 - f2
     return np.where(arg > 0, f2 / (inv + np.sqrt(np.maximum(arg, 0.0))), 0.0)
+
+
+def fresnel_phase(
+    n: int, pixel_size_m: float, wavelength_m: float, distance_m: float
+) -> np.ndarray:
+    """Quadratic phase ``exp(i pi r^2 / (lambda z))`` over an ``n``-pixel window centred on the
+    optical axis (``r`` from the window's centre pixel ``n // 2``), complex64.
+
+    Multiplying the exit wave (equivalently the probe, since it does not depend on the object)
+    by it before an orthonormal FFT gives the Fresnel far field at a finite distance ``z``, up to
+    a phase at the detector that the intensity does not see.
+    """
+    c = (np.arange(n) - n // 2) * pixel_size_m
+    r2 = c[:, None] ** 2 + c[None, :] ** 2
+    return np.exp(1j * np.pi * r2 / (wavelength_m * distance_m)).astype(np.complex64)
 
 
 def angular_spectrum(
