@@ -17,7 +17,9 @@ __all__ = [
     "fill_masked",
     "focused_probe",
     "ifft2c",
+    "initial_modes",
     "initial_probe_from_patterns",
+    "orthogonalise_modes",
     "pinhole_probe",
     "probe_diameter_m",
     "spatial_frequencies",
@@ -191,3 +193,45 @@ def initial_probe_from_patterns(
     amplitude = np.sqrt(np.clip(mean_pattern, 0.0, None))
     spectrum = amplitude * defocus_transfer(n, pixel_size_m, wavelength_m, defocus_m)
     return ifft2c(spectrum).astype(np.complex64)
+
+
+def initial_modes(probe: np.ndarray, n_modes: int, power_fraction: float = 0.1) -> np.ndarray:
+    """Mutually incoherent probe modes ``(n_modes, N, N)`` to start a mixed-state fit from.
+
+    Mode 0 is ``probe``; mode k is ``probe`` times the k-th low-order Hermite-like weight
+    (x, y, xy, x^2 - c, y^2 - c, ...) in units of the probe's RMS width, so each new mode is
+    orthogonal-ish and lives where the beam does. Together the extra modes carry
+    ``power_fraction`` of the total power, which stays that of ``probe`` (modes' intensities add).
+    """
+    n = probe.shape[-1]
+    intensity = np.abs(probe) ** 2
+    total = max(float(intensity.sum()), 1e-30)
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
+    cy, cx = (intensity * yy).sum() / total, (intensity * xx).sum() / total
+    width = np.sqrt((intensity * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum() / total / 2) or 1.0
+    y, x = (yy - cy) / width, (xx - cx) / width
+    weights = [x, y, x * y, x**2 - 1, y**2 - 1, x**2 * y - y, x * y**2 - x]
+    modes = [probe.astype(np.complex128)]
+    for k in range(1, n_modes):
+        weight = weights[(k - 1) % len(weights)] * (1 + (k - 1) // len(weights))
+        modes.append(probe * weight)
+    out = np.stack(modes)
+    if n_modes > 1:
+        extra = np.sum(np.abs(out[1:]) ** 2)
+        out[1:] *= np.sqrt(power_fraction * total / max(extra, 1e-30))
+        out[0] *= np.sqrt(1 - power_fraction)
+    return out.astype(np.complex64)
+
+
+def orthogonalise_modes(modes: np.ndarray) -> np.ndarray:
+    """Probe modes ``(M, N, N)`` re-expressed as orthogonal modes sorted by power.
+
+    Mixed-state ptychography fixes the modes only up to a unitary mixing (the summed intensity is
+    the same); the eigenvectors of the modes' Gram matrix are the natural, comparable choice.
+    """
+    m = modes.shape[0]
+    flat = modes.reshape(m, -1).astype(np.complex128)
+    gram = flat.conj() @ flat.T
+    power, vectors = np.linalg.eigh(gram)
+    order = np.argsort(power)[::-1]
+    return (vectors[:, order].T @ flat).reshape(modes.shape).astype(np.complex64)

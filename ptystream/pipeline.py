@@ -288,7 +288,7 @@ class LivePipeline:
         initial_probe = None
         if self._profile.engine.reuse_probe and self._last_probe is not None:
             source, probe = self._last_probe
-            if probe.shape == result.start.geometry.frame_shape:
+            if probe.shape[-2:] == result.start.geometry.frame_shape:
                 initial_probe, result.initial_probe_from = probe, source
         engine = self._engine_factory(
             result.start.geometry,

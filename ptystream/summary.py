@@ -36,11 +36,15 @@ def write_summary(
         return np.ma.masked_where(~lit[crop], a[crop])
 
     obj = estimate.object * np.exp(-1j * np.angle(np.sum(estimate.object[lit])))
+    probe, probe_name = estimate.probe, "probe"
+    if probe.ndim == 3:  # modes, strongest first: show the first, with its share of the power
+        power = np.sum(np.abs(probe) ** 2, axis=(1, 2))
+        probe, probe_name = probe[0], f"probe mode 0 of {len(power)} ({power[0] / power.sum():.0%})"
     panels = [
         ("object amplitude", masked(np.abs(obj)), "gray"),
         ("object phase (rad)", masked(np.angle(obj)), "twilight"),
-        ("probe amplitude", np.abs(estimate.probe), "magma"),
-        ("probe phase (rad)", np.angle(estimate.probe), "twilight"),
+        (f"{probe_name} amplitude", np.abs(probe), "magma"),
+        (f"{probe_name} phase (rad)", np.angle(probe), "twilight"),
     ]
     if truth is not None:
         panels += [

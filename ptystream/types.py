@@ -144,7 +144,8 @@ class Estimate:
     Attributes
     ----------
     object : complex64 ``(H, W)`` transmission on the object canvas.
-    probe : complex64 ``(N, N)`` illumination.
+    probe : complex64 ``(N, N)`` illumination, or ``(M, N, N)`` mutually incoherent modes
+        (orthogonal, strongest first) for a mixed-state probe.
     object_origin_m : stage position ``(y, x)`` in metres of the centre of object pixel ``[0, 0]``.
     pixel_size_m : object pixel size in metres.
     positions_m : ``(n, 2)`` probe positions ``(y, x)`` in metres of the frames used.

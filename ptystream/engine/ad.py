@@ -21,7 +21,7 @@ from ptystream.config import EngineSettings
 from ptystream.engine import canvas as canvases
 from ptystream.engine import forward
 from ptystream.engine.adam import Adam, adam_update
-from ptystream.types import NEAR_FIELD, Estimate, Geometry, ScanPlan
+from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry, ScanPlan
 
 __all__ = ["ADEngine"]
 
@@ -32,7 +32,8 @@ _DEFAULT_CAPACITY = 256
 
 
 class ADEngine:
-    """Far-field AD ptychography that accepts frames at any time and keeps its state.
+    """AD ptychography (far field, Fresnel or near field; coherent or mixed-state probe) that
+    accepts frames at any time and keeps its state.
 
     Parameters
     ----------
@@ -42,8 +43,9 @@ class ADEngine:
         that a normal scan never recompiles. Unknown values are grown into.
     read_noise_counts : Gaussian read noise in counts (enters the loss's variance offset).
     probe_defocus_m : nominal defocus used to build the initial probe from the mean pattern.
-    initial_probe : complex ``(N, N)`` probe to start from (a previous scan's, for a warm start
-        across scans); rescaled to the power of the first frames. None: built from the optics.
+    initial_probe : complex ``(N, N)`` probe, or ``(M, N, N)`` modes, to start from (a previous
+        scan's, for a warm start across scans); rescaled to the power of the first frames.
+        None: built from the optics. Missing modes are added, surplus ones dropped.
     detector_mask : ``(N, N)`` boolean array in the frames' orientation, True where a pixel is
         valid;
         masked pixels (gaps, hot pixels, a beamstop) never enter the loss. None: all valid.
@@ -67,7 +69,9 @@ class ADEngine:
         initial_probe: np.ndarray | None = None,
     ):
         self.geometry = geometry
-        if initial_probe is not None and initial_probe.shape != geometry.frame_shape:
+        if initial_probe is not None and (
+            initial_probe.ndim not in (2, 3) or initial_probe.shape[-2:] != geometry.frame_shape
+        ):
             raise ValueError(
                 f"initial probe is {initial_probe.shape}, frames are {geometry.frame_shape}"
             )
@@ -109,10 +113,18 @@ class ADEngine:
         self._obj_im = tf.Variable(tf.zeros((h, w)))
         self._obj_count = tf.Variable(tf.zeros((h, w)), trainable=False)
         self._obj_adam = (Adam((h, w)), Adam((h, w)))
-        self._probe_re = tf.Variable(tf.zeros((self._n, self._n)))
-        self._probe_im = tf.Variable(tf.zeros((self._n, self._n)))
+        self._modes = settings.probe_modes
+        probe_shape = (self._modes, self._n, self._n)
+        self._probe_re = tf.Variable(tf.zeros(probe_shape))
+        self._probe_im = tf.Variable(tf.zeros(probe_shape))
         self._probe_count = tf.Variable(0.0, trainable=False)
-        self._probe_adam = (Adam((self._n, self._n)), Adam((self._n, self._n)))
+        self._probe_adam = (Adam(probe_shape), Adam(probe_shape))
+        self._fresnel = None
+        if geometry.propagation == FRESNEL:
+            chirp = optics.fresnel_phase(
+                self._n, self._dx, geometry.wavelength_m, geometry.distance_m
+            )
+            self._fresnel = tf.constant(chirp)
         self._offset = tf.Variable(1.0, trainable=False)
         self._pixel_mask = tf.constant(self._to_engine(detector_mask).astype(np.float32))
         q = optics.angular_spectrum_phase(self._n, self._dx, geometry.wavelength_m)
@@ -231,7 +243,8 @@ class ADEngine:
     def estimate(self, *, final: bool = False) -> Estimate:
         """Numpy snapshot of the current state."""
         obj = (self._obj_re.numpy() + 1j * self._obj_im.numpy()).astype(np.complex64)
-        probe = (self._probe_re.numpy() + 1j * self._probe_im.numpy()).astype(np.complex64)
+        modes = (self._probe_re.numpy() + 1j * self._probe_im.numpy()).astype(np.complex64)
+        probe = optics.orthogonalise_modes(modes) if self._modes > 1 else modes[0]
         origin = self._canvas.origin_m if self._canvas else np.zeros(2)
         return Estimate(
             object=obj,
@@ -259,7 +272,9 @@ class ADEngine:
         def train_step(idx, valid, object_lr, probe_lr, distance_lr, position_lr):
             with tf.GradientTape() as tape:
                 obj = tf.complex(*obj_vars)
-                probe = tf.complex(*probe_vars)
+                probe = tf.complex(*probe_vars)  # (M, n, n)
+                if self._fresnel is not None:  # folded in before the shift: it moves with it
+                    probe = probe * self._fresnel
                 top_left = tf.gather(self._top_left, idx)
                 frac = tf.gather(self._frac, idx)
                 if settings.correct_positions:
@@ -273,12 +288,13 @@ class ADEngine:
                     probes = forward.shifted_probes(probe, frac)
                 else:
                     probes = probe[None]
+                exit_waves = patches[:, None] * probes  # (B, M, n, n)
                 if self._near:
                     predicted = forward.nearfield_intensity(
-                        patches * probes, self._q, self._distance, self._band
+                        exit_waves, self._q, self._distance, self._band
                     )
                 else:
-                    predicted = forward.farfield_intensity(patches * probes)
+                    predicted = forward.farfield_intensity(exit_waves)
                 measured = tf.gather(self._frames, idx)
                 loss = forward.data_loss(
                     str(settings.loss),
@@ -303,7 +319,7 @@ class ADEngine:
             adam_update(self._obj_im, g_obj_im, self._obj_adam[1], count, touched, object_lr)
             active = probe_lr > 0.0
             p_count = self._probe_count.assign_add(tf.cast(active, tf.float32))
-            every = tf.fill([n, n], active)
+            every = tf.fill([self._modes, n, n], active)
             adam_update(self._probe_re, g_pr, self._probe_adam[0], p_count, every, probe_lr)
             adam_update(self._probe_im, g_pi, self._probe_adam[1], p_count, every, probe_lr)
             if settings.train_distance:
@@ -384,7 +400,7 @@ class ADEngine:
         mean = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels) / self._scale
         if self._initial_probe is not None:  # keep its shape, match the measured power
             probe = self._initial_probe.astype(np.complex64)
-            probe *= np.sqrt(mean.sum() / max(np.sum(np.abs(probe) ** 2), 1e-30))
+            probe = probe * np.sqrt(mean.sum() / max(np.sum(np.abs(probe) ** 2), 1e-30))
         elif self._near:  # the measured amplitude, propagated back to the sample
             probe = optics.angular_spectrum(
                 np.sqrt(np.clip(mean, 0.0, None)),
@@ -396,12 +412,27 @@ class ADEngine:
             probe = optics.initial_probe_from_patterns(
                 mean, self._dx, self.geometry.wavelength_m, self._probe_defocus_m
             )
-        self._probe_re.assign(probe.real)
-        self._probe_im.assign(probe.imag)
+            if self._fresnel is not None:  # the patterns see probe * chirp
+                probe = probe * np.conj(self._fresnel.numpy())
+        modes = self._initial_modes(probe)
+        self._probe_re.assign(modes.real)
+        self._probe_im.assign(modes.imag)
         if self._canvas is None:
             lo, hi = positions_m.min(axis=0), positions_m.max(axis=0)
             self._canvas = self._canvas_for(lo, hi)
             self._resize_object(self._canvas.shape, (0, 0))
+
+    def _initial_modes(self, probe: np.ndarray) -> np.ndarray:
+        """``(M, N, N)`` starting modes from a probe ``(N, N)`` or modes ``(M', N, N)``, with
+        the same total power: surplus modes dropped, missing ones added (10 % of the power)."""
+        if probe.ndim == 2:
+            probe = probe[None]
+        modes = probe[: self._modes]
+        if len(modes) < self._modes:
+            extra = optics.initial_modes(probe[0], self._modes - len(probe) + 1)[1:]
+            modes = np.concatenate([modes, extra])
+        power = np.sum(np.abs(probe) ** 2) / max(np.sum(np.abs(modes) ** 2), 1e-30)
+        return (modes * np.sqrt(power)).astype(np.complex64)
 
     def _canvas_for(self, lo_m: np.ndarray, hi_m: np.ndarray) -> canvases.Canvas:
         return canvases.canvas_for(lo_m, hi_m, self._n, self._dx, self.settings.canvas_margin_px)
@@ -472,6 +503,8 @@ class ADEngine:
         limit = np.array(shape) - self._n
         corners = np.clip(np.floor(corners).astype(int), 0, limit)
         intensity = np.abs(probe) ** 2
+        if intensity.ndim == 3:
+            intensity = intensity.sum(axis=0)
         for r, c in corners:
             out[r : r + self._n, c : c + self._n] += intensity
         return out

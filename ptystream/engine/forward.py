@@ -1,8 +1,9 @@
-"""Far-field forward model and loss, as pure TensorFlow functions.
+"""Forward models and losses, as pure TensorFlow functions.
 
 Conventions: real-space arrays are indexed naturally (object pixel ``[r, c]``); FFTs are
 orthonormal with zero frequency at ``[0, 0]``, so measured (centred) frames are ifftshifted once
-when they enter the engine and the compiled step never shifts.
+when they enter the engine and the compiled step never shifts. Exit waves carry a mode axis
+``(B, M, n, n)``: ``M`` mutually incoherent probe modes (``M = 1`` for a coherent probe).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ def extract_patches(obj: tf.Tensor, top_left: tf.Tensor, n: int) -> tf.Tensor:
 
 
 def shifted_probes(probe: tf.Tensor, frac_px: tf.Tensor) -> tf.Tensor:
-    """The probe moved by sub-pixel offsets ``frac_px`` ``(B, 2)`` by a Fourier shift.
+    """Probe modes ``(M, n, n)`` moved by sub-pixel offsets ``frac_px`` ``(B, 2)`` by a Fourier
+    shift.
 
-    Returns ``(B, n, n)`` complex64.
+    Returns ``(B, M, n, n)`` complex64.
     """
     n = probe.shape[-1]
     freq = tf.constant(np.fft.fftfreq(n), tf.float32)
@@ -47,21 +49,22 @@ def shifted_probes(probe: tf.Tensor, frac_px: tf.Tensor) -> tf.Tensor:
         )
     )
     ramp = tf.complex(tf.cos(phase), tf.sin(phase))
-    return tf.signal.ifft2d(tf.signal.fft2d(probe)[None] * ramp)
+    return tf.signal.ifft2d(tf.signal.fft2d(probe)[None] * ramp[:, None])
 
 
 def farfield_intensity(exit_waves: tf.Tensor) -> tf.Tensor:
-    """Far-field intensity of exit waves ``(B, n, n)`` with an orthonormal FFT (zero freq at 0)."""
+    """Far-field intensity ``(B, n, n)`` of exit waves ``(B, M, n, n)`` with an orthonormal FFT
+    (zero frequency at [0, 0]); the ``M`` modes are mutually incoherent, so intensities add."""
     n = exit_waves.shape[-1]
     spectrum = tf.signal.fft2d(exit_waves) / tf.cast(n, tf.complex64)
-    return tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
+    return tf.reduce_sum(tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2, axis=1)
 
 
 def nearfield_intensity(
     exit_waves: tf.Tensor, q: tf.Tensor, distance_m: tf.Tensor, band: tf.Tensor | None = None
 ) -> tf.Tensor:
-    """Intensity after angular-spectrum propagation of ``exit_waves`` ``(B, n, n)`` by
-    ``distance_m`` (a tensor, so it can be trained).
+    """Intensity ``(B, n, n)`` after angular-spectrum propagation of ``exit_waves``
+    ``(B, M, n, n)`` (``M`` incoherent modes) by ``distance_m`` (a tensor, so it can be trained).
 
     ``q`` ``(n, n)`` is :func:`ptystream.optics.angular_spectrum_phase`, ifftshifted (zero
     frequency at [0, 0]); the kernel is ``exp(-2 pi i z q)``, times ``band`` (1 where a
@@ -71,8 +74,8 @@ def nearfield_intensity(
     kernel = tf.complex(tf.cos(phase), tf.sin(phase))
     if band is not None:
         kernel *= tf.cast(band, tf.complex64)
-    field = tf.signal.ifft2d(tf.signal.fft2d(exit_waves) * kernel[None])
-    return tf.math.real(field) ** 2 + tf.math.imag(field) ** 2
+    field = tf.signal.ifft2d(tf.signal.fft2d(exit_waves) * kernel)
+    return tf.reduce_sum(tf.math.real(field) ** 2 + tf.math.imag(field) ** 2, axis=1)
 
 
 def data_loss(

@@ -25,9 +25,9 @@ def test_engine_predicts_what_the_simulated_detector_measures(position_px):
     obj = tf.constant(truth.object)
     patches = forward.extract_patches(obj, tf.constant([top_left], tf.int32), n)
     probes = forward.shifted_probes(
-        tf.constant(truth.probe), tf.constant([corner - top_left], tf.float32)
+        tf.constant(truth.probe[None]), tf.constant([corner - top_left], tf.float32)
     )
-    predicted = forward.farfield_intensity(patches * probes).numpy()[0]
+    predicted = forward.farfield_intensity(patches[:, None] * probes).numpy()[0]
     np.testing.assert_allclose(predicted, measured, rtol=1e-3, atol=1e-6 * measured.max())
 
 

@@ -62,9 +62,12 @@ def reconstruct(scan, start_z_m, train):
 
 
 def test_engine_and_numpy_propagators_agree():
+    """Two frames of two incoherent modes each: the modes' intensities add."""
     rng = np.random.default_rng(3)
-    wave = (rng.normal(size=(2, N, N)) + 1j * rng.normal(size=(2, N, N))).astype(np.complex64)
-    expected = np.abs(optics.angular_spectrum(wave, PIXEL_M, WAVELENGTH_M, TRUE_Z_M)) ** 2
+    shape = (2, 2, N, N)
+    wave = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+    propagated = optics.angular_spectrum(wave, PIXEL_M, WAVELENGTH_M, TRUE_Z_M)
+    expected = (np.abs(propagated) ** 2).sum(axis=1)
     q = np.fft.ifftshift(optics.angular_spectrum_phase(N, PIXEL_M, WAVELENGTH_M))
     got = forward.nearfield_intensity(
         tf.constant(wave), tf.constant(q, tf.float32), tf.constant(TRUE_Z_M)
