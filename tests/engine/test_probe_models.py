@@ -63,8 +63,9 @@ def partial_coherence(sim):
     ).astype(np.float32)
     geometry = profile.instrument.geometry()
     defocus = profile.instrument.probe_defocus_m
-    one = reconstruct(geometry, profile.engine, sim, frames, defocus)
-    two = reconstruct(geometry, with_modes(profile.engine, 2), sim, frames, defocus)
+    # the modes settle slowly: 80 passes gave a 0.71/0.29 split, 200 the true 0.661/0.339
+    one = reconstruct(geometry, profile.engine, sim, frames, defocus, epochs=200)
+    two = reconstruct(geometry, with_modes(profile.engine, 2), sim, frames, defocus, epochs=200)
     true_modes = np.stack(
         [np.sqrt(w) * p for w, p in zip(WEIGHTS, (sim.truth.probe, displaced.probe), strict=True)]
     )
@@ -79,11 +80,11 @@ def test_two_modes_fit_a_partially_coherent_beam(sim, partial_coherence):
 
     assert one.probe.shape == geometry.frame_shape
     assert two.probe.shape == (2, *geometry.frame_shape)
-    assert two.loss[-1, 1] < 0.2 * one.loss[-1, 1]
+    assert two.loss[-1, 1] < 0.01 * one.loss[-1, 1]  # measured 7e-4
     assert score_two.abs_c >= 0.99 and score_two.phase >= 0.9 and score_two.abs_c > flat + 0.04
     assert score_two.phase > score_one.phase + 0.05
     expected = power_fractions(optics.orthogonalise_modes(true_modes))
-    np.testing.assert_allclose(power_fractions(two.probe), expected, atol=0.05)
+    np.testing.assert_allclose(power_fractions(two.probe), expected, atol=0.01)
 
 
 def test_modes_are_written_modes_first(partial_coherence, tmp_path):
