@@ -378,10 +378,15 @@ class ADEngine:
     def _next_batch(self) -> tuple[np.ndarray, np.ndarray]:
         b = self.settings.batch_size
         chosen = [self._pending.popleft() for _ in range(min(b, len(self._pending)))]
-        room = min(b - len(chosen), self._n_frames - len(chosen))
+        k = len(chosen)
+        room = min(b - k, self._n_frames - k)
         if room > 0:
-            others = np.setdiff1d(np.arange(self._n_frames), chosen, assume_unique=True)
-            chosen.extend(self._rng.choice(others, size=room, replace=False).tolist())
+            # pending frames are a contiguous run [chosen[0], chosen[0] + k): draw from the
+            # others without listing them, so a step costs the same at any scan length
+            picks = self._rng.choice(self._n_frames - k, size=room, replace=False)
+            if k:
+                picks = np.where(picks >= chosen[0], picks + k, picks)
+            chosen.extend(picks.tolist())
         idx = np.zeros(b, np.int32)
         idx[: len(chosen)] = chosen
         valid = np.zeros(b, np.float32)

@@ -242,3 +242,18 @@ def test_bad_input_is_named(clean_scan, frames, positions, message):
     engine = engine_for(profile, ScanPlan())
     with pytest.raises(ValueError, match=message):
         engine.add_frames(frames, positions)
+
+
+def test_each_batch_takes_new_frames_first_then_distinct_earlier_ones(clean_scan):
+    profile, sim, frames = clean_scan
+    engine = engine_for(profile, planned(sim.positions_m))
+    b = profile.engine.batch_size
+    engine.add_frames(frames[:40], sim.positions_m[:40])
+    engine._pending.clear()  # as after refine(): every frame seen
+    engine.add_frames(frames[40:45], sim.positions_m[40:45])
+    idx, valid = engine._next_batch()
+    assert valid.sum() == b and list(idx[:5]) == [40, 41, 42, 43, 44]
+    assert len(set(idx.tolist())) == b and idx.max() < 45
+    for _ in range(50):  # earlier frames only, never repeated within a batch
+        idx, _ = engine._next_batch()
+        assert len(set(idx.tolist())) == b and idx.max() < 45
