@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from ptystream.config import ProfileError, load_profile
+from ptystream.config import Algorithm, ProfileError, load_profile
 
 __all__ = ["main"]
 
@@ -27,6 +27,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from ptystream.reconstruct import reconstruct_file
 
     profile = load_profile(args.profile)
+    algorithm = Algorithm(args.engine or profile.engine.algorithm)
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -46,12 +47,14 @@ def _reconstruct(args: argparse.Namespace) -> int:
         epochs=args.iterations,
         time_budget_s=args.time_budget,
         progress=progress,
+        algorithm=algorithm,
     )
     if bar is not None:
         bar.close()
+    steps = "optimiser steps" if algorithm is Algorithm.AD else "position updates"
     print(
-        f"wrote {args.out}: object {estimate.object.shape}, {estimate.iteration} optimiser "
-        f"steps, final loss {estimate.last_loss:.4g}"
+        f"wrote {args.out} ({algorithm.value}): object {estimate.object.shape}, "
+        f"{estimate.iteration} {steps}, final loss {estimate.last_loss:.4g}"
     )
     return 0
 
@@ -90,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-budget", type=_positive(float), metavar="S", help="seconds of passes"
     )
     rec.add_argument(
-        "--engine", choices=["ad"], default="ad", help="reconstruction engine (AD only so far)"
+        "--engine",
+        choices=[a.value for a in Algorithm],
+        help="ad (TensorFlow, automatic differentiation) or the numpy baselines epie and mpie "
+        "(default: the profile's engine.algorithm)",
     )
     rec.add_argument("--out", required=True, help="output HDF5 file")
     rec.set_defaults(func=_reconstruct)

@@ -114,23 +114,39 @@ class Algorithm(StrEnum):
 
 
 class PieSettings(BaseModel):
-    """The ePIE and mPIE baselines (Maiden, Johnson and Li, Optica 4, 736 (2017))."""
+    """The ePIE and mPIE baselines (Maiden, Johnson and Li, Optica 4, 736 (2017)).
+
+    ePIE uses the two steps only (classically both 1; its denominators are ``max|P|^2`` and
+    ``max|O|^2``). The mPIE defaults were measured on the test scans (the demo scan shrunk to 90
+    points; noisy: 1e6 photons per frame, about 500 counts at the mean pattern's peak, read
+    noise 10 counts): with them mPIE stayed stable over 300 passes of the noisy scan (|C| 0.995,
+    ePIE 0.996) and converged faster than ePIE on the clean one (phase r after 10 passes 0.991
+    against 0.979). Each momentum step also holds the probe at its initial power: without that
+    constraint the loss of every mPIE setting tried on the noisy scan rose or diverged within 30
+    to 600 passes (at these defaults within 150), as ENGINE_NOTES found; ePIE held for 600.
+    """
 
     model_config = _STRICT
 
     object_step: float = Field(1.0, gt=0)
-    """Object update step (beta_O; ePIE's alpha)."""
+    """Object update step (beta_O; ePIE's alpha, classically 1)."""
     probe_step: float = Field(1.0, gt=0)
-    """Probe update step (beta_P; ePIE's beta)."""
-    object_alpha: float = Field(0.1, gt=0, le=1)
-    """mPIE: rPIE regularisation of the object update (1 gives ePIE's denominator)."""
-    probe_alpha: float = Field(0.1, gt=0, le=1)
-    """mPIE: rPIE regularisation of the probe update."""
-    momentum: float = Field(0.7, ge=0, lt=1)
-    """mPIE: momentum friction eta."""
+    """Probe update step (beta_P; ePIE's beta, classically 1)."""
+    object_alpha: float = Field(0.5, gt=0, le=1)
+    """mPIE: rPIE regularisation of the object update, whose denominator is ``(1 - alpha)|P|^2 +
+    alpha max|P|^2`` (1 gives ePIE's ``max|P|^2``): smaller values step further where the probe
+    is weak. Measured with both alphas equal: on clean data phase r after 10 passes 0.981 at 1,
+    0.991 at 0.5, 0.994 at 0.25 but 0.35 at 0.1; on noisy data more noise is fitted as they
+    fall (|C| after 60 passes 0.996 at 1, 0.9955 at 0.5, 0.993 at 0.25, 0.98 at 0.1)."""
+    probe_alpha: float = Field(0.5, gt=0, le=1)
+    """mPIE: rPIE regularisation of the probe update (as ``object_alpha``, with the object)."""
+    momentum: float = Field(0.5, ge=0, lt=1)
+    """mPIE: momentum friction eta, in ``v = eta v + (X - X_T)``, ``X += eta v``; 0 gives rPIE
+    (still with the probe power constraint). 0.7 measured the same as 0.5 on the test scans;
+    0.5 leaves more margin."""
     momentum_every: int = Field(0, ge=0)
     """mPIE: position updates between momentum steps (T); 0 means once per pass over the
-    frames seen."""
+    frames seen. Every 20 updates fitted more noise (|C| 0.994 on the noisy test scan)."""
 
 
 class EngineSettings(BaseModel):

@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ptystream.config import Profile
+import h5py
+
+from ptystream.config import Algorithm, Profile
 from ptystream.engine import configure_tensorflow, make_engine
 from ptystream.io.results import write_result
 from ptystream.io.scans import ScanFile, read_scan
@@ -37,23 +39,29 @@ def reconstruct_file(
     epochs: int | None = None,
     time_budget_s: float | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    algorithm: Algorithm | str | None = None,
 ) -> Estimate:
     """Reconstruct ``path`` (CXI or NPZ) and write ``out`` (HDF5, see :func:`write_result`).
 
     Exactly one of ``epochs`` (passes over all frames) and ``time_budget_s`` is given; with a
     budget the number of passes is set from the time of the first one. ``progress(done, total,
-    loss)`` is called after every pass.
+    loss)`` is called after every pass. ``algorithm`` (``ad``, ``epie`` or ``mpie``) overrides
+    the profile's ``engine.algorithm``; the one used is written as the ``engine`` attribute.
     """
     if (epochs is None) == (time_budget_s is None):
         raise ValueError("give exactly one of epochs and time_budget_s")
+    settings = profile.engine
+    if algorithm is not None:
+        settings = settings.model_copy(update={"algorithm": Algorithm(algorithm)})
     scan = read_scan(path)
     geometry = geometry_for(scan, profile)
-    configure_tensorflow(profile.engine.tf_threads)
+    if Algorithm(settings.algorithm) is Algorithm.AD:  # the baselines never import TensorFlow
+        configure_tensorflow(settings.tf_threads)
     pos = scan.positions_m
     extent = ((pos[:, 0].min(), pos[:, 0].max()), (pos[:, 1].min(), pos[:, 1].max()))
     engine = make_engine(
         geometry,
-        profile.engine,
+        settings,
         plan=ScanPlan(len(pos), extent),
         read_noise_counts=profile.instrument.read_noise_counts,
         probe_defocus_m=profile.instrument.probe_defocus_m,
@@ -78,5 +86,7 @@ def reconstruct_file(
             on_epoch=(lambda i, loss: progress(done + i + 1, epochs, loss)) if progress else None,
         )
     estimate = engine.estimate(final=True)
-    write_result(out, estimate, geometry, profile.engine.model_dump(mode="json"))
+    write_result(out, estimate, geometry, settings.model_dump(mode="json"))
+    with h5py.File(out, "a") as f:
+        f.attrs["engine"] = settings.algorithm.value
     return estimate

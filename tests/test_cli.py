@@ -1,17 +1,28 @@
 """The ``ptystream`` command as a real subprocess."""
 
+import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
+
 from tests.conftest import small_profile
+from tests.test_reconstruct import simulated_npz
 
 
-def ptystream(*args, cwd=None, timeout=600):
+def ptystream(*args, cwd=None, timeout=600, env=None):
     exe = Path(sys.executable).with_name("ptystream")
     return subprocess.run(
-        [str(exe), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
+        [str(exe), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -65,6 +76,10 @@ def test_reconstruct_arguments_are_checked(tmp_path):
         str(tmp_path / "o.h5"),
     )
     assert zero.returncode == 2 and "must be positive" in zero.stderr
+    engine = ptystream(
+        "reconstruct", "x.cxi", "--profile", "demo", "--engine", "lsq", "--out", "o.h5"
+    )
+    assert engine.returncode == 2 and "invalid choice: 'lsq'" in engine.stderr
 
 
 def test_reconstruct_unknown_format_is_a_clear_error(tmp_path):
@@ -73,3 +88,35 @@ def test_reconstruct_unknown_format_is_a_clear_error(tmp_path):
     out = ptystream("reconstruct", str(scan), "--profile", "demo", "--out", str(tmp_path / "o.h5"))
     assert out.returncode == 2
     assert "unknown scan format '.tiff'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_reconstruct_with_the_mpie_engine(tmp_path):
+    """``--engine mpie`` overrides the profile's AD engine, records itself in OUT.h5 and never
+    imports TensorFlow (Python's own import log says so)."""
+    profile = small_profile(photons_per_frame=None, n_points=40, object_px=144)
+    yaml = tmp_path / "small.yaml"
+    yaml.write_text(profile.model_dump_json())  # JSON is YAML; its engine.algorithm is "ad"
+    scan, _ = simulated_npz(profile, tmp_path / "scan.npz")
+    out = tmp_path / "out.h5"
+    run = ptystream(
+        "reconstruct",
+        str(scan),
+        "--profile",
+        str(yaml),
+        "--engine",
+        "mpie",
+        "--iterations",
+        "20",
+        "--out",
+        str(out),
+        env={"PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "(mpie)" in run.stdout and "800 position updates" in run.stdout
+    assert "| numpy" in run.stderr and "| tensorflow" not in run.stderr
+    with h5py.File(out) as f:
+        obj, loss, attrs = f["object"][()], f["loss"][()], dict(f.attrs)
+    assert attrs["engine"] == "mpie" and json.loads(attrs["settings"])["algorithm"] == "mpie"
+    assert attrs["steps"] == len(loss) == 20 * 40
+    assert obj.dtype == np.complex64 and np.isfinite(obj).all()
+    assert loss[-40:].mean() < 0.05 * loss[:40].mean()

@@ -1,6 +1,7 @@
 """`ptystream reconstruct` on the real P25 scan and on a simulated NPZ."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+from ptystream.config import Algorithm
 from ptystream.demo import score_against_truth
 from ptystream.reconstruct import reconstruct_file
 from ptystream.sim.detector import diffraction_pattern
@@ -99,3 +101,22 @@ def test_time_budget_sets_the_number_of_passes(tmp_path):
     assert [done for done, _ in calls] == list(range(1, passes + 1))  # one report per pass
     assert passes >= 5  # a pass of 40 frames takes well under 0.6 s once compiled
     assert estimate.iteration == passes * 3  # 40 frames in batches of 16: 3 steps per pass
+
+
+def test_the_engine_argument_overrides_the_profile_and_is_recorded(tmp_path):
+    """A profile asking for mPIE, reconstructed as it says and with ePIE instead. Measured after
+    30 passes over 40 frames: |C| 0.99996 (mPIE) and 0.99991 (ePIE), flat object 0.945."""
+    small = small_profile(photons_per_frame=None, n_points=40, object_px=144)
+    profile = small.model_copy(
+        update={"engine": small.engine.model_copy(update={"algorithm": Algorithm.MPIE})}
+    )
+    path, sim = simulated_npz(profile, tmp_path / "scan.npz")
+    for algorithm, used in ((None, "mpie"), ("epie", "epie")):
+        out = tmp_path / f"{used}.h5"
+        estimate = reconstruct_file(path, profile, out, epochs=30, algorithm=algorithm)
+        with h5py.File(out) as f:
+            attrs = dict(f.attrs)
+        assert attrs["engine"] == used and json.loads(attrs["settings"])["algorithm"] == used
+        assert attrs["steps"] == estimate.iteration == 30 * 40  # one step per position update
+        score, flat = score_against_truth(estimate, sim.truth)
+        assert score.abs_c >= 0.999 and score.abs_c > flat + 0.04 and score.phase >= 0.95

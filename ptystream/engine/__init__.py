@@ -1,9 +1,9 @@
 """Reconstruction engines: the only package that imports TensorFlow.
 
-Importing this package is cheap; TensorFlow is imported by :func:`make_engine` and
-:func:`configure_tensorflow`. Engines never see documents, run uids or Tiled: they take frames,
-positions and a :class:`~ptystream.types.Geometry`, and return numpy
-:class:`~ptystream.types.Estimate` objects.
+Importing this package is cheap; TensorFlow is imported by :func:`configure_tensorflow` and by
+:func:`make_engine` for the AD engine only (the ePIE and mPIE baselines are numpy). Engines never
+see documents, run uids or Tiled: they take frames, positions and a
+:class:`~ptystream.types.Geometry`, and return numpy :class:`~ptystream.types.Estimate` objects.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ptystream.config import EngineSettings
+from ptystream.config import Algorithm, EngineSettings
 from ptystream.types import Estimate, Geometry, ScanPlan
 
 __all__ = ["Engine", "configure_tensorflow", "make_engine"]
@@ -77,18 +77,33 @@ def make_engine(
     detector_mask: np.ndarray | None = None,
     initial_probe: np.ndarray | None = None,
 ) -> Engine:
-    """Build the AD engine for one run (imports TensorFlow).
+    """Build the engine ``settings.algorithm`` names for one run: ``ad``, the AD engine
+    (imports TensorFlow), or ``epie`` / ``mpie``, the numpy baselines of
+    :mod:`ptystream.engine.pie` (never import TensorFlow).
 
     ``detector_mask`` is a boolean ``(N, N)`` array in the frames' orientation, True where a
     pixel is valid. ``initial_probe`` (complex ``(N, N)``) replaces the probe built from the
     optics, e.g. the previous scan's final probe.
     """
-    from ptystream.engine.ad import ADEngine
+    plan = plan or ScanPlan()
+    if Algorithm(settings.algorithm) is Algorithm.AD:
+        from ptystream.engine.ad import ADEngine
 
-    return ADEngine(
+        return ADEngine(
+            geometry,
+            settings,
+            plan=plan,
+            read_noise_counts=read_noise_counts,
+            probe_defocus_m=probe_defocus_m,
+            detector_mask=detector_mask,
+            initial_probe=initial_probe,
+        )
+    from ptystream.engine.pie import PIEEngine
+
+    return PIEEngine(
         geometry,
         settings,
-        plan=plan or ScanPlan(),
+        plan=plan,
         read_noise_counts=read_noise_counts,
         probe_defocus_m=probe_defocus_m,
         detector_mask=detector_mask,
