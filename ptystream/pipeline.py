@@ -28,7 +28,7 @@ import numpy as np
 
 from ptystream.batching import Accounting, FramePairer
 from ptystream.config import Profile
-from ptystream.engine import Engine, configure_tensorflow, make_engine
+from ptystream.engine import Engine, make_engine, prepare
 from ptystream.publisher import NonFiniteEstimate, TiledPublisher, spool_final
 from ptystream.types import Estimate, FrameRecord, RunStart, RunStop
 
@@ -223,7 +223,7 @@ class LivePipeline:
     # -- worker thread ----------------------------------------------------------------------
 
     def _work(self) -> None:
-        configure_tensorflow(self._profile.engine.tf_threads)
+        prepare(self._profile.engine)
         self._ready.set()
         run: _LiveRun | None = None
         while True:

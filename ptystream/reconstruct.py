@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 
 from ptystream.config import Algorithm, Profile
-from ptystream.engine import configure_tensorflow, make_engine
+from ptystream.engine import make_engine, prepare
 from ptystream.io.results import write_result
 from ptystream.io.scans import ScanFile, read_scan
 from ptystream.types import Estimate, Geometry, ScanPlan
@@ -55,8 +55,7 @@ def reconstruct_file(
         settings = settings.model_copy(update={"algorithm": Algorithm(algorithm)})
     scan = read_scan(path)
     geometry = geometry_for(scan, profile)
-    if Algorithm(settings.algorithm) is Algorithm.AD:  # the baselines never import TensorFlow
-        configure_tensorflow(settings.tf_threads)
+    prepare(settings)
     pos = scan.positions_m
     extent = ((pos[:, 0].min(), pos[:, 0].max()), (pos[:, 1].min(), pos[:, 1].max()))
     engine = make_engine(

@@ -23,7 +23,7 @@ import numpy as np
 from ptystream.config import Algorithm, EngineSettings
 from ptystream.types import Estimate, Geometry, ScanPlan
 
-__all__ = ["Engine", "configure_tensorflow", "make_engine"]
+__all__ = ["Engine", "configure_tensorflow", "make_engine", "prepare"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,13 @@ def configure_tensorflow(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         logger.debug("TensorFlow already initialised; thread pools left as they are")
+
+
+def prepare(settings: EngineSettings) -> None:
+    """Set up what ``settings``' engine needs before its first run: TensorFlow for ``ad``
+    (:func:`configure_tensorflow`), nothing for the numpy baselines, which never import it."""
+    if Algorithm(settings.algorithm) is Algorithm.AD:
+        configure_tensorflow(settings.tf_threads)
 
 
 def make_engine(

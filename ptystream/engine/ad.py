@@ -19,7 +19,7 @@ import tensorflow as tf
 from ptystream import optics
 from ptystream.config import EngineSettings
 from ptystream.engine import canvas as canvases
-from ptystream.engine import forward
+from ptystream.engine import forward, initial
 from ptystream.engine.adam import Adam, adam_update
 from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry, ScanPlan
 
@@ -81,15 +81,7 @@ class ADEngine:
         self._dx = geometry.object_pixel_size_m
         self._noise_offset_counts = 0.375 + read_noise_counts**2
         self._probe_defocus_m = probe_defocus_m
-        if detector_mask is None:
-            detector_mask = np.ones(geometry.frame_shape, bool)
-        detector_mask = np.asarray(detector_mask, dtype=bool)
-        if detector_mask.shape != geometry.frame_shape:
-            raise ValueError(
-                f"detector mask is {detector_mask.shape}, frames are {geometry.frame_shape}"
-            )
-        if not detector_mask.any():
-            raise ValueError("the detector mask leaves no valid pixel")
+        detector_mask = initial.check_detector_mask(detector_mask, geometry.frame_shape)
         self._valid_pixels = detector_mask
         self._near = geometry.propagation == NEAR_FIELD
         if settings.train_distance and not self._near:
@@ -121,10 +113,7 @@ class ADEngine:
         self._probe_adam = (Adam(probe_shape), Adam(probe_shape))
         self._fresnel = None
         if geometry.propagation == FRESNEL:
-            chirp = optics.fresnel_phase(
-                self._n, self._dx, geometry.wavelength_m, geometry.distance_m
-            )
-            self._fresnel = tf.constant(chirp)
+            self._fresnel = tf.constant(initial.fresnel_phase(geometry))
         self._offset = tf.Variable(1.0, trainable=False)
         self._pixel_mask = tf.constant(self._to_engine(detector_mask).astype(np.float32))
         q = optics.angular_spectrum_phase(self._n, self._dx, geometry.wavelength_m)
@@ -403,22 +392,9 @@ class ADEngine:
         self._scale = float(max(patterns[:, self._valid_pixels].max(), 1e-12))
         self._offset.assign(self._noise_offset_counts / self._scale)
         mean = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels) / self._scale
-        if self._initial_probe is not None:  # keep its shape, match the measured power
-            probe = self._initial_probe.astype(np.complex64)
-            probe = probe * np.sqrt(mean.sum() / max(np.sum(np.abs(probe) ** 2), 1e-30))
-        elif self._near:  # the measured amplitude, propagated back to the sample
-            probe = optics.angular_spectrum(
-                np.sqrt(np.clip(mean, 0.0, None)),
-                self._dx,
-                self.geometry.wavelength_m,
-                -self.geometry.propagation_distance_m,
-            ).astype(np.complex64)
-        else:
-            probe = optics.initial_probe_from_patterns(
-                mean, self._dx, self.geometry.wavelength_m, self._probe_defocus_m
-            )
-            if self._fresnel is not None:  # the patterns see probe * chirp
-                probe = probe * np.conj(self._fresnel.numpy())
+        probe = initial.initial_probe(
+            mean, self.geometry, probe_defocus_m=self._probe_defocus_m, given=self._initial_probe
+        )
         modes = self._initial_modes(probe)
         self._probe_re.assign(modes.real)
         self._probe_im.assign(modes.imag)

@@ -39,78 +39,16 @@ import numpy as np
 from ptystream import optics
 from ptystream.config import Algorithm, EngineSettings
 from ptystream.engine import canvas as canvases
+from ptystream.engine.initial import check_detector_mask, fresnel_phase, initial_probe
 from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry, ScanPlan
 
-__all__ = ["PIEEngine", "check_detector_mask", "initial_probe"]
+__all__ = ["PIEEngine"]
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_CAPACITY = 256
 #: Floor under square roots and predicted moduli (normalised units), as in engine/forward.py.
 _FLOOR = 1e-12
-
-
-def check_detector_mask(mask: np.ndarray | None, frame_shape: tuple[int, int]) -> np.ndarray:
-    """The detector mask as a boolean array (True: valid pixel), all valid when None.
-
-    Raises ValueError when its shape is not ``frame_shape`` or it leaves no valid pixel.
-    """
-    if mask is None:
-        return np.ones(frame_shape, bool)
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != frame_shape:
-        raise ValueError(f"detector mask is {mask.shape}, frames are {frame_shape}")
-    if not mask.any():
-        raise ValueError("the detector mask leaves no valid pixel")
-    return mask
-
-
-def initial_probe(
-    mean_pattern: np.ndarray,
-    geometry: Geometry,
-    *,
-    probe_defocus_m: float = 0.0,
-    given: np.ndarray | None = None,
-) -> np.ndarray:
-    """The probe an engine starts from: complex64 ``(N, N)``, at the sample.
-
-    ``mean_pattern`` is the mean of the first frames in the data's units, masked pixels filled
-    (:func:`ptystream.optics.fill_masked`), centred (far field) or as recorded (near field).
-
-    - ``given`` (a previous scan's probe): kept, rescaled to the measured power.
-    - far field: the aperture from the mean pattern plus ``probe_defocus_m``
-      (:func:`ptystream.optics.initial_probe_from_patterns`); with ``fresnel`` propagation the
-      Fresnel phase the forward model adds is taken off again, so the result is the physical
-      probe at the sample.
-    - near field: the measured amplitude propagated back over the propagation distance.
-    """
-    dx = geometry.object_pixel_size_m
-    if given is not None:  # keep its shape, match the measured power
-        probe = np.array(given, dtype=np.complex64)
-        probe *= np.sqrt(mean_pattern.sum() / max(np.sum(np.abs(probe) ** 2), 1e-30))
-        return probe
-    if geometry.propagation == NEAR_FIELD:
-        return optics.angular_spectrum(
-            np.sqrt(np.clip(mean_pattern, 0.0, None)),
-            dx,
-            geometry.wavelength_m,
-            -geometry.propagation_distance_m,
-        ).astype(np.complex64)
-    probe = optics.initial_probe_from_patterns(
-        mean_pattern, dx, geometry.wavelength_m, probe_defocus_m
-    )
-    if geometry.propagation == FRESNEL:
-        probe = probe * np.conj(_fresnel_phase(geometry))
-    return probe.astype(np.complex64)
-
-
-def _fresnel_phase(geometry: Geometry) -> np.ndarray:
-    return optics.fresnel_phase(
-        geometry.frame_px,
-        geometry.object_pixel_size_m,
-        geometry.wavelength_m,
-        geometry.propagation_distance_m,
-    )
 
 
 class _Propagator:
@@ -202,7 +140,7 @@ class PIEEngine:
         # Fresnel: the engine updates the probe times the Fresnel phase, the product the patterns
         # see, shifted as one (the phase is centred on the beam, which moves with the probe, as
         # in the AD engine); the estimate reports the probe with the phase taken off again.
-        self._chirp = _fresnel_phase(geometry) if geometry.propagation == FRESNEL else None
+        self._chirp = fresnel_phase(geometry) if geometry.propagation == FRESNEL else None
         valid = check_detector_mask(detector_mask, geometry.frame_shape)
         self._valid_pixels = valid
         self._mask = valid if self._near else np.fft.ifftshift(valid)

@@ -12,7 +12,7 @@ from ptystream.demo import score_against_truth
 from ptystream.engine import make_engine
 from ptystream.io.results import write_result
 from ptystream.metrics import complex_correlation
-from ptystream.sim.detector import diffraction_pattern, exit_wave
+from ptystream.sim.detector import diffraction_pattern
 from ptystream.sim.scan import build_simulation
 from ptystream.summary import write_summary
 from ptystream.types import FRESNEL, Geometry
@@ -125,13 +125,12 @@ def test_fresnel_phase_is_folded_into_the_probe(sim):
     z = np.pi * (n * dx / 2) ** 2 / (edge_phase_rad * wavelength)
     geometry = Geometry(wavelength, z, wavelength * z / (n * dx), n, propagation=FRESNEL)
     assert geometry.object_pixel_size_m == pytest.approx(dx)
-    chirp = optics.fresnel_phase(n, dx, wavelength, z)
-    frames = np.stack(
-        [
-            PHOTONS * np.abs(optics.fft2c(exit_wave(sim.truth, p) * chirp)) ** 2
-            for p in sim.positions_m
-        ]
-    ).astype(np.float32)
+    # the phase is centred on the beam, which sits at a sub-pixel offset in its window
+    chirped = dataclasses.replace(
+        sim.truth, probe=sim.truth.probe * optics.fresnel_phase(n, dx, wavelength, z)
+    )
+    frames = np.stack([PHOTONS * diffraction_pattern(chirped, p) for p in sim.positions_m])
+    frames = frames.astype(np.float32)
     # the simulated beam's curvature pi r^2 / (lambda d), expressed at this wavelength
     xray = small_profile().instrument
     defocus = xray.probe_defocus_m * xray.geometry().wavelength_m / wavelength
