@@ -37,9 +37,10 @@ class Engine(Protocol):
     def warm_up(self) -> None:
         """Compile for the current shapes, so the first real step does not stall."""
 
-    def add_frames(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
+    def add_frames(self, patterns: np.ndarray, positions: np.ndarray, *, unit: str = "m") -> None:
         """Append frames ``(k, N, N)`` (counts; far field: centred diffraction patterns, near
-        field: images) taken at probe positions ``(k, 2)`` (y, x in metres)."""
+        field: images) taken at probe positions ``(k, 2)`` (y, x in metres, or with
+        ``unit="px"`` in object pixels from the stage origin)."""
 
     def step(self, n_steps: int) -> float:
         """Run ``n_steps`` bounded optimiser steps; return their mean loss."""

@@ -151,19 +151,14 @@ class ADEngine:
         zero = tf.constant(0.0)
         self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), zero, zero, zero, zero)
 
-    def add_frames(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
-        """Append ``patterns`` ``(k, N, N)`` (centred, counts) taken at ``positions_m`` ``(k, 2)``.
+    def add_frames(self, patterns: np.ndarray, positions: np.ndarray, *, unit: str = "m") -> None:
+        """Append ``patterns`` ``(k, N, N)`` (counts; far field: centred diffraction patterns)
+        taken with the probe centred at ``positions`` ``(k, 2)`` (y, x; ``unit`` ``"m"``:
+        metres, ``"px"``: object pixels from the stage origin).
 
         Raises ValueError on a wrong shape or non-finite input (the pipeline filters these first).
         """
-        patterns = np.asarray(patterns, dtype=np.float32)
-        positions_m = np.asarray(positions_m, dtype=np.float64).reshape(-1, 2)
-        if patterns.ndim != 3 or patterns.shape[1:] != (self._n, self._n):
-            raise ValueError(f"frames must be (k, {self._n}, {self._n}), got {patterns.shape}")
-        if len(patterns) != len(positions_m):
-            raise ValueError(f"{len(patterns)} frames but {len(positions_m)} positions")
-        if not (np.isfinite(patterns).all() and np.isfinite(positions_m).all()):
-            raise ValueError("frames and positions must be finite")
+        patterns, positions_m = initial.checked_frames(patterns, positions, self._n, self._dx, unit)
         k = len(patterns)
         if k == 0:
             return

@@ -1,4 +1,5 @@
-"""What every engine starts from (numpy only): the detector mask and the initial probe."""
+"""What every engine takes in and starts from (numpy only): frames and positions, the
+detector mask, the initial probe."""
 
 from __future__ import annotations
 
@@ -7,7 +8,29 @@ import numpy as np
 from ptystream import optics
 from ptystream.types import FRESNEL, NEAR_FIELD, Geometry
 
-__all__ = ["check_detector_mask", "fresnel_phase", "initial_probe"]
+__all__ = ["check_detector_mask", "checked_frames", "fresnel_phase", "initial_probe"]
+
+
+def checked_frames(
+    patterns: np.ndarray, positions: np.ndarray, n: int, pixel_size_m: float, unit: str = "m"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames as float32 ``(k, n, n)`` and probe positions as float64 ``(k, 2)`` metres.
+
+    ``positions`` are ``(y, x)`` of the probe's centre, in metres (``unit="m"``) or in object
+    pixels of ``pixel_size_m`` from the stage origin (``unit="px"``). Raises ValueError naming
+    the problem: a wrong shape, a count mismatch, a non-finite value or an unknown unit.
+    """
+    if unit not in ("m", "px"):
+        raise ValueError(f"position unit must be 'm' or 'px', got {unit!r}")
+    patterns = np.asarray(patterns, dtype=np.float32)
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    if patterns.ndim != 3 or patterns.shape[1:] != (n, n):
+        raise ValueError(f"frames must be (k, {n}, {n}), got {patterns.shape}")
+    if len(patterns) != len(positions):
+        raise ValueError(f"{len(patterns)} frames but {len(positions)} positions")
+    if not (np.isfinite(patterns).all() and np.isfinite(positions).all()):
+        raise ValueError("frames and positions must be finite")
+    return patterns, positions * pixel_size_m if unit == "px" else positions
 
 
 def check_detector_mask(mask: np.ndarray | None, frame_shape: tuple[int, int]) -> np.ndarray:

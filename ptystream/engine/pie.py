@@ -39,7 +39,7 @@ import numpy as np
 from ptystream import optics
 from ptystream.config import Algorithm, EngineSettings
 from ptystream.engine import canvas as canvases
-from ptystream.engine.initial import check_detector_mask, fresnel_phase, initial_probe
+from ptystream.engine import initial
 from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry, ScanPlan
 
 __all__ = ["PIEEngine"]
@@ -140,8 +140,8 @@ class PIEEngine:
         # Fresnel: the engine updates the probe times the Fresnel phase, the product the patterns
         # see, shifted as one (the phase is centred on the beam, which moves with the probe, as
         # in the AD engine); the estimate reports the probe with the phase taken off again.
-        self._chirp = fresnel_phase(geometry) if geometry.propagation == FRESNEL else None
-        valid = check_detector_mask(detector_mask, geometry.frame_shape)
+        self._chirp = initial.fresnel_phase(geometry) if geometry.propagation == FRESNEL else None
+        valid = initial.check_detector_mask(detector_mask, geometry.frame_shape)
         self._valid_pixels = valid
         self._mask = valid if self._near else np.fft.ifftshift(valid)
         self._masked = not valid.all()
@@ -201,21 +201,14 @@ class PIEEngine:
     def warm_up(self) -> None:
         """Nothing to compile: numpy runs at full speed from the first update."""
 
-    def add_frames(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
-        """Append ``patterns`` ``(k, N, N)`` (counts; far field: centred) taken at
-        ``positions_m`` ``(k, 2)`` (y, x in metres).
+    def add_frames(self, patterns: np.ndarray, positions: np.ndarray, *, unit: str = "m") -> None:
+        """Append ``patterns`` ``(k, N, N)`` (counts; far field: centred diffraction patterns)
+        taken with the probe centred at ``positions`` ``(k, 2)`` (y, x; ``unit`` ``"m"``:
+        metres, ``"px"``: object pixels from the stage origin).
 
-        Raises ValueError on a wrong shape or non-finite input.
+        Raises ValueError on a wrong shape or non-finite input (the pipeline filters these first).
         """
-        patterns = np.asarray(patterns, dtype=np.float32)
-        positions_m = np.asarray(positions_m, dtype=np.float64).reshape(-1, 2)
-        n = self._n
-        if patterns.ndim != 3 or patterns.shape[1:] != (n, n):
-            raise ValueError(f"frames must be (k, {n}, {n}), got {patterns.shape}")
-        if len(patterns) != len(positions_m):
-            raise ValueError(f"{len(patterns)} frames but {len(positions_m)} positions")
-        if not (np.isfinite(patterns).all() and np.isfinite(positions_m).all()):
-            raise ValueError("frames and positions must be finite")
+        patterns, positions_m = initial.checked_frames(patterns, positions, self._n, self._dx, unit)
         k = len(patterns)
         if k == 0:
             return
@@ -394,7 +387,7 @@ class PIEEngine:
         self._scale = float(max(patterns[:, self._valid_pixels].max(), 1e-12))
         self._offset = self._noise_offset_counts / self._scale
         mean = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels) / self._scale
-        probe = initial_probe(
+        probe = initial.initial_probe(
             mean, self.geometry, probe_defocus_m=self._probe_defocus_m, given=self._initial_probe
         )
         if self._chirp is not None:

@@ -257,3 +257,20 @@ def test_each_batch_takes_new_frames_first_then_distinct_earlier_ones(clean_scan
     for _ in range(50):  # earlier frames only, never repeated within a batch
         idx, _ = engine._next_batch()
         assert len(set(idx.tolist())) == b and idx.max() < 45
+
+
+@pytest.mark.parametrize("algorithm", ["ad", "epie"])
+def test_positions_in_pixels_are_the_same_positions(clean_scan, algorithm):
+    profile, sim, frames = clean_scan
+    settings = profile.engine.model_copy(update={"algorithm": algorithm})
+    dx = profile.instrument.geometry().object_pixel_size_m
+    estimates = []
+    for positions, unit in ((sim.positions_m, "m"), (sim.positions_m / dx, "px")):
+        engine = make_engine(profile.instrument.geometry(), settings, plan=ScanPlan())
+        engine.add_frames(frames[:30], positions[:30], unit=unit)
+        engine.step(3)
+        estimates.append(engine.estimate())
+    np.testing.assert_allclose(estimates[1].positions_m, estimates[0].positions_m, rtol=1e-12)
+    np.testing.assert_array_equal(estimates[1].object, estimates[0].object)
+    with pytest.raises(ValueError, match="position unit must be 'm' or 'px', got 'mm'"):
+        engine.add_frames(frames[:1], sim.positions_m[:1], unit="mm")
