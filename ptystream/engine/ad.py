@@ -20,7 +20,7 @@ from ptystream import optics
 from ptystream.config import EngineSettings
 from ptystream.engine import canvas as canvases
 from ptystream.engine import forward, initial
-from ptystream.engine.adam import Adam, adam_update
+from ptystream.engine.adam import Adam, adam_update, sparse_adam_update, values_at
 from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry, ScanPlan
 
 __all__ = ["ADEngine"]
@@ -167,10 +167,11 @@ class ADEngine:
         self._ensure_canvas(positions_m)
         self._ensure_capacity(self._n_frames + k)
         top_left, frac = self._corners(positions_m)
-        sl = slice(self._n_frames, self._n_frames + k)
-        self._frames[sl].assign(self._to_engine(patterns / self._scale))
-        self._top_left[sl].assign(top_left)
-        self._frac[sl].assign(frac)
+        # scatter, not a sliced assign (which copied the whole buffer on every call)
+        rows = tf.range(self._n_frames, self._n_frames + k)[:, None]
+        self._frames.scatter_nd_update(rows, self._to_engine(patterns / self._scale))
+        self._top_left.scatter_nd_update(rows, top_left)
+        self._frac.scatter_nd_update(rows, frac)
         self._positions_m = np.concatenate([self._positions_m, positions_m])
         self._n_var.assign(self._n_frames + k)
         self._pending.extend(range(self._n_frames, self._n_frames + k))
@@ -251,11 +252,14 @@ class ADEngine:
         n = self._n
         settings = self.settings
         obj_vars = (self._obj_re, self._obj_im)
+        # Adam on the whole canvas costs ~17 ns per pixel; on the batch's windows only, a fixed
+        # ~8 ms (scatters, batch 16 of 128^2) that pays off on canvases over ~2 B n^2 pixels.
+        h, w = self._obj_re.shape
+        sparse = h * w > 2 * settings.batch_size * n * n
         probe_vars = (self._probe_re, self._probe_im)
 
         def train_step(idx, valid, object_lr, probe_lr, distance_lr, position_lr):
             with tf.GradientTape() as tape:
-                obj = tf.complex(*obj_vars)
                 probe = tf.complex(*probe_vars)  # (M, n, n)
                 if self._fresnel is not None:  # folded in before the shift: it moves with it
                     probe = probe * self._fresnel
@@ -265,9 +269,15 @@ class ADEngine:
                     # the integer part picks the patch; the gradient flows through the rest
                     corner = tf.cast(top_left, tf.float32) + frac + tf.gather(self._shift, idx)
                     top_left = tf.cast(tf.floor(tf.stop_gradient(corner)), tf.int32)
-                    top_left = tf.clip_by_value(top_left, 0, tf.shape(obj) - n)
+                    top_left = tf.clip_by_value(top_left, 0, tf.shape(self._obj_re) - n)
                     frac = corner - tf.cast(top_left, tf.float32)
-                patches = forward.extract_patches(obj, top_left, n)
+                pixels = forward.window_pixels(top_left, n)  # (B, n, n, 2)
+                # padding frames point at the first frame's window (so duplicates agree)
+                pixels = tf.where(valid[:, None, None, None] > 0, pixels, pixels[:1])
+                patch_re = values_at(self._obj_re, pixels)
+                patch_im = values_at(self._obj_im, pixels)
+                tape.watch([patch_re, patch_im])
+                patches = tf.complex(patch_re, patch_im)
                 if settings.subpixel:
                     probes = forward.shifted_probes(probe, frac)
                 else:
@@ -292,15 +302,26 @@ class ADEngine:
                     loss += settings.tv_weight * forward.total_variation(patches, valid)
             extra = [self._distance] * settings.train_distance
             extra += [self._shift] * settings.correct_positions
-            g_obj_re, g_obj_im, g_pr, g_pi, *g_extra = tape.gradient(
+            obj_sources = [patch_re, patch_im] if sparse else list(obj_vars)
+            g_re, g_im, g_pr, g_pi, *g_extra = tape.gradient(
                 loss,
-                [*obj_vars, *probe_vars, *extra],
+                [*obj_sources, *probe_vars, *extra],
                 unconnected_gradients=tf.UnconnectedGradients.ZERO,
             )
-            touched = tf.logical_or(g_obj_re != 0.0, g_obj_im != 0.0)
-            count = self._obj_count.assign_add(tf.cast(touched, tf.float32))
-            adam_update(self._obj_re, g_obj_re, self._obj_adam[0], count, touched, object_lr)
-            adam_update(self._obj_im, g_obj_im, self._obj_adam[1], count, touched, object_lr)
+            if sparse:  # read and write the batch's windows only
+                write = tf.reduce_any(valid > 0)
+                old_count = values_at(self._obj_count, pixels)
+                count = old_count + 1.0
+                self._obj_count.scatter_nd_update(pixels, tf.where(write, count, old_count))
+                for var, state, g in zip(obj_vars, self._obj_adam, (g_re, g_im), strict=True):
+                    g = forward.summed_at(g, pixels, tf.shape(var))  # overlapping windows add
+                    sparse_adam_update(var, state, pixels, g, count, write, object_lr)
+            else:  # update the whole canvas where the gradient is not zero
+                g_re, g_im = tf.convert_to_tensor(g_re), tf.convert_to_tensor(g_im)
+                touched = tf.logical_or(g_re != 0.0, g_im != 0.0)
+                count = self._obj_count.assign_add(tf.cast(touched, tf.float32))
+                adam_update(self._obj_re, g_re, self._obj_adam[0], count, touched, object_lr)
+                adam_update(self._obj_im, g_im, self._obj_adam[1], count, touched, object_lr)
             active = probe_lr > 0.0
             p_count = self._probe_count.assign_add(tf.cast(active, tf.float32))
             every = tf.fill([self._modes, n, n], active)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["Adam", "adam_update"]
+__all__ = ["Adam", "adam_update", "sparse_adam_update", "values_at"]
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
@@ -34,3 +34,28 @@ def adam_update(var, grad, state: Adam, count, touched, lr) -> None:
     m_hat = m / (1.0 - _BETA1**t)
     v_hat = v / (1.0 - _BETA2**t)
     var.assign_sub(tf.where(touched, lr * m_hat / (tf.sqrt(v_hat) + _EPS), 0.0))
+
+
+def values_at(var: tf.Variable, pixels: tf.Tensor) -> tf.Tensor:
+    """``var``'s elements at ``pixels`` ``(..., rank)`` (gathered from its value: XLA has no
+    kernel for a gather straight from a resource variable)."""
+    return tf.gather_nd(tf.convert_to_tensor(var), pixels)
+
+
+def sparse_adam_update(var, state: Adam, pixels, grad, count, write, lr) -> None:
+    """Adam on the elements ``pixels`` ``(..., rank)`` of ``var`` only, with their gradients
+    ``grad`` (summed over duplicates, so duplicate entries write identical values) and step
+    counts ``count``; nothing changes when ``write`` is False. Costs O(len(pixels)), not
+    O(var.size)."""
+    m_old, v_old = (
+        tf.gather_nd(tf.convert_to_tensor(state.m), pixels),
+        tf.gather_nd(tf.convert_to_tensor(state.v), pixels),
+    )
+    old = values_at(var, pixels)
+    m = _BETA1 * m_old + (1 - _BETA1) * grad
+    v = _BETA2 * v_old + (1 - _BETA2) * grad**2
+    t = tf.maximum(count, 1.0)
+    step = lr * (m / (1.0 - _BETA1**t)) / (tf.sqrt(v / (1.0 - _BETA2**t)) + _EPS)
+    state.m.scatter_nd_update(pixels, tf.where(write, m, m_old))
+    state.v.scatter_nd_update(pixels, tf.where(write, v, v_old))
+    var.scatter_nd_update(pixels, tf.where(write, old - step, old))

@@ -13,23 +13,34 @@ import tensorflow as tf
 
 __all__ = [
     "data_loss",
-    "extract_patches",
     "farfield_intensity",
     "nearfield_intensity",
     "shifted_probes",
+    "summed_at",
     "total_variation",
+    "window_pixels",
 ]
 
 #: Floor inside square roots and logarithms, so gradients stay finite where a prediction is 0.
 _FLOOR = 1e-12
 
 
-def extract_patches(obj: tf.Tensor, top_left: tf.Tensor, n: int) -> tf.Tensor:
-    """Object patches ``(B, n, n)`` whose top-left pixels are ``top_left`` ``(B, 2)`` int32."""
-    width = tf.shape(obj)[1]
+def window_pixels(top_left: tf.Tensor, n: int) -> tf.Tensor:
+    """``(row, col)`` object pixels ``(B, n, n, 2)`` int32 of the windows whose top-left pixels
+    are ``top_left`` ``(B, 2)``: indices for ``tf.gather_nd`` and scatter updates."""
     rows = top_left[:, 0, None, None] + tf.range(n)[None, :, None]
     cols = top_left[:, 1, None, None] + tf.range(n)[None, None, :]
-    return tf.gather(tf.reshape(obj, [-1]), rows * width + cols)
+    rows, cols = (
+        tf.broadcast_to(rows, tf.shape(rows + cols)),
+        tf.broadcast_to(cols, tf.shape(rows + cols)),
+    )
+    return tf.stack([rows, cols], axis=-1)
+
+
+def summed_at(values: tf.Tensor, pixels: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+    """``values`` ``(B, n, n)`` at ``pixels`` ``(B, n, n, 2)`` replaced by their sum over every
+    entry naming the same pixel (the gradient of a pixel seen by overlapping windows)."""
+    return tf.gather_nd(tf.tensor_scatter_nd_add(tf.zeros(shape), pixels, values), pixels)
 
 
 def shifted_probes(probe: tf.Tensor, frac_px: tf.Tensor) -> tf.Tensor:

@@ -274,3 +274,33 @@ def test_positions_in_pixels_are_the_same_positions(clean_scan, algorithm):
     np.testing.assert_array_equal(estimates[1].object, estimates[0].object)
     with pytest.raises(ValueError, match="position unit must be 'm' or 'px', got 'mm'"):
         engine.add_frames(frames[:1], sim.positions_m[:1], unit="mm")
+
+
+def test_window_only_updates_on_a_large_canvas_match_whole_canvas_updates(clean_scan):
+    """Past ~2 B N^2 canvas pixels the engine updates only the batch's windows (constant cost
+    per step); it must take the same steps as the whole-canvas update."""
+    profile, sim, frames = clean_scan
+    plan = planned(sim.positions_m)
+    (y0, y1), (x0, x1) = plan.extent_m
+    pad = 200 * profile.instrument.geometry().object_pixel_size_m
+    wide = ScanPlan(plan.n_points, ((y0 - pad, y1 + pad), (x0 - pad, x1 + pad)))
+    estimates = []
+    for p in (plan, wide):
+        engine = engine_for(profile, p)
+        engine.warm_up()  # must change nothing on either path
+        engine.add_frames(frames, sim.positions_m)
+        engine.step(30)
+        engine.refine(2)
+        estimates.append(engine.estimate())
+    small, large = estimates
+    n, b = profile.instrument.frame_px, profile.engine.batch_size
+    assert small.object.size < 2 * b * n * n < large.object.size  # one path each
+    offset = np.round(
+        (np.array(small.object_origin_m) - large.object_origin_m) / small.pixel_size_m
+    ).astype(int)
+    h, w = small.object.shape
+    region = large.object[offset[0] : offset[0] + h, offset[1] : offset[1] + w]
+    lit = small.illumination > 1e-3 * small.illumination.max()
+    np.testing.assert_allclose(region[lit], small.object[lit], atol=1e-4)
+    np.testing.assert_allclose(large.probe, small.probe, atol=1e-4)
+    assert np.all(large.object[large.illumination == 0] == 1.0)  # unlit pixels untouched

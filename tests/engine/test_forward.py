@@ -23,7 +23,8 @@ def test_engine_predicts_what_the_simulated_detector_measures(position_px):
     corner = (position_m - truth.object_origin_m) / dx - n / 2
     top_left = np.floor(corner).astype(np.int32)
     obj = tf.constant(truth.object)
-    patches = forward.extract_patches(obj, tf.constant([top_left], tf.int32), n)
+    pixels = forward.window_pixels(tf.constant([top_left], tf.int32), n)
+    patches = tf.gather_nd(obj, pixels)
     probes = forward.shifted_probes(
         tf.constant(truth.probe[None]), tf.constant([corner - top_left], tf.float32)
     )
