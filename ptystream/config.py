@@ -189,6 +189,12 @@ class EngineSettings(BaseModel):
     it corrects the Fresnel number, not the magnification."""
     distance_learning_rate_m: float = Field(1e-5, gt=0)
     """Adam learning rate of the propagation distance, in metres per step."""
+    distance_search_m: tuple[float, float] | None = None
+    """Near field, offline (``ptystream reconstruct``): before reconstructing, search this range
+    ``(min, max)`` in metres for the distance whose trial reconstruction ends at the lowest loss
+    (gradients alone do not move a distance that is far off; see ``engine/distance.py``)."""
+    distance_search_passes: int = Field(25, gt=0)
+    """Passes over all frames per trial distance of ``distance_search_m``."""
     correct_positions: bool = False
     """Fit a correction of each frame's position (needs ``subpixel``); the mean correction is
     kept at zero, since a common shift of all positions only moves the object."""
@@ -314,6 +320,8 @@ class Profile(BaseModel):
             raise ValueError("engine.correct_positions needs engine.subpixel: true")
         if self.engine.train_distance and self.instrument.propagation != NEAR_FIELD:
             raise ValueError("engine.train_distance needs instrument.propagation: near_field")
+        if self.engine.distance_search_m and self.instrument.propagation != NEAR_FIELD:
+            raise ValueError("engine.distance_search_m needs instrument.propagation: near_field")
         if self.instrument.focus_to_sample_m is not None and (
             self.instrument.propagation != NEAR_FIELD
         ):

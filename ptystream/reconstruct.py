@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ from ptystream.io.scans import ScanFile, read_scan
 from ptystream.types import Estimate, Geometry, ScanPlan
 
 __all__ = ["geometry_for", "reconstruct_file"]
+
+logger = logging.getLogger(__name__)
 
 
 def geometry_for(scan: ScanFile, profile: Profile) -> Geometry:
@@ -68,6 +71,18 @@ def reconstruct_file(
     )
     engine.add_frames(scan.frames, pos)
     engine.warm_up()  # compile before the first pass is timed
+    if settings.distance_search_m is not None:
+        lo, hi = settings.distance_search_m
+        start = time.perf_counter()
+        # AD only: the baselines refuse the setting when they are built
+        search = engine.search_distance  # type: ignore[attr-defined]
+        z, trials = search(lo, hi, settings.distance_search_passes)
+        logger.info(
+            "distance search: %.4g m after %d trials in %.0f s",
+            z,
+            len(trials),
+            time.perf_counter() - start,
+        )
     if time_budget_s is not None:
         start = time.perf_counter()
         loss = engine.refine(1)

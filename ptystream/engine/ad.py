@@ -10,6 +10,7 @@ in the scan needs its own bias correction (a per-pixel step count; ENGINE_NOTES 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -136,6 +137,39 @@ class ADEngine:
         self._step_fn = self._compile()
 
     # -- public API -----------------------------------------------------------------------
+
+    #: While True, steps keep the propagation distance fixed even if it is trained.
+    hold_distance: bool = False
+
+    @property
+    def distance_range_m(self) -> tuple[float, float]:
+        """Distances the near-field model is valid for: (0, N dx^2 / lambda] (angular spectrum
+        beyond it aliases; the loss in z then oscillates)."""
+        return (1e-3 * self._dx, self._n * self._dx**2 / self.geometry.wavelength_m)
+
+    @property
+    def distance_m(self) -> float:
+        """The propagation distance in metres (near field; fitted when trained)."""
+        return float(self._distance.numpy())
+
+    @distance_m.setter
+    def distance_m(self, value: float) -> None:
+        self._distance.assign(value)
+
+    def search_distance(
+        self, lo_m: float, hi_m: float, passes: int = 25
+    ) -> tuple[float, dict[float, float]]:
+        """Set the propagation distance to the best in ``[lo_m, hi_m]`` (near field).
+
+        Joint gradient descent on (object, probe, z) sticks near a wrong start: the object and
+        probe absorb the error. This scores each trial z by the loss after ``passes`` passes
+        from the current state with z fixed, and searches a grid then a bounded Brent search
+        (:func:`ptystream.engine.distance.search_distance`). The state is then restored, with
+        z at the best trial. Returns it and every trial's score.
+        """
+        from ptystream.engine.distance import search_distance
+
+        return search_distance(self, lo_m, hi_m, passes)
 
     @property
     def n_frames(self) -> int:
@@ -332,6 +366,8 @@ class ADEngine:
                 z_count = self._distance_count.assign_add(tf.cast(fit, tf.float32))
                 g_z = g_extra.pop(0)
                 adam_update(self._distance, g_z, self._distance_adam, z_count, fit, distance_lr)
+                # angular spectrum holds only up to N dx^2 / lambda (ENGINE_NOTES)
+                self._distance.assign(tf.clip_by_value(self._distance, *self.distance_range_m))
             if settings.correct_positions:
                 g_shift = tf.convert_to_tensor(g_extra.pop(0))
                 moved = tf.logical_and(g_shift != 0.0, position_lr > 0.0)
@@ -372,7 +408,10 @@ class ADEngine:
                 tf.constant(valid),
                 tf.constant(lr_scale * s.object_learning_rate, tf.float32),
                 tf.constant(lr_scale * probe_lr, tf.float32),
-                tf.constant(lr_scale * s.distance_learning_rate_m, tf.float32),
+                tf.constant(
+                    0.0 if self.hold_distance else lr_scale * s.distance_learning_rate_m,
+                    tf.float32,
+                ),
                 tf.constant(lr_scale * position_lr, tf.float32),
             )
         )
@@ -407,17 +446,29 @@ class ADEngine:
         """
         self._scale = float(max(patterns[:, self._valid_pixels].max(), 1e-12))
         self._offset.assign(self._noise_offset_counts / self._scale)
-        mean = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels) / self._scale
-        probe = initial.initial_probe(
-            mean, self.geometry, probe_defocus_m=self._probe_defocus_m, given=self._initial_probe
-        )
-        modes = self._initial_modes(probe)
-        self._probe_re.assign(modes.real)
-        self._probe_im.assign(modes.imag)
+        self._mean_pattern = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels)
+        self._mean_pattern /= self._scale
+        self.restart_probe(self.geometry.propagation_distance_m)
         if self._canvas is None:
             lo, hi = positions_m.min(axis=0), positions_m.max(axis=0)
             self._canvas = self._canvas_for(lo, hi)
             self._resize_object(self._canvas.shape, (0, 0))
+
+    def restart_probe(self, distance_m: float) -> None:
+        """Set the probe to its initial estimate from the first frames' mean, built (near
+        field) for the propagation distance ``distance_m``; its optimiser state is left as is."""
+        geometry = dataclasses.replace(
+            self.geometry, distance_m=distance_m * self.geometry.magnification
+        )
+        probe = initial.initial_probe(
+            self._mean_pattern,
+            geometry,
+            probe_defocus_m=self._probe_defocus_m,
+            given=self._initial_probe,
+        )
+        modes = self._initial_modes(probe)
+        self._probe_re.assign(modes.real)
+        self._probe_im.assign(modes.imag)
 
     def _initial_modes(self, probe: np.ndarray) -> np.ndarray:
         """``(M, N, N)`` starting modes from a probe ``(N, N)`` or modes ``(M', N, N)``, with

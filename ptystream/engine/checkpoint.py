@@ -15,7 +15,7 @@ import tensorflow as tf
 from ptystream.engine.ad import ADEngine
 from ptystream.engine.canvas import Canvas
 
-__all__ = ["load_state", "save_state"]
+__all__ = ["load_state", "restore", "save_state", "snapshot"]
 
 _FORMAT = 1
 
@@ -65,6 +65,32 @@ def _identity(engine: ADEngine) -> dict[str, Any]:
         "geometry": dataclasses.asdict(engine.geometry),
         "settings": engine.settings.model_dump(mode="json"),
     }
+
+
+def snapshot(engine: ADEngine) -> dict[str, Any]:
+    """The whole state in memory (numpy copies), for :func:`restore` on the same engine."""
+    return {
+        "arrays": {
+            name: getattr(*_resolve(engine, attr)).numpy() for name, attr in STATE_VARIABLES.items()
+        },
+        "positions_m": engine._positions_m.copy(),
+        "loss": list(engine._loss),
+        "pending": list(engine._pending),
+        "iteration": engine._iteration,
+        "rng": engine._rng.bit_generator.state,
+    }
+
+
+def restore(engine: ADEngine, state: dict[str, Any]) -> None:
+    """Put the engine back to a :func:`snapshot` of itself (same shapes: no recompile)."""
+    for name, attr in STATE_VARIABLES.items():
+        getattr(*_resolve(engine, attr)).assign(state["arrays"][name])
+    engine._positions_m = state["positions_m"].copy()
+    engine._loss = list(state["loss"])
+    engine._pending.clear()
+    engine._pending.extend(state["pending"])
+    engine._iteration = state["iteration"]
+    engine._rng.bit_generator.state = state["rng"]
 
 
 def save_state(engine: ADEngine, path: str | Path) -> None:

@@ -471,6 +471,8 @@ def _check_settings(settings: EngineSettings, algorithm: Algorithm) -> None:
         unsupported.append("engine.train_distance")
     if settings.correct_positions:
         unsupported.append("engine.correct_positions")
+    if settings.distance_search_m is not None:
+        unsupported.append("engine.distance_search_m")
     if unsupported:
         raise ValueError(
             f"the {algorithm.value} engine does not support {', '.join(unsupported)}; "

@@ -1,0 +1,83 @@
+"""Finding the propagation distance of a near-field scan by search, not by gradient alone.
+
+Joint gradient descent on (object, probe, z) sticks near its starting z: the object and probe
+soak up the error (from 18.5 mm, truth 3.5 mm, Adam on z ended at 18.3 mm whatever the rate;
+benchmarks/README.md). Yet the data fix z: the loss reached after a few dozen passes at a fixed z
+is smooth in z with its minimum at the truth. So each trial z is scored by that loss, from the
+same starting state and the same batch order, and the best is found by a grid then a bounded
+Brent search (scipy).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from ptystream.engine.ad import ADEngine
+from ptystream.engine.checkpoint import restore, snapshot
+
+__all__ = ["search_distance"]
+
+logger = logging.getLogger(__name__)
+
+#: Trial distances on the first, coarse grid.
+GRID_POINTS = 6
+#: Brent evaluations within the best grid cell and its neighbour.
+REFINE_EVALUATIONS = 8
+
+
+def search_distance(
+    engine: ADEngine, lo_m: float, hi_m: float, passes: int = 25
+) -> tuple[float, dict[float, float]]:
+    """Set ``engine``'s distance to the one in ``[lo_m, hi_m]`` (clipped to the model's valid
+    range) whose trial ends at the lowest loss; restore everything else.
+
+    Each trial starts from the engine's current state with the initial probe rebuilt for its z
+    (:meth:`ADEngine.restart_probe`), holds z fixed, runs ``passes`` passes
+    (the learning-rate schedule of :meth:`ADEngine.refine`) and scores the mean loss of its last
+    three. Returns the best distance and ``{distance_m: score}`` for every trial.
+    """
+    if engine.geometry.propagation != "near_field":
+        raise ValueError("a distance search needs a near-field geometry")
+    if engine.n_frames == 0:
+        raise ValueError("a distance search needs frames")
+    z_min, z_max = engine.distance_range_m
+    lo, hi = max(lo_m, z_min), min(hi_m, z_max)
+    if not lo < hi:
+        raise ValueError(
+            f"distance search range [{lo_m}, {hi_m}] m is outside the valid range "
+            f"({z_min:.3g}, {z_max:.3g}] m of the angular spectrum"
+        )
+    start = snapshot(engine)
+    trials: dict[float, float] = {}
+
+    def score(z: float) -> float:
+        restore(engine, start)
+        engine.distance_m = z
+        engine.restart_probe(z)  # the measured beam propagated back over the trial distance
+        losses: list[float] = []
+        engine.refine(passes, on_epoch=lambda _, loss: losses.append(loss))
+        trials[float(engine.distance_m)] = value = float(np.mean(losses[-3:]))
+        logger.info("distance %.4g m: loss %.4g", z, value)
+        return value
+
+    engine.hold_distance = True
+    try:
+        grid = np.linspace(lo, hi, GRID_POINTS)
+        best = int(np.argmin([score(z) for z in grid]))
+        bounds = (grid[max(best - 1, 0)], grid[min(best + 1, GRID_POINTS - 1)])
+        minimize_scalar(
+            score,
+            bounds=bounds,
+            method="bounded",
+            options={"maxiter": REFINE_EVALUATIONS, "xatol": 1e-4 * (hi - lo)},
+        )
+    finally:
+        engine.hold_distance = False
+    z_best = min(trials, key=trials.__getitem__)
+    restore(engine, start)
+    engine.distance_m = z_best
+    engine.restart_probe(z_best)
+    return z_best, trials
