@@ -93,25 +93,14 @@ def make_engine(
     pixel is valid. ``initial_probe`` (complex ``(N, N)``) replaces the probe built from the
     optics, e.g. the previous scan's final probe.
     """
-    plan = plan or ScanPlan()
     if Algorithm(settings.algorithm) is Algorithm.AD:
-        from ptystream.engine.ad import ADEngine
-
-        return ADEngine(
-            geometry,
-            settings,
-            plan=plan,
-            read_noise_counts=read_noise_counts,
-            probe_defocus_m=probe_defocus_m,
-            detector_mask=detector_mask,
-            initial_probe=initial_probe,
-        )
-    from ptystream.engine.pie import PIEEngine
-
-    return PIEEngine(
+        from ptystream.engine.ad import ADEngine as engine_class
+    else:
+        from ptystream.engine.pie import PIEEngine as engine_class  # type: ignore[assignment]
+    return engine_class(
         geometry,
         settings,
-        plan=plan,
+        plan=plan or ScanPlan(),
         read_noise_counts=read_noise_counts,
         probe_defocus_m=probe_defocus_m,
         detector_mask=detector_mask,

@@ -22,6 +22,7 @@ from ptystream.config import EngineSettings
 from ptystream.engine import canvas as canvases
 from ptystream.engine import forward, initial
 from ptystream.engine.adam import Adam, adam_update, sparse_adam_update, values_at
+from ptystream.engine.intake import FrameIntake
 from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry, ScanPlan
 
 __all__ = ["ADEngine"]
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 _DEFAULT_CAPACITY = 256
 
 
-class ADEngine:
+class ADEngine(FrameIntake):
     """AD ptychography (far field, Fresnel or near field; coherent or mixed-state probe) that
     accepts frames at any time and keeps its state.
 
@@ -87,10 +88,6 @@ class ADEngine:
         self._near = geometry.propagation == NEAR_FIELD
         if settings.train_distance and not self._near:
             raise ValueError("train_distance needs a near-field geometry")
-        # Far-field frames are stored with zero frequency at [0, 0]; near-field ones as they are.
-        self._to_engine = (
-            (lambda a: np.fft.ifftshift(a, axes=(-2, -1))) if not self._near else (lambda a: a)
-        )
         self._rng = np.random.default_rng(settings.seed)
         self._scale: float | None = None
         self._n_frames = 0
@@ -116,7 +113,7 @@ class ADEngine:
         if geometry.propagation == FRESNEL:
             self._fresnel = tf.constant(initial.fresnel_phase(geometry))
         self._offset = tf.Variable(1.0, trainable=False)
-        self._pixel_mask = tf.constant(self._to_engine(detector_mask).astype(np.float32))
+        self._pixel_mask = tf.constant(self._oriented(detector_mask).astype(np.float32))
         q = optics.angular_spectrum_phase(self._n, self._dx, geometry.wavelength_m)
         self._q = tf.constant(np.fft.ifftshift(q).astype(np.float32))
         fy, fx = optics.spatial_frequencies(self._n, self._dx)
@@ -185,31 +182,15 @@ class ADEngine:
         zero = tf.constant(0.0)
         self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), zero, zero, zero, zero)
 
-    def add_frames(self, patterns: np.ndarray, positions: np.ndarray, *, unit: str = "m") -> None:
-        """Append ``patterns`` ``(k, N, N)`` (counts; far field: centred diffraction patterns)
-        taken with the probe centred at ``positions`` ``(k, 2)`` (y, x; ``unit`` ``"m"``:
-        metres, ``"px"``: object pixels from the stage origin).
-
-        Raises ValueError on a wrong shape or non-finite input (the pipeline filters these first).
-        """
-        patterns, positions_m = initial.checked_frames(patterns, positions, self._n, self._dx, unit)
-        k = len(patterns)
-        if k == 0:
-            return
-        if self._scale is None:
-            self._initialise_from(patterns, positions_m)
-        self._ensure_canvas(positions_m)
-        self._ensure_capacity(self._n_frames + k)
-        top_left, frac = self._corners(positions_m)
+    def _store(
+        self, first: int, frames: np.ndarray, top_left: np.ndarray, frac: np.ndarray
+    ) -> None:
         # scatter, not a sliced assign (which copied the whole buffer on every call)
-        rows = tf.range(self._n_frames, self._n_frames + k)[:, None]
-        self._frames.scatter_nd_update(rows, self._to_engine(patterns / self._scale))
+        rows = tf.range(first, first + len(frames))[:, None]
+        self._frames.scatter_nd_update(rows, frames)
         self._top_left.scatter_nd_update(rows, top_left)
         self._frac.scatter_nd_update(rows, frac)
-        self._positions_m = np.concatenate([self._positions_m, positions_m])
-        self._n_var.assign(self._n_frames + k)
-        self._pending.extend(range(self._n_frames, self._n_frames + k))
-        self._n_frames += k
+        self._n_var.assign(first + len(frames))
 
     def step(self, n_steps: int = 1) -> float:
         """Run ``n_steps`` steps on new frames plus a random sample of earlier ones."""
@@ -482,25 +463,9 @@ class ADEngine:
         power = np.sum(np.abs(probe) ** 2) / max(np.sum(np.abs(modes) ** 2), 1e-30)
         return (modes * np.sqrt(power)).astype(np.complex64)
 
-    def _canvas_for(self, lo_m: np.ndarray, hi_m: np.ndarray) -> canvases.Canvas:
-        return canvases.canvas_for(lo_m, hi_m, self._n, self._dx, self.settings.canvas_margin_px)
-
-    def _corners(self, positions_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return canvases.corners(
-            self._canvas, positions_m, self._n, self._dx, self.settings.subpixel
-        )
-
-    def _ensure_canvas(self, positions_m: np.ndarray) -> None:
-        """Grow the canvas (in large chunks) so every probe window fits."""
-        grown = canvases.growth(self._canvas, self._corners(positions_m)[0], self._n, self._dx)
-        if grown is None:
-            return
-        new, grow_lo = grown
-        logger.info("growing the object canvas from %s to %s px", self._canvas.shape, new.shape)
-        self._canvas = new
-        self._resize_object(new.shape, (int(grow_lo[0]), int(grow_lo[1])))
+    def _move_corners(self, offset_px: np.ndarray) -> None:
         self._top_left.assign_add(
-            tf.broadcast_to(tf.constant(grow_lo, tf.int32), self._top_left.shape)
+            tf.broadcast_to(tf.constant(offset_px, tf.int32), self._top_left.shape)
         )
 
     def _resize_object(self, shape: tuple[int, int], offset: tuple[int, int]) -> None:

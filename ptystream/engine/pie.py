@@ -40,6 +40,7 @@ from ptystream import optics
 from ptystream.config import Algorithm, EngineSettings
 from ptystream.engine import canvas as canvases
 from ptystream.engine import initial
+from ptystream.engine.intake import FrameIntake
 from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry, ScanPlan
 
 __all__ = ["PIEEngine"]
@@ -77,7 +78,7 @@ class _Propagator:
         return np.fft.ifft2(field, norm="ortho")
 
 
-class PIEEngine:
+class PIEEngine(FrameIntake):
     """ePIE or mPIE (``settings.algorithm``), streaming and warm-started like the AD engine.
 
     Parameters
@@ -143,7 +144,7 @@ class PIEEngine:
         self._chirp = initial.fresnel_phase(geometry) if geometry.propagation == FRESNEL else None
         valid = initial.check_detector_mask(detector_mask, geometry.frame_shape)
         self._valid_pixels = valid
-        self._mask = valid if self._near else np.fft.ifftshift(valid)
+        self._mask = self._oriented(valid)
         self._masked = not valid.all()
         self._n_valid = int(valid.sum())
         self._noise_offset_counts = 0.375 + read_noise_counts**2
@@ -201,34 +202,15 @@ class PIEEngine:
     def warm_up(self) -> None:
         """Nothing to compile: numpy runs at full speed from the first update."""
 
-    def add_frames(self, patterns: np.ndarray, positions: np.ndarray, *, unit: str = "m") -> None:
-        """Append ``patterns`` ``(k, N, N)`` (counts; far field: centred diffraction patterns)
-        taken with the probe centred at ``positions`` ``(k, 2)`` (y, x; ``unit`` ``"m"``:
-        metres, ``"px"``: object pixels from the stage origin).
-
-        Raises ValueError on a wrong shape or non-finite input (the pipeline filters these first).
-        """
-        patterns, positions_m = initial.checked_frames(patterns, positions, self._n, self._dx, unit)
-        k = len(patterns)
-        if k == 0:
-            return
-        if self._scale is None:
-            self._initialise_from(patterns, positions_m)
-        self._ensure_canvas(positions_m)
-        self._ensure_capacity(self._n_frames + k)
-        top_left, frac = self._corners(positions_m)
-        intensity = patterns / self._scale
-        if not self._near:
-            intensity = np.fft.ifftshift(intensity, axes=(-2, -1))
-        sl = slice(self._n_frames, self._n_frames + k)
-        self._amplitude[sl] = np.sqrt(np.maximum(intensity, 0.0))
-        self._loss_amplitude[sl] = np.sqrt(np.maximum(intensity + self._offset, 0.0))
+    def _store(
+        self, first: int, frames: np.ndarray, top_left: np.ndarray, frac: np.ndarray
+    ) -> None:
+        sl = slice(first, first + len(frames))
+        self._amplitude[sl] = np.sqrt(np.maximum(frames, 0.0))
+        self._loss_amplitude[sl] = np.sqrt(np.maximum(frames + self._offset, 0.0))
         self._top_left[sl] = top_left
         self._frac[sl] = frac
         self._ramps[sl] = np.exp(-2j * np.pi * frac[:, :, None] * self._freq)
-        self._positions_m = np.concatenate([self._positions_m, positions_m])
-        self._pending.extend(range(self._n_frames, self._n_frames + k))
-        self._n_frames += k
 
     def step(self, n_steps: int = 1) -> float:
         """``n_steps`` position updates: frames not yet visited first (oldest first), then a
@@ -397,29 +379,11 @@ class PIEEngine:
         self._probe_before = self._probe.copy()
         if self._canvas is None:
             lo, hi = positions_m.min(axis=0), positions_m.max(axis=0)
-            self._canvas = canvases.canvas_for(
-                lo, hi, self._n, self._dx, self.settings.canvas_margin_px
-            )
+            self._canvas = self._canvas_for(lo, hi)
             self._resize_object(self._canvas.shape, (0, 0))
 
-    def _corners(self, positions_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        assert self._canvas is not None, "the canvas is set by the first frames"
-        return canvases.corners(
-            self._canvas, positions_m, self._n, self._dx, self.settings.subpixel
-        )
-
-    def _ensure_canvas(self, positions_m: np.ndarray) -> None:
-        """Grow the canvas (in large chunks) so every probe window fits."""
-        old = self._canvas
-        assert old is not None, "the canvas is set by the first frames"
-        grown = canvases.growth(old, self._corners(positions_m)[0], self._n, self._dx)
-        if grown is None:
-            return
-        new, grow_lo = grown
-        logger.info("growing the object canvas from %s to %s px", old.shape, new.shape)
-        self._canvas = new
-        self._resize_object(new.shape, (int(grow_lo[0]), int(grow_lo[1])))
-        self._top_left[: self._n_frames] += grow_lo.astype(np.int64)
+    def _move_corners(self, offset_px: np.ndarray) -> None:
+        self._top_left[: self._n_frames] += offset_px.astype(np.int64)
 
     def _resize_object(self, shape: tuple[int, int], offset: tuple[int, int]) -> None:
         """Re-allocate the object-shaped arrays at ``shape``, old content placed at ``offset``."""

@@ -1,0 +1,108 @@
+"""Frames into an engine: the bookkeeping every streaming engine shares (numpy only).
+
+Checking frames and positions, normalising, orienting (far-field frames are stored with zero
+frequency at [0, 0], near-field ones as recorded), placing each frame on the object canvas, and
+growing the canvas when a position falls outside. Engines differ only in where they keep things,
+which they say by implementing the hooks below.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import numpy as np
+
+from ptystream.config import EngineSettings
+from ptystream.engine import canvas as canvases
+from ptystream.engine import initial
+
+__all__ = ["FrameIntake"]
+
+logger = logging.getLogger(__name__)
+
+
+class FrameIntake:
+    """Mixin: :meth:`add_frames` and the canvas, over the hooks ``_initialise_from``,
+    ``_ensure_capacity``, ``_store``, ``_resize_object`` and ``_move_corners``."""
+
+    settings: EngineSettings
+    _n: int
+    _dx: float
+    _near: bool
+    _scale: float | None
+    _canvas: canvases.Canvas | None
+    _n_frames: int
+    _pending: collections.deque[int]
+    _positions_m: np.ndarray
+
+    def add_frames(self, patterns: np.ndarray, positions: np.ndarray, *, unit: str = "m") -> None:
+        """Append ``patterns`` ``(k, N, N)`` (counts; far field: centred diffraction patterns)
+        taken with the probe centred at ``positions`` ``(k, 2)`` (y, x; ``unit`` ``"m"``:
+        metres, ``"px"``: object pixels from the stage origin).
+
+        Raises ValueError on a wrong shape or non-finite input (the pipeline filters these first).
+        """
+        patterns, positions_m = initial.checked_frames(patterns, positions, self._n, self._dx, unit)
+        k = len(patterns)
+        if k == 0:
+            return
+        if self._scale is None:
+            self._initialise_from(patterns, positions_m)
+        self._ensure_canvas(positions_m)
+        self._ensure_capacity(self._n_frames + k)
+        top_left, frac = self._corners(positions_m)
+        self._store(self._n_frames, self._oriented(patterns / self._scale), top_left, frac)
+        self._positions_m = np.concatenate([self._positions_m, positions_m])
+        self._pending.extend(range(self._n_frames, self._n_frames + k))
+        self._n_frames += k
+
+    def _oriented(self, frames: np.ndarray) -> np.ndarray:
+        """Frames (or a mask) as the engine stores them: far field with zero frequency at [0, 0]."""
+        return frames if self._near else np.fft.ifftshift(frames, axes=(-2, -1))
+
+    def _canvas_for(self, lo_m: np.ndarray, hi_m: np.ndarray) -> canvases.Canvas:
+        return canvases.canvas_for(lo_m, hi_m, self._n, self._dx, self.settings.canvas_margin_px)
+
+    def _corners(self, positions_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert self._canvas is not None, "the canvas is set by the first frames"
+        return canvases.corners(
+            self._canvas, positions_m, self._n, self._dx, self.settings.subpixel
+        )
+
+    def _ensure_canvas(self, positions_m: np.ndarray) -> None:
+        """Grow the canvas (in large chunks) so every probe window fits."""
+        old = self._canvas
+        assert old is not None, "the canvas is set by the first frames"
+        grown = canvases.growth(old, self._corners(positions_m)[0], self._n, self._dx)
+        if grown is None:
+            return
+        new, grow_lo = grown
+        logger.info("growing the object canvas from %s to %s px", old.shape, new.shape)
+        self._canvas = new
+        self._resize_object(new.shape, (int(grow_lo[0]), int(grow_lo[1])))
+        self._move_corners(grow_lo)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _initialise_from(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
+        """Set the normalisation, the initial probe and (if unplanned) the canvas."""
+        raise NotImplementedError
+
+    def _ensure_capacity(self, needed: int) -> None:
+        """Make room for ``needed`` frames."""
+        raise NotImplementedError
+
+    def _store(
+        self, first: int, frames: np.ndarray, top_left: np.ndarray, frac: np.ndarray
+    ) -> None:
+        """Keep normalised, oriented ``frames`` and their windows from index ``first`` on."""
+        raise NotImplementedError
+
+    def _resize_object(self, shape: tuple[int, int], offset: tuple[int, int]) -> None:
+        """Re-allocate object-shaped state at ``shape``, old content placed at ``offset``."""
+        raise NotImplementedError
+
+    def _move_corners(self, offset_px: np.ndarray) -> None:
+        """Shift every stored window's top-left corner by ``offset_px`` (canvas grew before)."""
+        raise NotImplementedError
