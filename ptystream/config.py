@@ -175,7 +175,8 @@ class EngineSettings(BaseModel):
     probe_start_step: int = Field(0, ge=0)
     """Optimiser steps before the probe starts to move."""
     steps_per_arrival: int = Field(4, gt=0)
-    """Optimiser steps after each arrival of new frames (new frames plus a sample of old ones)."""
+    """Optimiser steps after each arrival of new frames (new frames plus a sample of old ones);
+    for the ePIE/mPIE baselines a step is one position update, so raise it for them."""
     reuse_probe: bool = False
     """Start each run from the previous run's final probe (same frame size) rather than from
     the optics: a warm start across scans."""
