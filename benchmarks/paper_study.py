@@ -13,9 +13,10 @@ A 512 x 512 complex object (amplitude: scikit-image's *camera*, phase: *astronau
 the same wall-clock budget, on one TensorFlow thread, one after another in this process; |C| and
 the amplitude and phase correlations are scored against the truth during the run with the scoring
 time taken off the clock. Then the propagation distance is started 15 mm wrong and fitted by the
-engine's trainable distance (Adam, ``--distance-lr``), and by a profile search over fixed-z
-reconstructions (public API only). The README's ``paper_study.py`` section has the parameters
-(which come from the paper, which are ours) and the measured results.
+engine's trainable distance alone (Adam, ``--distance-lr``), and by ``ADEngine.search_distance``
+(fixed-z trials on one compiled engine, ``--search-passes`` each) followed by a reconstruction
+from the z found with z still trained (``--polish-budget`` s). The README's ``paper_study.py``
+section has the parameters (which come from the paper, which are ours) and the measured results.
 
 Writes ``benchmarks/results/paper_study.json`` and ``benchmarks/figures/paper_*.png`` (``--quick``:
 ``benchmarks/results/paper_study_quick.json`` and its PNGs next to it, so a smoke run never
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import platform
 import time
@@ -209,39 +211,58 @@ def simulate(seed: int = 0, probe_kind: str = "pinhole") -> Scan:
 # -- running one method for a wall-clock budget ------------------------------------------------
 
 
+def build_engine(settings, scan: Scan, z_start_m: float):
+    """The engine ``make_engine`` builds for ``settings``, with z started at ``z_start_m``."""
+    from ptystream.engine import make_engine
+    from ptystream.types import Geometry, ScanPlan
+
+    geometry = Geometry(WAVELENGTH_M, z_start_m, PIXEL_M, FRAME_PX, propagation="near_field")
+    extent = tuple((scan.positions_m[:, k].min(), scan.positions_m[:, k].max()) for k in range(2))
+    return make_engine(
+        geometry,
+        settings,
+        plan=ScanPlan(len(scan.positions_m), extent),
+        read_noise_counts=READ_NOISE_COUNTS,
+    )
+
+
+def add_and_compile(engine, scan: Scan, trace: Trace) -> None:
+    """Add the frames and compile the step (``warm_up``); the time goes to ``trace.compile_s``."""
+    t = time.perf_counter()
+    engine.add_frames(scan.frames, scan.positions_m)
+    engine.warm_up()
+    trace.compile_s = time.perf_counter() - t
+
+
 def run_method(
     name: str, settings, scan: Scan, budget_s: float, z_start_m: float, n_scores: int
 ) -> Trace:
-    """Build the engine, compile (untimed), time two epochs, then refine for the rest.
+    """Build the engine, compile (untimed), then :func:`timed_refine` for ``budget_s``."""
+    from ptystream.engine.ad import ADEngine
+
+    trace = Trace(name, settings.model_dump(mode="json"))
+    engine = build_engine(settings, scan, z_start_m)
+    if str(settings.algorithm) != "ad" and isinstance(engine, ADEngine):
+        trace.note = "make_engine does not build this algorithm yet: skipped"
+        print(f"{name}: {trace.note}")
+        return trace
+    add_and_compile(engine, scan, trace)
+    timed_refine(engine, scan, trace, budget_s, n_scores)
+    return trace
+
+
+def timed_refine(
+    engine, scan: Scan, trace: Trace, budget_s: float, n_scores: int, t_start_s: float = 0.0
+) -> None:
+    """Refine for ``budget_s``, logging z every pass and the scores about every
+    ``budget_s / n_scores`` into ``trace``, on a clock that starts at ``t_start_s``.
 
     ``refine(E)`` applies a cosine decay of the learning rates over its E epochs (``refine(1)``
     runs at the full rate), so the run is two ``refine(1)`` calls (timed, to size the run) and
     one ``refine(E - 2)`` with E = budget / epoch time: the decay spans the whole budget. A run
     more than 20 % over budget is stopped.
     """
-    from ptystream.engine import make_engine
-    from ptystream.engine.ad import ADEngine
-    from ptystream.types import Geometry, ScanPlan
-
-    trace = Trace(name, settings.model_dump(mode="json"))
-    geometry = Geometry(WAVELENGTH_M, z_start_m, PIXEL_M, FRAME_PX, propagation="near_field")
-    extent = tuple((scan.positions_m[:, k].min(), scan.positions_m[:, k].max()) for k in range(2))
-    engine = make_engine(
-        geometry,
-        settings,
-        plan=ScanPlan(len(scan.positions_m), extent),
-        read_noise_counts=READ_NOISE_COUNTS,
-    )
-    if str(settings.algorithm) != "ad" and isinstance(engine, ADEngine):
-        trace.note = "make_engine does not build this algorithm yet: skipped"
-        print(f"{name}: {trace.note}")
-        return trace
-    t = time.perf_counter()
-    engine.add_frames(scan.frames, scan.positions_m)
-    engine.warm_up()
-    trace.compile_s = time.perf_counter() - t
-
-    clock = {"epoch": 0, "off": 0.0, "next_score": 0.0}
+    clock = {"epoch": 0, "off": 0.0, "next_score": t_start_s}
     t0 = time.perf_counter()
 
     class _OverBudget(Exception):
@@ -250,7 +271,7 @@ def run_method(
     def record(force: bool = False) -> float:
         """Log z (every epoch) and the scores (every budget / n_scores s); returns the clock."""
         now = time.perf_counter()
-        elapsed = now - t0 - clock["off"]
+        elapsed = t_start_s + now - t0 - clock["off"]
         estimate = engine.estimate()
         trace.z_time_s.append(elapsed)
         trace.distance_m.append(float(estimate.distance_m))
@@ -268,10 +289,10 @@ def run_method(
 
     def on_epoch(_i: int, _loss: float) -> None:
         clock["epoch"] += 1
-        if record() > 1.2 * budget_s:
+        if record() - t_start_s > 1.2 * budget_s:
             raise _OverBudget
 
-    record(force=True)  # the starting point, t = 0
+    record(force=True)  # the starting point
     off, t = clock["off"], time.perf_counter()
     for _ in range(2):  # two epochs at the full rate, to time one
         engine.refine(1, on_epoch=on_epoch)
@@ -286,73 +307,87 @@ def run_method(
     estimate = engine.estimate()
     trace.final_estimate = estimate
     print(
-        f"{name}: {clock['epoch']} epochs ({trace.epochs_planned} planned) in "
-        f"{trace.time_s[-1]:.1f} s, |C| {trace.abs_c[-1]:.4f}, amp r {trace.amplitude[-1]:.3f}, "
-        f"phase r {trace.phase[-1]:.3f}, z {estimate.distance_m * 1e3:.3f} mm"
+        f"{trace.name}: {clock['epoch']} epochs ({trace.epochs_planned} planned) in "
+        f"{trace.time_s[-1] - t_start_s:.1f} s, |C| {trace.abs_c[-1]:.4f}, "
+        f"amp r {trace.amplitude[-1]:.3f}, phase r {trace.phase[-1]:.3f}, "
+        f"z {estimate.distance_m * 1e3:.3f} mm"
     )
-    return trace
 
 
-def profile_search(scan: Scan, z_lo_m: float, z_hi_m: float, epochs: int) -> dict:
-    """Fit z with the current engine's public API only: reconstruct at fixed trial distances
-    (``epochs`` passes each, a fresh engine every time) and minimise the final loss over z.
+class _TrialClock(logging.Handler):
+    """Collects (z, score, seconds since ``t0``) from the distance search's per-trial log."""
 
-    A grid of 6 distances over ``[z_lo_m, z_hi_m]``, then a golden-section search in the grid
-    interval around the best, then the vertex of a parabola through the three best trials. The
-    loss is the mean of the last three passes. Wall time includes every compile.
+    def __init__(self, t0: float):
+        super().__init__(logging.INFO)
+        self.t0 = t0
+        self.trials: list[tuple[float, float, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.args, tuple) and len(record.args) == 2:
+            z, loss = record.args
+            self.trials.append((float(z), float(loss), time.perf_counter() - self.t0))
+
+
+def search_then_polish(
+    scan: Scan,
+    z_start_m: float,
+    z_lo_m: float,
+    z_hi_m: float,
+    passes: int,
+    polish_s: float,
+    n_scores: int,
+) -> tuple[dict, Trace]:
+    """``ADEngine.search_distance`` from ``z_start_m``, then a reconstruction from the z it
+    found with ``train_distance=True`` (default distance rate), on the same compiled engine.
+
+    The search is timed by the wall clock from after the compile; each trial's finish time
+    comes from the search's log. The polish's clock continues from the search's end.
     """
     from ptystream.config import EngineSettings
-    from ptystream.engine import make_engine
-    from ptystream.types import Geometry, ScanPlan
 
-    extent = tuple((scan.positions_m[:, k].min(), scan.positions_m[:, k].max()) for k in range(2))
-    trials: list[tuple[float, float, float]] = []  # (z, loss, time)
-    t0 = time.perf_counter()
-
-    def loss_at(z: float) -> float:
-        geometry = Geometry(WAVELENGTH_M, z, PIXEL_M, FRAME_PX, propagation="near_field")
-        engine = make_engine(
-            geometry,
-            EngineSettings(subpixel=False),
-            plan=ScanPlan(len(scan.positions_m), extent),
-            read_noise_counts=READ_NOISE_COUNTS,
-        )
-        engine.add_frames(scan.frames, scan.positions_m)
-        losses: list[float] = []
-        engine.refine(epochs, on_epoch=lambda _i, loss: losses.append(loss))
-        value = float(np.mean(losses[-3:]))
-        trials.append((z, value, time.perf_counter() - t0))
-        print(f"  profile: z {z * 1e3:6.3f} mm, loss {value:.5e}", flush=True)
-        return value
-
-    grid = np.linspace(z_lo_m, z_hi_m, 6)
-    values = [loss_at(z) for z in grid]
-    best = int(np.argmin(values))
-    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    golden = (np.sqrt(5) - 1) / 2
-    c, d = b - golden * (b - a), a + golden * (b - a)
-    fc, fd = loss_at(c), loss_at(d)
-    for _ in range(4):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - golden * (b - a)
-            fc = loss_at(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + golden * (b - a)
-            fd = loss_at(d)
-    three = sorted(trials, key=lambda t: t[1])[:3]
-    zs, ls = np.array([t[0] for t in three]), np.array([t[1] for t in three])
-    coef = np.polyfit(zs, ls, 2)
-    z_fit = -coef[1] / (2 * coef[0]) if coef[0] > 0 else zs[0]
-    z_fit = float(np.clip(z_fit, zs.min(), zs.max()))
-    return {
-        "epochs_per_trial": epochs,
-        "trials": trials,
-        "z_fit_m": z_fit,
-        "error_mm": (z_fit - TRUE_Z_M) * 1e3,
-        "wall_s": time.perf_counter() - t0,
+    settings = EngineSettings(subpixel=False, train_distance=True)
+    z_lr = settings.distance_learning_rate_m
+    trace = Trace(f"polish from the z found (lr {z_lr:g} m)", settings.model_dump(mode="json"))
+    engine = build_engine(settings, scan, z_start_m)
+    add_and_compile(engine, scan, trace)
+    search_log = logging.getLogger("ptystream.engine.distance")
+    level = search_log.level
+    clock = _TrialClock(time.perf_counter())
+    search_log.setLevel(logging.INFO)
+    search_log.addHandler(clock)
+    try:
+        z_found, scores = engine.search_distance(z_lo_m, z_hi_m, passes)
+    finally:
+        search_log.removeHandler(clock)
+        search_log.setLevel(level)
+    search_s = time.perf_counter() - clock.t0
+    for z, loss, t in clock.trials:
+        print(f"  trial z {z * 1e3:6.3f} mm, loss {loss:.5e}, at {t:5.1f} s")
+    print(
+        f"search_distance: z {z_found * 1e3:.3f} mm (error {(z_found - TRUE_Z_M) * 1e3:+.3f} mm) "
+        f"after {len(scores)} trials in {search_s:.1f} s (compile {trace.compile_s:.1f} s, "
+        "untimed)"
+    )
+    timed_refine(engine, scan, trace, polish_s, n_scores, t_start_s=search_s)
+    z_polished = trace.distance_m[-1]
+    search = {
+        "passes_per_trial": passes,
+        "range_m": [z_lo_m, z_hi_m],
+        "valid_range_m": list(engine.distance_range_m),
+        "z_start_m": z_start_m,
+        "trials": clock.trials,
+        "n_trials": len(scores),
+        "z_found_m": z_found,
+        "error_mm": (z_found - TRUE_Z_M) * 1e3,
+        "wall_s": search_s,
+        "compile_s": trace.compile_s,
+        "polish_budget_s": polish_s,
+        "polish_learning_rate_m": z_lr,
+        "z_polished_m": z_polished,
+        "polished_error_mm": (z_polished - TRUE_Z_M) * 1e3,
+        "polished_end_s": trace.z_time_s[-1],
     }
+    return search, trace
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -434,7 +469,7 @@ def plot_images(traces: list[Trace], truth, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_distance(traces: list[Trace], search: dict | None, path: Path) -> None:
+def plot_distance(traces: list[Trace], search: dict | None, polish: Trace | None, path: Path):
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     for tr in traces:
@@ -443,17 +478,28 @@ def plot_distance(traces: list[Trace], search: dict | None, path: Path) -> None:
         axes[1].semilogy(tr.z_time_s, np.abs(error_mm), label=f"Adam on z: {tr.name}")
     if search:
         z, _, t = (np.array(v) for v in zip(*search["trials"], strict=True))
-        label = f"profile search ({search['epochs_per_trial']} passes per trial z)"
-        axes[0].plot(t, (z - TRUE_Z_M) * 1e3, "o", ms=4, label=label)
-        axes[1].semilogy(t, np.abs(z - TRUE_Z_M) * 1e3, "o", ms=4, label=label)
-        err = abs(search["error_mm"])
-        axes[1].semilogy([t[-1]], [err], "k*", ms=12, label=f"profile fit: {err:.2f} mm")
+        t0 = np.array([0.0])
+        z = np.concatenate([[search["z_start_m"]], z])  # the start, at t = 0
+        t = np.concatenate([t0, t])
+        label = f"search_distance trials ({search['passes_per_trial']} passes each)"
+        err = (z - TRUE_Z_M) * 1e3
+        axes[0].plot(t, err, "o:", ms=4, lw=0.8, label=label)
+        axes[1].semilogy(t, np.abs(err), "o:", ms=4, lw=0.8, label=label)
+        found = abs(search["error_mm"])
+        label = f"z found: {found:.2f} mm off, {search['wall_s']:.0f} s"
+        axes[0].plot([search["wall_s"]], [search["error_mm"]], "k*", ms=12)
+        axes[1].semilogy([search["wall_s"]], [found], "k*", ms=12, label=label)
+    if polish is not None:
+        error_mm = (np.array(polish.distance_m) - TRUE_Z_M) * 1e3
+        label = f"{polish.name}: {abs(error_mm[-1]):.2f} mm off"
+        axes[0].plot(polish.z_time_s, error_mm, "k", lw=1.5, label=label)
+        axes[1].semilogy(polish.z_time_s, np.abs(error_mm), "k", lw=1.5, label=label)
     axes[0].axhline(0.0, color="k", lw=0.5)
     axes[0].set_ylabel("z - z_true (mm)")
     axes[1].axhline(1.0, color="k", ls="--", lw=0.8, label="1 mm target")
     axes[1].set_ylabel("|z - z_true| (mm)")
     for ax in axes:
-        ax.set_xlabel("wall-clock time (s): Adam runs compile excluded, profile search all in")
+        ax.set_xlabel("wall-clock time (s), one TensorFlow thread, compile excluded")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.suptitle(f"fitting the propagation distance (true z = {TRUE_Z_M * 1e3} mm)")
@@ -535,10 +581,16 @@ def main() -> None:
         help="start errors of z in mm (z + error must stay inside the angular-spectrum limit)",
     )
     parser.add_argument(
-        "--profile-epochs",
+        "--search-passes",
         type=int,
         default=None,
-        help="passes per trial distance of the profile search (0: skip; default 25, quick 4)",
+        help="passes per trial distance of search_distance (0: skip; default 25, quick 4)",
+    )
+    parser.add_argument(
+        "--polish-budget",
+        type=float,
+        default=None,
+        help="seconds of reconstruction (z trained) after the search (default 30, quick 6)",
     )
     parser.add_argument(
         "--probe", choices=["pinhole", "diffuser"], default="pinhole", help="illumination"
@@ -554,8 +606,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     budget = 6.0 if args.quick else args.budget
-    if args.profile_epochs is None:
-        args.profile_epochs = 4 if args.quick else 25
+    if args.search_passes is None:
+        args.search_passes = 4 if args.quick else 25
+    if args.polish_budget is None:
+        args.polish_budget = 6.0 if args.quick else 30.0
     out_dir = HERE / "results" if args.quick else HERE / "figures"
     suffix = "_quick" if args.quick else ""
 
@@ -595,10 +649,14 @@ def main() -> None:
         },
         "methods": [],
         "distance": [],
-        "profile_search": None,
+        "distance_search": None,
     }
     json_path = HERE / "results" / f"paper_study{suffix}.json"
     json_path.parent.mkdir(exist_ok=True)
+    if args.only == "distance" and json_path.exists():  # keep the earlier method comparison
+        earlier = json.loads(json_path.read_text())
+        result["methods"] = earlier.get("methods", [])
+        result["methods_machine"] = earlier.get("methods_machine", earlier.get("machine"))
     traces = []
     if args.only != "distance":
         for name, settings in methods(args.paper_probe_ratio).items():
@@ -612,11 +670,13 @@ def main() -> None:
             plot_images(ran, scan.truth, out_dir / f"paper_images{suffix}.png")
     z_traces = []
     if args.only != "methods":
+        starts = []
         for error_mm in args.distance_error_mm:
             z0 = TRUE_Z_M + error_mm * 1e-3
             if not 0 < z0 <= limit_m:
                 print(f"z error {error_mm} mm: start {z0 * 1e3:.2f} mm outside (0, limit]: skip")
                 continue
+            starts.append(z0)
             for lr in args.distance_lr:
                 settings = EngineSettings(
                     subpixel=False, train_distance=True, distance_learning_rate_m=lr
@@ -626,18 +686,22 @@ def main() -> None:
                 z_traces.append(trace)
                 result["distance"].append(trace.summary())
                 json_path.write_text(json.dumps(result, indent=1))
-        search = None
-        if args.profile_epochs > 0:
-            print("profile search over fixed distances:")
-            search = profile_search(scan, 0.5e-3, 0.97 * limit_m, args.profile_epochs)
-            result["profile_search"] = search
-            json_path.write_text(json.dumps(result, indent=1))
-            print(
-                f"profile search: z {search['z_fit_m'] * 1e3:.3f} mm (error "
-                f"{search['error_mm']:+.3f} mm) in {search['wall_s']:.0f} s"
+        search, polish = None, None
+        if args.search_passes > 0 and starts:
+            print(f"search_distance from z {starts[0] * 1e3:.2f} mm:")
+            search, polish = search_then_polish(
+                scan,
+                starts[0],
+                0.5e-3,
+                0.97 * limit_m,
+                args.search_passes,
+                args.polish_budget,
+                args.scores,
             )
+            result["distance_search"] = {**search, "polish": polish.summary()}
+            json_path.write_text(json.dumps(result, indent=1))
         if z_traces or search:
-            plot_distance(z_traces, search, out_dir / f"paper_distance{suffix}.png")
+            plot_distance(z_traces, search, polish, out_dir / f"paper_distance{suffix}.png")
     print_table(result)
     print(f"results: {json_path}; figures in {out_dir}")
 
@@ -659,6 +723,15 @@ def print_table(result: dict) -> None:
         below = np.nonzero(err < 1.0)[0]
         first = f"{d['z_time_s'][below[0]]:.1f} s" if len(below) else "never"
         print(f"{d['name']:24s} final |z error| {err[-1]:.3f} mm, first < 1 mm at {first}")
+    search = result.get("distance_search")
+    if search:
+        print(
+            f"search_distance: z {search['z_found_m'] * 1e3:.3f} mm "
+            f"(|error| {abs(search['error_mm']):.3f} mm), {search['n_trials']} trials in "
+            f"{search['wall_s']:.1f} s; polished: z {search['z_polished_m'] * 1e3:.3f} mm "
+            f"(|error| {abs(search['polished_error_mm']):.3f} mm) at "
+            f"{search['polished_end_s']:.1f} s"
+        )
 
 
 if __name__ == "__main__":
