@@ -5,9 +5,11 @@
 - mPIE: Maiden, Johnson and Li, Optica 4, 736 (2017): the rPIE updates, whose denominators
   ``(1 - alpha)|P|^2 + alpha max|P|^2`` step further where the probe is weak, plus a momentum
   step every ``T`` position updates: ``v = eta v + (O - O_T)``, ``O += eta v``, ``O_T = O`` (and
-  the same for the probe), where ``O_T`` is the object ``T`` updates ago. Here each momentum
-  step also holds the probe at its initial power, a probe constraint without which mPIE
-  diverged on noisy data (see :meth:`PIEEngine._momentum_step`).
+  the same for the probe), where ``O_T`` is the object ``T`` updates ago.
+
+Both engines also hold the probe at its initial power every ``T`` updates (once per pass by
+default), a probe constraint without which both diverged on noisy data (see
+:meth:`PIEEngine._momentum_step`).
 
 The engines follow the conventions of the AD engine (:mod:`ptystream.engine.ad`), so that their
 estimates can be compared pixel for pixel: frames are counts normalised by the maximum of the
@@ -157,7 +159,6 @@ class PIEEngine(FrameIntake):
         self._object_alpha = pie.object_alpha if mpie else 1.0
         self._probe_alpha = pie.probe_alpha if mpie else 1.0
         self._momentum = pie.momentum if mpie else 0.0
-        self._mpie = mpie
         self._probe_power = 0.0  # mPIE holds the probe at this power (set by the first frames)
 
         self._rng = np.random.default_rng(settings.seed)
@@ -304,10 +305,9 @@ class PIEEngine(FrameIntake):
                 self._probe += probe_delta
         self._iteration += 1
         self._loss.append(loss)
-        if self._mpie:
-            self._since_momentum += 1
-            if self._since_momentum >= (s.pie.momentum_every or self._n_frames):
-                self._momentum_step()
+        self._since_momentum += 1
+        if self._since_momentum >= (s.pie.momentum_every or self._n_frames):
+            self._momentum_step()
         return loss
 
     def _misfit(self, modulus: np.ndarray, j: int) -> float:
@@ -319,16 +319,18 @@ class PIEEngine(FrameIntake):
 
     def _momentum_step(self) -> None:
         """mPIE's momentum, ``v = eta v + (X - X_T)``, ``X += eta v``, ``X_T = X`` for the object
-        and the probe, then the probe held at its initial power.
+        and the probe (none for ePIE: ``eta = 0``), then the probe held at its initial power
+        (both engines).
 
         The power constraint fixes the scale that ptychography cannot see (``O / c`` and ``c P``
         predict the same frames). Left free, noise walks it: the probe grows and the well-lit
         object shrinks while its barely lit rim, rarely updated, stays near the canvas's ``1``,
         until the frames at the scan's edge see a strong probe on an unshrunk rim and the
         reconstruction diverges (measured: mPIE with alpha 0.5 at step 1 diverged after ~150
-        passes over the noisy test scan; with the constraint it held for 300). The initial
-        probe carries the mean measured power, so the object's mean transmission stays near
-        ``1``, like the canvas padding.
+        passes over the noisy test scan; with the constraint it held for 300; ePIE, free,
+        peaked at |C| 0.83 after ~240 passes of benchmarks/targets.py, then fell to 0.03).
+        The initial probe carries the mean measured power, so the object's mean transmission
+        stays near ``1``, like the canvas padding.
         """
         self._since_momentum = 0
         eta = self._momentum
