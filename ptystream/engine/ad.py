@@ -169,10 +169,6 @@ class ADEngine(FrameIntake):
         return search_distance(self, lo_m, hi_m, passes)
 
     @property
-    def n_frames(self) -> int:
-        return self._n_frames
-
-    @property
     def iteration(self) -> int:
         return self._iteration
 

@@ -36,6 +36,11 @@ class FrameIntake:
     _pending: collections.deque[int]
     _positions_m: np.ndarray
 
+    @property
+    def n_frames(self) -> int:
+        """Frames added so far."""
+        return self._n_frames
+
     def add_frames(self, patterns: np.ndarray, positions: np.ndarray, *, unit: str = "m") -> None:
         """Append ``patterns`` ``(k, N, N)`` (counts; far field: centred diffraction patterns)
         taken with the probe centred at ``positions`` ``(k, 2)`` (y, x; ``unit`` ``"m"``:

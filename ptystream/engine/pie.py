@@ -192,10 +192,6 @@ class PIEEngine(FrameIntake):
     # -- public API -----------------------------------------------------------------------
 
     @property
-    def n_frames(self) -> int:
-        return self._n_frames
-
-    @property
     def iteration(self) -> int:
         """Position updates taken so far."""
         return self._iteration
