@@ -23,7 +23,8 @@ from ``VmHWM`` in ``/proc/self/status`` at the end of the case):
 
 ``cpu/wall`` is the child's CPU time over wall time in the timed part: well below 1 means the
 machine (2 cores shared with other jobs) took the core away and the wall timing is pessimistic.
-The engine runs on one thread (cpu/wall reaches 1.00 on a quiet machine, never more), so the CPU
+The engine is set to one TensorFlow thread (cpu/wall is about 1.00 on a quiet machine, though
+runs on a large canvas reached 1.05-1.26: some work still lands on a second thread), so the CPU
 time per epoch and the frames per CPU-second are also given: what one free core would do.
 
 Frames are simulated once in the parent with ``ptystream.sim`` pieces: the camera/moon object, a
