@@ -76,14 +76,19 @@ def test_growing_the_canvas_keeps_object_and_optimiser_state(clean_scan):
         engine.step(10)
     big, grown = (engine.estimate() for engine in engines)
     assert grown.object.shape[0] > planned_shape(engines[1], first, sim)[0]
+    assert_same_reconstruction(big, grown, atol=2e-4)
+
+
+def assert_same_reconstruction(small, large, atol):
+    """``large``'s canvas holds ``small``'s object where ``small`` is lit, and the same probe."""
     offset = np.rint(
-        (np.array(big.object_origin_m) - grown.object_origin_m) / grown.pixel_size_m
+        (np.array(small.object_origin_m) - large.object_origin_m) / small.pixel_size_m
     ).astype(int)
-    h, w = big.object.shape
-    region = grown.object[offset[0] : offset[0] + h, offset[1] : offset[1] + w]
-    lit = big.illumination > 1e-3 * big.illumination.max()
-    np.testing.assert_allclose(region[lit], big.object[lit], atol=2e-4)
-    np.testing.assert_allclose(grown.probe, big.probe, atol=2e-4)
+    h, w = small.object.shape
+    region = large.object[offset[0] : offset[0] + h, offset[1] : offset[1] + w]
+    lit = small.illumination > 1e-3 * small.illumination.max()
+    np.testing.assert_allclose(region[lit], small.object[lit], atol=atol)
+    np.testing.assert_allclose(large.probe, small.probe, atol=atol)
 
 
 def planned_shape(engine, chosen, sim):
@@ -157,10 +162,9 @@ def test_other_losses_reconstruct_a_clean_scan(clean_scan, loss, min_phase):
     assert score.abs_c >= 0.99 and score.amplitude >= 0.98 and score.phase >= min_phase
 
 
-def test_masked_pixels_never_enter_the_loss(clean_scan):
-    """A beamstop (zeros) and two hot pixels (1e7 counts): masked, the reconstruction is as good
-    as on clean data (measured phase r 0.9999); unmasked they ruin it (phase r 0.17)."""
-    profile, sim, frames = clean_scan
+def beamstop_and_hot_pixels(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 64² detector mask leaving out a beamstop and two hot pixels, and ``frames`` with those
+    pixels spoilt (zeros behind the beamstop, 1e7 counts in the hot pixels)."""
     mask = np.ones((64, 64), bool)
     yy, xx = np.indices(mask.shape)
     mask[np.hypot(yy - 32, xx - 32) < 3] = False
@@ -168,6 +172,14 @@ def test_masked_pixels_never_enter_the_loss(clean_scan):
     bad = frames.copy()
     bad[:, ~mask] = 0.0
     bad[:, 5, 7] = bad[:, 40, 50] = 1e7
+    return mask, bad
+
+
+def test_masked_pixels_never_enter_the_loss(clean_scan):
+    """A beamstop (zeros) and two hot pixels (1e7 counts): masked, the reconstruction is as good
+    as on clean data (measured phase r 0.9999); unmasked they ruin it (phase r 0.17)."""
+    profile, sim, frames = clean_scan
+    mask, bad = beamstop_and_hot_pixels(frames)
     masked = reconstruct(profile, sim, bad, profile.engine, mask)
     unmasked = reconstruct(profile, sim, bad, profile.engine, None)
     assert masked.abs_c >= 0.999 and masked.phase >= 0.99
@@ -297,12 +309,5 @@ def test_window_only_updates_on_a_large_canvas_match_whole_canvas_updates(clean_
     small, large = estimates
     n, b = profile.instrument.frame_px, profile.engine.batch_size
     assert small.object.size < 2 * b * n * n < large.object.size  # one path each
-    offset = np.round(
-        (np.array(small.object_origin_m) - large.object_origin_m) / small.pixel_size_m
-    ).astype(int)
-    h, w = small.object.shape
-    region = large.object[offset[0] : offset[0] + h, offset[1] : offset[1] + w]
-    lit = small.illumination > 1e-3 * small.illumination.max()
-    np.testing.assert_allclose(region[lit], small.object[lit], atol=1e-4)
-    np.testing.assert_allclose(large.probe, small.probe, atol=1e-4)
+    assert_same_reconstruction(small, large, atol=1e-4)
     assert np.all(large.object[large.illumination == 0] == 1.0)  # unlit pixels untouched

@@ -21,6 +21,7 @@ from ptystream.sim.sample import GroundTruth, make_object
 from ptystream.sim.scan import build_simulation
 from ptystream.types import Geometry, ScanPlan
 from tests.conftest import small_profile
+from tests.engine.test_ad import beamstop_and_hot_pixels
 
 ALGORITHMS = ["epie", "mpie"]
 
@@ -159,13 +160,7 @@ def test_masked_pixels_keep_the_prediction_and_leave_the_loss(scans):
     masked, |C| 0.9999, phase r 0.992, loss 3.9e-5 (as on clean data); unmasked, phase r
     0.28."""
     profile, sim, frames, _ = scans
-    mask = np.ones((64, 64), bool)
-    yy, xx = np.indices(mask.shape)
-    mask[np.hypot(yy - 32, xx - 32) < 3] = False
-    mask[5, 7] = mask[40, 50] = False
-    bad = frames.copy()
-    bad[:, ~mask] = 0.0
-    bad[:, 5, 7] = bad[:, 40, 50] = 1e7
+    mask, bad = beamstop_and_hot_pixels(frames)
 
     def run(detector_mask):
         engine = far_field_engine(
