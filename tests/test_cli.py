@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from tests.conftest import small_profile
 from tests.test_reconstruct import simulated_npz
@@ -51,35 +52,19 @@ def test_bad_profile_is_a_clear_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_reconstruct_arguments_are_checked(tmp_path):
-    both = ptystream(
-        "reconstruct",
-        "x.cxi",
-        "--profile",
-        "demo",
-        "--iterations",
-        "3",
-        "--time-budget",
-        "2",
-        "--out",
-        str(tmp_path / "o.h5"),
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--iterations", "3", "--time-budget", "2"], "not allowed with argument"),
+        (["--iterations", "0"], "must be positive"),
+        (["--iterations", "3", "--engine", "lsq"], "invalid choice: 'lsq'"),
+    ],
+)
+def test_reconstruct_arguments_are_checked(tmp_path, arguments, message):
+    out = ptystream(
+        "reconstruct", "x.cxi", "--profile", "demo", *arguments, "--out", str(tmp_path / "o.h5")
     )
-    assert both.returncode == 2 and "not allowed with argument" in both.stderr
-    zero = ptystream(
-        "reconstruct",
-        "x.cxi",
-        "--profile",
-        "demo",
-        "--iterations",
-        "0",
-        "--out",
-        str(tmp_path / "o.h5"),
-    )
-    assert zero.returncode == 2 and "must be positive" in zero.stderr
-    engine = ptystream(
-        "reconstruct", "x.cxi", "--profile", "demo", "--engine", "lsq", "--out", "o.h5"
-    )
-    assert engine.returncode == 2 and "invalid choice: 'lsq'" in engine.stderr
+    assert out.returncode == 2 and message in out.stderr
 
 
 def test_reconstruct_unknown_format_is_a_clear_error(tmp_path):

@@ -19,7 +19,12 @@ WAVELENGTH_M, PIXEL_M, N, TRUE_Z_M = 561e-9, 6.45e-6, 64, 2e-3
 
 @pytest.fixture(scope="module")
 def nearfield_scan():
-    """Ground truth, 100 jittered raster positions and noise-free near-field frames."""
+    return simulate_nearfield_scan()
+
+
+def simulate_nearfield_scan():
+    """Ground truth, 100 jittered raster positions and noise-free near-field frames (a diffuser
+    probe, z = TRUE_Z_M)."""
     rng = np.random.default_rng(0)
     obj = make_object(160, (0.3, 1.0), (-1.2, 1.2))
     fy, fx = np.fft.fftfreq(N)[:, None], np.fft.fftfreq(N)[None, :]

@@ -17,11 +17,11 @@ from ptystream.engine import canvas, make_engine
 from ptystream.engine.pie import PIEEngine
 from ptystream.sim.detector import DetectorModel, diffraction_pattern, exit_wave
 from ptystream.sim.plans import scan_metadata
-from ptystream.sim.sample import GroundTruth, make_object
 from ptystream.sim.scan import build_simulation
 from ptystream.types import Geometry, ScanPlan
 from tests.conftest import small_profile
 from tests.engine.test_ad import beamstop_and_hot_pixels
+from tests.engine.test_nearfield import PIXEL_M, TRUE_Z_M, WAVELENGTH_M, simulate_nearfield_scan
 
 ALGORITHMS = ["epie", "mpie"]
 
@@ -182,51 +182,20 @@ def test_masked_pixels_keep_the_prediction_and_leave_the_loss(scans):
 
 # -- near field and Fresnel ------------------------------------------------------------------
 
-# The AD engine's near-field test optics (visible light, 6.45 um pixels, 64 px frames).
-WAVELENGTH_M, PIXEL_M, N, Z_M = 561e-9, 6.45e-6, 64, 2e-3
-
-
-def diffuser_probe(rng):
-    fy, fx = np.fft.fftfreq(N)[:, None], np.fft.fftfreq(N)[None, :]
-    smooth = np.fft.ifft2(
-        np.fft.fft2(rng.normal(size=(N, N))) * np.exp(-(fy**2 + fx**2) / (2 * 0.05**2))
-    ).real
-    yy, xx = np.indices((N, N))
-    aperture = np.clip(26 - np.hypot(yy - N / 2, xx - N / 2), 0, 1)
-    return (aperture * np.exp(3j * smooth / smooth.std())).astype(np.complex64)
-
-
-def raster(rng, n_side, step_px, pixel_m, jitter_px=2.0):
-    grid = (np.arange(n_side) - (n_side - 1) / 2) * step_px * pixel_m
-    positions = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
-    return positions + rng.uniform(-jitter_px, jitter_px, positions.shape) * pixel_m
+N = 64  # frame side of the Fresnel test
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_near_field_scan_reconstructs(algorithm):
     """Measured after 30 passes: ePIE |C| 0.998, phase r 0.93; mPIE 0.999, 0.95 (flat 0.94)."""
-    rng = np.random.default_rng(0)
-    truth = GroundTruth(
-        make_object(160, (0.3, 1.0), (-1.2, 1.2)),
-        diffuser_probe(rng),
-        PIXEL_M,
-        (-80 * PIXEL_M, -80 * PIXEL_M),
-    )
-    positions = raster(rng, 10, 9, PIXEL_M)
-    frames = np.stack(
-        [
-            1e4
-            * np.abs(optics.angular_spectrum(exit_wave(truth, p), PIXEL_M, WAVELENGTH_M, Z_M)) ** 2
-            for p in positions
-        ]
-    ).astype(np.float32)
-    geometry = Geometry(WAVELENGTH_M, Z_M, PIXEL_M, N, propagation="near_field")
+    truth, positions, frames = simulate_nearfield_scan()  # the AD engine's near-field test
+    geometry = Geometry(WAVELENGTH_M, TRUE_Z_M, PIXEL_M, N, propagation="near_field")
     engine = make_engine(geometry, EngineSettings(algorithm=algorithm), plan=planned(positions))
     stream(engine, frames, positions)
     engine.refine(30)
     est = engine.estimate()
     score, flat = score_against_truth(est, truth)
-    assert est.distance_m == Z_M
+    assert est.distance_m == TRUE_Z_M
     assert score.abs_c >= 0.995 and score.abs_c > flat + 0.04 and score.phase >= 0.85
 
 
