@@ -116,7 +116,11 @@ class AdHdf5FrameSignal(SynSignal):
     Notes
     -----
     ``AreaDetectorHDF5Handler`` returns each point as a dask array of shape (1, N, N) (one
-    frame per point, sliced ``[i:i+1]``); the descriptor says [N, N].
+    frame per point, sliced ``[i:i+1]``); the descriptor says [N, N]. That handler suits reading
+    after the scan: it fixes the dataset's length at its first call, so a Filler resolving
+    events during the scan fails from the second point on. While the file is being written,
+    open it per datum with ``h5py.File(path, "r", swmr=True)`` (works from this process and
+    from others); a plain ``"r"`` open from another process fails ("already open for write").
     """
 
     def __init__(self, *, name: str, save_path: str | Path, frame_px: int) -> None:

@@ -43,6 +43,12 @@ from ptystream.sim.plans import scan_metadata
 __all__ = ["PositionArrayFlyer", "fly_scan"]
 
 
+def _finished() -> Status:
+    status = Status()
+    status.set_finished()
+    return status
+
+
 class PositionArrayFlyer:
     """A bluesky flyer that publishes a fixed array of stage positions as one event page.
 
@@ -70,10 +76,10 @@ class PositionArrayFlyer:
         self._units = units
 
     def kickoff(self) -> Status:
-        return Status(done=True, success=True)
+        return _finished()
 
     def complete(self) -> Status:
-        return Status(done=True, success=True)
+        return _finished()
 
     def describe_collect(self) -> dict[str, dict[str, Any]]:
         return {
