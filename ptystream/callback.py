@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from event_model import DocumentRouter, RunRouter
+from event_model import DocumentRouter, RunRouter, unpack_datum_page
 
 from ptystream.config import Profile
+from ptystream.frames import DatumFrame, RunAssets, StreamFrame
 from ptystream.types import FrameRecord, RunStart, RunStop, ScanPlan
 
 __all__ = ["PtychoCallback", "RunSink", "plan_from_start"]
@@ -54,45 +55,85 @@ def plan_from_start(block: dict[str, Any]) -> ScanPlan:
 
 
 class _RunParser(DocumentRouter):
-    """Per-run state: which descriptors carry frames and positions, and the run's uid."""
+    """Per-run state: which descriptors carry frames and positions, and the run's assets."""
 
     def __init__(self, start: RunStart, profile: Profile, sink: RunSink):
         super().__init__()
         self._uid = start.run_uid
         self._sink = sink
-        inst = profile.instrument
-        self._stream = inst.stream
-        self._frame_key = inst.detector_key
-        self._motor_keys = (inst.y_motor, inst.x_motor)
-        self._units_m = inst.motor_units_m
-        self._descriptors: dict[str, tuple[bool, bool]] = {}
+        self._inst = profile.instrument
+        self._frame_stream = self._inst.stream
+        self._position_stream = self._inst.position_stream or self._inst.stream
+        self._frame_key = self._inst.detector_key
+        self._motor_keys = (self._inst.y_motor, self._inst.x_motor)
+        self._roles: dict[str, tuple[bool, bool]] = {}
+        self._frame_resources: set[str] = set()
+        self.assets = RunAssets()
         sink.open_run(start)
 
     def descriptor(self, doc):
-        if doc.get("name") != self._stream:
-            return
-        keys = doc.get("data_keys", {})
-        has_frame = self._frame_key in keys
-        has_position = all(k in keys for k in self._motor_keys)
-        self._descriptors[doc["uid"]] = (has_frame, has_position)
+        name, keys = doc.get("name"), doc.get("data_keys", {})
+        has_frame = name == self._frame_stream and self._frame_key in keys
+        has_position = name == self._position_stream and all(k in keys for k in self._motor_keys)
+        self._roles[doc["uid"]] = (has_frame, has_position)
 
     def event(self, doc):
-        has_frame, has_position = self._descriptors.get(doc["descriptor"], (False, False))
+        has_frame, has_position = self._roles.get(doc["descriptor"], (False, False))
         if not (has_frame or has_position):
             return
         data = doc["data"]
+        frame = self._frame(data.get(self._frame_key)) if has_frame else None
         position = None
         if has_position:
-            y, x = (data[k] for k in self._motor_keys)
-            position = (float(y) * self._units_m, float(x) * self._units_m)
-        self._sink.submit(
-            FrameRecord(
-                run_uid=self._uid,
-                seq_num=int(doc["seq_num"]),
-                frame=data[self._frame_key] if has_frame else None,
-                position_m=position,
-            )
-        )
+            y, x = self._inst.positions_m(*(data[k] for k in self._motor_keys))
+            position = (float(y), float(x))
+        if frame is not None or position is not None:
+            self._sink.submit(FrameRecord(self._uid, int(doc["seq_num"]), frame, position))
+
+    def event_page(self, doc):
+        has_frame, has_position = self._roles.get(doc["descriptor"], (False, False))
+        if not (has_frame or has_position):
+            return
+        data, seqs = doc["data"], doc["seq_num"]
+        frames = data.get(self._frame_key) if has_frame else None
+        positions = None
+        if has_position:
+            positions = self._inst.positions_m(*(data[k] for k in self._motor_keys))
+        for i, seq in enumerate(seqs):
+            frame = self._frame(frames[i]) if frames is not None else None
+            position = (float(positions[i, 0]), float(positions[i, 1])) if has_position else None
+            self._sink.submit(FrameRecord(self._uid, int(seq), frame, position))
+
+    def _frame(self, value: Any) -> Any:
+        """An inline array as it is; a datum id as a reference resolved later on the worker."""
+        if isinstance(value, str):
+            return DatumFrame(value, self.assets)
+        return value
+
+    def resource(self, doc):
+        self.assets.resources[doc["uid"]] = doc
+
+    def datum(self, doc):
+        self.assets.datums[doc["datum_id"]] = doc
+
+    def datum_page(self, doc):
+        for datum in unpack_datum_page(doc):
+            self.datum(datum)
+
+    def stream_resource(self, doc):
+        self.assets.stream_resources[doc["uid"]] = doc
+        if doc.get("data_key") == self._frame_key:
+            self._frame_resources.add(doc["uid"])
+
+    def stream_datum(self, doc):
+        sres = doc["stream_resource"]
+        if sres not in self._frame_resources:
+            return
+        first_seq, stop_seq = doc["seq_nums"]["start"], doc["seq_nums"]["stop"]
+        first_index = doc["indices"]["start"]
+        for k, seq in enumerate(range(first_seq, stop_seq)):
+            frame = StreamFrame(sres, first_index + k, self.assets)
+            self._sink.submit(FrameRecord(self._uid, seq, frame, None))
 
     def stop(self, doc):
         self._sink.close_run(
@@ -123,10 +164,12 @@ class PtychoCallback:
         self._sink = sink
         self._raise = raise_errors
         self._router = RunRouter([self._factory])
+        self._order = _Reorder()
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         try:
-            self._router(name, doc)
+            for name_, doc_ in self._order(name, doc):
+                self._router(name_, doc_)
         except Exception:
             if self._raise:
                 raise
@@ -156,3 +199,60 @@ class PtychoCallback:
             metadata={"plan_name": start_doc.get("plan_name"), "time": start_doc.get("time")},
         )
         return [_RunParser(start, self._profile, self._sink)], []
+
+
+#: Documents that arrived before the descriptor or stream resource they refer to, held at most.
+_MAX_PARKED = 10_000
+
+
+class _Reorder:
+    """Restores the order the document model requires, for transports that do not keep it.
+
+    Duplicated start and stop documents are dropped (a repeated start would otherwise restart
+    the run). Events and event pages that arrive before their descriptor, and stream datums
+    before their stream resource, are parked (at most ``_MAX_PARKED``) and delivered right
+    after it. Duplicated events are let through: the pairer ignores repeated seq_nums.
+    """
+
+    def __init__(self) -> None:
+        self._starts: dict[str, bool] = {}  # run uid -> stopped
+        self._owner: dict[str, str] = {}  # descriptor / stream resource uid -> run uid
+        self._parked: dict[str, list[tuple[str, dict]]] = {}
+        self._n_parked = 0
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> list[tuple[str, dict]]:
+        if name == "start":
+            if doc["uid"] in self._starts:
+                return []
+            self._starts[doc["uid"]] = False
+            return [(name, doc)]
+        if name == "stop":
+            run = doc.get("run_start")
+            if self._starts.get(run, True):
+                return []  # a repeated stop, or one of a run never started here
+            self._starts[run] = True
+            self._forget(run)
+            return [(name, doc)]
+        if name in ("descriptor", "stream_resource"):
+            self._owner[doc["uid"]] = doc.get("run_start", "")
+            parked = self._parked.pop(doc["uid"], [])
+            self._n_parked -= len(parked)
+            return [(name, doc), *parked]
+        awaited = {"event": "descriptor", "event_page": "descriptor"}.get(name)
+        if name == "stream_datum":
+            awaited = "stream_resource"
+        if awaited is not None and doc[awaited] not in self._owner:
+            if self._n_parked >= _MAX_PARKED:
+                logger.error("more than %d early documents: dropping a %r", _MAX_PARKED, name)
+                return []
+            self._parked.setdefault(doc[awaited], []).append((name, doc))
+            self._n_parked += 1
+            return []
+        return [(name, doc)]
+
+    def _forget(self, run: str) -> None:
+        for uid in [u for u, owner in self._owner.items() if owner == run]:
+            del self._owner[uid]
+        if len(self._starts) > 1000:  # keep the most recent runs' uids to spot duplicates
+            for uid in list(self._starts)[:500]:
+                del self._starts[uid]

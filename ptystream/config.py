@@ -11,7 +11,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
+from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ptystream.types import FAR_FIELD, NEAR_FIELD, Geometry
@@ -19,6 +21,7 @@ from ptystream.types import FAR_FIELD, NEAR_FIELD, Geometry
 __all__ = [
     "Algorithm",
     "EngineSettings",
+    "IngestSettings",
     "InstrumentSettings",
     "Profile",
     "PieSettings",
@@ -55,6 +58,19 @@ class InstrumentSettings(BaseModel):
     """Event data key of the vertical sample-stage readback."""
     motor_units_m: float = Field(1e-6, gt=0)
     """Metres per motor unit (1e-6 when the motors are in micrometres)."""
+    position_stream: str | None = None
+    """Event stream carrying the stage positions when they are not in ``stream`` (a monitor
+    stream, or a fly scan's position array published as event pages); None: the same stream as
+    the frames. Frames and positions are paired by seq_num, which counts from 1 in each stream."""
+    swap_axes: bool = False
+    """The stage's x moves the sample along the detector's y (and y along x)."""
+    x_sign: Literal[1, -1] = 1
+    """-1 when the stage's x axis points against the detector's x (applied after the swap)."""
+    y_sign: Literal[1, -1] = 1
+    """-1 when the stage's y axis points against the detector's y (applied after the swap)."""
+    rotation_deg: float = 0.0
+    """Rotation in degrees of the stage axes relative to the detector's, counter-clockwise from
+    x towards y (applied last)."""
     energy_eV: float = Field(gt=0)
     """Photon energy in eV."""
     distance_m: float = Field(gt=0)
@@ -81,6 +97,23 @@ class InstrumentSettings(BaseModel):
     @property
     def wavelength_m(self) -> float:
         return HC_EV_M / self.energy_eV
+
+    def positions_m(self, y_readback: ArrayLike, x_readback: ArrayLike) -> np.ndarray:
+        """Stage readbacks (motor units; scalars or arrays) to probe positions ``(..., 2)``
+        ``(y, x)`` in metres on the detector's axes: units, then swap, signs and rotation.
+
+        This is the one place where positions from documents change units or axes.
+        """
+        y = np.asarray(y_readback, dtype=np.float64) * self.motor_units_m
+        x = np.asarray(x_readback, dtype=np.float64) * self.motor_units_m
+        if self.swap_axes:
+            y, x = x, y
+        y, x = self.y_sign * y, self.x_sign * x
+        if self.rotation_deg:
+            theta = math.radians(self.rotation_deg)
+            c, s = math.cos(theta), math.sin(theta)
+            y, x = s * x + c * y, c * x - s * y
+        return np.stack([y, x], axis=-1)
 
     def geometry(self) -> Geometry:
         return Geometry(
@@ -219,6 +252,33 @@ class EngineSettings(BaseModel):
     """Settings of the ePIE and mPIE baselines (ignored by the AD engine)."""
 
 
+class IngestSettings(BaseModel):
+    """How frames get from documents to the engine: files, memory, run endings."""
+
+    model_config = _STRICT
+
+    memory_budget_mb: float = Field(1024.0, gt=0)
+    """Frames waiting for the engine (queued, or waiting for their position) are held in memory
+    up to this many MiB; beyond it they are appended to a spill file on local disk and read back
+    in turn. None is ever dropped."""
+    stop_timeout_s: float = Field(1800.0, gt=0)
+    """A run that sends no document for this many seconds is closed as ``incomplete`` and
+    published (a lost stop document, a crashed RunEngine). Pauses longer than this end the live
+    reconstruction too, so set it above the longest expected pause."""
+    file_timeout_s: float = Field(30.0, gt=0)
+    """How long a frame may stay unreadable (its file, datum or HDF5 row not written yet) before
+    it is rejected as ``unreadable``; reads are retried meanwhile without blocking."""
+    max_saturated_px: int = Field(0, ge=0)
+    """With ``instrument.saturation_counts`` set, frames with more pixels at or above it are
+    rejected as ``saturated`` (a saturated pixel misreports the intensity the model fits)."""
+    handlers: dict[str, str] = {}
+    """Extra ``event_model.Filler`` handlers for Resource/Datum frames, ``SPEC: module:Class``
+    (NPY_SEQ and AD_HDF5 are built in)."""
+    root_map: dict[str, str] = {}
+    """Resource roots as written by the detector, mapped to where this machine sees them
+    (``event_model.Filler``'s ``root_map``), e.g. ``{/nsls2/data: /mnt/data}``."""
+
+
 class PublishSettings(BaseModel):
     """How results reach Tiled."""
 
@@ -302,6 +362,7 @@ class Profile(BaseModel):
     """Profile name, recorded in the start document and in published metadata."""
     instrument: InstrumentSettings
     engine: EngineSettings = EngineSettings()
+    ingest: IngestSettings = IngestSettings()
     publish: PublishSettings = PublishSettings()
     sim: SimSettings | None = None
     """Present only for simulated instruments (demo, tests)."""

@@ -29,8 +29,10 @@ import numpy as np
 from ptystream.batching import Accounting, FramePairer
 from ptystream.config import Profile
 from ptystream.engine import Engine, make_engine, prepare
+from ptystream.frames import FrameResolver
 from ptystream.publisher import NonFiniteEstimate, TiledPublisher, spool_final
-from ptystream.types import Estimate, FrameRecord, RunStart, RunStop
+from ptystream.spill import FrameStore
+from ptystream.types import Estimate, FrameRecord, RunStart, RunStop, ScanPlan
 
 __all__ = ["BackgroundCallback", "LivePipeline", "RunResult"]
 
@@ -96,6 +98,8 @@ class RunResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     spooled: Path | None = None
+    checkpoint: Path | None = None
+    spilled_frames: int = 0
     initial_probe_from: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -105,7 +109,10 @@ class RunResult:
 
     def summary(self) -> dict[str, Any]:
         """The run's bookkeeping for its published metadata."""
-        out: dict[str, Any] = {"frames": self.accounting.as_dict(), "timings_s": self.timings_s}
+        frames = {**self.accounting.as_dict(), "spilled_to_disk": self.spilled_frames}
+        out: dict[str, Any] = {"frames": frames, "timings_s": self.timings_s}
+        if self.checkpoint is not None:
+            out["checkpoint"] = str(self.checkpoint)
         if self.initial_probe_from:
             out["initial_probe_from"] = self.initial_probe_from
         if self.error:
@@ -116,11 +123,22 @@ class RunResult:
 class _LiveRun:
     """Worker-side state of the run being reconstructed."""
 
-    def __init__(self, engine: Engine, result: RunResult):
+    def __init__(self, engine: Engine, result: RunResult, profile: Profile, store: FrameStore):
         self.engine = engine
         self.result = result
-        self.pairer = FramePairer(result.start.geometry.frame_px)
+        ingest = profile.ingest
+        self.resolver = FrameResolver(ingest.handlers, ingest.root_map)
+        self.pairer = FramePairer(
+            result.start.geometry.frame_px,
+            resolve=lambda frame: self.resolver.resolve(store.load(frame)),
+            discard=store.release,
+            saturation_counts=profile.instrument.saturation_counts,
+            max_saturated_px=ingest.max_saturated_px,
+            file_timeout_s=ingest.file_timeout_s,
+        )
+        self.spilled_at_open = store.spilled_total
         self.t_open = time.perf_counter()
+        self.last_seen = time.monotonic()
         self.last_publish = 0.0
 
     @property
@@ -143,7 +161,9 @@ class LivePipeline:
     profile : engine and publishing settings.
     publisher : where estimates go; None keeps results in memory only (see :meth:`result`).
     spool_dir : where a final result is saved (NPZ + JSON) when Tiled cannot take it after
-        ``profile.publish.retries`` attempts; None keeps it in memory only.
+        ``profile.publish.retries`` attempts, frames beyond the memory budget are spilled
+        (``spill/``) and the run being reconstructed is checkpointed at shutdown
+        (``checkpoints/``); None keeps results in memory and spills to a temporary directory.
     engine_factory : builds an engine per run (the AD engine by default).
 
     Notes
@@ -165,6 +185,11 @@ class LivePipeline:
         self._spool_dir = Path(spool_dir) if spool_dir is not None else None
         self._engine_factory = engine_factory
         self._inbox: queue.Queue = queue.Queue()
+        self._store = FrameStore(
+            int(profile.ingest.memory_budget_mb * 2**20),
+            self._spool_dir / "spill" if self._spool_dir is not None else None,
+        )
+        self._late: set[str] = set()  # worker thread only: runs closed before their documents
         self._outbox: deque[tuple[str, RunResult, Any]] = deque()
         self._out_cond = threading.Condition()
         self._results: OrderedDict[str, RunResult] = OrderedDict()
@@ -184,7 +209,16 @@ class LivePipeline:
         self._inbox.put(("open", start))
 
     def submit(self, record: FrameRecord) -> None:
+        if isinstance(record.frame, np.ndarray):
+            held = self._store.hold(record.frame)
+            if held is not record.frame:
+                record = FrameRecord(record.run_uid, record.seq_num, held, record.position_m)
         self._inbox.put(("frame", record))
+
+    @property
+    def store(self) -> FrameStore:
+        """The memory budget of frames waiting for the engine (held bytes, spills)."""
+        return self._store
 
     def close_run(self, stop: RunStop) -> None:
         self._inbox.put(("close", stop))
@@ -192,7 +226,8 @@ class LivePipeline:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self, *, timeout: float = 120.0) -> LivePipeline:
-        """Start the threads and wait until TensorFlow is imported (before any scan starts)."""
+        """Start the threads and wait until TensorFlow is imported and the step compiled for
+        the profile's frame and batch shapes (before any scan starts)."""
         self._worker.start()
         self._pub.start()
         if not self._ready.wait(timeout):
@@ -210,7 +245,8 @@ class LivePipeline:
         return result
 
     def close(self) -> None:
-        """Finish the current run (as 'incomplete' if it has not stopped), publish, then stop."""
+        """Stop: a run still going is checkpointed (``spool_dir/checkpoints``) and published as
+        'incomplete' with its current estimate, then pending publications are delivered."""
         if self._worker.is_alive():
             self._inbox.put(("shutdown", None))
             self._worker.join()
@@ -219,32 +255,59 @@ class LivePipeline:
             self._out_cond.notify()
         if self._pub.is_alive():
             self._pub.join()
+        self._store.close()
 
     # -- worker thread ----------------------------------------------------------------------
 
     def _work(self) -> None:
         prepare(self._profile.engine)
+        self._warm_up()
         self._ready.set()
         run: _LiveRun | None = None
         while True:
-            busy = run is not None and run.engine.n_frames > 0
+            busy = run is not None and (run.engine.n_frames > 0 or run.pairer.waiting > 0)
+            items = []
             try:
-                items = [self._inbox.get(timeout=0.0 if busy else 0.5)]
-            except queue.Empty:
-                if busy:
-                    run = self._guarded(run, self._refine_while_idle)
-                continue
-            while len(items) < 10_000:
-                try:
+                items.append(self._inbox.get(timeout=0.0 if busy else 0.5))
+                while len(items) < 10_000:
                     items.append(self._inbox.get_nowait())
-                except queue.Empty:
-                    break
+            except queue.Empty:
+                pass
             for kind, item in items:
                 run = self._handle(run, kind, item)
                 if kind == "shutdown":
                     return
-            if run is not None:
-                run = self._guarded(run, self._feed)
+            if run is None:
+                continue
+            timeout = self._profile.ingest.stop_timeout_s
+            if items:
+                run.last_seen = time.monotonic()
+            elif time.monotonic() - run.last_seen > timeout:
+                self._end(run, "incomplete", f"no document for {timeout:g} s")
+                run = None
+                continue
+            run = self._guarded(run, self._advance)
+
+    def _end(self, run: _LiveRun, status: str, reason: str) -> None:
+        """Finish ``run`` (final passes, publish); its later documents are ignored."""
+        self._guarded(run, lambda r: self._finish(r, status, reason))
+        self._late.add(run.uid)
+
+    def _warm_up(self) -> None:
+        """Trace and compile the step for the profile's shapes on a throw-away engine, so the
+        first run's set-up only re-traces (about 1 s instead of 2.5 s for the demo profile)."""
+        inst = self._profile.instrument
+        try:
+            engine = self._engine_factory(
+                inst.geometry(),
+                self._profile.engine,
+                plan=ScanPlan(self._profile.engine.batch_size, ((0.0, 0.0), (0.0, 0.0))),
+                read_noise_counts=inst.read_noise_counts,
+                probe_defocus_m=inst.probe_defocus_m,
+            )
+            engine.warm_up()
+        except Exception:
+            logger.exception("compiling ahead of the first run failed; it compiles at its start")
 
     def _guarded(self, run: _LiveRun, action: Callable[[_LiveRun], Any]) -> _LiveRun | None:
         """``action(run)``; on an exception the run is failed and None is returned."""
@@ -252,26 +315,37 @@ class LivePipeline:
             action(run)
             return run
         except Exception as exc:
-            run.pairer.close()
-            run.result.accounting = run.pairer.accounting
+            self._drain(run)
             self._fail(run.result, exc)
             return None
+
+    def _drain(self, run: _LiveRun) -> None:
+        """Close the run's intake: remaining frames are accounted for and memory released."""
+        run.pairer.close()
+        run.resolver.close()
+        run.result.accounting = run.pairer.accounting
+        run.result.spilled_frames = self._store.spilled_total - run.spilled_at_open
 
     def _handle(self, run: _LiveRun | None, kind: str, item: Any) -> _LiveRun | None:
         if kind == "frame":
             if run is not None and item.run_uid == run.uid:
                 run.pairer.add(item)
+            else:
+                self._store.release(item.frame)
+                if item.run_uid not in self._late:
+                    self._late.add(item.run_uid)
+                    logger.warning("run %s: documents after its end are ignored", item.run_uid)
             return run
         if kind == "close" and (run is None or item.run_uid != run.uid):
             return run
         if run is not None and kind in ("open", "close", "shutdown"):
             if kind == "close":
-                status, reason = _STATUS.get(item.exit_status, item.exit_status), item.reason
+                self._end(run, _STATUS.get(item.exit_status, item.exit_status), item.reason)
             elif kind == "open":
-                status, reason = "incomplete", "a new run started before this one stopped"
+                self._end(run, "incomplete", "a new run started before this one stopped")
             else:
-                status, reason = "incomplete", "ptystream shut down before the run stopped"
-            self._guarded(run, lambda r: self._finish(r, status, reason))
+                self._guarded(run, self._checkpoint)
+                self._late.add(run.uid)
             run = None
         if kind == "open":
             result = self._results.get(item.run_uid) or RunResult(item)
@@ -300,17 +374,16 @@ class LivePipeline:
         )
         engine.warm_up()
         result.timings_s["engine_setup"] = time.perf_counter() - t0
-        return _LiveRun(engine, result)
+        return _LiveRun(engine, result, self._profile, self._store)
 
-    def _feed(self, run: _LiveRun) -> None:
+    def _advance(self, run: _LiveRun) -> None:
+        """Add the frames paired since the last call and step; refine while none arrive."""
         pairs = run.pairer.take()
         if pairs is not None:
             run.engine.add_frames(pairs.frames, pairs.positions_m)
             run.engine.step(self._profile.engine.steps_per_arrival)
-        self._maybe_publish(run)
-
-    def _refine_while_idle(self, run: _LiveRun) -> None:
-        run.engine.step(1)
+        elif run.engine.n_frames:
+            run.engine.step(1)
         self._maybe_publish(run)
 
     def _maybe_publish(self, run: _LiveRun) -> None:
@@ -319,11 +392,31 @@ class LivePipeline:
             run.last_publish = now
             self._post("live", run.result, run.engine.estimate())
 
-    def _finish(self, run: _LiveRun, status: str, reason: str) -> None:
-        run.pairer.close()
-        self._feed(run)
+    def _checkpoint(self, run: _LiveRun) -> None:
+        """Shutdown mid-run: save the engine's state and publish what exists as incomplete."""
+        self._drain(run)
+        last = run.pairer.take()
+        if last is not None:
+            run.engine.add_frames(last.frames, last.positions_m)
         result = run.result
-        result.accounting = run.pairer.accounting
+        result.timings_s["scan"] = time.perf_counter() - run.t_open
+        save_state = getattr(run.engine, "save_state", None)
+        if self._spool_dir is not None and save_state is not None and run.engine.n_frames:
+            path = self._spool_dir / "checkpoints" / f"{result.run_uid}.h5"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_state(path)
+            result.checkpoint = path
+        if run.engine.n_frames:
+            result.final = run.engine.estimate(final=True)
+        result.status, result.error = "incomplete", "ptystream shut down before the run stopped"
+        self._post("final", result)
+
+    def _finish(self, run: _LiveRun, status: str, reason: str) -> None:
+        last = run.pairer.close()
+        if last is not None:
+            run.engine.add_frames(last.frames, last.positions_m)
+        self._drain(run)
+        result = run.result
         t0 = time.perf_counter()
         result.timings_s["scan"] = t0 - run.t_open
         if run.engine.n_frames:

@@ -145,6 +145,7 @@ class TiledPublisher:
             {
                 "iteration": estimate.iteration,
                 "frames_used": estimate.n_frames,
+                "frames_waiting": estimate.frames_waiting,
                 "loss": estimate.last_loss,
                 "object_origin_m": list(estimate.object_origin_m),
                 "pixel_size_m": estimate.pixel_size_m,
@@ -184,6 +185,7 @@ class TiledPublisher:
                     "timings": timings,
                     "iterations": estimate.iteration,
                     "frames_used": estimate.n_frames,
+                    "frames_waiting": estimate.frames_waiting,
                     **extra,
                 }
             )

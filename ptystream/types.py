@@ -152,6 +152,7 @@ class Estimate:
     illumination : float32 ``(H, W)``, summed probe intensity over the positions used.
     iteration : number of optimiser steps taken so far.
     n_frames : number of frames the estimate has seen.
+    frames_waiting : of these, frames not yet in any optimiser step (just added).
     loss : ``(k, 2)`` float64 rows of ``(iteration, loss)``.
     final : True for the result published at the end of a run.
     distance_m : near field: the propagation distance in metres (fitted when trained); NaN in
@@ -169,6 +170,7 @@ class Estimate:
     loss: np.ndarray
     final: bool = False
     distance_m: float = float("nan")
+    frames_waiting: int = 0
 
     @property
     def last_loss(self) -> float:

@@ -1,6 +1,7 @@
 import numpy as np
 
 from ptystream.batching import FramePairer
+from ptystream.frames import FrameNotReady
 from ptystream.types import FrameRecord
 
 
@@ -22,7 +23,12 @@ def test_pairs_in_any_order_and_ignores_duplicates():
     by_seq = dict(zip(pairs.seq_nums.tolist(), pairs.frames[:, 0, 0], strict=True))
     assert by_seq == {1: 1.0, 2: 2.0}
     assert p.take() is None
-    assert p.accounting.as_dict() == {"received": 2, "used": 2, "rejected": {}}
+    assert p.accounting.as_dict() == {
+        "received": 2,
+        "used": 2,
+        "rejected": {},
+        "duplicates_ignored": 2,
+    }
 
 
 def test_bad_frames_are_rejected_with_reasons():
@@ -42,4 +48,62 @@ def test_bad_frames_are_rejected_with_reasons():
         "received": 5,
         "used": 1,
         "rejected": {"not finite": 1, "wrong shape": 1, "not an array": 1, "no position": 1},
+        "duplicates_ignored": 0,
     }
+
+
+def test_saturated_frames_are_rejected_beyond_the_allowed_pixels():
+    p = FramePairer(8, saturation_counts=100.0, max_saturated_px=1)
+    one, two = frame(), frame()
+    one[0, 0] = 100.0
+    two[0, :2] = 150.0
+    p.add(FrameRecord("r", 1, frame=one, position_m=(0.0, 0.0)))
+    p.add(FrameRecord("r", 2, frame=two, position_m=(0.0, 0.0)))
+    assert p.take().seq_nums.tolist() == [1]
+    assert p.accounting.rejected == {"saturated": 1}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_frames_not_yet_written_are_retried_then_rejected_as_unreadable():
+    written = {}
+
+    def resolve(ref):
+        if ref not in written:
+            raise FrameNotReady(f"{ref} not written yet")
+        return written[ref]
+
+    released = []
+    clock = Clock()
+    p = FramePairer(8, resolve=resolve, discard=released.append, file_timeout_s=5.0, clock=clock)
+    p.add(FrameRecord("r", 1, frame="a", position_m=(0.0, 0.0)))
+    p.add(FrameRecord("r", 2, frame="b", position_m=(0.0, 0.0)))
+    assert p.take() is None and p.waiting == 2
+    written["a"] = frame(3.0)
+    clock.now = 4.0
+    assert p.take().frames[0, 0, 0] == 3.0
+    clock.now = 10.0  # "b" has been unreadable for longer than file_timeout_s
+    assert p.take() is None
+    assert p.waiting == 0
+    assert p.accounting.rejected == {"unreadable": 1}
+    assert sorted(released) == ["a", "b"]  # every frame leaves through discard exactly once
+
+
+def test_close_gives_unready_frames_a_last_try():
+    written = {"a": frame(1.0)}
+    p = FramePairer(8, resolve=lambda ref: written[ref] if ref in written else _not_ready(ref))
+    p.add(FrameRecord("r", 1, frame="a", position_m=(0.0, 0.0)))
+    p.add(FrameRecord("r", 2, frame="b", position_m=(0.0, 0.0)))
+    last = p.close()
+    assert last.seq_nums.tolist() == [1]
+    assert p.accounting.as_dict()["rejected"] == {"unreadable": 1}
+
+
+def _not_ready(ref):
+    raise FrameNotReady(ref)

@@ -70,7 +70,13 @@ def test_clean_scan_reconstructs_from_tiled(tiled_client, clean_run):
     assert score.amplitude >= 0.98 and score.phase >= 0.9
     assert node.metadata["status"] == "finished"
     assert node.metadata["raw_uid"] == uid
-    assert node.metadata["frames"] == {"received": 90, "used": 90, "rejected": {}}
+    assert node.metadata["frames"] == {
+        "received": 90,
+        "used": 90,
+        "rejected": {},
+        "duplicates_ignored": 0,
+        "spilled_to_disk": 0,
+    }
 
 
 def test_noisy_scan_reconstructs_and_rejects_the_nan_frame(tiled_client, noisy_run):
@@ -85,7 +91,13 @@ def test_noisy_scan_reconstructs_and_rejects_the_nan_frame(tiled_client, noisy_r
     score, flat = score_against_truth(est, sim.truth)
     assert score.abs_c >= 0.99 and score.abs_c > flat + 0.04
     assert score.amplitude >= 0.95 and score.phase >= 0.6
-    assert node.metadata["frames"] == {"received": 90, "used": 89, "rejected": {"not finite": 1}}
+    assert node.metadata["frames"] == {
+        "received": 90,
+        "used": 89,
+        "rejected": {"not finite": 1},
+        "duplicates_ignored": 0,
+        "spilled_to_disk": 0,
+    }
     assert est.n_frames == 89
 
 
