@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +136,6 @@ class _LiveRun:
             max_saturated_px=ingest.max_saturated_px,
             file_timeout_s=ingest.file_timeout_s,
         )
-        self.spilled_at_open = store.spilled_total
         self.t_open = time.perf_counter()
         self.last_seen = time.monotonic()
         self.last_publish = 0.0
@@ -190,6 +189,7 @@ class LivePipeline:
             self._spool_dir / "spill" if self._spool_dir is not None else None,
         )
         self._late: set[str] = set()  # worker thread only: runs closed before their documents
+        self._spilled: Counter[str] = Counter()  # frames spilled to disk, by run uid
         self._outbox: deque[tuple[str, RunResult, Any]] = deque()
         self._out_cond = threading.Condition()
         self._results: OrderedDict[str, RunResult] = OrderedDict()
@@ -213,6 +213,7 @@ class LivePipeline:
             held = self._store.hold(record.frame)
             if held is not record.frame:
                 record = FrameRecord(record.run_uid, record.seq_num, held, record.position_m)
+                self._spilled[record.run_uid] += 1
         self._inbox.put(("frame", record))
 
     @property
@@ -324,7 +325,7 @@ class LivePipeline:
         run.pairer.close()
         run.resolver.close()
         run.result.accounting = run.pairer.accounting
-        run.result.spilled_frames = self._store.spilled_total - run.spilled_at_open
+        run.result.spilled_frames = self._spilled.pop(run.uid, 0)
 
     def _handle(self, run: _LiveRun | None, kind: str, item: Any) -> _LiveRun | None:
         if kind == "frame":

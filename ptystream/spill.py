@@ -51,7 +51,6 @@ class FrameStore:
         self._path: Path | None = None
         self._end = 0
         self.peak_bytes = 0
-        self.spilled_total = 0
 
     @property
     def held_bytes(self) -> int:
@@ -120,5 +119,4 @@ class FrameStore:
         os.pwrite(self._fd, data, offset)
         self._end += len(data)
         self._outstanding += 1
-        self.spilled_total += 1
         return SpilledFrame(offset, frame.shape, frame.dtype.str)
