@@ -59,6 +59,27 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from ptystream.serve import DocumentSource, read_api_key, serve
+
+    if args.zmq is not None:
+        source = DocumentSource(zmq=args.zmq)
+    else:
+        source = DocumentSource(kafka_bootstrap=args.kafka, kafka_topics=tuple(args.kafka_topic))
+        if not source.kafka_topics:
+            raise ValueError("--kafka needs at least one --kafka-topic")
+    profile = load_profile(args.profile)
+    serve(
+        profile,
+        source,
+        tiled_uri=args.tiled,
+        api_key=read_api_key(args.api_key_file),
+        data_dir=args.data_dir,
+        announce=lambda line: print(line, flush=True),
+    )
+    return 0
+
+
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
@@ -100,6 +121,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--out", required=True, help="output HDF5 file")
     rec.set_defaults(func=_reconstruct)
+    srv = sub.add_parser(
+        "serve",
+        help="reconstruct live the runs a bluesky 0MQ proxy (or Kafka) publishes, until SIGTERM",
+    )
+    srv.add_argument("--profile", required=True, help="profile name or YAML path")
+    feed = srv.add_mutually_exclusive_group(required=True)
+    feed.add_argument("--zmq", metavar="HOST:PORT", help="out address of bluesky-0MQ-proxy")
+    feed.add_argument(
+        "--kafka", metavar="BROKERS", help="Kafka bootstrap servers (needs bluesky-kafka)"
+    )
+    srv.add_argument("--kafka-topic", action="append", default=[], help="Kafka topic (repeatable)")
+    srv.add_argument(
+        "--tiled",
+        metavar="URI",
+        help="Tiled server to publish to (default: an embedded one under --data-dir)",
+    )
+    srv.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="file holding the Tiled API key (default: the TILED_API_KEY environment variable)",
+    )
+    srv.add_argument(
+        "--data-dir",
+        default="ptystream-serve",
+        help="spool, spill and checkpoint directory (and the embedded server's data)",
+    )
+    srv.set_defaults(func=_serve)
     return parser
 
 
@@ -113,9 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     if getattr(args, "command", None) == "reconstruct" and args.time_budget is None:
         args.iterations = 100 if args.iterations is None else args.iterations
+    if args.command == "serve" and not args.verbose:
+        logging.getLogger("ptystream").setLevel(logging.INFO)  # run skips, frame rejections
     try:
         return args.func(args)
     except (ProfileError, FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"ptystream: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        from ptystream.serve import ServeError
+
+        if not isinstance(exc, ServeError):
+            raise
         print(f"ptystream: {exc}", file=sys.stderr)
         return 2
 

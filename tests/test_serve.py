@@ -1,0 +1,264 @@
+"""`ptystream serve` as a real subprocess behind a real `bluesky-0MQ-proxy`, publishing to a real
+Tiled server; a real RunEngine publishes its documents with bluesky's 0MQ Publisher.
+
+One service takes, back to back: an inline scan, an external-file (NPY_SEQ) scan, an ophyd-async
+HDF5 scan, an aborted scan, a run for another profile (skipped), documents out of order and
+duplicated, and finally a run cut short by SIGTERM (checkpointed, published as incomplete).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from bluesky import RunEngine
+from bluesky.callbacks.zmq import Publisher
+from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider, init_devices
+
+from ptystream.metrics import complex_correlation
+from ptystream.sim.async_detector import AsyncSampleStage, SimPtychoDetector
+from ptystream.sim.detector import DetectorModel
+from ptystream.sim.file_detectors import npy_seq_detector
+from ptystream.sim.plans import ptycho_scan
+from ptystream.sim.scan import build_simulation
+from tests.conftest import small_profile
+from tests.test_live_sources import pausing, run_until_paused
+
+N_POINTS = 40
+BIN = Path(sys.executable).parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A subprocess whose output lines are collected by a thread (so pipes never fill)."""
+
+    def __init__(self, args, **kwargs):
+        self.lines = []
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_for(self, text, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not seen; output:\n" + "\n".join(self.lines))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def profile():
+    profile = small_profile(photons_per_frame=None, n_points=N_POINTS, object_px=144)
+    engine = profile.engine.model_copy(update={"final_epochs": 80})
+    return profile.model_copy(update={"engine": engine})
+
+
+@pytest.fixture(scope="module")
+def service(profile, tiled_server, tmp_path_factory):
+    """proxy + `ptystream serve` subprocesses and a RunEngine publishing to the proxy."""
+    tmp = tmp_path_factory.mktemp("serve")
+    profile_file = tmp / "test.yaml"
+    profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
+    key_file = tmp / "api-key"
+    key_file.write_text(tiled_server.api_key + "\n")
+    port_in, port_out = free_port(), free_port()
+    proxy = Process(
+        [
+            BIN / "bluesky-0MQ-proxy",
+            "--in-address",
+            f"127.0.0.1:{port_in}",
+            "--out-address",
+            f"127.0.0.1:{port_out}",
+        ]
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TILED_API_KEY", None)
+    serve = Process(
+        [
+            BIN / "ptystream",
+            "serve",
+            "--profile",
+            profile_file,
+            "--zmq",
+            f"127.0.0.1:{port_out}",
+            "--tiled",
+            tiled_server.uri.split("?")[0],
+            "--api-key-file",
+            key_file,
+            "--data-dir",
+            tmp / "data",
+        ],
+        env=env,
+    )
+    try:
+        serve.wait_for("ptystream serve: ready", timeout=180)
+        RE = RunEngine({})
+        publisher = Publisher(f"127.0.0.1:{port_in}")
+        RE.subscribe(publisher)
+        time.sleep(1.0)  # PUB/SUB: let the subscription reach the proxy before publishing
+        RE.publish = publisher
+        yield RE, serve, tmp / "data"
+    finally:
+        serve.stop()
+        proxy.stop()
+
+
+def wait_for_status(client, uid, statuses=("finished", "aborted", "failed", "incomplete")):
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        processed = client["processed"]["ptystream"] if "processed" in client else {}
+        if uid in processed:
+            node = processed[uid]
+            if node.metadata["status"] in statuses:
+                return node
+        time.sleep(0.5)
+    raise AssertionError(f"run {uid} not published with a status in {statuses}")
+
+
+def served_correlation(node, truth):
+    """|C| and phase r of the served final object against the truth, over the region the
+    published probe and positions light above 30 % of the maximum."""
+    final = node["final"]
+    obj = final["object"].read()
+    probe = final["probe"].read()
+    probe = probe if probe.ndim == 3 else probe[None]
+    positions = final["positions_m"].read()
+    meta = final["object"].metadata
+    dx, origin = meta["pixel_size_m"], np.asarray(meta["object_origin_m"])
+    n = probe.shape[-1]
+    power = (np.abs(probe) ** 2).sum(axis=0)
+    light = np.zeros(obj.shape)
+    for corner in np.round((positions - origin) / dx - n / 2).astype(int):
+        light[corner[0] : corner[0] + n, corner[1] : corner[1] + n] += power
+    aligned = truth.aligned_to(obj.shape, tuple(origin))
+    return complex_correlation(obj, aligned, light > 0.3 * light.max())
+
+
+def check_finished(client, uid, sim, frames=N_POINTS):
+    node = wait_for_status(client, uid)
+    assert node.metadata["status"] == "finished", node.metadata.get("reason")
+    counts = node.metadata["frames"]
+    assert counts["received"] == counts["used"] == frames and counts["rejected"] == {}
+    score = served_correlation(node, sim.truth)
+    assert score.abs_c > 0.99 and score.phase > 0.9, score
+    return node
+
+
+def clean_model():
+    return DetectorModel(None, 0.0, None, np.random.default_rng(0))
+
+
+def test_runs_back_to_back_from_every_detector_kind(service, profile, tiled_client, tmp_path):
+    RE, serve, _ = service
+    sim = build_simulation(profile)
+    (inline,) = RE(sim.plan())
+    check_finished(tiled_client, inline, sim)
+
+    det = npy_seq_detector(
+        sim.stage, sim.truth, clean_model(), motor_units_m=1e-6, save_path=tmp_path / "npy"
+    )
+    plan = ptycho_scan(det, sim.stage, sim.positions_m, profile=profile.name, motor_units_m=1e-6)
+    (external,) = RE(plan)
+    check_finished(tiled_client, external, sim)
+
+    with init_devices():
+        stage = AsyncSampleStage()
+        hdf = SimPtychoDetector(
+            StaticPathProvider(UUIDFilenameProvider(), tmp_path / "h5"),
+            sim.truth,
+            clean_model(),
+            stage=stage,
+            motor_units_m=1e-6,
+        )
+    (tmp_path / "h5").mkdir()
+    plan = ptycho_scan(hdf, stage, sim.positions_m, profile=profile.name, motor_units_m=1e-6)
+    (streamed,) = RE(plan)
+    check_finished(tiled_client, streamed, sim)
+    assert "skipped" not in "\n".join(serve.lines)
+
+
+def test_aborted_scan_is_published_with_its_status(service, profile, tiled_client):
+    RE, _, _ = service
+    sim = build_simulation(profile)
+    uid = run_until_paused(RE, pausing(sim.plan(), 15))
+    RE.abort()
+    node = wait_for_status(tiled_client, uid)
+    assert node.metadata["status"] == "aborted"
+    assert 15 <= node.metadata["frames"]["used"] < N_POINTS
+    assert node["final"]["object"].read().shape == tuple(node["live"]["object_phase"].shape)
+
+
+def test_another_profiles_run_is_skipped_with_one_line(service, profile, tiled_client):
+    RE, serve, _ = service
+    sim = build_simulation(profile)
+    (uid,) = RE(sim.plan(md={"ptystream": {"profile": "p25-nearfield"}}))
+    time.sleep(2.0)
+    skipped = [line for line in serve.lines if uid in line]
+    assert len(skipped) == 1 and "skipped" in skipped[0]
+    assert uid not in tiled_client["processed"]["ptystream"]
+
+
+def test_documents_out_of_order_and_duplicated(service, profile, tiled_client):
+    """The Publisher is called directly with a recorded scan's documents, shuffled and
+    partly repeated, as a lossy or reordering transport would deliver them."""
+    RE, _, _ = service
+    sim = build_simulation(profile)
+    docs = []
+    RunEngine({})(sim.plan(), lambda name, doc: docs.append((name, doc)))
+    rng = np.random.default_rng(5)
+    start, descriptor, stop = docs[0], docs[1], docs[-1]
+    events = [d for d in docs if d[0] == "event"]
+    events += [events[i] for i in rng.choice(len(events), 10, replace=False)]
+    events = [events[i] for i in rng.permutation(len(events))]
+    publish = RE.publish
+    for name, doc in [start, start, *events[:4], descriptor, *events[4:], stop, stop]:
+        publish(name, doc)
+    node = check_finished(tiled_client, start[1]["uid"], sim)
+    assert node.metadata["frames"]["duplicates_ignored"] == 10
+
+
+def test_sigterm_checkpoints_the_run_in_progress_and_exits(service, profile, tiled_client):
+    """Last test of the module: it ends the service."""
+    RE, serve, data_dir = service
+    sim = build_simulation(profile)
+    docs = []
+    RunEngine({})(sim.plan(), lambda name, doc: docs.append((name, doc)))
+    publish = RE.publish
+    for name, doc in docs[:-1]:  # the run never stops
+        publish(name, doc)
+    uid = docs[0][1]["uid"]
+    wait_for_status(tiled_client, uid, statuses=("running",))
+    time.sleep(3.0)  # let the frames reach the engine
+    serve.proc.send_signal(signal.SIGTERM)
+    assert serve.proc.wait(timeout=120) == 0, "\n".join(serve.lines)
+    node = wait_for_status(tiled_client, uid)
+    assert node.metadata["status"] == "incomplete"
+    assert node.metadata["frames"]["used"] == N_POINTS
+    checkpoint = Path(node.metadata["checkpoint"])
+    assert checkpoint.is_file() and checkpoint.parent.parent == data_dir.resolve() / "spool"
+    assert "ptystream serve: stopped" in serve.lines
