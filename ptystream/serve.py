@@ -81,6 +81,17 @@ def _connect(uri: str, api_key: str | None):
         raise ServeError(f"Tiled at {shown} answered HTTP {code}") from None
     except (httpx.TransportError, OSError) as exc:
         raise ServeError(f"cannot reach Tiled at {shown}: {exc}") from None
+    except RuntimeError as exc:  # tiled: "This server requires API key authentication."
+        if "API key" not in str(exc):
+            raise
+        if api_key:
+            raise ServeError(
+                f"Tiled at {shown} refused the API key (HTTP 401): check --api-key-file "
+                "or TILED_API_KEY"
+            ) from None
+        raise ServeError(
+            f"Tiled at {shown} requires an API key: give --api-key-file or set TILED_API_KEY"
+        ) from None
 
 
 class _Dispatcher:
@@ -156,6 +167,7 @@ def serve(
     from ptystream.pipeline import LivePipeline
     from ptystream.publisher import TiledPublisher
 
+    dispatcher = _Dispatcher(source)
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     server = None
@@ -170,7 +182,6 @@ def serve(
         announce(f"embedded Tiled server at {tiled_uri} (API key in {key_file})")
     try:
         client = _connect(tiled_uri, api_key)
-        dispatcher = _Dispatcher(source)
         pipeline = LivePipeline(profile, TiledPublisher(client), spool_dir=data_dir / "spool")
         pipeline.start()
         dispatcher.subscribe(PtychoCallback(profile, pipeline))

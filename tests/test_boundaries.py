@@ -9,6 +9,9 @@ import pytest
 CASES = {
     "ptystream.callback": ["tensorflow", "tiled"],
     "ptystream.batching": ["tensorflow", "tiled"],
+    "ptystream.frames": ["tensorflow", "tiled"],
+    "ptystream.spill": ["tensorflow", "tiled", "bluesky"],
+    "ptystream.serve": ["tensorflow", "tiled"],
     "ptystream.engine.ad": ["bluesky", "event_model", "tiled", "dask", "ophyd"],
     "ptystream.publisher": ["tensorflow", "bluesky"],
     "ptystream.metrics": ["tensorflow", "tiled", "bluesky", "scipy"],

@@ -173,6 +173,44 @@ def clean_model():
     return DetectorModel(None, 0.0, None, np.random.default_rng(0))
 
 
+def run_serve(*args, env=None, timeout=120):
+    return subprocess.run(
+        [BIN / "ptystream", "serve", "--profile", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_wrong_api_key_or_absent_server_is_a_clear_error(tiled_server, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("not-the-key-0123\n")
+    uri = tiled_server.uri.split("?")[0]
+    wrong = run_serve("--zmq", "127.0.0.1:1", "--tiled", uri, "--api-key-file", key_file)
+    assert wrong.returncode == 2
+    assert "refused the API key (HTTP 401)" in wrong.stderr
+    assert "not-the-key-0123" not in wrong.stderr + wrong.stdout
+    absent = run_serve(
+        "--zmq",
+        "127.0.0.1:1",
+        "--tiled",
+        f"http://127.0.0.1:{free_port()}/api/v1",
+        env={"TILED_API_KEY": "secret-key-4567"},
+    )
+    assert absent.returncode == 2 and "cannot reach Tiled at http://127.0.0.1" in absent.stderr
+    assert "secret-key-4567" not in absent.stderr + absent.stdout
+    missing = run_serve("--zmq", "127.0.0.1:1", "--api-key-file", tmp_path / "nope")
+    assert missing.returncode == 2 and "cannot read the API key file" in missing.stderr
+
+
+def test_kafka_without_bluesky_kafka_says_what_to_install():
+    """bluesky-kafka is optional and not installed here (nor is a Kafka broker available):
+    the Kafka path is checked up to the import of its dispatcher."""
+    out = run_serve("--kafka", "127.0.0.1:9092", "--kafka-topic", "bluesky.documents")
+    assert out.returncode == 2 and "pip install bluesky-kafka" in out.stderr
+
+
 def test_runs_back_to_back_from_every_detector_kind(service, profile, tiled_client, tmp_path):
     RE, serve, _ = service
     sim = build_simulation(profile)
