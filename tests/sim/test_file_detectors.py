@@ -17,6 +17,7 @@ from ophyd.sim import NumpySeqHandler
 from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider, init_devices
 
 from ptystream.config import load_profile
+from ptystream.frames import LiveAreaDetectorHDF5Handler
 from ptystream.sim.async_detector import FRAME_DATASET, AsyncSampleStage, SimPtychoDetector
 from ptystream.sim.detector import DetectorModel, diffraction_pattern
 from ptystream.sim.devices import make_beamline
@@ -140,32 +141,13 @@ def test_npy_seq_step_scan(RE, sim, model, positions_m, tmp_path):
     check_step_events(docs, sim, model, positions_m, filler.frames)
 
 
-class LiveAdHdf5Reader:
-    """Reads each datum's frame as soon as it is emitted, reopening the file (SWMR) each time.
-
-    ``AreaDetectorHDF5Handler`` cannot do this: it wraps the dataset in a dask array on its
-    first call and never refreshes it, so a Filler used during the scan fails from the second
-    point on ("slicing beyond size of dataset"); its SWMR variant (area-detector-handlers
-    0.0.10) calls ``.id.refresh()`` on that dask array and fails too.
-    """
-
-    def __init__(self):
-        self.resources = {}
-        self.frames = []
-
-    def __call__(self, name, doc):
-        if name == "resource":
-            self.resources[doc["uid"]] = doc
-        elif name == "datum":
-            res = self.resources[doc["resource"]]
-            with h5py.File(Path(res["root"]) / res["resource_path"], "r", swmr=True) as f:
-                self.frames.append(f["/entry/data/data"][doc["datum_kwargs"]["point_number"]])
-
-
 def test_ad_hdf5_step_scan(RE, sim, model, positions_m, tmp_path):
     stage, _ = make_beamline(sim.truth, model, motor_units_m=UM)
     det = ad_hdf5_detector(stage, sim.truth, model, motor_units_m=UM, save_path=tmp_path)
-    live = LiveAdHdf5Reader()
+    # ptystream's own AD_HDF5 handler, live: area-detector-handlers' AreaDetectorHDF5Handler
+    # cannot read during the scan (it fixes the dataset length on its first call; its SWMR
+    # variant fails on its second call in 0.0.10), so the pipeline uses this one.
+    live = LiveFiller({"AD_HDF5": LiveAreaDetectorHDF5Handler})
     plan = ptycho_scan(det, stage, positions_m, profile="demo", motor_units_m=UM)
     docs = run(RE, plan, live)
 
@@ -186,7 +168,8 @@ def test_ad_hdf5_step_scan(RE, sim, model, positions_m, tmp_path):
     with h5py.File(Path(resource["root"]) / resource["resource_path"], "r") as f:
         data = f["/entry/data/data"]
         assert data.shape == (N_POINTS, 64, 64) and data.dtype == np.float32
-    check_step_events(docs, sim, model, positions_m, live.frames)
+    assert all(fr.shape == (1, 64, 64) for fr in live.frames)
+    check_step_events(docs, sim, model, positions_m, [fr[0] for fr in live.frames])
 
     # After the scan, the standard handler through event_model.Filler; it slices [i:i+1], so
     # each point is a (1, 64, 64) dask array.
