@@ -300,3 +300,36 @@ def test_sigterm_checkpoints_the_run_in_progress_and_exits(service, profile, til
     checkpoint = Path(node.metadata["checkpoint"])
     assert checkpoint.is_file() and checkpoint.parent.parent == data_dir.resolve() / "spool"
     assert "ptystream serve: stopped" in serve.lines
+
+
+def test_without_tiled_an_embedded_server_is_started_and_sigint_stops_it(tmp_path):
+    port = free_port()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    serve = Process(
+        [
+            BIN / "ptystream",
+            "serve",
+            "--profile",
+            "demo",
+            "--zmq",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            tmp_path,
+        ],
+        env=env,
+    )
+    try:
+        serve.wait_for("ptystream serve: ready", timeout=180)
+        key_file = tmp_path / "tiled-api-key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = key_file.read_text().strip()
+        assert not any(key in line for line in serve.lines)
+        (announced,) = [line for line in serve.lines if "embedded Tiled server at" in line]
+        uri = announced.split(" at ")[1].split()[0]
+        from tiled.client import from_uri
+
+        assert "raw" not in from_uri(uri, api_key=key)  # reachable with the key from the file
+        serve.proc.send_signal(signal.SIGINT)
+        assert serve.proc.wait(timeout=60) == 0
+    finally:
+        serve.stop()
