@@ -375,6 +375,7 @@ class LivePipeline:
         )
         engine.warm_up()
         result.timings_s["engine_setup"] = time.perf_counter() - t0
+        logger.info("run %s (scan %s): reconstructing", result.run_uid, result.start.scan_id)
         return _LiveRun(engine, result, self._profile, self._store)
 
     def _advance(self, run: _LiveRun) -> None:
@@ -464,6 +465,15 @@ class LivePipeline:
                 logger.exception("publishing %s of run %s failed", kind, result.run_uid)
             finally:
                 if kind == "final":
+                    frames = result.accounting
+                    logger.info(
+                        "run %s: %s, %d of %d frames used, result at %s",
+                        result.run_uid,
+                        result.status,
+                        frames.used,
+                        frames.received,
+                        result.node_path if result.spooled is None else result.spooled,
+                    )
                     result.done.set()
 
     def _deliver(self, kind: str, result: RunResult, estimate: Estimate | None) -> None:
