@@ -3,14 +3,17 @@
 During a burst (a fast detector, a slow engine, positions that arrive late) frames pile up
 between the callback and the engine. :class:`FrameStore` keeps them in memory up to a budget and
 appends the rest to one spill file, from which the worker reads them back in turn: a burst costs
-disk, never frames. Holding runs on the callback's thread, so it is a counter update, or one
-unbuffered ``write`` of the frame's bytes (tens of microseconds for 128 x 128 float32).
+disk, never frames. Holding runs on the callback's thread, so it only counts bytes or reserves
+a place in the file; a writer thread of its own does the I/O (a write on the callback's thread
+gives up the GIL and may wait milliseconds to get it back). A frame read back before it was
+written comes from the writer's queue.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -26,11 +29,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SpilledFrame:
-    """A frame's bytes at ``offset`` in the store's spill file."""
+    """A frame's bytes at ``offset`` in the store's spill file (of that ``generation``)."""
 
     offset: int
     shape: tuple[int, ...]
     dtype: str
+    generation: int = 0
 
 
 class FrameStore:
@@ -50,16 +54,20 @@ class FrameStore:
         self._fd: int | None = None
         self._path: Path | None = None
         self._end = 0
+        self._generation = 0  # bumped when the file is emptied: queued writes of before are void
+        self._unwritten: dict[tuple[int, int], np.ndarray] = {}
+        self._writes: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
         self.peak_bytes = 0
 
     @property
     def held_bytes(self) -> int:
-        """Bytes of frames held in memory now."""
+        """Bytes of frames held in memory now (not counting those on their way to disk)."""
         return self._held
 
     @property
     def spilled_outstanding(self) -> int:
-        """Frames on disk not yet released."""
+        """Spilled frames not yet released."""
         return self._outstanding
 
     def hold(self, frame: Any) -> Any:
@@ -72,29 +80,46 @@ class FrameStore:
                 self._held += frame.nbytes
                 self.peak_bytes = max(self.peak_bytes, self._held)
                 return frame
-            return self._spill(np.ascontiguousarray(frame))
+            if self._writer is None:
+                self._open()
+            ref = SpilledFrame(self._end, frame.shape, frame.dtype.str, self._generation)
+            self._end += frame.nbytes
+            self._outstanding += 1
+            self._unwritten[(ref.generation, ref.offset)] = frame
+        self._writes.put(ref)
+        return ref
 
     def load(self, frame: Any) -> Any:
         """The array behind a :class:`SpilledFrame`; anything else unchanged."""
         if not isinstance(frame, SpilledFrame):
             return frame
-        count = int(np.prod(frame.shape))
-        data = os.pread(self._fd, count * np.dtype(frame.dtype).itemsize, frame.offset)
+        with self._lock:
+            pending = self._unwritten.get((frame.generation, frame.offset))
+        if pending is not None:
+            return pending
+        size = int(np.prod(frame.shape)) * np.dtype(frame.dtype).itemsize
+        data = os.pread(self._fd, size, frame.offset)
         return np.frombuffer(data, dtype=frame.dtype).reshape(frame.shape).copy()
 
     def release(self, frame: Any) -> None:
         """``frame`` (as returned by :meth:`hold`) has left the store: uncount it."""
         with self._lock:
             if isinstance(frame, SpilledFrame):
+                self._unwritten.pop((frame.generation, frame.offset), None)
                 self._outstanding -= 1
-                if self._outstanding == 0 and self._fd is not None:
+                if self._outstanding == 0:
                     os.ftruncate(self._fd, 0)
                     self._end = 0
+                    self._generation += 1
             elif isinstance(frame, np.ndarray):
                 self._held -= frame.nbytes
 
     def close(self) -> None:
-        """Delete the spill file."""
+        """Stop the writer and delete the spill file."""
+        if self._writer is not None:
+            self._writes.put(None)
+            self._writer.join()
+            self._writer = None
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
@@ -103,20 +128,26 @@ class FrameStore:
                 self._path.unlink(missing_ok=True)
                 self._path = None
 
-    def _spill(self, frame: np.ndarray) -> SpilledFrame:
-        if self._fd is None:
-            if self._dir is not None:
-                self._dir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix="ptystream-spill-", suffix=".bin", dir=self._dir)
-            self._fd, self._path = fd, Path(name)
-            logger.warning(
-                "frames exceed the memory budget of %.0f MiB: spilling to %s",
-                self.budget_bytes / 2**20,
-                name,
-            )
-        data = frame.tobytes()
-        offset = self._end
-        os.pwrite(self._fd, data, offset)
-        self._end += len(data)
-        self._outstanding += 1
-        return SpilledFrame(offset, frame.shape, frame.dtype.str)
+    def _open(self) -> None:
+        if self._dir is not None:
+            self._dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="ptystream-spill-", suffix=".bin", dir=self._dir)
+        self._fd, self._path = fd, Path(name)
+        self._writer = threading.Thread(target=self._write, name="ptystream-spill", daemon=True)
+        self._writer.start()
+        logger.warning(
+            "frames exceed the memory budget of %.1f MiB: spilling to %s",
+            self.budget_bytes / 2**20,
+            name,
+        )
+
+    def _write(self) -> None:
+        while (ref := self._writes.get()) is not None:
+            key = (ref.generation, ref.offset)
+            with self._lock:
+                frame = self._unwritten.get(key)
+            if frame is None:
+                continue  # released (read from memory) before its turn came
+            os.pwrite(self._fd, frame.tobytes(), ref.offset)
+            with self._lock:
+                self._unwritten.pop(key, None)

@@ -34,6 +34,10 @@ class Engine(Protocol):
     @property
     def n_frames(self) -> int: ...
 
+    @property
+    def frames_waiting(self) -> int:
+        """Frames added but not yet in any optimiser step (each step takes them first)."""
+
     def warm_up(self) -> None:
         """Compile for the current shapes, so the first real step does not stall."""
 

@@ -252,7 +252,7 @@ class ADEngine(FrameIntake):
             illumination=self._illumination(probe, obj.shape),
             iteration=self._iteration,
             n_frames=self._n_frames,
-            frames_waiting=len(self._pending),
+            frames_waiting=self.frames_waiting,
             loss=np.asarray(self._loss, dtype=np.float64).reshape(-1, 2),
             final=final,
             distance_m=float(self._distance.numpy()) if self._near else float("nan"),

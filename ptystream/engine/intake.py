@@ -41,6 +41,11 @@ class FrameIntake:
         """Frames added so far."""
         return self._n_frames
 
+    @property
+    def frames_waiting(self) -> int:
+        """Frames added but not yet in any optimiser step (each step takes them first)."""
+        return len(self._pending)
+
     def add_frames(self, patterns: np.ndarray, positions: np.ndarray, *, unit: str = "m") -> None:
         """Append ``patterns`` ``(k, N, N)`` (counts; far field: centred diffraction patterns)
         taken with the probe centred at ``positions`` ``(k, 2)`` (y, x; ``unit`` ``"m"``:

@@ -256,7 +256,7 @@ class PIEEngine(FrameIntake):
             illumination=self._illumination(probe),
             iteration=self._iteration,
             n_frames=self._n_frames,
-            frames_waiting=len(self._pending),
+            frames_waiting=self.frames_waiting,
             loss=np.column_stack(
                 [np.arange(1, len(self._loss) + 1, dtype=np.float64), np.array(self._loss)]
             ),
