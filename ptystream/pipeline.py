@@ -302,8 +302,10 @@ class LivePipeline:
         self._late.add(run.uid)
 
     def _warm_up(self) -> None:
-        """Trace and compile the step for the profile's shapes on a throw-away engine, so the
-        first run's set-up only re-traces (about 1 s instead of 2.5 s for the demo profile)."""
+        """Trace and compile the step for the profile's shapes on a throw-away engine, before
+        any run: TensorFlow's and XLA's one-time start-up is then paid here, and a run's set-up
+        only traces the step for its canvas (1.5-3.8 s for the demo profile on 2 busy cores,
+        benchmarks/live_pipeline.py; 2.4 s against 1.0 s on a quiet machine)."""
         inst = self._profile.instrument
         try:
             engine = self._engine_factory(
