@@ -60,7 +60,7 @@ class _Pair:
     seq: int
     frame: Any
     position: tuple[float, float]
-    since: float | None = None
+    next_try: float = 0.0
 
 
 def _as_is(frame: Any) -> Any:
@@ -83,7 +83,9 @@ class FramePairer:
         duplicate), so a memory budget can be released.
     saturation_counts, max_saturated_px : frames with more than ``max_saturated_px`` pixels at
         or above ``saturation_counts`` are rejected as saturated (None: no check).
-    file_timeout_s : how long a frame may stay not ready before it is rejected as unreadable.
+    file_timeout_s : how long after the run's end (:meth:`close`) a frame may stay not ready
+        before it is rejected as unreadable; while the run goes on, a detector may keep its
+        file locked, so frames are retried (every ``_RETRY_S``) without a limit.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class FramePairer:
         self._positions: dict[int, tuple[float, float]] = {}
         self._done: set[int] = set()
         self._paired: list[_Pair] = []
+        self._closed_at: float | None = None
         self.accounting = Accounting()
 
     @property
@@ -129,6 +132,8 @@ class FramePairer:
             y, x = (float(v) for v in record.position_m)
             if np.isfinite(y) and np.isfinite(x):
                 self._positions[seq] = (y, x)
+            else:
+                logger.warning("seq_num %d: position %s is not finite: ignored", seq, (y, x))
         if seq in self._frames and seq in self._positions:
             self._paired.append(_Pair(seq, self._frames.pop(seq), self._positions.pop(seq)))
             self._done.add(seq)
@@ -137,8 +142,9 @@ class FramePairer:
         """Pairs whose frames could be read and passed validation since the last call."""
         ready: list[tuple[int, np.ndarray, tuple[float, float]]] = []
         waiting: list[_Pair] = []
+        now = self._clock()
         for pair in self._paired:
-            frame = self._read(pair)
+            frame = self._read(pair, now) if now >= pair.next_try else _NOT_READY
             if frame is _NOT_READY:
                 waiting.append(pair)
             elif frame is not None:
@@ -151,25 +157,41 @@ class FramePairer:
         return PairedFrames(np.asarray(seqs), np.stack(frames), np.asarray(positions))
 
     def close(self) -> PairedFrames | None:
-        """End of run: frames still waiting for a position are rejected as 'no position'; frames
-        still unreadable get one last try. Returns the last pairs, as :meth:`take`."""
+        """End of run: frames still waiting for a position are rejected as 'no position'; from
+        now on a frame not ready for ``file_timeout_s`` is rejected as 'unreadable'. Returns
+        the last pairs, as :meth:`take`."""
         for seq, frame in self._frames.items():
             self._reject(frame, "no position")
             self._done.add(seq)
         self._frames.clear()
-        for pair in self._paired:
-            pair.since = -float("inf")  # one last attempt, then unreadable
+        self._closed_at = self._clock()
         return self.take()
 
-    def _read(self, pair: _Pair) -> Any:
+    def expire(self) -> PairedFrames | None:
+        """One last attempt at every frame not ready yet, then 'unreadable' (after :meth:`close`,
+        when waiting is over)."""
+        self._closed_at = -float("inf")
+        for pair in self._paired:
+            pair.next_try = 0.0
+        return self.take()
+
+    def abandon(self, reason: str) -> None:
+        """Reject every frame not yet released with ``reason`` (the run cannot use them)."""
+        for seq, frame in self._frames.items():
+            self._reject(frame, reason)
+            self._done.add(seq)
+        self._frames.clear()
+        for pair in self._paired:
+            self._reject(pair.frame, reason)
+        self._paired = []
+
+    def _read(self, pair: _Pair, now: float) -> Any:
         """The validated float32 frame, None if rejected, or _NOT_READY to retry later."""
-        now = self._clock()
         try:
             frame = self._resolve(pair.frame)
         except FrameNotReady as exc:
-            if pair.since is None:
-                pair.since = now
-            if now - pair.since <= self._timeout:
+            if self._closed_at is None or now - self._closed_at <= self._timeout:
+                pair.next_try = now + _RETRY_S
                 return _NOT_READY
             self._reject(pair.frame, "unreadable", f"seq_num {pair.seq}: {exc}")
             return None
@@ -204,6 +226,8 @@ class FramePairer:
 
 
 _NOT_READY = object()
+#: Seconds between two attempts to read a frame whose data is not there yet.
+_RETRY_S = 0.2
 
 
 def _squeezed(frame: np.ndarray) -> np.ndarray:

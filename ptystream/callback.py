@@ -77,20 +77,8 @@ class _RunParser(DocumentRouter):
         has_position = name == self._position_stream and all(k in keys for k in self._motor_keys)
         self._roles[doc["uid"]] = (has_frame, has_position)
 
-    def event(self, doc):
-        has_frame, has_position = self._roles.get(doc["descriptor"], (False, False))
-        if not (has_frame or has_position):
-            return
-        data = doc["data"]
-        frame = self._frame(data.get(self._frame_key)) if has_frame else None
-        position = None
-        if has_position:
-            y, x = self._inst.positions_m(*(data[k] for k in self._motor_keys))
-            position = (float(y), float(x))
-        if frame is not None or position is not None:
-            self._sink.submit(FrameRecord(self._uid, int(doc["seq_num"]), frame, position))
-
     def event_page(self, doc):
+        # RunRouter hands every event over as a one-row page, so this is the only event path.
         has_frame, has_position = self._roles.get(doc["descriptor"], (False, False))
         if not (has_frame or has_position):
             return
@@ -130,7 +118,17 @@ class _RunParser(DocumentRouter):
         if sres not in self._frame_resources:
             return
         first_seq, stop_seq = doc["seq_nums"]["start"], doc["seq_nums"]["stop"]
-        first_index = doc["indices"]["start"]
+        first_index, stop_index = doc["indices"]["start"], doc["indices"]["stop"]
+        if stop_index - first_index != stop_seq - first_seq:
+            logger.error(
+                "run %s: stream datum %s covers %d rows for %d events; only one frame per event "
+                "is supported: its frames are not used",
+                self._uid,
+                doc["uid"],
+                stop_index - first_index,
+                stop_seq - first_seq,
+            )
+            return
         for k, seq in enumerate(range(first_seq, stop_seq)):
             frame = StreamFrame(sres, first_index + k, self.assets)
             self._sink.submit(FrameRecord(self._uid, seq, frame, None))
@@ -234,6 +232,8 @@ class _Reorder:
             self._forget(run)
             return [(name, doc)]
         if name in ("descriptor", "stream_resource"):
+            if doc["uid"] in self._owner:
+                return []  # repeated: routing it twice would deliver each event twice
             self._owner[doc["uid"]] = doc.get("run_start", "")
             parked = self._parked.pop(doc["uid"], [])
             self._n_parked -= len(parked)

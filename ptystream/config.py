@@ -59,9 +59,10 @@ class InstrumentSettings(BaseModel):
     motor_units_m: float = Field(1e-6, gt=0)
     """Metres per motor unit (1e-6 when the motors are in micrometres)."""
     position_stream: str | None = None
-    """Event stream carrying the stage positions when they are not in ``stream`` (a monitor
-    stream, or a fly scan's position array published as event pages); None: the same stream as
-    the frames. Frames and positions are paired by seq_num, which counts from 1 in each stream."""
+    """Event stream carrying the stage positions when they are not in ``stream`` (e.g. a fly
+    scan's position array published as event pages), with one row per frame; None: the same
+    stream as the frames. Frames and positions are paired by seq_num, which counts from 1 in
+    each stream (so a monitor stream, one row per value change, does not fit)."""
     swap_axes: bool = False
     """The stage's x moves the sample along the detector's y (and y along x)."""
     x_sign: Literal[1, -1] = 1
@@ -266,8 +267,10 @@ class IngestSettings(BaseModel):
     published (a lost stop document, a crashed RunEngine). Pauses longer than this end the live
     reconstruction too, so set it above the longest expected pause."""
     file_timeout_s: float = Field(30.0, gt=0)
-    """How long a frame may stay unreadable (its file, datum or HDF5 row not written yet) before
-    it is rejected as ``unreadable``; reads are retried meanwhile without blocking."""
+    """How long after a run's stop a frame may stay unreadable (its file, datum or HDF5 row not
+    written yet, or the file still locked by a detector writing without SWMR) before it is
+    rejected as ``unreadable``. During the run such frames are retried without a limit and
+    without blocking."""
     max_saturated_px: int = Field(0, ge=0)
     """With ``instrument.saturation_counts`` set, frames with more pixels at or above it are
     rejected as ``saturated`` (a saturated pixel misreports the intensity the model fits)."""

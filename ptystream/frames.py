@@ -149,7 +149,10 @@ class FrameResolver:
         registry = default_handlers()
         registry.update({spec: _import_handler(spec, t) for spec, t in (handlers or {}).items()})
         self._root_map = dict(root_map or {})
-        self._filler = event_model.Filler(registry, root_map=self._root_map, inplace=False)
+        # no retries inside the Filler: they would sleep on the worker; the caller retries
+        self._filler = event_model.Filler(
+            registry, root_map=self._root_map, inplace=False, retry_intervals=[]
+        )
         self._handlers: dict[str, Any] = {}
         self._files: dict[Path, h5py.File] = {}
 
@@ -182,16 +185,16 @@ class FrameResolver:
         if resource is None:
             raise FrameNotReady(f"resource {datum['resource']} not received yet")
         handler = self._handlers.get(resource["uid"])
-        if handler is None:
-            handler = self._handlers[resource["uid"]] = self._filler.get_handler(resource)
         try:
+            if handler is None:
+                handler = self._handlers[resource["uid"]] = self._filler.get_handler(resource)
             return np.asarray(handler(**datum["datum_kwargs"]))
         except FrameNotReady:
             raise
-        except (OSError, KeyError, IndexError, ValueError) as exc:
+        except (OSError, KeyError, IndexError, ValueError, event_model.EventModelError) as exc:
             # The file may still be being written: drop the handler (it may cache a stale view).
             self._handlers.pop(resource["uid"], None)
-            close = getattr(handler, "close", None)
+            close = getattr(handler, "close", None) if handler is not None else None
             if close is not None:
                 close()
             raise FrameNotReady(f"{resource['spec']} datum {ref.datum_id}: {exc}") from exc

@@ -150,6 +150,8 @@ _STATUS = {"success": "finished", "abort": "aborted", "fail": "failed"}
 _KEEP_RESULTS = 32
 #: Longest stretch (s) of catch-up steps between two looks at the inbox.
 _CATCH_UP_S = 0.25
+#: Seconds between looks at frames waiting for a position or a file, when nothing else runs.
+_RETRY_S = 0.05
 #: After a failed attempt to create a run's node, live publications wait this long (s) before
 #: trying again; tiled's client already retries each request for up to 45 s.
 _BEGIN_RETRY_INTERVAL_S = 10.0
@@ -273,10 +275,15 @@ class LivePipeline:
         self._ready.set()
         run: _LiveRun | None = None
         while True:
-            busy = run is not None and (run.engine.n_frames > 0 or run.pairer.waiting > 0)
+            if run is not None and run.engine.n_frames:
+                wait = 0.0  # refine between arrivals
+            elif run is not None and run.pairer.waiting:
+                wait = _RETRY_S  # frames waiting for a position or a file
+            else:
+                wait = 0.5
             items = []
             try:
-                items.append(self._inbox.get(timeout=0.0 if busy else 0.5))
+                items.append(self._inbox.get(timeout=wait))
                 while len(items) < 10_000:
                     items.append(self._inbox.get_nowait())
             except queue.Empty:
@@ -325,16 +332,30 @@ class LivePipeline:
             action(run)
             return run
         except Exception as exc:
+            run.pairer.abandon("run failed")
             self._drain(run)
             self._fail(run.result, exc)
             return None
 
+    def _collect(self, run: _LiveRun, wait_s: float) -> None:
+        """End of intake: add the last pairs, waiting up to ``wait_s`` for frames whose files
+        are not readable yet (a detector may keep its file until after the stop)."""
+        pairer = run.pairer
+        batches = [pairer.close()]
+        deadline = time.monotonic() + wait_s
+        while pairer.waiting and time.monotonic() < deadline:
+            time.sleep(_RETRY_S)
+            batches.append(pairer.take())
+        batches.append(pairer.expire())
+        for pairs in batches:
+            if pairs is not None:
+                run.engine.add_frames(pairs.frames, pairs.positions_m)
+
     def _drain(self, run: _LiveRun) -> None:
-        """Close the run's intake: remaining frames are accounted for and memory released."""
-        run.pairer.close()
+        """Close the run's files and record its frame accounting (intake is over)."""
         run.resolver.close()
         run.result.accounting = run.pairer.accounting
-        run.result.spilled_frames = self._spilled.pop(run.uid, 0)
+        run.result.spilled_frames += self._spilled.pop(run.uid, 0)
 
     def _handle(self, run: _LiveRun | None, kind: str, item: Any) -> _LiveRun | None:
         if kind == "frame":
@@ -415,10 +436,8 @@ class LivePipeline:
 
     def _checkpoint(self, run: _LiveRun) -> None:
         """Shutdown mid-run: save the engine's state and publish what exists as incomplete."""
+        self._collect(run, 0.0)
         self._drain(run)
-        last = run.pairer.take()
-        if last is not None:
-            run.engine.add_frames(last.frames, last.positions_m)
         result = run.result
         result.timings_s["scan"] = time.perf_counter() - run.t_open
         save_state = getattr(run.engine, "save_state", None)
@@ -433,9 +452,7 @@ class LivePipeline:
         self._post("final", result)
 
     def _finish(self, run: _LiveRun, status: str, reason: str) -> None:
-        last = run.pairer.close()
-        if last is not None:
-            run.engine.add_frames(last.frames, last.positions_m)
+        self._collect(run, self._profile.ingest.file_timeout_s)
         self._drain(run)
         result = run.result
         t0 = time.perf_counter()

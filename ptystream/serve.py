@@ -176,8 +176,10 @@ def serve(
 
         server = start_embedded_server(data_dir / "tiled")
         key_file = data_dir / "tiled-api-key"
-        key_file.touch(mode=0o600)
-        key_file.write_text(server.api_key + "\n")
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)  # also when the file existed with a wider mode
+        with os.fdopen(fd, "w") as f:
+            f.write(server.api_key + "\n")
         tiled_uri, api_key = server.uri.split("?")[0], server.api_key
         announce(f"embedded Tiled server at {tiled_uri} (API key in {key_file})")
     try:

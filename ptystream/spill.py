@@ -58,6 +58,7 @@ class FrameStore:
         self._unwritten: dict[tuple[int, int], np.ndarray] = {}
         self._writes: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._failed = False
         self.peak_bytes = 0
 
     @property
@@ -80,8 +81,9 @@ class FrameStore:
                 self._held += frame.nbytes
                 self.peak_bytes = max(self.peak_bytes, self._held)
                 return frame
-            if self._writer is None:
-                self._open()
+            if self._writer is None and not self._open():
+                self._held += frame.nbytes  # over budget: better than losing the frame
+                return frame
             ref = SpilledFrame(self._end, frame.shape, frame.dtype.str, self._generation)
             self._end += frame.nbytes
             self._outstanding += 1
@@ -128,10 +130,21 @@ class FrameStore:
                 self._path.unlink(missing_ok=True)
                 self._path = None
 
-    def _open(self) -> None:
-        if self._dir is not None:
-            self._dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="ptystream-spill-", suffix=".bin", dir=self._dir)
+    def _open(self) -> bool:
+        """Create the spill file and its writer; False (logged once) if the file cannot be made:
+        frames then stay in memory beyond the budget."""
+        if self._failed:
+            return False
+        try:
+            if self._dir is not None:
+                self._dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="ptystream-spill-", suffix=".bin", dir=self._dir)
+        except OSError as exc:
+            self._failed = True
+            logger.error(
+                "cannot create a spill file in %s (%s): frames stay in memory", self._dir, exc
+            )
+            return False
         self._fd, self._path = fd, Path(name)
         self._writer = threading.Thread(target=self._write, name="ptystream-spill", daemon=True)
         self._writer.start()
@@ -140,6 +153,7 @@ class FrameStore:
             self.budget_bytes / 2**20,
             name,
         )
+        return True
 
     def _write(self) -> None:
         while (ref := self._writes.get()) is not None:
@@ -148,6 +162,12 @@ class FrameStore:
                 frame = self._unwritten.get(key)
             if frame is None:
                 continue  # released (read from memory) before its turn came
-            os.pwrite(self._fd, frame.tobytes(), ref.offset)
+            try:
+                os.pwrite(self._fd, frame.tobytes(), ref.offset)
+            except OSError as exc:  # disk full: the frame stays in memory (read from there)
+                if not self._failed:
+                    logger.error("spill write failed (%s): frames stay in memory", exc)
+                self._failed = True
+                continue
             with self._lock:
                 self._unwritten.pop(key, None)

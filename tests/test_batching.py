@@ -71,7 +71,7 @@ class Clock:
         return self.now
 
 
-def test_frames_not_yet_written_are_retried_then_rejected_as_unreadable():
+def test_frames_not_yet_written_are_retried_until_a_timeout_after_the_stop():
     written = {}
 
     def resolve(ref):
@@ -85,24 +85,33 @@ def test_frames_not_yet_written_are_retried_then_rejected_as_unreadable():
     p.add(FrameRecord("r", 1, frame="a", position_m=(0.0, 0.0)))
     p.add(FrameRecord("r", 2, frame="b", position_m=(0.0, 0.0)))
     assert p.take() is None and p.waiting == 2
+    clock.now = 1000.0  # during the run a detector may hold its file for long: no time limit
+    assert p.take() is None and p.waiting == 2 and not p.accounting.rejected
     written["a"] = frame(3.0)
-    clock.now = 4.0
+    clock.now = 1001.0
     assert p.take().frames[0, 0, 0] == 3.0
-    clock.now = 10.0  # "b" has been unreadable for longer than file_timeout_s
-    assert p.take() is None
-    assert p.waiting == 0
+    assert p.close() is None  # the stop: "b" now has file_timeout_s to appear
+    clock.now = 1004.0
+    assert p.take() is None and p.waiting == 1
+    clock.now = 1007.0
+    assert p.take() is None and p.waiting == 0
     assert p.accounting.rejected == {"unreadable": 1}
     assert sorted(released) == ["a", "b"]  # every frame leaves through discard exactly once
 
 
-def test_close_gives_unready_frames_a_last_try():
+def test_expire_gives_unready_frames_a_last_try_and_abandon_rejects_the_rest():
     written = {"a": frame(1.0)}
     p = FramePairer(8, resolve=lambda ref: written[ref] if ref in written else _not_ready(ref))
     p.add(FrameRecord("r", 1, frame="a", position_m=(0.0, 0.0)))
     p.add(FrameRecord("r", 2, frame="b", position_m=(0.0, 0.0)))
-    last = p.close()
-    assert last.seq_nums.tolist() == [1]
+    assert p.close().seq_nums.tolist() == [1]
+    assert p.expire() is None
     assert p.accounting.as_dict()["rejected"] == {"unreadable": 1}
+    q = FramePairer(8)
+    q.add(FrameRecord("r", 1, frame=frame(), position_m=(0.0, 0.0)))
+    q.add(FrameRecord("r", 2, frame=frame()))
+    q.abandon("run failed")
+    assert q.accounting.as_dict()["rejected"] == {"run failed": 2} and q.waiting == 0
 
 
 def _not_ready(ref):

@@ -48,3 +48,15 @@ def test_non_arrays_pass_through_uncounted(tmp_path):
     assert store.hold(ref) is ref and store.load(ref) is ref
     store.release(ref)
     assert store.held_bytes == 0 and not list(tmp_path.iterdir())
+
+
+def test_no_spill_file_possible_keeps_frames_in_memory(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    store = FrameStore(0, not_a_dir / "spill")
+    frame = frames(1)[0]
+    assert store.hold(frame) is frame  # over the budget rather than lost
+    assert store.held_bytes == frame.nbytes
+    store.release(frame)
+    assert store.held_bytes == 0
+    store.close()
