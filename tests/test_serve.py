@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+import zmq
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
 from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider, init_devices
@@ -115,15 +116,19 @@ def service(profile, tiled_server, tmp_path_factory):
         ],
         env=env,
     )
+    publisher = Publisher(f"127.0.0.1:{port_in}")
     try:
         serve.wait_for("ptystream serve: ready", timeout=180)
         RE = RunEngine({})
-        publisher = Publisher(f"127.0.0.1:{port_in}")
         RE.subscribe(publisher)
         time.sleep(1.0)  # PUB/SUB: let the subscription reach the proxy before publishing
         RE.publish = publisher
         yield RE, serve, tmp / "data"
     finally:
+        # Closed explicitly, without lingering: a zmq Context left to the garbage collector at
+        # interpreter exit can be finalised before its socket and then blocks pytest forever.
+        publisher._socket.setsockopt(zmq.LINGER, 0)
+        publisher.close()
         serve.stop()
         proxy.stop()
 
