@@ -87,12 +87,8 @@ class LiveAreaDetectorHDF5Handler:
     def __call__(self, point_number: int) -> np.ndarray:
         if self._file is None:
             self._file = _open_hdf5(self._path)
-        data = self._file[self.dataset]
-        data.refresh()
         first = int(point_number) * self._per_point
-        if first + self._per_point > data.shape[0]:
-            raise FrameNotReady(f"{self._path} has {data.shape[0]} frames so far")
-        return data[first : first + self._per_point]
+        return _rows(self._file, self.dataset, first, first + self._per_point)
 
     def close(self) -> None:
         if self._file is not None:
@@ -114,6 +110,16 @@ def _open_hdf5(path: Path) -> h5py.File:
         return h5py.File(path, "r", swmr=True, libver="latest")
     except OSError:
         return h5py.File(path, "r")
+
+
+def _rows(f: h5py.File, name: str, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of dataset ``name``, refreshed first (SWMR: rows appended since
+    the file was opened); FrameNotReady while the writer has not reached ``stop``."""
+    data = f[name]
+    data.refresh()
+    if stop > data.shape[0]:
+        raise FrameNotReady(f"{f.filename}:{name} has {data.shape[0]} rows so far")
+    return data[start:stop]
 
 
 def _import_handler(spec: str, target: str) -> type:
@@ -208,11 +214,7 @@ class FrameResolver:
         path = self._mapped(_local_path(sres["uri"]))
         dataset_name = sres["parameters"]["dataset"]
         try:
-            dataset = self._open(path)[dataset_name]
-            dataset.refresh()  # SWMR: see rows appended since the file was opened
-            if ref.index >= dataset.shape[0]:
-                raise FrameNotReady(f"{path}:{dataset_name} has {dataset.shape[0]} rows so far")
-            return dataset[ref.index]
+            return _rows(self._open(path), dataset_name, ref.index, ref.index + 1)[0]
         except (OSError, KeyError) as exc:
             self._forget(path)
             raise FrameNotReady(f"{path}:{dataset_name}: {exc}") from exc
