@@ -6,7 +6,9 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,server,dev
 
-.PHONY: demo test lint venv clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: demo test lint venv clean browser
 
 venv: $(STAMP)
 
@@ -19,7 +21,14 @@ $(STAMP): pyproject.toml deploy/constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/ptystream demo
 
-test: $(STAMP)
+# The dashboard's browser test drives Debian's chromium (Playwright's own browser download is
+# not reachable here); installed once, as root or through sudo.
+browser:
+	@test -x $(CHROMIUM) || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -ra
 
 lint: $(STAMP)

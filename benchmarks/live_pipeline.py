@@ -281,11 +281,11 @@ class RecordingPublisher:
             return self._inner.begin_run(start, settings)
         return f"recorded/{start.run_uid}"
 
-    def publish_live(self, run_uid: str, estimate: Estimate) -> None:
+    def publish_live(self, run_uid: str, estimate: Estimate, frames: dict | None = None) -> None:
         t = time.perf_counter()
         self.live[run_uid].append((t, estimate.n_frames, estimate.frames_waiting))
         if self._inner is not None:
-            self._inner.publish_live(run_uid, estimate)
+            self._inner.publish_live(run_uid, estimate, frames)
             done = time.perf_counter()
             self.live_written[run_uid].append((done, estimate.n_frames, estimate.frames_waiting))
             self.live_write_s.append(done - t)

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from ptystream.access import AccessError
 from ptystream.config import Algorithm, ProfileError, load_profile
 
 __all__ = ["main"]
@@ -16,10 +17,15 @@ def _demo(args: argparse.Namespace) -> int:
     from ptystream.demo import _print_report, run_demo
 
     profile = load_profile(args.profile)
-    report = run_demo(profile, args.out, keep_serving=args.keep_serving)
+    report = run_demo(
+        profile, args.out, keep_serving=args.keep_serving, dashboard_port=args.dashboard_port
+    )
     if not args.keep_serving:
         _print_report(report, print)
-        print("(the server has stopped; run with --keep-serving to browse the results in Tiled)")
+        print(
+            "(the servers have stopped; run with --keep-serving to browse the results in the "
+            "dashboard and in Tiled)"
+        )
     return 0
 
 
@@ -60,7 +66,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ptystream.serve import DocumentSource, read_api_key, serve
+    from ptystream.access import read_api_key
+    from ptystream.serve import DocumentSource, serve
 
     if args.zmq is not None:
         source = DocumentSource(zmq=args.zmq)
@@ -78,6 +85,82 @@ def _serve(args: argparse.Namespace) -> int:
         announce=lambda line: print(line, flush=True),
     )
     return 0
+
+
+def _client(args: argparse.Namespace):
+    from ptystream.access import connect, read_api_key
+
+    return connect(args.tiled, read_api_key(args.api_key_file))
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from ptystream.watch import watch
+
+    client = _client(args)
+    tty = sys.stdout.isatty()
+
+    def show(line: str) -> None:
+        if tty:  # one line rewritten in place
+            print(f"\r\x1b[2K{line}", end="", flush=True)
+        else:
+            print(line, flush=True)
+
+    try:
+        _, status = watch(client, args.run, show=show)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if tty:
+            print()
+    return 0 if status == "finished" else 1
+
+
+def _flush(args: argparse.Namespace) -> int:
+    from ptystream.publisher import TiledPublisher, spooled_files
+
+    if not spooled_files(args.spool):
+        print(f"nothing to upload in {args.spool}")
+        return 0
+    outcomes = TiledPublisher(_client(args)).flush(args.spool)
+    for outcome in outcomes:
+        where = outcome.node_path or f"NOT uploaded ({outcome.error})"
+        print(f"{outcome.path.name}: {where}")
+    left = spooled_files(args.spool)
+    if left:
+        print(f"{len(left)} result(s) still kept in {args.spool}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from ptystream.access import read_api_key, split_api_key
+    from ptystream.dashboard import start_dashboard
+    from ptystream.demo import wait_for_signal
+
+    uri, key_in_uri = split_api_key(args.tiled)
+    api_key = read_api_key(args.api_key_file) or key_in_uri
+    _client(args)  # a wrong key or an absent server is reported now, not in the browser
+    dashboard = start_dashboard(uri, api_key=api_key, host=args.host, port=args.port)
+    print(f"dashboard at {dashboard.url} (data from {uri}); Ctrl-C to stop", flush=True)
+    try:
+        wait_for_signal()
+    finally:
+        dashboard.close()
+    return 0
+
+
+def _add_tiled_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tiled",
+        required=True,
+        metavar="URI",
+        help="Tiled server, e.g. http://127.0.0.1:8000/api/v1",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="file holding the Tiled API key (default: the TILED_API_KEY environment variable)",
+    )
 
 
 def _positive(kind):
@@ -101,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-output", help="directory for Tiled data and the PNG")
     demo.add_argument(
         "--keep-serving", action="store_true", help="keep the Tiled server up until Ctrl-C"
+    )
+    demo.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=8765,
+        help="port of the dashboard web page (any free port if taken)",
     )
     demo.set_defaults(func=_demo)
     rec = sub.add_parser("reconstruct", help="reconstruct a finished scan file (CXI or NPZ)")
@@ -148,6 +237,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="spool, spill and checkpoint directory (and the embedded server's data)",
     )
     srv.set_defaults(func=_serve)
+    wat = sub.add_parser("watch", help="follow a live reconstruction in the terminal")
+    wat.add_argument(
+        "run",
+        nargs="?",
+        help="raw run uid (or its first characters) or scan id; default: the run going on, "
+        "or the next one to start",
+    )
+    _add_tiled_options(wat)
+    wat.set_defaults(func=_watch)
+    flu = sub.add_parser(
+        "flush", help="upload the final results kept on disk while Tiled was unreachable"
+    )
+    flu.add_argument(
+        "--spool",
+        default="ptystream-serve/spool",
+        help="spool directory (serve: <data-dir>/spool; demo: <out>/spool)",
+    )
+    _add_tiled_options(flu)
+    flu.set_defaults(func=_flush)
+    das = sub.add_parser("dashboard", help="serve the control-room web page for a Tiled server")
+    _add_tiled_options(das)
+    das.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    das.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free)")
+    das.set_defaults(func=_dashboard)
     return parser
 
 
@@ -168,11 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ProfileError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"ptystream: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        from ptystream.serve import ServeError
-
-        if not isinstance(exc, ServeError):
-            raise
+    except AccessError as exc:  # also ServeError
         print(f"ptystream: {exc}", file=sys.stderr)
         return 2
 

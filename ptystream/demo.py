@@ -17,7 +17,7 @@ import numpy as np
 from ptystream.config import Profile
 from ptystream.metrics import Correlation, complex_correlation
 
-__all__ = ["DemoReport", "run_demo", "score_against_truth"]
+__all__ = ["DemoReport", "run_demo", "score_against_truth", "wait_for_signal"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,8 @@ class DemoReport:
     """Where the results are and how good and fast they were."""
 
     tiled_uri: str
-    web_ui: str
+    api_key_file: Path
+    dashboard_url: str
     raw_path: str
     processed_path: str
     run_uid: str
@@ -53,18 +54,24 @@ def run_demo(
     out_dir: str | Path,
     *,
     keep_serving: bool = False,
+    dashboard_port: int = 8765,
     wrap_callback: Callable | None = None,
     announce: Callable[[str], None] = print,
 ) -> DemoReport:
-    """Start Tiled, run the simulated scan with live reconstruction, score and summarise it.
+    """Start Tiled and the dashboard, run the simulated scan with live reconstruction, score
+    and summarise it.
 
+    The embedded server's API key is written to ``out_dir/tiled-api-key`` (mode 0600), never
+    printed. The dashboard listens on ``dashboard_port`` (any free port if that one is taken).
     ``wrap_callback`` (for benchmarks) wraps the live callback before it is subscribed.
     """
     t_start = time.perf_counter()
     from bluesky import RunEngine
     from tiled.client import from_uri
 
+    from ptystream.access import split_api_key, write_key_file
     from ptystream.callback import PtychoCallback
+    from ptystream.dashboard import start_dashboard
     from ptystream.pipeline import BackgroundCallback, LivePipeline
     from ptystream.publisher import TiledPublisher
     from ptystream.server import raw_catalog, start_embedded_server
@@ -73,7 +80,10 @@ def run_demo(
 
     out_dir = Path(out_dir).resolve()
     server = start_embedded_server(out_dir / "tiled")
+    dashboard = None
     try:
+        key_file = write_key_file(out_dir / "tiled-api-key", server.api_key)
+        tiled_uri, _ = split_api_key(server.uri)
         client = from_uri(server.uri)
         from bluesky_tiled_plugins import TiledWriter
 
@@ -89,8 +99,10 @@ def run_demo(
         callback = PtychoCallback(profile, pipeline)
         RE.subscribe(raw_writer)
         RE.subscribe(wrap_callback(callback) if wrap_callback else callback)
+        dashboard = _start_dashboard(start_dashboard, tiled_uri, server.api_key, dashboard_port)
         t_ready = time.perf_counter()
-        announce(f"Tiled server at {server.uri.split('?')[0]}  (API key {server.api_key})")
+        announce(f"Tiled server at {tiled_uri}  (API key in {key_file})")
+        announce(f"dashboard at {dashboard.url}  (open it to watch the reconstruction)")
         announce(f"scanning {len(sim.positions_m)} points with live reconstruction ...")
         (uid,) = RE(sim.plan())
         t_scan = time.perf_counter()
@@ -114,8 +126,9 @@ def run_demo(
             f"(flat object {flat:.4f})",
         )
         report = DemoReport(
-            tiled_uri=server.uri,
-            web_ui=server.web_ui_link,
+            tiled_uri=tiled_uri,
+            api_key_file=key_file,
+            dashboard_url=dashboard.url,
             raw_path=f"raw/{uid}",
             processed_path=result.node_path,
             run_uid=uid,
@@ -134,13 +147,24 @@ def run_demo(
         if keep_serving:
             _print_report(report, announce)
             announce("serving until Ctrl-C (or SIGTERM) ...")
-            _wait_for_signal()
+            wait_for_signal()
         return report
     finally:
+        if dashboard is not None:
+            dashboard.close()
         server.close()
 
 
-def _wait_for_signal() -> None:
+def _start_dashboard(start: Callable, tiled_uri: str, api_key: str, port: int):
+    """The dashboard on ``port``, or on any free port when that one is taken."""
+    try:
+        return start(tiled_uri, api_key=api_key, port=port)
+    except OSError as exc:
+        logger.info("dashboard port %d not available (%s); using a free port", port, exc)
+        return start(tiled_uri, api_key=api_key, port=0)
+
+
+def wait_for_signal() -> None:
     """Block until SIGINT or SIGTERM (handlers set explicitly: a job started in the background
     of a non-interactive shell inherits SIGINT as ignored)."""
     stop = threading.Event()
@@ -157,8 +181,8 @@ def _print_report(report: DemoReport, announce: Callable[[str], None]) -> None:
     c = report.correlation
     t = report.timings_s
     announce(f"run {report.run_uid}: {report.status}, frames {report.accounting}")
-    announce(f"Tiled:      {report.tiled_uri}")
-    announce(f"web UI:     {report.web_ui}")
+    announce(f"dashboard:  {report.dashboard_url}")
+    announce(f"Tiled:      {report.tiled_uri}  (API key in {report.api_key_file})")
     announce(f"raw scan:   {report.raw_path}")
     announce(f"result:     {report.processed_path}/live/..., {report.processed_path}/final/object")
     announce(

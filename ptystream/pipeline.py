@@ -31,7 +31,13 @@ from ptystream.batching import Accounting, FramePairer
 from ptystream.config import Profile
 from ptystream.engine import Engine, make_engine, prepare
 from ptystream.frames import FrameResolver
-from ptystream.publisher import NonFiniteEstimate, TiledPublisher, spool_final
+from ptystream.publisher import (
+    NonFiniteEstimate,
+    TiledPublisher,
+    run_metadata,
+    spool_final,
+    spooled_files,
+)
 from ptystream.spill import FrameStore
 from ptystream.types import Estimate, FrameRecord, RunStart, RunStop, ScanPlan
 
@@ -199,6 +205,7 @@ class LivePipeline:
         self._out_cond = threading.Condition()
         self._results: OrderedDict[str, RunResult] = OrderedDict()
         self._begin_after: dict[str, float] = {}  # publisher thread only
+        self._spool_pending = self._spool_dir is not None and bool(spooled_files(self._spool_dir))
         self._last_probe: tuple[str, np.ndarray] | None = None  # worker thread only
         self._ready = threading.Event()
         self._closing = False
@@ -432,7 +439,8 @@ class LivePipeline:
         now = time.perf_counter()
         if run.engine.n_frames and now - run.last_publish >= self._profile.publish.cadence_s:
             run.last_publish = now
-            self._post("live", run.result, run.engine.estimate())
+            frames = run.result.accounting.as_dict()
+            self._post("live", run.result, (run.engine.estimate(), frames))
 
     def _checkpoint(self, run: _LiveRun) -> None:
         """Shutdown mid-run: save the engine's state and publish what exists as incomplete."""
@@ -477,26 +485,29 @@ class LivePipeline:
 
     # -- publisher thread -------------------------------------------------------------------
 
-    def _post(self, kind: str, result: RunResult, estimate: Estimate | None = None) -> None:
+    def _post(
+        self, kind: str, result: RunResult, live: tuple[Estimate, dict] | None = None
+    ) -> None:
         with self._out_cond:
             if kind in ("live", "final"):
                 stale = [c for c in self._outbox if c[0] == "live" and c[1] is result]
                 for command in stale:  # latest wins; a final supersedes any pending live
                     self._outbox.remove(command)
-            self._outbox.append((kind, result, estimate))
+            self._outbox.append((kind, result, live))
             self._out_cond.notify()
 
     def _publish(self) -> None:
+        self._flush_spool()  # results kept while Tiled was away, from this process or earlier
         while True:
             with self._out_cond:
                 while not self._outbox and not self._closing:
                     self._out_cond.wait()
                 if not self._outbox:
                     return
-                kind, result, estimate = self._outbox.popleft()
+                kind, result, live = self._outbox.popleft()
             try:
-                if self._publisher is not None:
-                    self._deliver(kind, result, estimate)
+                if self._publisher is not None and self._deliver(kind, result, live):
+                    self._flush_spool()
             except Exception:
                 logger.exception("publishing %s of run %s failed", kind, result.run_uid)
             finally:
@@ -512,32 +523,36 @@ class LivePipeline:
                     )
                     result.done.set()
 
-    def _deliver(self, kind: str, result: RunResult, estimate: Estimate | None) -> None:
-        """Create the run's node if needed, then write. Only the final write is retried in
-        full; a live estimate is best effort (a newer one follows within ``cadence_s``)."""
+    def _deliver(self, kind: str, result: RunResult, live: tuple[Estimate, dict] | None) -> bool:
+        """Create the run's node if needed, then write; True if Tiled took the write. Only the
+        final write is retried in full; a live estimate is best effort (a newer one follows
+        within ``cadence_s``)."""
         retries = self._profile.publish.retries if kind == "final" else 0
         if result.node_path is None:
             if kind == "live" and time.monotonic() < self._begin_after.get(result.run_uid, 0):
-                return
+                return False
             if not self._attempt(lambda: self._begin(result), "begin", result, retries):
                 self._begin_after[result.run_uid] = time.monotonic() + _BEGIN_RETRY_INTERVAL_S
                 if kind == "final":
                     self._keep_on_disk(result)
-                return
+                return False
         if kind == "final":
             self._begin_after.pop(result.run_uid, None)
-        if kind == "live":
-            self._attempt(
-                lambda: self._publisher.publish_live(result.run_uid, estimate), kind, result, 0
-            )
-        elif kind == "final":
             if not self._attempt(lambda: self._write_final(result), kind, result, retries):
                 self._keep_on_disk(result)
+                return False
+        elif kind == "live" and live is not None:
+            estimate, frames = live
+            write = lambda: self._publisher.publish_live(result.run_uid, estimate, frames)  # noqa: E731
+            return self._attempt(write, kind, result, 0)
+        return True
+
+    def _settings(self) -> dict[str, Any]:
+        return self._profile.engine.model_dump(mode="json")
 
     def _begin(self, result: RunResult) -> None:
         if result.node_path is None:
-            settings = self._profile.engine.model_dump(mode="json")
-            result.node_path = self._publisher.begin_run(result.start, settings)
+            result.node_path = self._publisher.begin_run(result.start, self._settings())
 
     def _write_final(self, result: RunResult) -> None:
         pub = self._publisher
@@ -575,15 +590,29 @@ class LivePipeline:
         return False
 
     def _keep_on_disk(self, result: RunResult) -> None:
-        if self._spool_dir is None or result.final is None:
+        if self._spool_dir is None:
             logger.error("run %s: final result not published and not spooled", result.run_uid)
             return
         result.spooled = spool_final(
             self._spool_dir,
             result.run_uid,
             result.final,
-            {"status": result.status, **result.summary()},
+            status=result.status,
+            extra=result.summary(),
+            run_metadata=run_metadata(result.start, self._settings()),
+            node_path=result.node_path,
         )
+        self._spool_pending = True
         logger.error(
-            "run %s: Tiled unreachable; final result kept at %s", result.run_uid, result.spooled
+            "run %s: Tiled unreachable; final result kept at %s (uploaded when Tiled answers "
+            "again, or by `ptystream flush`)",
+            result.run_uid,
+            result.spooled,
         )
+
+    def _flush_spool(self) -> None:
+        """Upload the results kept on disk, once Tiled has taken a write again."""
+        if not self._spool_pending or self._publisher is None or self._spool_dir is None:
+            return
+        outcomes = self._publisher.flush(self._spool_dir)
+        self._spool_pending = any(o.error for o in outcomes)

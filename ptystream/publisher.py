@@ -2,13 +2,22 @@
 
 ::
 
-    <root>/processed/ptystream/<run uid>/     metadata: run, profile, geometry, engine, status ...
+    <root>/processed/ptystream/<run uid>/   metadata: raw_uid, scan_id, profile, geometry, plan,
+                                            engine, version, status, timings, (at the end) frames,
+                                            iterations, reason
+        live/          metadata: sequence, iteration, loss, frames, planned, shapes, updated_at
         live/object_amplitude, object_phase, probe_amplitude, probe_phase    float32, overwritten
-        final/object, final/probe (complex64), final/positions_m, final/loss (table)
+        live/loss      appendable table (iteration, loss), grows during the run
+        final/object, final/probe (complex64), final/positions_m (float64), final/loss (table)
 
 The float32 amplitude/phase views exist because image renderers cannot decode complex data.
 Each is a single chunk (arrays under 100 MB are not chunked), so a reader never sees a torn
-image. Non-finite estimates are refused.
+image. A live publication writes the arrays, appends the loss rows, then replaces ``live/``'s
+metadata: a reader told of a metadata update (Tiled's websockets push it to subscribers of the
+run's container) finds the arrays already written. Non-finite estimates are refused.
+
+A final result Tiled cannot take is kept on disk (:func:`spool_final`) with everything needed
+to upload it later (:meth:`TiledPublisher.flush`).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import dataclasses
 import datetime
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +36,22 @@ import pandas as pd
 from ptystream import __version__
 from ptystream.types import Estimate, RunStart
 
-__all__ = ["PROCESSED_PATH", "NonFiniteEstimate", "TiledPublisher", "load_spooled", "spool_final"]
+__all__ = [
+    "PROCESSED_PATH",
+    "NonFiniteEstimate",
+    "SpooledResult",
+    "TiledPublisher",
+    "load_spooled",
+    "run_metadata",
+    "spool_final",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Where reconstructions live under the Tiled root.
 PROCESSED_PATH = ("processed", "ptystream")
+#: The live loss table's columns.
+_LOSS_SCHEMA = (("iteration", "int64"), ("loss", "float64"))
 
 
 class NonFiniteEstimate(ValueError):
@@ -55,65 +75,35 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _child(parent, key: str, metadata: dict[str, Any] | None = None):
+def _child(parent, key: str):
     """``parent[key]``, created as a container if missing."""
     if key in parent:
         return parent[key]
-    return parent.create_container(key, metadata=metadata or {})
+    return parent.create_container(key)
 
 
-def _views(estimate: Estimate) -> dict[str, np.ndarray]:
+def views(estimate: Estimate) -> dict[str, np.ndarray]:
+    """The float32 images of ``live/``. A mixed-state probe is shown by its total amplitude
+    (root of the summed mode intensities) and the phase of its strongest mode."""
+    probe = estimate.probe
+    if probe.ndim == 3:
+        probe_amplitude = np.sqrt(np.sum(np.abs(probe) ** 2, axis=0))
+        probe_phase = np.angle(probe[0])
+    else:
+        probe_amplitude, probe_phase = np.abs(probe), np.angle(probe)
     return {
         "object_amplitude": np.abs(estimate.object).astype(np.float32),
         "object_phase": np.angle(estimate.object).astype(np.float32),
-        "probe_amplitude": np.abs(estimate.probe).astype(np.float32),
-        "probe_phase": np.angle(estimate.probe).astype(np.float32),
+        "probe_amplitude": probe_amplitude.astype(np.float32),
+        "probe_phase": probe_phase.astype(np.float32),
     }
 
 
-class TiledPublisher:
-    """Writes one container per reconstructed run under ``processed/ptystream``.
-
-    Calls are synchronous and may raise (server down, wrong key): the pipeline's publisher
-    thread owns retries and cadence, so nothing here sleeps.
-
-    Parameters
-    ----------
-    root : a writable tiled client container (the server's root).
-    """
-
-    def __init__(self, root):
-        self._root = root
-        self._processed = None
-        self._runs: dict[str, Any] = {}
-
-    @classmethod
-    def from_uri(cls, uri: str, *, api_key: str | None = None) -> TiledPublisher:
-        """Connect to a Tiled server (the key is never logged)."""
-        from tiled.client import from_uri
-
-        return cls(from_uri(uri, api_key=api_key))
-
-    def _processed_node(self):
-        if self._processed is None:
-            node = self._root
-            for key in PROCESSED_PATH:
-                node = _child(node, key)
-            self._processed = node
-        return self._processed
-
-    def begin_run(self, start: RunStart, settings: dict[str, Any]) -> str:
-        """Create the run's container (status 'running'); returns its path under the root.
-
-        A second reconstruction of the same run gets the key ``<uid>-2``, ``<uid>-3``, ...
-        """
-        processed = self._processed_node()
-        key, n = start.run_uid, 1
-        while key in processed:
-            n += 1
-            key = f"{start.run_uid}-{n}"
-        g = start.geometry
-        metadata = {
+def run_metadata(start: RunStart, settings: dict[str, Any]) -> dict[str, Any]:
+    """The metadata a run's container is created with (status ``running``)."""
+    g = start.geometry
+    return _jsonable(
+        {
             "raw_uid": start.run_uid,
             "scan_id": start.scan_id,
             "profile": start.profile,
@@ -130,70 +120,251 @@ class TiledPublisher:
             "version": __version__,
             "timings": {"started_at": _now()},
         }
-        node = processed.create_container(key, metadata=_jsonable(metadata))
-        node.create_container("live")
-        self._runs[start.run_uid] = node
-        return "/".join((*PROCESSED_PATH, key))
+    )
 
-    def publish_live(self, run_uid: str, estimate: Estimate) -> None:
-        """Overwrite ``live/`` with the estimate's amplitude and phase views and progress."""
+
+@dataclass
+class _RunNodes:
+    """Client handles of one run's nodes, kept so a live publication costs one request per
+    array plus two (loss rows, metadata) instead of a lookup per node."""
+
+    node: Any
+    live: Any
+    planned: int | None = None
+    arrays: dict[str, Any] = field(default_factory=dict)
+    loss_table: Any = None
+    loss_sent_to: float = -1.0  # last iteration already in the live loss table
+    sequence: int = 0
+
+
+@dataclass(frozen=True)
+class SpooledResult:
+    """What :meth:`TiledPublisher.flush` did with one spooled file."""
+
+    path: Path
+    node_path: str | None
+    error: str | None = None
+
+
+class TiledPublisher:
+    """Writes one container per reconstructed run under ``processed/ptystream``.
+
+    Calls are synchronous and may raise (server down, wrong key): the pipeline's publisher
+    thread owns retries and cadence, so nothing here sleeps.
+
+    Parameters
+    ----------
+    root : a writable tiled client container (the server's root).
+    """
+
+    def __init__(self, root):
+        self._root = root
+        self._processed = None
+        self._runs: dict[str, _RunNodes] = {}
+
+    @classmethod
+    def from_uri(cls, uri: str, *, api_key: str | None = None) -> TiledPublisher:
+        """Connect to a Tiled server (see :func:`ptystream.access.connect`)."""
+        from ptystream.access import connect
+
+        return cls(connect(uri, api_key))
+
+    def _processed_node(self):
+        if self._processed is None:
+            node = self._root
+            for key in PROCESSED_PATH:
+                node = _child(node, key)
+            self._processed = node
+        return self._processed
+
+    def node_path(self, run_uid: str) -> str:
+        """The path under the root of ``run_uid``'s container."""
+        return "/".join((*PROCESSED_PATH, self._runs[run_uid].node.item["id"]))
+
+    def begin_run(self, start: RunStart, settings: dict[str, Any]) -> str:
+        """Create the run's container (status 'running'); returns its path under the root.
+
+        A second reconstruction of the same run gets the key ``<uid>-2``, ``<uid>-3``, ...
+        """
+        return self.create_run(start.run_uid, run_metadata(start, settings))
+
+    def create_run(self, run_uid: str, metadata: dict[str, Any]) -> str:
+        """Create a container for ``run_uid`` with ``metadata``, its ``live/`` container and
+        live loss table; returns its path under the root."""
+        processed = self._processed_node()
+        key, n = run_uid, 1
+        while key in processed:
+            n += 1
+            key = f"{run_uid}-{n}"
+        node = processed.create_container(key, metadata=metadata)
+        self._adopt(run_uid, node, metadata)
+        return self.node_path(run_uid)
+
+    def _adopt(self, run_uid: str, node, metadata: dict[str, Any]) -> _RunNodes:
+        live = _child(node, "live")
+        planned = (metadata.get("plan") or {}).get("n_points")
+        nodes = _RunNodes(node, live, planned=planned)
+        if "loss" in live:  # resumed: continue the sequence and the table where they stopped
+            nodes.loss_table = live["loss"]
+            nodes.loss_sent_to = float(live.metadata.get("iteration", -1))
+            nodes.sequence = int(live.metadata.get("sequence", 0))
+        else:
+            try:
+                import pyarrow as pa
+
+                schema = pa.schema([(name, kind) for name, kind in _LOSS_SCHEMA])
+                nodes.loss_table = live.create_appendable_table(schema, key="loss")
+            except Exception as exc:  # a server without SQL storage cannot append
+                logger.warning("run %s: no live loss table (%s)", run_uid, exc)
+        self._runs[run_uid] = nodes
+        return nodes
+
+    def publish_live(
+        self, run_uid: str, estimate: Estimate, frames: dict[str, Any] | None = None
+    ) -> None:
+        """Overwrite ``live/`` with the estimate's views, append its new loss rows, then
+        replace ``live/``'s metadata (progress, and ``frames``: the run's frame accounting)."""
         self._check_finite(estimate)
-        live = self._runs[run_uid]["live"]
-        for key, array in _views(estimate).items():
-            self._overwrite(live, key, array)
-        live.update_metadata(
-            {
-                "iteration": estimate.iteration,
-                "frames_used": estimate.n_frames,
-                "frames_waiting": estimate.frames_waiting,
-                "loss": estimate.last_loss,
-                "object_origin_m": list(estimate.object_origin_m),
-                "pixel_size_m": estimate.pixel_size_m,
-                **({"distance_m": estimate.distance_m} if np.isfinite(estimate.distance_m) else {}),
-                "updated_at": _now(),
-            },
+        nodes = self._runs[run_uid]
+        images = views(estimate)
+        for key, array in images.items():
+            nodes.arrays[key] = self._overwrite(nodes.live, nodes.arrays.get(key), key, array)
+        self._append_loss(nodes, estimate.loss)
+        nodes.sequence += 1
+        frames = dict(frames or {})
+        frames.setdefault("used", estimate.n_frames)
+        frames["waiting"] = estimate.frames_waiting
+        nodes.live.update_metadata(
+            _jsonable(
+                {
+                    "sequence": nodes.sequence,
+                    "iteration": estimate.iteration,
+                    "loss": estimate.last_loss if np.isfinite(estimate.last_loss) else None,
+                    "frames": frames,
+                    "planned": nodes.planned,
+                    "final": estimate.final,
+                    "object_shape": images["object_amplitude"].shape,
+                    "probe_shape": images["probe_amplitude"].shape,
+                    "object_origin_m": estimate.object_origin_m,
+                    "pixel_size_m": estimate.pixel_size_m,
+                    "distance_m": estimate.distance_m if np.isfinite(estimate.distance_m) else None,
+                    "updated_at": _now(),
+                }
+            ),
             drop_revision=True,
         )
 
+    def _append_loss(self, nodes: _RunNodes, loss: np.ndarray) -> None:
+        if nodes.loss_table is None or not len(loss):
+            return
+        rows = loss[(loss[:, 0] > nodes.loss_sent_to) & np.isfinite(loss[:, 1])]
+        if not len(rows):
+            return
+        nodes.loss_table.append_partition(
+            0, {"iteration": rows[:, 0].astype(np.int64).tolist(), "loss": rows[:, 1].tolist()}
+        )
+        nodes.loss_sent_to = float(rows[-1, 0])
+
     def publish_final(
-        self, run_uid: str, estimate: Estimate, status: str, extra: dict[str, Any]
+        self,
+        run_uid: str,
+        estimate: Estimate,
+        status: str,
+        extra: dict[str, Any],
     ) -> None:
-        """Write ``final/``, refresh ``live/`` and set the run's status and bookkeeping."""
+        """Write ``final/``, refresh ``live/`` from it and set the run's status and bookkeeping
+        (``extra``: frames, timings_s, reason, ...)."""
         self._check_finite(estimate)
-        node = self._runs[run_uid]
-        self.publish_live(run_uid, estimate)
-        final = _child(node, "final")
+        nodes = self._runs[run_uid]
+        self.publish_live(run_uid, estimate, extra.get("frames"))
+        final = _child(nodes.node, "final")
         meta = {
             "object_origin_m": list(estimate.object_origin_m),
             "pixel_size_m": estimate.pixel_size_m,
         }
-        self._overwrite(final, "object", estimate.object.astype(np.complex64), meta)
-        self._overwrite(final, "probe", estimate.probe.astype(np.complex64))
-        self._overwrite(final, "positions_m", estimate.positions_m.astype(np.float64))
+        for key, array, md in (
+            ("object", estimate.object.astype(np.complex64), meta),
+            ("probe", estimate.probe.astype(np.complex64), None),
+            ("positions_m", estimate.positions_m.astype(np.float64), None),
+        ):
+            self._overwrite(final, final[key] if key in final else None, key, array, md)
         if "loss" in final:
             final.delete_contents("loss", external_only=False)
         loss = pd.DataFrame(
             {"iteration": estimate.loss[:, 0].astype(np.int64), "loss": estimate.loss[:, 1]}
         )
         final.write_table(loss, key="loss")
-        timings = dict(node.metadata.get("timings", {}))
-        timings["finished_at"] = _now()
-        node.update_metadata(
-            _jsonable(
-                {
-                    "status": status,
-                    "timings": timings,
-                    "iterations": estimate.iteration,
-                    "frames_used": estimate.n_frames,
-                    "frames_waiting": estimate.frames_waiting,
-                    **extra,
-                }
-            )
-        )
+        self.mark(run_uid, status, {"iterations": estimate.iteration, **extra})
 
     def mark(self, run_uid: str, status: str, extra: dict[str, Any]) -> None:
-        """Set the status of a run that ends without a final estimate (e.g. no frames)."""
-        self._runs[run_uid].update_metadata(_jsonable({"status": status, **extra}))
+        """Set a run's status (and bookkeeping), with its finish time."""
+        node = self._runs[run_uid].node
+        timings = dict(node.metadata.get("timings", {}))
+        timings["finished_at"] = _now()
+        node.update_metadata(_jsonable({"status": status, "timings": timings, **extra}))
+
+    def resume(self, run_uid: str, node_path: str) -> None:
+        """Take up the existing container at ``node_path`` for ``run_uid`` (e.g. to upload a
+        spooled result into the container the live run created)."""
+        node = self._root
+        for key in node_path.split("/"):
+            node = node[key]
+        self._adopt(run_uid, node, dict(node.metadata))
+
+    # -- results kept on disk -----------------------------------------------------------------
+
+    def upload(self, path: str | Path) -> str:
+        """Upload a result :func:`spool_final` kept; returns its node path and deletes the file.
+
+        The run's container is the one the live run created, if it did, else a new one.
+        """
+        path = Path(path)
+        estimate, spooled = load_spooled(path)
+        run_uid = spooled["run_uid"]
+        if spooled.get("node_path") and self._exists(spooled["node_path"]):
+            self.resume(run_uid, spooled["node_path"])
+        else:
+            self.create_run(run_uid, spooled["run_metadata"])
+        extra = {**spooled["extra"], "uploaded_from_spool_at": _now()}
+        if estimate is None:
+            self.mark(run_uid, spooled["status"], extra)
+        else:
+            self.publish_final(run_uid, estimate, spooled["status"], extra)
+        node_path = self.node_path(run_uid)
+        path.unlink()
+        logger.info("run %s: spooled result %s uploaded to %s", run_uid, path, node_path)
+        return node_path
+
+    def flush(self, directory: str | Path) -> list[SpooledResult]:
+        """Upload every result kept in ``directory``, oldest first.
+
+        A file that cannot be read is reported and skipped; when Tiled refuses or cannot be
+        reached the flush stops there (the rest would fail the same way) and every file not
+        uploaded stays on disk.
+        """
+        outcomes = []
+        for path in spooled_files(directory):
+            try:
+                load_spooled(path)
+            except Exception as exc:
+                logger.error("spooled result %s cannot be read: %s", path, exc)
+                outcomes.append(SpooledResult(path, None, f"unreadable: {exc}"))
+                continue
+            try:
+                outcomes.append(SpooledResult(path, self.upload(path)))
+            except Exception as exc:
+                logger.warning("spooled result %s not uploaded: %s", path, exc)
+                outcomes.append(SpooledResult(path, None, f"{type(exc).__name__}: {exc}"))
+                break
+        return outcomes
+
+    def _exists(self, node_path: str) -> bool:
+        node = self._root
+        for key in node_path.split("/"):
+            if key not in node:
+                return False
+            node = node[key]
+        return True
 
     @staticmethod
     def _check_finite(estimate: Estimate) -> None:
@@ -203,42 +374,81 @@ class TiledPublisher:
             )
 
     @staticmethod
-    def _overwrite(parent, key: str, array: np.ndarray, metadata: dict | None = None) -> None:
-        """Write ``array`` at ``key``: in place when shape and dtype match, else replaced."""
-        if key in parent:
+    def _overwrite(parent, node, key: str, array: np.ndarray, metadata: dict | None = None):
+        """Write ``array`` at ``key``: in place when shape and dtype match, else replaced.
+        ``node`` is the client of the existing array, if known; returns the current one."""
+        if node is None and key in parent:
             node = parent[key]
+        if node is not None:
             if tuple(node.shape) == array.shape and node.dtype == array.dtype:
                 node.write(array)
                 if metadata:
                     node.update_metadata(metadata, drop_revision=True)
-                return
+                return node
             parent.delete_contents(key, external_only=False)
-        parent.write_array(array, key=key, metadata=metadata or {})
+        return parent.write_array(array, key=key, metadata=metadata or {})
+
+
+def spooled_files(directory: str | Path) -> list[Path]:
+    """The results kept in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(directory.glob("*.npz"), key=lambda p: p.stat().st_mtime)
 
 
 def spool_final(
-    directory: str | Path, run_uid: str, estimate: Estimate, metadata: dict[str, Any]
+    directory: str | Path,
+    run_uid: str,
+    estimate: Estimate | None,
+    *,
+    status: str,
+    extra: dict[str, Any],
+    run_metadata: dict[str, Any],
+    node_path: str | None,
 ) -> Path:
-    """Keep a final estimate on disk (``<run uid>.npz``) when Tiled cannot take it.
+    """Keep a run's end on disk (``<run uid>.npz``) when Tiled cannot take it.
 
-    Every field of the :class:`Estimate` is stored, plus ``metadata`` as JSON, so the result can
-    be uploaded later without loss (see :func:`load_spooled`).
+    Every field of the :class:`Estimate` (if any) is stored, with the run's status, bookkeeping
+    (``extra``), the metadata its container is created with and the path of its container if
+    the live run created one, so :meth:`TiledPublisher.upload` loses nothing.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{run_uid}.npz"
-    fields = {f.name: np.asarray(getattr(estimate, f.name)) for f in dataclasses.fields(estimate)}
-    np.savez(path, **fields, metadata_json=np.asarray(json.dumps(_jsonable(metadata))))
+    n = 1
+    while path.exists():
+        n += 1
+        path = directory / f"{run_uid}-{n}.npz"
+    spooled = {
+        "run_uid": run_uid,
+        "status": status,
+        "extra": extra,
+        "run_metadata": run_metadata,
+        "node_path": node_path,
+    }
+    fields = {}
+    if estimate is not None:
+        fields = {
+            f.name: np.asarray(getattr(estimate, f.name)) for f in dataclasses.fields(Estimate)
+        }
+    partial = path.with_suffix(".partial")
+    with open(partial, "wb") as f:  # renamed when complete: flush never reads half a file
+        np.savez(f, **fields, spooled_json=np.asarray(json.dumps(_jsonable(spooled))))
+    partial.rename(path)
     return path
 
 
-def load_spooled(path: str | Path) -> tuple[Estimate, dict[str, Any]]:
-    """Read back what :func:`spool_final` wrote."""
+def load_spooled(path: str | Path) -> tuple[Estimate | None, dict[str, Any]]:
+    """Read back what :func:`spool_final` wrote: the estimate (None if the run had none) and
+    the run's status, bookkeeping (``extra``), container metadata and node path."""
     with np.load(path) as data:
-        metadata = json.loads(str(data["metadata_json"]))
+        spooled = json.loads(str(data["spooled_json"]))
+        if "object" not in data:
+            return None, spooled
         values = {}
         for f in dataclasses.fields(Estimate):
             value = data[f.name]
             values[f.name] = value.item() if value.ndim == 0 else value
         values["object_origin_m"] = tuple(float(v) for v in values["object_origin_m"])
-    return Estimate(**values), metadata
+    return Estimate(**values), spooled

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -19,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ptystream.access import AccessError, connect, write_key_file
 from ptystream.config import Profile
 
-__all__ = ["DocumentSource", "ServeError", "read_api_key", "serve"]
+__all__ = ["DocumentSource", "ServeError", "serve"]
 
 logger = logging.getLogger(__name__)
 
 
-class ServeError(RuntimeError):
+class ServeError(AccessError):
     """A set-up problem the operator must fix (the message says which)."""
 
 
@@ -43,55 +43,6 @@ class DocumentSource:
         if self.zmq is not None:
             return f"0MQ proxy at {self.zmq}"
         return f"Kafka at {self.kafka_bootstrap}, topics {', '.join(self.kafka_topics)}"
-
-
-def read_api_key(path: str | Path | None) -> str | None:
-    """The Tiled API key from ``path`` (first line), else from ``TILED_API_KEY``, else None.
-
-    Raises ServeError naming the file (never its content) when it cannot be read or is empty.
-    """
-    if path is None:
-        return os.environ.get("TILED_API_KEY") or None
-    try:
-        key = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ServeError(f"cannot read the API key file {path}: {exc.strerror}") from exc
-    if not key:
-        raise ServeError(f"the API key file {path} is empty")
-    return key.splitlines()[0].strip()
-
-
-def _connect(uri: str, api_key: str | None):
-    """A tiled client, or ServeError with the cause (server down, key refused)."""
-    import httpx
-    from tiled.client import from_uri
-
-    shown = uri.split("?")[0]
-    try:
-        client = from_uri(uri, api_key=api_key)
-        client.keys()[:1]  # an authorised request: a wrong key fails here, not mid-run
-        return client
-    except httpx.HTTPStatusError as exc:
-        code = exc.response.status_code
-        if code in (401, 403):
-            raise ServeError(
-                f"Tiled at {shown} refused the API key (HTTP {code}): check --api-key-file "
-                "or TILED_API_KEY"
-            ) from None
-        raise ServeError(f"Tiled at {shown} answered HTTP {code}") from None
-    except (httpx.TransportError, OSError) as exc:
-        raise ServeError(f"cannot reach Tiled at {shown}: {exc}") from None
-    except RuntimeError as exc:  # tiled: "This server requires API key authentication."
-        if "API key" not in str(exc):
-            raise
-        if api_key:
-            raise ServeError(
-                f"Tiled at {shown} refused the API key (HTTP 401): check --api-key-file "
-                "or TILED_API_KEY"
-            ) from None
-        raise ServeError(
-            f"Tiled at {shown} requires an API key: give --api-key-file or set TILED_API_KEY"
-        ) from None
 
 
 class _Dispatcher:
@@ -175,15 +126,11 @@ def serve(
         from ptystream.server import start_embedded_server
 
         server = start_embedded_server(data_dir / "tiled")
-        key_file = data_dir / "tiled-api-key"
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        os.fchmod(fd, 0o600)  # also when the file existed with a wider mode
-        with os.fdopen(fd, "w") as f:
-            f.write(server.api_key + "\n")
+        key_file = write_key_file(data_dir / "tiled-api-key", server.api_key)
         tiled_uri, api_key = server.uri.split("?")[0], server.api_key
         announce(f"embedded Tiled server at {tiled_uri} (API key in {key_file})")
     try:
-        client = _connect(tiled_uri, api_key)
+        client = connect(tiled_uri, api_key)
         pipeline = LivePipeline(profile, TiledPublisher(client), spool_dir=data_dir / "spool")
         pipeline.start()
         dispatcher.subscribe(PtychoCallback(profile, pipeline))

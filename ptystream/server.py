@@ -11,17 +11,18 @@ __all__ = ["RAW_KEY", "raw_catalog", "start_embedded_server"]
 RAW_KEY = "raw"
 
 
-def start_embedded_server(directory: str | Path, *, port: int = 0):
+def start_embedded_server(directory: str | Path, *, port: int = 0, api_key: str | None = None):
     """Start ``tiled.server.SimpleTiledServer`` on 127.0.0.1 with its data in ``directory``.
 
-    The directory is kept (re-opening it keeps earlier runs); a fresh random API key is made for
-    each start. Returns the server (``.uri`` includes the key; call ``.close()`` when done).
+    The directory is kept (re-opening it keeps earlier runs); without ``api_key`` a fresh random
+    key is made for each start. It has an in-memory streaming cache, so websocket subscribers
+    get live updates. Returns the server (``.uri`` includes the key; ``.close()`` when done).
     """
     from tiled.server import SimpleTiledServer
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    return SimpleTiledServer(directory, api_key=secrets.token_hex(8), port=port)
+    return SimpleTiledServer(directory, api_key=api_key or secrets.token_hex(8), port=port)
 
 
 def raw_catalog(root):

@@ -109,8 +109,16 @@ def test_layout_live_and_final_nodes(tiled_client, clean_run):
     for key in ("object_amplitude", "object_phase", "probe_amplitude", "probe_phase"):
         array = live[key].read()
         assert array.dtype == np.float32 and np.isfinite(array).all()
-    assert live.metadata["frames_used"] == 90
-    assert live.metadata["iteration"] == result.final.iteration
+    meta = live.metadata
+    assert meta["frames"]["used"] == 90 and meta["frames"]["received"] == 90
+    assert meta["iteration"] == result.final.iteration and meta["final"] is True
+    assert meta["planned"] == 90
+    assert meta["object_shape"] == list(result.final.object.shape)
+    # the live loss table grew during the run and ends with the final history
+    live_loss = live["loss"].read()
+    assert list(live_loss["iteration"]) == list(result.final.loss[:, 0].astype(int))
+    np.testing.assert_allclose(live_loss["loss"], result.final.loss[:, 1])
+    assert node.metadata["timings"]["finished_at"] > node.metadata["timings"]["started_at"]
     final = node["final"]
     assert final["probe"].read().dtype == np.complex64
     np.testing.assert_allclose(final["positions_m"].read(), result.final.positions_m)

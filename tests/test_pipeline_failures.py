@@ -58,11 +58,12 @@ def test_tiled_down_keeps_the_final_result_on_disk(tmp_path):
     pipeline.close()
     assert result.node_path is None
     assert result.spooled == tmp_path / "spool" / f"{uid}.npz"
-    estimate, metadata = load_spooled(result.spooled)
+    estimate, spooled = load_spooled(result.spooled)
     np.testing.assert_array_equal(estimate.object, result.final.object)
     assert estimate.n_frames == 40 and estimate.final
-    assert metadata["status"] == "finished"
-    assert metadata["frames"] == {
+    assert spooled["status"] == "finished" and spooled["node_path"] is None
+    assert spooled["run_metadata"]["raw_uid"] == uid
+    assert spooled["extra"]["frames"] == {
         "received": 40,
         "used": 40,
         "rejected": {},

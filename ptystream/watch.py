@@ -1,0 +1,207 @@
+"""`ptystream watch RUN`: follow a reconstruction in the terminal, pushed by Tiled's websockets.
+
+The run's container is subscribed to (each live publication updates ``live/``'s metadata, which
+Tiled pushes to the container's subscribers) and so is ``processed/ptystream`` (a run created,
+a status changed). Where the server has no streaming cache nothing is pushed; the metadata is
+then read every ``poll_s`` seconds instead, which is also the safety net for a dropped socket.
+"""
+
+from __future__ import annotations
+
+import datetime
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ptystream.publisher import PROCESSED_PATH
+
+__all__ = ["RunNotFound", "format_progress", "watch"]
+
+#: Largest websocket message accepted: a child-metadata update carries the whole metadata.
+MAX_MESSAGE_BYTES = 64_000_000
+_ENDED = ("finished", "aborted", "failed", "incomplete")
+
+
+class RunNotFound(LookupError):
+    """No reconstruction matches the RUN given."""
+
+
+def _processed(client):
+    node = client
+    for key in PROCESSED_PATH:
+        if key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _matches(run: str | None, key: str, metadata: dict[str, Any]) -> bool:
+    """Does a run container (``key``, ``metadata``) match ``run`` (uid or prefix, or scan id)?
+    None matches any running run."""
+    if run is None:
+        return metadata.get("status") == "running"
+    if run.isdigit() and metadata.get("scan_id") == int(run):
+        return True
+    return key.startswith(run) or str(metadata.get("raw_uid", "")).startswith(run)
+
+
+def find_run(client, run: str | None) -> str | None:
+    """The key of the newest reconstruction matching ``run`` (see :func:`_matches`)."""
+    from tiled.queries import Key
+
+    processed = _processed(client)
+    if processed is None:
+        return None
+    if run is None:
+        found = processed.search(Key("status") == "running")
+    elif run in processed:
+        return run
+    elif run.isdigit() and len(found := processed.search(Key("scan_id") == int(run))):
+        pass
+    else:
+        found = [k for k in processed.keys() if k.startswith(run)]
+        return found[-1] if found else None
+    keys = list(found.keys())
+    return keys[-1] if keys else None
+
+
+@dataclass
+class _Update:
+    kind: str  # "live", "status" or "created"
+    key: str
+    metadata: dict[str, Any]
+
+
+def format_progress(key: str, run_md: dict[str, Any], live: dict[str, Any]) -> str:
+    """One line of progress: scan, uid, status, iteration, frames, loss, age of the estimate."""
+    parts = [f"scan {run_md.get('scan_id')}", key[:8], str(run_md.get("status", "?"))]
+    if live:
+        frames = live.get("frames") or {}
+        used, received = frames.get("used", "?"), frames.get("received", "?")
+        planned = live.get("planned")
+        parts.append(f"iteration {live.get('iteration', '?')}")
+        parts.append(
+            f"frames {used} used / {received} received"
+            + (f" / {planned} planned" if planned else "")
+        )
+        if live.get("loss") is not None:
+            parts.append(f"loss {live['loss']:.3e}")
+        if live.get("updated_at"):
+            updated = datetime.datetime.fromisoformat(live["updated_at"])
+            age = (datetime.datetime.now(datetime.UTC) - updated).total_seconds()
+            parts.append(f"updated {age:.1f} s ago")
+    return " | ".join(parts)
+
+
+def _subscribe(node, handler: Callable[[Any], None]) -> Any:
+    """Subscribe ``handler`` to ``node``'s container events on a daemon thread (tiled's
+    ``start_in_thread`` would wait forever for a server without a streaming cache)."""
+    sub = node.subscribe()
+    sub.child_created.add_callback(handler)
+    sub.child_metadata_updated.add_callback(handler)
+    thread = threading.Thread(
+        target=sub.start, kwargs={"max_size": MAX_MESSAGE_BYTES}, daemon=True, name="watch"
+    )
+    thread.start()
+    return sub
+
+
+class _Watch:
+    """Keeps the subscriptions' handlers alive (tiled holds only weak references to them)."""
+
+    def __init__(self, client, run: str | None, show: Callable[[str], None], poll_s: float):
+        self.client = client
+        self.run = run
+        self.show = show
+        self.poll_s = poll_s
+        self.updates: queue.Queue[_Update] = queue.Queue()
+        self.subs: list[Any] = []
+
+    def on_processed(self, update) -> None:
+        kind = "created" if type(update).__name__.endswith("Created") else "status"
+        self.updates.put(_Update(kind, update.key, dict(update.metadata or {})))
+
+    def on_run(self, update) -> None:
+        if update.key == "live":
+            self.updates.put(_Update("live", update.key, dict(update.metadata or {})))
+
+    def wait_for_run(self, stop: threading.Event) -> str:
+        processed = _processed(self.client)
+        while processed is None:
+            if stop.wait(self.poll_s):
+                raise KeyboardInterrupt
+            processed = _processed(self.client)
+        self.subs.append(_subscribe(processed, self.on_processed))
+        key = find_run(self.client, self.run)
+        if key is None:
+            self.show(f"waiting for {'a run' if self.run is None else self.run!r} to start ...")
+        while key is None:
+            try:
+                update = self.updates.get(timeout=self.poll_s)
+                if update.kind == "created" and _matches(self.run, update.key, update.metadata):
+                    key = update.key
+            except queue.Empty:
+                key = find_run(self.client, self.run)
+            if stop.is_set():
+                raise KeyboardInterrupt
+        return key
+
+    def follow(self, key: str, stop: threading.Event) -> str:
+        node = _processed(self.client)[key]
+        self.subs.append(_subscribe(node, self.on_run))
+        run_md, live_md = dict(node.metadata), self._live(node)
+        last = None
+        while True:
+            line = format_progress(key, run_md, live_md)
+            if line != last:
+                self.show(line)
+                last = line
+            if run_md.get("status") in _ENDED:
+                return str(run_md["status"])
+            try:
+                update = self.updates.get(timeout=self.poll_s)
+                if update.kind == "live":
+                    live_md = update.metadata
+                elif update.key == key and update.kind == "status":
+                    run_md = {**run_md, **update.metadata}
+            except queue.Empty:  # nothing pushed: read it (no streaming cache, socket lost)
+                node.refresh()
+                run_md, live_md = dict(node.metadata), self._live(node)
+            if stop.is_set():
+                raise KeyboardInterrupt
+
+    @staticmethod
+    def _live(node) -> dict[str, Any]:
+        return dict(node["live"].metadata) if "live" in node else {}
+
+    def close(self) -> None:
+        for sub in self.subs:
+            sub.disconnect(wait=False)
+
+
+def watch(
+    client,
+    run: str | None = None,
+    *,
+    show: Callable[[str], None] = print,
+    poll_s: float = 2.0,
+    stop: threading.Event | None = None,
+) -> tuple[str, str]:
+    """Follow the reconstruction ``run`` (raw uid or its prefix, or a scan id; None: the run
+    going on, or the next one) until it ends; returns its key and final status.
+
+    Each live publication is shown as one line through ``show``. ``stop`` (set from another
+    thread) ends the watch with KeyboardInterrupt.
+    """
+    stop = stop or threading.Event()
+    w = _Watch(client, run, show, poll_s)
+    try:
+        key = w.wait_for_run(stop)
+        status = w.follow(key, stop)
+    finally:
+        w.close()
+    node_path = "/".join((*PROCESSED_PATH, key))
+    show(f"{status}: result at {node_path}/final (float32 views in {node_path}/live)")
+    return key, status
