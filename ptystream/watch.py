@@ -128,16 +128,17 @@ class _Watch:
             self.updates.put(_Update("live", update.key, dict(update.metadata or {})))
 
     def wait_for_run(self, stop: threading.Event) -> str:
-        processed = _processed(self.client)
-        while processed is None:
-            if stop.wait(self.poll_s):
-                raise KeyboardInterrupt
-            processed = _processed(self.client)
-        self.subs.append(_subscribe(processed, self.on_processed))
         key = find_run(self.client, self.run)
         if key is None:
-            self.show(f"waiting for {'a run' if self.run is None else self.run!r} to start ...")
+            self.show(f"waiting for {'a run' if self.run is None else repr(self.run)} to start ...")
+        subscribed = False
         while key is None:
+            processed = _processed(self.client)
+            if processed is not None and not subscribed:
+                self.subs.append(_subscribe(processed, self.on_processed))
+                subscribed = True
+                key = find_run(self.client, self.run)  # created while subscribing
+                continue
             try:
                 update = self.updates.get(timeout=self.poll_s)
                 if update.kind == "created" and _matches(self.run, update.key, update.metadata):
@@ -146,6 +147,8 @@ class _Watch:
                 key = find_run(self.client, self.run)
             if stop.is_set():
                 raise KeyboardInterrupt
+        if not subscribed:
+            self.subs.append(_subscribe(_processed(self.client), self.on_processed))
         return key
 
     def follow(self, key: str, stop: threading.Event) -> str:
