@@ -34,7 +34,11 @@ def test_demo_runs_end_to_end(tmp_path):
     out = ptystream("demo", "--profile", str(path), "--out", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert re.search(r"Tiled: +http://127\.0\.0\.1:\d+/api/v1\?api_key=", text)
+    assert re.search(r"Tiled: +http://127\.0\.0\.1:\d+/api/v1 ", text)
+    assert re.search(r"dashboard: +http://127\.0\.0\.1:\d+/", text)
+    key_file = tmp_path / "out" / "tiled-api-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text().strip() not in text + out.stderr  # the key is never printed
     assert re.search(r"result: +processed/ptystream/[0-9a-f-]{36}/live/", text)
     abs_c = float(re.search(r"\|C\| = ([0-9.]+)", text).group(1))
     assert abs_c >= 0.95
@@ -105,3 +109,51 @@ def test_reconstruct_with_the_mpie_engine(tmp_path):
     assert attrs["steps"] == len(loss) == 20 * 40
     assert obj.dtype == np.complex64 and np.isfinite(obj).all()
     assert loss[-40:].mean() < 0.05 * loss[:40].mean()
+
+
+def test_dashboard_command_serves_the_page_and_proxies_reads(tiled_server, tmp_path):
+    """`ptystream dashboard` as a real subprocess against a real Tiled server."""
+    import signal
+    import time
+
+    import httpx
+
+    from ptystream.access import split_api_key
+
+    uri, key = split_api_key(tiled_server.uri)
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    exe = Path(sys.executable).with_name("ptystream")
+    proc = subprocess.Popen(
+        [str(exe), "dashboard", "--tiled", uri, "--api-key-file", str(key_file), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        match = re.match(r"dashboard at (http://127\.0\.0\.1:\d+/) \(data from (\S+)\)", line)
+        assert match, line + proc.stderr.read() if proc.poll() is not None else line
+        assert match.group(2) == uri and key not in line
+        page = httpx.get(match.group(1), timeout=10)
+        assert page.status_code == 200 and "<canvas" in page.text and key not in page.text
+        about = httpx.get(match.group(1) + "api/v1/", timeout=10)  # read through the proxy
+        assert about.status_code == 200 and "api_version" in about.json()
+        assert httpx.post(match.group(1) + "api/v1/metadata/", timeout=10).status_code == 405
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert proc.returncode == 0
+
+
+def test_dashboard_command_with_a_wrong_key(tiled_server, tmp_path):
+    from ptystream.access import split_api_key
+
+    uri, _ = split_api_key(tiled_server.uri)
+    key_file = tmp_path / "key"
+    key_file.write_text("wrongkey\n")
+    out = ptystream("dashboard", "--tiled", uri, "--api-key-file", str(key_file), timeout=120)
+    assert out.returncode == 2 and "refused the API key" in out.stderr
+    assert "wrongkey" not in out.stdout + out.stderr
