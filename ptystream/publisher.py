@@ -44,6 +44,8 @@ __all__ = [
     "load_spooled",
     "run_metadata",
     "spool_final",
+    "spooled_files",
+    "views",
 ]
 
 logger = logging.getLogger(__name__)
