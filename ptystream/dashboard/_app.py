@@ -1,0 +1,264 @@
+"""The dashboard's ASGI app: static page plus a read-only proxy to Tiled that adds the API key.
+
+The browser talks only to this app (one origin, no CORS on the facility's Tiled server) and never
+sees the key: it is added here, as an ``Authorization: Apikey`` header, to every upstream request.
+Only GET (and HEAD) on the routes that read data are forwarded, so even a key that may write
+cannot be used to write from the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import httpx
+import websockets
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ptystream.access import hide_in_logs, split_api_key
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+#: First path segment of the Tiled routes the page may read through the proxy (plus ``/api/v1/``
+#: itself, the server's description). Everything else (auth, register, asset, ...) gets 404.
+READ_ROUTES = frozenset({"metadata", "search", "distinct", "array", "table", "node", "container"})
+
+#: Request headers passed on to Tiled; cookies and the browser's own Authorization are not.
+_REQUEST_HEADERS = ("accept", "accept-encoding", "if-none-match", "if-modified-since")
+#: Response headers passed back to the browser (no set-cookie, no server timings).
+_RESPONSE_HEADERS = (
+    "content-type",
+    "content-encoding",
+    "content-length",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "expires",
+)
+
+#: Websocket close codes the page understands: 4000 + the HTTP status Tiled refused the
+#: handshake with (4404: no such node yet; 4500: the server has no streaming cache), and:
+WS_UNREACHABLE = 4502
+#: Largest upstream websocket message relayed (container events are small; array events carry
+#: the whole array as JSON).
+WS_MAX_SIZE = 64 * 2**20
+
+_SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+        b"frame-ancestors 'none'; base-uri 'none'",
+    ),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+]
+
+
+class _SecurityHeaders:
+    """Adds a strict content security policy (nothing but this origin) to every response."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + _SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _Static(StaticFiles):
+    """The page's files, revalidated on each load (an updated dashboard shows at once)."""
+
+    def file_response(self, *args, **kwargs) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["cache-control"] = "no-cache"
+        return response
+
+
+def _forwarded_query(query: str) -> str:
+    """The browser's query without any ``api_key`` (the proxy's key is the one used)."""
+    return urlencode(
+        [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "api_key"]
+    )
+
+
+def _readable(path: str) -> bool:
+    segments = path.split("/")
+    return (path == "" or segments[0] in READ_ROUTES) and ".." not in segments
+
+
+class _Proxy:
+    """Forwards reads to one Tiled server; owns the upstream HTTP client."""
+
+    def __init__(self, tiled_uri: str, api_key: str | None):
+        self.root = tiled_uri.rstrip("/")
+        self.shown = self.root  # what messages may name: never carries the key
+        parts = urlsplit(self.root)
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        self.ws_root = urlunsplit(parts._replace(scheme=scheme))
+        self.api_key = api_key
+        self.headers = {"Authorization": f"Apikey {api_key}"} if api_key else {}
+        self.client: httpx.AsyncClient | None = None
+
+    def _hide(self, text: str) -> str:
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette):
+        # trust_env=False: a proxy set in the environment must not see the key.
+        async with httpx.AsyncClient(
+            headers=self.headers,
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            trust_env=False,
+        ) as client:
+            self.client = client
+            yield
+        self.client = None
+
+    async def http(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return JSONResponse(
+                {"error": f"{request.method} refused: this dashboard forwards only reads (GET)"},
+                status_code=405,
+                headers={"Allow": "GET, HEAD"},
+            )
+        path = request.path_params.get("path", "")
+        if not _readable(path):
+            return JSONResponse({"error": f"/api/v1/{path} is not forwarded"}, status_code=404)
+        assert self.client is not None, "the app's lifespan did not run"
+        query = _forwarded_query(request.url.query)
+        url = f"{self.root}/{quote(path)}" + (f"?{query}" if query else "")
+        headers = {k: v for k in _REQUEST_HEADERS if (v := request.headers.get(k)) is not None}
+        upstream = self.client.build_request(request.method, url, headers=headers)
+        try:
+            response = await self.client.send(upstream, stream=True)
+        except httpx.TimeoutException:
+            return self._bad_gateway("Tiled did not answer in time")
+        except (httpx.TransportError, OSError) as exc:
+            return self._bad_gateway(f"cannot reach Tiled: {exc or type(exc).__name__}")
+        forwarded = {k: v for k in _RESPONSE_HEADERS if (v := response.headers.get(k)) is not None}
+        return StreamingResponse(
+            response.aiter_raw(),
+            status_code=response.status_code,
+            headers=forwarded,
+            background=BackgroundTask(response.aclose),
+        )
+
+    def _bad_gateway(self, reason: str) -> JSONResponse:
+        message = self._hide(f"{reason} (Tiled at {self.shown})")
+        logger.warning("dashboard proxy: %s", message)
+        return JSONResponse({"error": message}, status_code=502)
+
+    async def stream(self, websocket: WebSocket) -> None:
+        """Relay Tiled's ``/stream/single/{path}`` events to the browser, one way."""
+        path = websocket.path_params["path"]
+        query = _forwarded_query(websocket.url.query)
+        await websocket.accept()
+        url = f"{self.ws_root}/stream/single/{quote(path)}" + (f"?{query}" if query else "")
+        try:
+            upstream = await websockets.connect(
+                url,
+                additional_headers=self.headers,
+                max_size=WS_MAX_SIZE,
+                open_timeout=10,
+                proxy=None,
+            )
+        except websockets.InvalidStatus as exc:
+            status = exc.response.status_code
+            reason = {404: "no such node", 500: "Tiled refused (no streaming cache?)"}.get(
+                status, f"Tiled answered HTTP {status}"
+            )
+            await websocket.close(
+                code=4000 + status if 400 <= status < 600 else 4500, reason=reason
+            )
+            return
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            logger.warning("dashboard proxy: cannot open Tiled's stream for %s: %s", path, exc)
+            await websocket.close(code=WS_UNREACHABLE, reason="cannot reach Tiled")
+            return
+        async with upstream:
+            await self._relay(websocket, upstream)
+
+    @staticmethod
+    async def _relay(websocket: WebSocket, upstream) -> None:
+        async def downstream():
+            async for message in upstream:
+                if isinstance(message, bytes):
+                    await websocket.send_bytes(message)
+                else:
+                    await websocket.send_text(message)
+
+        async def until_browser_leaves():
+            with contextlib.suppress(WebSocketDisconnect):
+                while True:  # the page sends nothing; a message is read only to see it close
+                    await websocket.receive_text()
+
+        tasks = [asyncio.create_task(downstream()), asyncio.create_task(until_browser_leaves())]
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if tasks[0] in done:  # Tiled ended the stream (or dropped): tell the page to reconnect
+            failed = tasks[0].exception() is not None
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close(
+                    code=WS_UNREACHABLE if failed else 1000,
+                    reason="Tiled closed the stream",
+                )
+
+
+def create_app(tiled_uri: str, api_key: str | None):
+    """The dashboard as a Starlette app (serve it with any ASGI server).
+
+    Parameters
+    ----------
+    tiled_uri : the Tiled server's API root, e.g. ``http://127.0.0.1:8000/api/v1``. An
+        ``api_key`` query parameter is taken out of it (and used when ``api_key`` is None).
+    api_key : the key added to every request to Tiled; None for a server open to anonymous
+        reads.
+
+    Returns
+    -------
+    starlette.applications.Starlette
+        ``/`` serves the page; ``GET /api/v1/...`` and the websocket
+        ``/api/v1/stream/single/...`` are forwarded to Tiled with the key; every other method
+        is answered 405.
+    """
+    tiled_uri, key_in_uri = split_api_key(tiled_uri)
+    api_key = api_key or key_in_uri
+    hide_in_logs(api_key)
+    proxy = _Proxy(tiled_uri, api_key)
+    any_method = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/api/v1/stream/single/{path:path}", proxy.stream),
+            Route("/api/v1/{path:path}", proxy.http, methods=any_method),
+            Route("/api/v1", proxy.http, methods=any_method),
+            Mount("/", _Static(directory=STATIC_DIR, html=True)),
+        ],
+        lifespan=proxy.lifespan,
+    )
+    app.add_middleware(_SecurityHeaders)
+    return app
