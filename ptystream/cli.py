@@ -134,8 +134,17 @@ def _flush(args: argparse.Namespace) -> int:
 
 def _dashboard(args: argparse.Namespace) -> int:
     from ptystream.access import read_api_key, split_api_key
-    from ptystream.dashboard import start_dashboard
     from ptystream.demo import wait_for_signal
+
+    try:
+        from ptystream.dashboard import start_dashboard
+    except ImportError as exc:
+        print(
+            f"ptystream: the dashboard needs the server extra ({exc.name} is missing): "
+            'pip install "ptystream[server]"',
+            file=sys.stderr,
+        )
+        return 2
 
     uri, key_in_uri = split_api_key(args.tiled)
     api_key = read_api_key(args.api_key_file) or key_in_uri

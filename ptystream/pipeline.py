@@ -439,7 +439,7 @@ class LivePipeline:
         now = time.perf_counter()
         if run.engine.n_frames and now - run.last_publish >= self._profile.publish.cadence_s:
             run.last_publish = now
-            frames = run.result.accounting.as_dict()
+            frames = run.pairer.accounting.as_dict()
             self._post("live", run.result, (run.engine.estimate(), frames))
 
     def _checkpoint(self, run: _LiveRun) -> None:

@@ -175,6 +175,7 @@ def test_the_page_follows_a_live_reconstruction(watched, scans):
     for picture in images.values():
         assert_not_blank(picture)
     frames_first = w.number("frames-used")
+    assert 0 < frames_first <= w.number("frames-received")  # counted live, not only at the end
 
     # A later estimate while the scan still runs: new sequence and iteration, another image.
     w.wait(
