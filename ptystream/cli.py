@@ -116,12 +116,17 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _flush(args: argparse.Namespace) -> int:
-    from ptystream.publisher import TiledPublisher, spooled_files
+    from ptystream.publisher import TiledPublisher
+    from ptystream.spool import SpoolBusy, spooled_files
 
     if not spooled_files(args.spool):
         print(f"nothing to upload in {args.spool}")
         return 0
-    outcomes = TiledPublisher(_client(args)).flush(args.spool)
+    try:
+        outcomes = TiledPublisher(_client(args)).flush(args.spool, wait=False)
+    except SpoolBusy as exc:
+        print(f"ptystream: {exc} (a serve uploading it?); try again later", file=sys.stderr)
+        return 1
     for outcome in outcomes:
         where = outcome.node_path or f"NOT uploaded ({outcome.error})"
         print(f"{outcome.path.name}: {where}")
@@ -146,9 +151,10 @@ def _dashboard(args: argparse.Namespace) -> int:
         )
         return 2
 
-    uri, key_in_uri = split_api_key(args.tiled)
+    _, key_in_uri = split_api_key(args.tiled)
     api_key = read_api_key(args.api_key_file) or key_in_uri
-    _client(args)  # a wrong key or an absent server is reported now, not in the browser
+    client = _client(args)  # a wrong key or an absent server is reported now, not in a browser
+    uri = str(client.context.api_uri).rstrip("/")  # "http://host:8000" -> ".../api/v1"
     dashboard = start_dashboard(uri, api_key=api_key, host=args.host, port=args.port)
     print(f"dashboard at {dashboard.url} (data from {uri}); Ctrl-C to stop", flush=True)
     try:

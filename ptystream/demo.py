@@ -67,9 +67,8 @@ def run_demo(
     """
     t_start = time.perf_counter()
     from bluesky import RunEngine
-    from tiled.client import from_uri
 
-    from ptystream.access import split_api_key, write_key_file
+    from ptystream.access import connect, split_api_key, write_key_file
     from ptystream.callback import PtychoCallback
     from ptystream.dashboard import start_dashboard
     from ptystream.pipeline import BackgroundCallback, LivePipeline
@@ -84,7 +83,7 @@ def run_demo(
     try:
         key_file = write_key_file(out_dir / "tiled-api-key", server.api_key)
         tiled_uri, _ = split_api_key(server.uri)
-        client = from_uri(server.uri)
+        client = connect(tiled_uri, server.api_key)  # the key in a header, never in a URL
         from bluesky_tiled_plugins import TiledWriter
 
         raw_writer = BackgroundCallback(

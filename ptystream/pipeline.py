@@ -14,6 +14,7 @@ for frames, and on the stop document runs the final epochs and hands the final e
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import queue
@@ -31,14 +32,9 @@ from ptystream.batching import Accounting, FramePairer
 from ptystream.config import Profile
 from ptystream.engine import Engine, make_engine, prepare
 from ptystream.frames import FrameResolver
-from ptystream.publisher import (
-    NonFiniteEstimate,
-    TiledPublisher,
-    run_metadata,
-    spool_final,
-    spooled_files,
-)
+from ptystream.publisher import TiledPublisher, run_metadata
 from ptystream.spill import FrameStore
+from ptystream.spool import SpoolBusy, set_node_path, spool_final, spool_lock, spooled_files
 from ptystream.types import Estimate, FrameRecord, RunStart, RunStop, ScanPlan
 
 __all__ = ["BackgroundCallback", "LivePipeline", "RunResult"]
@@ -161,6 +157,8 @@ _RETRY_S = 0.05
 #: After a failed attempt to create a run's node, live publications wait this long (s) before
 #: trying again; tiled's client already retries each request for up to 45 s.
 _BEGIN_RETRY_INTERVAL_S = 10.0
+#: After an upload of kept results that left some behind, the next attempt waits this long (s).
+_FLUSH_RETRY_S = 30.0
 
 
 class LivePipeline:
@@ -206,6 +204,7 @@ class LivePipeline:
         self._results: OrderedDict[str, RunResult] = OrderedDict()
         self._begin_after: dict[str, float] = {}  # publisher thread only
         self._spool_pending = self._spool_dir is not None and bool(spooled_files(self._spool_dir))
+        self._flush_after = 0.0  # publisher thread only
         self._last_probe: tuple[str, np.ndarray] | None = None  # worker thread only
         self._ready = threading.Event()
         self._closing = False
@@ -524,28 +523,57 @@ class LivePipeline:
                     result.done.set()
 
     def _deliver(self, kind: str, result: RunResult, live: tuple[Estimate, dict] | None) -> bool:
-        """Create the run's node if needed, then write; True if Tiled took the write. Only the
-        final write is retried in full; a live estimate is best effort (a newer one follows
-        within ``cadence_s``)."""
-        retries = self._profile.publish.retries if kind == "final" else 0
-        if result.node_path is None:
-            if kind == "live" and time.monotonic() < self._begin_after.get(result.run_uid, 0):
-                return False
-            if not self._attempt(lambda: self._begin(result), "begin", result, retries):
-                self._begin_after[result.run_uid] = time.monotonic() + _BEGIN_RETRY_INTERVAL_S
-                if kind == "final":
-                    self._keep_on_disk(result)
-                return False
+        """Create the run's node if needed, then write; True if Tiled took the write. A live
+        estimate is best effort (a newer one follows within ``cadence_s``); see
+        :meth:`_deliver_final` for the end of a run."""
         if kind == "final":
-            self._begin_after.pop(result.run_uid, None)
-            if not self._attempt(lambda: self._write_final(result), kind, result, retries):
-                self._keep_on_disk(result)
+            return self._deliver_final(result)
+        if result.node_path is None:
+            if time.monotonic() < self._begin_after.get(result.run_uid, 0):
                 return False
-        elif kind == "live" and live is not None:
+            if not self._attempt(lambda: self._begin(result), "begin", result, 0):
+                self._begin_after[result.run_uid] = time.monotonic() + _BEGIN_RETRY_INTERVAL_S
+                return False
+        if kind == "live" and live is not None:
             estimate, frames = live
             write = lambda: self._publisher.publish_live(result.run_uid, estimate, frames)  # noqa: E731
             return self._attempt(write, kind, result, 0)
         return True
+
+    def _deliver_final(self, result: RunResult) -> bool:
+        """The end of a run, written ahead to the spool (with its lock held, so no other process
+        uploads it meanwhile), then to Tiled with ``publish.retries`` retries; the spooled copy
+        is deleted once Tiled has it all, else kept for a later upload."""
+        if result.final is not None and not result.final.is_finite():
+            it = result.final.iteration
+            result.status, result.final = "failed", None
+            result.error = f"final estimate at iteration {it} has non-finite values; not published"
+        retries = self._profile.publish.retries
+        self._begin_after.pop(result.run_uid, None)
+        lock = spool_lock(self._spool_dir) if self._spool_dir else contextlib.nullcontext()
+        with lock:
+            kept = self._keep_on_disk(result)
+            created = result.node_path is None
+            done = self._attempt(lambda: self._begin(result), "begin", result, retries)
+            if done and created and kept is not None:
+                set_node_path(kept, result.node_path)
+            done = done and self._attempt(
+                lambda: self._write_final(result), "final", result, retries
+            )
+            if done and kept is not None:
+                kept.unlink()
+            elif kept is not None:
+                result.spooled = kept
+                self._spool_pending = True
+                logger.error(
+                    "run %s: Tiled unreachable; final result kept at %s (uploaded when Tiled "
+                    "answers again, or by `ptystream flush`)",
+                    result.run_uid,
+                    kept,
+                )
+            else:
+                logger.error("run %s: final result not published and not kept", result.run_uid)
+        return done
 
     def _settings(self) -> dict[str, Any]:
         return self._profile.engine.model_dump(mode="json")
@@ -555,15 +583,12 @@ class LivePipeline:
             result.node_path = self._publisher.begin_run(result.start, self._settings())
 
     def _write_final(self, result: RunResult) -> None:
-        pub = self._publisher
         if result.final is None:
-            pub.mark(result.run_uid, result.status, result.summary())
-            return
-        try:
-            pub.publish_final(result.run_uid, result.final, result.status, result.summary())
-        except NonFiniteEstimate as exc:
-            result.status, result.error, result.final = "failed", str(exc), None
-            pub.mark(result.run_uid, result.status, result.summary())
+            self._publisher.mark(result.run_uid, result.status, result.summary())
+        else:
+            self._publisher.publish_final(
+                result.run_uid, result.final, result.status, result.summary()
+            )
 
     def _attempt(
         self, write: Callable[[], None], kind: str, result: RunResult, retries: int
@@ -589,11 +614,11 @@ class LivePipeline:
                 delay = min(2 * delay, 8.0)
         return False
 
-    def _keep_on_disk(self, result: RunResult) -> None:
+    def _keep_on_disk(self, result: RunResult) -> Path | None:
+        """Write the run's end to the spool (None without a spool directory)."""
         if self._spool_dir is None:
-            logger.error("run %s: final result not published and not spooled", result.run_uid)
-            return
-        result.spooled = spool_final(
+            return None
+        return spool_final(
             self._spool_dir,
             result.run_uid,
             result.final,
@@ -602,17 +627,22 @@ class LivePipeline:
             run_metadata=run_metadata(result.start, self._settings()),
             node_path=result.node_path,
         )
-        self._spool_pending = True
-        logger.error(
-            "run %s: Tiled unreachable; final result kept at %s (uploaded when Tiled answers "
-            "again, or by `ptystream flush`)",
-            result.run_uid,
-            result.spooled,
-        )
 
     def _flush_spool(self) -> None:
-        """Upload the results kept on disk, once Tiled has taken a write again."""
+        """Upload the results kept on disk, once Tiled has taken a write again; after a flush
+        that left something behind, not again for ``_FLUSH_RETRY_S``."""
         if not self._spool_pending or self._publisher is None or self._spool_dir is None:
             return
-        outcomes = self._publisher.flush(self._spool_dir)
-        self._spool_pending = any(o.error for o in outcomes)
+        if time.monotonic() < self._flush_after:
+            return
+        try:
+            outcomes = self._publisher.flush(self._spool_dir, wait=False)
+            self._spool_pending = any(
+                o.error and not o.error.startswith("unreadable") for o in outcomes
+            )
+        except SpoolBusy:
+            pass  # another process is uploading; look again later
+        except Exception:
+            logger.exception("uploading the results kept in %s failed", self._spool_dir)
+        if self._spool_pending:
+            self._flush_after = time.monotonic() + _FLUSH_RETRY_S

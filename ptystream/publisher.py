@@ -16,15 +16,13 @@ image. A live publication writes the arrays, appends the loss rows, then replace
 metadata: a reader told of a metadata update (Tiled's websockets push it to subscribers of the
 run's container) finds the arrays already written. Non-finite estimates are refused.
 
-A final result Tiled cannot take is kept on disk (:func:`spool_final`) with everything needed
-to upload it later (:meth:`TiledPublisher.flush`).
+A final result Tiled cannot take is kept on disk (:mod:`ptystream.spool`) with everything
+needed to upload it later (:meth:`TiledPublisher.flush`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,14 @@ import numpy as np
 import pandas as pd
 
 from ptystream import __version__
+from ptystream.spool import (
+    UNREADABLE_SUFFIX,
+    jsonable,
+    load_spooled,
+    set_node_path,
+    spool_lock,
+    spooled_files,
+)
 from ptystream.types import Estimate, RunStart
 
 __all__ = [
@@ -41,10 +47,7 @@ __all__ = [
     "NonFiniteEstimate",
     "SpooledResult",
     "TiledPublisher",
-    "load_spooled",
     "run_metadata",
-    "spool_final",
-    "spooled_files",
     "views",
 ]
 
@@ -62,19 +65,6 @@ class NonFiniteEstimate(ValueError):
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()
-
-
-def _jsonable(value: Any) -> Any:
-    """Metadata that tiled can serialise: numpy scalars and arrays to Python, tuples to lists."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _child(parent, key: str):
@@ -104,7 +94,7 @@ def views(estimate: Estimate) -> dict[str, np.ndarray]:
 def run_metadata(start: RunStart, settings: dict[str, Any]) -> dict[str, Any]:
     """The metadata a run's container is created with (status ``running``)."""
     g = start.geometry
-    return _jsonable(
+    return jsonable(
         {
             "raw_uid": start.run_uid,
             "scan_id": start.scan_id,
@@ -163,6 +153,7 @@ class TiledPublisher:
         self._root = root
         self._processed = None
         self._runs: dict[str, _RunNodes] = {}
+        self._created: dict[str, str] = {}  # run uid -> key of a container not yet complete
 
     @classmethod
     def from_uri(cls, uri: str, *, api_key: str | None = None) -> TiledPublisher:
@@ -194,22 +185,28 @@ class TiledPublisher:
         """Create a container for ``run_uid`` with ``metadata``, its ``live/`` container and
         live loss table; returns its path under the root."""
         processed = self._processed_node()
-        key, n = run_uid, 1
-        while key in processed:
-            n += 1
-            key = f"{run_uid}-{n}"
-        node = processed.create_container(key, metadata=metadata)
-        self._adopt(run_uid, node, metadata)
+        if run_uid in self._created:  # created by an attempt that failed after it: complete it
+            self.resume(run_uid, "/".join((*PROCESSED_PATH, self._created[run_uid])))
+        else:
+            key, n = run_uid, 1
+            while key in processed:
+                n += 1
+                key = f"{run_uid}-{n}"
+            node = processed.create_container(key, metadata=metadata)
+            self._created[run_uid] = key
+            self._adopt(run_uid, node, metadata)
+        del self._created[run_uid]
         return self.node_path(run_uid)
 
     def _adopt(self, run_uid: str, node, metadata: dict[str, Any]) -> _RunNodes:
         live = _child(node, "live")
         planned = (metadata.get("plan") or {}).get("n_points")
         nodes = _RunNodes(node, live, planned=planned)
-        if "loss" in live:  # resumed: continue the sequence and the table where they stopped
+        # resumed: the sequence and the loss table go on where they stopped
+        nodes.loss_sent_to = float(live.metadata.get("iteration", -1))
+        nodes.sequence = int(live.metadata.get("sequence", 0))
+        if "loss" in live:
             nodes.loss_table = live["loss"]
-            nodes.loss_sent_to = float(live.metadata.get("iteration", -1))
-            nodes.sequence = int(live.metadata.get("sequence", 0))
         else:
             try:
                 import pyarrow as pa
@@ -229,15 +226,19 @@ class TiledPublisher:
         self._check_finite(estimate)
         nodes = self._runs[run_uid]
         images = views(estimate)
-        for key, array in images.items():
-            nodes.arrays[key] = self._overwrite(nodes.live, nodes.arrays.get(key), key, array)
+        try:
+            for key, array in images.items():
+                nodes.arrays[key] = self._overwrite(nodes.live, nodes.arrays.get(key), key, array)
+        except Exception:
+            nodes.arrays.clear()  # a handle may name a deleted array: look them up again
+            raise
         self._append_loss(nodes, estimate.loss)
         nodes.sequence += 1
         frames = dict(frames or {})
         frames.setdefault("used", estimate.n_frames)
         frames["waiting"] = estimate.frames_waiting
         nodes.live.update_metadata(
-            _jsonable(
+            jsonable(
                 {
                     "sequence": nodes.sequence,
                     "iteration": estimate.iteration,
@@ -292,9 +293,8 @@ class TiledPublisher:
             self._overwrite(final, final[key] if key in final else None, key, array, md)
         if "loss" in final:
             final.delete_contents("loss", external_only=False)
-        loss = pd.DataFrame(
-            {"iteration": estimate.loss[:, 0].astype(np.int64), "loss": estimate.loss[:, 1]}
-        )
+        rows = estimate.loss[np.isfinite(estimate.loss[:, 1])]
+        loss = pd.DataFrame({"iteration": rows[:, 0].astype(np.int64), "loss": rows[:, 1]})
         final.write_table(loss, key="loss")
         self.mark(run_uid, status, {"iterations": estimate.iteration, **extra})
 
@@ -303,7 +303,7 @@ class TiledPublisher:
         node = self._runs[run_uid].node
         timings = dict(node.metadata.get("timings", {}))
         timings["finished_at"] = _now()
-        node.update_metadata(_jsonable({"status": status, "timings": timings, **extra}))
+        node.update_metadata(jsonable({"status": status, "timings": timings, **extra}))
 
     def resume(self, run_uid: str, node_path: str) -> None:
         """Take up the existing container at ``node_path`` for ``run_uid`` (e.g. to upload a
@@ -316,48 +316,64 @@ class TiledPublisher:
     # -- results kept on disk -----------------------------------------------------------------
 
     def upload(self, path: str | Path) -> str:
-        """Upload a result :func:`spool_final` kept; returns its node path and deletes the file.
+        """Upload a result kept on disk (:func:`ptystream.spool.spool_final`); returns its node
+        path and deletes the file once Tiled has all of it.
 
-        The run's container is the one the live run created, if it did, else a new one.
+        The run's container is the one the live run created, if it exists, else a new one,
+        whose path is recorded in the file before anything is written into it (a retry after a
+        failure completes it). A non-finite estimate is not published: the run is marked
+        ``failed`` with the reason. Call with the spool's lock held (:meth:`flush` does).
         """
         path = Path(path)
         estimate, spooled = load_spooled(path)
-        run_uid = spooled["run_uid"]
+        run_uid, status = spooled["run_uid"], spooled["status"]
+        extra = {**spooled["extra"], "uploaded_from_spool_at": _now()}
+        if estimate is not None and not estimate.is_finite():
+            extra["reason"] = f"final estimate at iteration {estimate.iteration} not finite"
+            estimate, status = None, "failed"
         if spooled.get("node_path") and self._exists(spooled["node_path"]):
             self.resume(run_uid, spooled["node_path"])
         else:
-            self.create_run(run_uid, spooled["run_metadata"])
-        extra = {**spooled["extra"], "uploaded_from_spool_at": _now()}
+            set_node_path(path, self.create_run(run_uid, spooled["run_metadata"]))
         if estimate is None:
-            self.mark(run_uid, spooled["status"], extra)
+            self.mark(run_uid, status, extra)
         else:
-            self.publish_final(run_uid, estimate, spooled["status"], extra)
+            self.publish_final(run_uid, estimate, status, extra)
         node_path = self.node_path(run_uid)
+        del self._runs[run_uid]
         path.unlink()
         logger.info("run %s: spooled result %s uploaded to %s", run_uid, path, node_path)
         return node_path
 
-    def flush(self, directory: str | Path) -> list[SpooledResult]:
-        """Upload every result kept in ``directory``, oldest first.
+    def flush(self, directory: str | Path, *, wait: bool = True) -> list[SpooledResult]:
+        """Upload every result kept in ``directory``, oldest first, holding its lock (without
+        ``wait``, SpoolBusy if another process holds it).
 
-        A file that cannot be read is reported and skipped; when Tiled refuses or cannot be
-        reached the flush stops there (the rest would fail the same way) and every file not
-        uploaded stays on disk.
+        A file that cannot be read is reported and renamed ``*.npz.unreadable`` (left for a
+        person to look at). When Tiled cannot be reached the flush stops there (the rest would
+        fail the same way); a result Tiled refuses is reported and the next one tried. Nothing
+        is deleted before Tiled has taken it.
         """
+        import httpx
+
+        uploader = TiledPublisher(self._root)  # its own run handles: live runs are untouched
         outcomes = []
-        for path in spooled_files(directory):
-            try:
-                load_spooled(path)
-            except Exception as exc:
-                logger.error("spooled result %s cannot be read: %s", path, exc)
-                outcomes.append(SpooledResult(path, None, f"unreadable: {exc}"))
-                continue
-            try:
-                outcomes.append(SpooledResult(path, self.upload(path)))
-            except Exception as exc:
-                logger.warning("spooled result %s not uploaded: %s", path, exc)
-                outcomes.append(SpooledResult(path, None, f"{type(exc).__name__}: {exc}"))
-                break
+        with spool_lock(directory, wait=wait):
+            for path in spooled_files(directory):
+                try:
+                    load_spooled(path)
+                except Exception as exc:
+                    logger.error("spooled result %s cannot be read (%s): set aside", path, exc)
+                    path.rename(path.with_name(path.name + UNREADABLE_SUFFIX))
+                    outcomes.append(SpooledResult(path, None, f"unreadable: {exc}"))
+                    continue
+                try:
+                    outcomes.append(SpooledResult(path, uploader.upload(path)))
+                except Exception as exc:
+                    logger.warning("spooled result %s not uploaded: %s", path, exc)
+                    outcomes.append(SpooledResult(path, None, f"{type(exc).__name__}: {exc}"))
+                    if isinstance(exc, (httpx.TransportError, OSError)):
+                        break
         return outcomes
 
     def _exists(self, node_path: str) -> bool:
@@ -389,68 +405,3 @@ class TiledPublisher:
                 return node
             parent.delete_contents(key, external_only=False)
         return parent.write_array(array, key=key, metadata=metadata or {})
-
-
-def spooled_files(directory: str | Path) -> list[Path]:
-    """The results kept in ``directory``, oldest first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(directory.glob("*.npz"), key=lambda p: p.stat().st_mtime)
-
-
-def spool_final(
-    directory: str | Path,
-    run_uid: str,
-    estimate: Estimate | None,
-    *,
-    status: str,
-    extra: dict[str, Any],
-    run_metadata: dict[str, Any],
-    node_path: str | None,
-) -> Path:
-    """Keep a run's end on disk (``<run uid>.npz``) when Tiled cannot take it.
-
-    Every field of the :class:`Estimate` (if any) is stored, with the run's status, bookkeeping
-    (``extra``), the metadata its container is created with and the path of its container if
-    the live run created one, so :meth:`TiledPublisher.upload` loses nothing.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{run_uid}.npz"
-    n = 1
-    while path.exists():
-        n += 1
-        path = directory / f"{run_uid}-{n}.npz"
-    spooled = {
-        "run_uid": run_uid,
-        "status": status,
-        "extra": extra,
-        "run_metadata": run_metadata,
-        "node_path": node_path,
-    }
-    fields = {}
-    if estimate is not None:
-        fields = {
-            f.name: np.asarray(getattr(estimate, f.name)) for f in dataclasses.fields(Estimate)
-        }
-    partial = path.with_suffix(".partial")
-    with open(partial, "wb") as f:  # renamed when complete: flush never reads half a file
-        np.savez(f, **fields, spooled_json=np.asarray(json.dumps(_jsonable(spooled))))
-    partial.rename(path)
-    return path
-
-
-def load_spooled(path: str | Path) -> tuple[Estimate | None, dict[str, Any]]:
-    """Read back what :func:`spool_final` wrote: the estimate (None if the run had none) and
-    the run's status, bookkeeping (``extra``), container metadata and node path."""
-    with np.load(path) as data:
-        spooled = json.loads(str(data["spooled_json"]))
-        if "object" not in data:
-            return None, spooled
-        values = {}
-        for f in dataclasses.fields(Estimate):
-            value = data[f.name]
-            values[f.name] = value.item() if value.ndim == 0 else value
-        values["object_origin_m"] = tuple(float(v) for v in values["object_origin_m"])
-    return Estimate(**values), spooled

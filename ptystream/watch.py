@@ -17,15 +17,11 @@ from typing import Any
 
 from ptystream.publisher import PROCESSED_PATH
 
-__all__ = ["RunNotFound", "format_progress", "watch"]
+__all__ = ["find_run", "format_progress", "watch"]
 
 #: Largest websocket message accepted: a child-metadata update carries the whole metadata.
 MAX_MESSAGE_BYTES = 64_000_000
 _ENDED = ("finished", "aborted", "failed", "incomplete")
-
-
-class RunNotFound(LookupError):
-    """No reconstruction matches the RUN given."""
 
 
 def _processed(client):
@@ -95,16 +91,30 @@ def format_progress(key: str, run_md: dict[str, Any], live: dict[str, Any]) -> s
     return " | ".join(parts)
 
 
-def _subscribe(node, handler: Callable[[Any], None]) -> Any:
-    """Subscribe ``handler`` to ``node``'s container events on a daemon thread (tiled's
-    ``start_in_thread`` would wait forever for a server without a streaming cache)."""
+#: Seconds to wait for a websocket subscription to connect before reading the current state.
+_CONNECT_S = 10.0
+
+
+def _subscribe(node, handler: Callable[[Any], None], refused: Callable[[Exception], None]):
+    """Subscribe ``handler`` to ``node``'s container events, on a daemon thread of our own:
+    tiled's ``start_in_thread`` would wait forever for a server without a streaming cache, and
+    its thread would print the refusal as a traceback. ``refused`` is told of the refusal.
+    Returns once connected (or after ``_CONNECT_S``), so nothing published after the caller
+    then reads the current state is missed."""
     sub = node.subscribe()
     sub.child_created.add_callback(handler)
     sub.child_metadata_updated.add_callback(handler)
-    thread = threading.Thread(
-        target=sub.start, kwargs={"max_size": MAX_MESSAGE_BYTES}, daemon=True, name="watch"
-    )
-    thread.start()
+
+    def run() -> None:
+        try:
+            sub.start(max_size=MAX_MESSAGE_BYTES)
+        except Exception as exc:
+            refused(exc)
+
+    threading.Thread(target=run, daemon=True, name="ptystream-watch").start()
+    connected = getattr(sub, "_connected_event", None)  # tiled 0.2.20 has no public signal
+    if connected is not None:
+        connected.wait(_CONNECT_S)
     return sub
 
 
@@ -118,6 +128,13 @@ class _Watch:
         self.poll_s = poll_s
         self.updates: queue.Queue[_Update] = queue.Queue()
         self.subs: list[Any] = []
+        self.pushed = True
+
+    def on_refused(self, exc: Exception) -> None:
+        self.updates.put(_Update("refused", "", {"reason": f"{type(exc).__name__}: {exc}"}))
+
+    def subscribe(self, node, handler: Callable[[Any], None]) -> None:
+        self.subs.append(_subscribe(node, handler, self.on_refused))
 
     def on_processed(self, update) -> None:
         kind = "created" if type(update).__name__.endswith("Created") else "status"
@@ -135,7 +152,7 @@ class _Watch:
         while key is None:
             processed = _processed(self.client)
             if processed is not None and not subscribed:
-                self.subs.append(_subscribe(processed, self.on_processed))
+                self.subscribe(processed, self.on_processed)
                 subscribed = True
                 key = find_run(self.client, self.run)  # created while subscribing
                 continue
@@ -148,12 +165,15 @@ class _Watch:
             if stop.is_set():
                 raise KeyboardInterrupt
         if not subscribed:
-            self.subs.append(_subscribe(_processed(self.client), self.on_processed))
+            self.subscribe(_processed(self.client), self.on_processed)
         return key
 
-    def follow(self, key: str, stop: threading.Event) -> str:
+    def follow(self, key: str, stop: threading.Event) -> tuple[str, str]:
+        """Show ``key``'s progress until it ends; returns its key and status. Without a RUN, a
+        run started meanwhile is followed instead (the one shown may have been left running
+        by a service that died)."""
         node = _processed(self.client)[key]
-        self.subs.append(_subscribe(node, self.on_run))
+        self.subscribe(node, self.on_run)
         run_md, live_md = dict(node.metadata), self._live(node)
         last = None
         while True:
@@ -162,18 +182,29 @@ class _Watch:
                 self.show(line)
                 last = line
             if run_md.get("status") in _ENDED:
-                return str(run_md["status"])
+                return key, str(run_md["status"])
             try:
                 update = self.updates.get(timeout=self.poll_s)
-                if update.kind == "live":
-                    live_md = update.metadata
-                elif update.key == key and update.kind == "status":
-                    run_md = {**run_md, **update.metadata}
             except queue.Empty:  # nothing pushed: read it (no streaming cache, socket lost)
                 node.refresh()
                 run_md, live_md = dict(node.metadata), self._live(node)
-            if stop.is_set():
-                raise KeyboardInterrupt
+                continue
+            finally:
+                if stop.is_set():
+                    raise KeyboardInterrupt
+            if update.kind == "live":
+                live_md = update.metadata
+            elif update.kind == "status" and update.key == key:
+                run_md = {**run_md, **update.metadata}
+            elif update.kind == "created" and self.run is None and update.key != key:
+                self.show(f"run {update.key[:8]} started: following it")
+                return self.follow(update.key, stop)
+            elif update.kind == "refused" and self.pushed:
+                self.pushed = False
+                self.show(
+                    f"(no live push from this server: {update.metadata['reason']}; "
+                    f"reading every {self.poll_s:g} s)"
+                )
 
     @staticmethod
     def _live(node) -> dict[str, Any]:
@@ -201,8 +232,7 @@ def watch(
     stop = stop or threading.Event()
     w = _Watch(client, run, show, poll_s)
     try:
-        key = w.wait_for_run(stop)
-        status = w.follow(key, stop)
+        key, status = w.follow(w.wait_for_run(stop), stop)
     finally:
         w.close()
     node_path = "/".join((*PROCESSED_PATH, key))

@@ -304,8 +304,15 @@ def test_the_proxy_forwards_reads_only(dashboard):
         response = httpx.request(method, api + "metadata/processed", json={})
         assert response.status_code == 405, method
         assert "only reads" in response.json()["error"]
-    for path in ("auth/whoami", "/auth/whoami", "metadata/../auth/whoami"):  # not data routes
+    for path in ("auth/whoami", "/auth/whoami", "metadata/%2e%2e/auth/whoami"):  # not data
         assert httpx.get(api + path).status_code == 404, path
+    # another site's page must not read through the dashboard's key (cross-site websocket)
+    stream = dashboard.url.replace("http", "ws") + "api/v1/stream/single/"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        websockets.sync.client.connect(stream, origin="http://elsewhere.example")
+    assert refused.value.response.status_code == 403
+    with websockets.sync.client.connect(stream, origin=dashboard.url.rstrip("/")) as ws:
+        assert '"container-schema"' in ws.recv(timeout=10)  # the page's own origin is served
 
 
 def test_an_absent_tiled_gives_502_naming_the_problem():

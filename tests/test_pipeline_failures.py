@@ -9,10 +9,11 @@ from bluesky import preprocessors as bpp
 from ptystream.callback import PtychoCallback
 from ptystream.engine import make_engine
 from ptystream.pipeline import LivePipeline
-from ptystream.publisher import TiledPublisher, load_spooled
+from ptystream.publisher import TiledPublisher
 from ptystream.server import start_embedded_server
 from ptystream.sim.plans import scan_metadata
 from ptystream.sim.scan import build_simulation
+from ptystream.spool import load_spooled
 from tests.conftest import small_profile
 
 

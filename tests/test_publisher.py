@@ -6,21 +6,16 @@ real engine and a real RunEngine with the server going away and coming back.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from ptystream.publisher import (
-    NonFiniteEstimate,
-    TiledPublisher,
-    load_spooled,
-    run_metadata,
-    spool_final,
-    spooled_files,
-    views,
-)
+from ptystream.publisher import NonFiniteEstimate, TiledPublisher, run_metadata, views
+from ptystream.spool import load_spooled, spool_final, spooled_files
 from ptystream.types import Estimate, Geometry, RunStart, ScanPlan
 
 
@@ -230,7 +225,114 @@ def test_spooled_result_without_a_container_gets_one(tiled_client, tmp_path):
     np.testing.assert_array_equal(node["final"]["object"].read(), est.object)
     failed = tiled_client[outcomes["no-estimate.npz"].node_path]
     assert failed.metadata["status"] == "failed" and "beam lost" in failed.metadata["reason"]
-    assert [p.name for p in spooled_files(tmp_path)] == ["broken.npz"]
+    assert spooled_files(tmp_path) == []  # the unreadable one is set aside for a person
+    assert (tmp_path / "broken.npz.unreadable").read_bytes() == b"not a zip file"
+
+
+def keep(directory, uid, est, node_path=None, status="finished"):
+    return spool_final(
+        directory,
+        uid,
+        est,
+        status=status,
+        extra={"frames": {"received": 20, "used": 20}},
+        run_metadata=run_metadata(run_start(uid), {}),
+        node_path=node_path,
+    )
+
+
+def test_an_upload_failing_halfway_is_completed_in_the_same_container(
+    tiled_client, tmp_path, monkeypatch
+):
+    """Tiled refuses the final write once (a fault injected into the real client call, since
+    a server cannot be made to fail one request on demand): the container created for the
+    result is recorded in the file, and the next flush completes it instead of making another."""
+    est = estimate(8, final=True)
+    keep(tmp_path, "halfway-run", est)
+    real = TiledPublisher.publish_final
+    calls = []
+
+    def refuse_once(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("HTTP 500 from Tiled")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TiledPublisher, "publish_final", refuse_once)
+    first = TiledPublisher(tiled_client).flush(tmp_path)
+    assert first[0].node_path is None and "HTTP 500" in first[0].error
+    (kept,) = spooled_files(tmp_path)
+    assert load_spooled(kept)[1]["node_path"] == "processed/ptystream/halfway-run"
+    second = TiledPublisher(tiled_client).flush(tmp_path)
+    assert [o.node_path for o in second] == ["processed/ptystream/halfway-run"]
+    assert "halfway-run-2" not in tiled_client["processed/ptystream"]
+    node = tiled_client["processed/ptystream/halfway-run"]
+    assert node.metadata["status"] == "finished"
+    np.testing.assert_array_equal(node["final"]["object"].read(), est.object)
+
+
+def test_a_non_finite_kept_result_is_marked_failed_once(tiled_client, tmp_path):
+    bad = estimate(6, final=True)
+    bad.object[3, 3] = np.inf
+    keep(tmp_path, "inf-run", bad)
+    for _ in range(2):
+        TiledPublisher(tiled_client).flush(tmp_path)
+    node = tiled_client["processed/ptystream/inf-run"]
+    assert node.metadata["status"] == "failed"
+    assert node.metadata["reason"] == "final estimate at iteration 6 not finite"
+    assert "final" not in node and "inf-run-2" not in tiled_client["processed/ptystream"]
+    assert spooled_files(tmp_path) == []
+
+
+def test_a_spool_in_use_by_another_process_is_left_alone(tiled_client, tmp_path):
+    from ptystream.spool import SpoolBusy, spool_lock
+
+    keep(tmp_path, "busy-run", estimate(2, final=True))
+    holder = subprocess.Popen(  # another process holding the spool's lock
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from ptystream.spool import spool_lock\n"
+            f"with spool_lock({str(tmp_path)!r}):\n print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(SpoolBusy, match="in use by another process"):
+            TiledPublisher(tiled_client).flush(tmp_path, wait=False)
+        assert len(spooled_files(tmp_path)) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    with spool_lock(tmp_path, wait=False):
+        pass  # released with its holder
+    assert TiledPublisher(tiled_client).flush(tmp_path)[0].node_path.endswith("busy-run")
+
+
+def test_live_publishing_recovers_from_a_failed_canvas_growth(tiled_client, publisher):
+    """The write of the grown array fails once (a fault injected into the real client, as
+    above): the handle of the deleted array is dropped, so the next publication succeeds."""
+    path = publisher.begin_run(run_start("regrow-run"), {})
+    publisher.publish_live("regrow-run", estimate(2, (48, 48)))
+    live = publisher._runs["regrow-run"].live
+    real, calls = live.write_array, []
+
+    def fail_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("connection reset")
+        return real(*args, **kwargs)
+
+    live.write_array = fail_once
+    with pytest.raises(RuntimeError, match="connection reset"):
+        publisher.publish_live("regrow-run", estimate(4, (64, 64)))
+    publisher.publish_live("regrow-run", estimate(6, (64, 64)))
+    node = tiled_client[path]["live"]
+    np.testing.assert_array_equal(
+        node["object_amplitude"].read(), views(estimate(6, (64, 64)))["object_amplitude"]
+    )
 
 
 def test_flush_with_the_server_down_keeps_everything(tmp_path):

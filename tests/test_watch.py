@@ -12,7 +12,8 @@ import time
 import pytest
 
 from ptystream.access import split_api_key
-from ptystream.publisher import TiledPublisher, run_metadata, spool_final, spooled_files
+from ptystream.publisher import TiledPublisher, run_metadata
+from ptystream.spool import spool_final, spooled_files
 from ptystream.watch import watch
 from tests.test_publisher import estimate, run_start
 

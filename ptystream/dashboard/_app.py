@@ -53,6 +53,8 @@ _RESPONSE_HEADERS = (
 #: Websocket close codes the page understands: 4000 + the HTTP status Tiled refused the
 #: handshake with (4404: no such node yet; 4500: the server has no streaming cache), and:
 WS_UNREACHABLE = 4502
+#: Close code of a websocket refused here: another site's page, or a path with "..".
+WS_FORBIDDEN = 4403
 #: Largest upstream websocket message relayed (container events are small; array events carry
 #: the whole array as JSON).
 WS_MAX_SIZE = 64 * 2**20
@@ -174,6 +176,12 @@ class _Proxy:
     async def stream(self, websocket: WebSocket) -> None:
         """Relay Tiled's ``/stream/single/{path}`` events to the browser, one way."""
         path = websocket.path_params["path"]
+        origin = websocket.headers.get("origin")
+        if ".." in path.split("/") or (
+            origin is not None and urlsplit(origin).netloc != websocket.headers.get("host")
+        ):  # a page of another site must not read through our key (cross-site websocket)
+            await websocket.close(code=WS_FORBIDDEN)
+            return
         query = _forwarded_query(websocket.url.query)
         await websocket.accept()
         url = f"{self.ws_root}/stream/single/{quote(path)}" + (f"?{query}" if query else "")
