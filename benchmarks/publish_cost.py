@@ -1,0 +1,819 @@
+"""What live publishing to Tiled costs the reconstruction: optimiser steps per second with and
+without a publisher.
+
+The issue's bar: at the default cadence (``publish.cadence_s`` 1 s) the reconstruction must not
+slow by more than a few percent.
+
+Method. The real :class:`~ptystream.pipeline.LivePipeline` runs each trial: its worker thread
+builds the run's engine (``make_engine``, ``warm_up``), adds the frames, steps, and every
+``cadence_s`` takes ``engine.estimate()`` and posts it to the pipeline's publisher thread, which
+calls ``TiledPublisher.publish_live`` (latest wins: an estimate not yet written when the next
+one comes is dropped). The frames are simulated once per case from the profile's ``sim``
+section (``ptystream.sim.scan.build_simulation``: ground truth, trajectory, the same detector
+model) and handed to the pipeline directly (``open_run``, ``submit`` of every frame,
+``close_run``), without a RunEngine: all frames are in the engine before the timed window, so
+the worker steps back to back (a step takes a batch of 16 new frames first, then earlier ones;
+every step costs the same). The window starts 1 s after the last frame was added and lasts
+``--duration`` s (20 s); then the run is closed (``final_epochs`` 0, its final write is not
+timed) and the next trial starts on a fresh engine, as a new run would.
+
+Conditions, per case, each with its own pipeline started (TensorFlow imported, step compiled,
+``gc.freeze``) before anything is timed:
+
+- **none**: no publisher, no estimates (``cadence_s`` 1e9): the engine's own rate;
+- **none, core busy**: the same while a child process spins in ``while True: pass`` (a control:
+  what any work on the second core costs the engine, with no GIL or I/O of this process);
+- **embedded**, cadence 1 / 0.5 / 0.2 s: the ``SimpleTiledServer`` in this process
+  (``ptystream.server.start_embedded_server``, what ``ptystream demo`` runs): its request
+  handling runs on a uvicorn thread of this process and competes for the GIL;
+- **separate**, cadence 1 / 0.5 / 0.2 s: ``tiled serve catalog --temp`` in its own process (a
+  SQLite catalog, zarr and DuckDB storage, in-memory streaming cache), as a facility runs it.
+
+Both servers run throughout (idle when not written to). The conditions are interleaved (one
+trial of each, in an order rotated by one per repeat) and repeated ``--repeats`` times (4).
+
+Measured, per trial, over the window: **steps/s** (steps whose call ended in the window, from a
+wrapper around the engine); the duration of single steps (median, p99); ``engine.estimate()``
+per call on the worker thread (ms) and its share of the window; ``publish_live`` on the
+publisher thread (wall ms, median / p95, and the CPU ms of that thread, ``time.thread_time``)
+for the publications started in the window; publications done and estimates dropped; CPU
+seconds per wall second of this process (engine, publisher client and, when embedded, the
+server), of the separate server process (``/proc/<pid>/stat``) and of everything else on the
+machine (``/proc/stat`` minus those two: other users' jobs; the machine is shared). Per
+condition: the median over repeats of steps/s, and the **slowdown**: the median over repeats
+of 1 - (steps/s) / (steps/s of *none* in the same repeat), in %; and over the *clean* trials
+only (other jobs used < 0.25 CPU in the window): their number, median steps/s and 1 - that
+median / the median of the clean *none* trials. ``--report JSON`` prints the tables of a saved
+run again.
+
+Before the trials of a case, per server, ``--alone`` (20) publications of an estimate of the
+case's size (all frames added, 20 steps) with no reconstruction running, after an untimed first
+one (which creates the arrays): the wall time per publication and per HTTP request by kind
+(httpx event hooks: request sent -> response headers), the CPU of the publishing thread and the
+server's CPU per publication (embedded: this process minus the publishing thread).
+
+Cases: ``demo`` (the demo profile: 64² frames, 200-point Fermat scan, object canvas 195 x 196
+px) and ``large`` (the same with ``sim.object_px`` 800, ``sim.n_points`` 4000: a canvas of
+591 x 592 px), both with ``engine.final_epochs`` 0.
+
+Usage::
+
+    flock /tmp/ptystream-bench.lock .venv/bin/python benchmarks/publish_cost.py
+        [--quick] [--duration S] [--repeats N] [--cases demo,large] [--alone N] [--no-separate]
+        [--json PATH] [--report JSON]
+
+Prints a table and writes ``benchmarks/results/publish_cost.json`` (every trial). Nothing is
+asserted. The separate server's API key is a random one for this run, passed on its command
+line (``--api-key``); the server binds 127.0.0.1 and its storage is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import secrets  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from ptystream.config import Profile, load_profile  # noqa: E402
+from ptystream.types import Estimate, FrameRecord, Geometry, RunStart, RunStop, ScanPlan  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_speed import machine_info  # noqa: E402
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "publish_cost.json"
+BIN = Path(sys.executable).parent
+
+#: Simulation overrides of each case (on top of the demo profile).
+CASES: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "large": {"object_px": 800, "n_points": 4000},
+}
+CADENCES_S = (1.0, 0.5, 0.2)
+NO_PUBLISHING_CADENCE_S = 1e9
+SETTLE_S = 1.0
+#: A trial is *clean* when everything else on the machine used fewer CPUs than this.
+CLEAN_OTHERS_CPU = 0.25
+SERVER_START_TIMEOUT_S = 120.0
+
+
+# -- the simulated scan --------------------------------------------------------------------------
+
+
+def case_profile(case: str) -> Profile:
+    """The demo profile with no final passes and the case's simulated scan."""
+    demo = load_profile("demo")
+    profile = demo.model_copy(
+        update={
+            "engine": demo.engine.model_copy(update={"final_epochs": 0}),
+            "sim": demo.sim.model_copy(update=CASES[case]),
+        }
+    )
+    return Profile.model_validate(profile.model_dump())
+
+
+def with_cadence(profile: Profile, cadence_s: float) -> Profile:
+    return profile.model_copy(
+        update={"publish": profile.publish.model_copy(update={"cadence_s": cadence_s})}
+    )
+
+
+@dataclass
+class Scan:
+    """Simulated frames (counts, float32) and their positions ``(y, x)`` in metres."""
+
+    geometry: Geometry
+    plan: ScanPlan
+    frames: np.ndarray
+    positions_m: np.ndarray
+
+
+def simulate(profile: Profile) -> Scan:
+    """The profile's simulated scan, computed as its ophyd detector would (same truth,
+    trajectory and detector model), without a RunEngine."""
+    from ptystream.callback import plan_from_start
+    from ptystream.sim.detector import DetectorModel, diffraction_pattern
+    from ptystream.sim.plans import scan_metadata
+    from ptystream.sim.scan import build_simulation
+
+    sim = build_simulation(profile)
+    inst, settings = profile.instrument, profile.sim
+    detector = DetectorModel(
+        photons_per_frame=settings.photons_per_frame,
+        read_noise_counts=inst.read_noise_counts if settings.photons_per_frame else 0.0,
+        saturation_counts=inst.saturation_counts,
+        rng=np.random.default_rng(settings.seed),
+    )
+    frames = np.stack(
+        [detector.record(diffraction_pattern(sim.truth, tuple(p))) for p in sim.positions_m]
+    )
+    plan = plan_from_start(scan_metadata(sim.positions_m, profile.name))
+    return Scan(inst.geometry(), plan, frames, np.asarray(sim.positions_m, dtype=float))
+
+
+# -- recording wrappers --------------------------------------------------------------------------
+
+
+class Recorder:
+    """What one trial's engine and publisher did, with ``time.perf_counter`` stamps.
+
+    ``steps``: ``(end, n_steps, duration)`` per ``step`` call;
+    ``estimates``: ``(start, duration)`` per ``estimate()`` (worker thread); ``publishes``:
+    ``(start, duration, publisher thread CPU)`` per live ``publish_live`` call.
+    """
+
+    def __init__(self, n_frames: int):
+        self.n_frames = n_frames
+        self.all_in = threading.Event()
+        self.steps: list[tuple[float, int, float]] = []
+        self.estimates: list[tuple[float, float]] = []
+        self.publishes: list[tuple[float, float, float]] = []
+        self.canvas: tuple[int, ...] | None = None
+
+
+class TimedEngine:
+    """Forwards everything to the engine; times ``step`` and ``estimate`` into a recorder."""
+
+    def __init__(self, engine: Any, recorder: Recorder | None):
+        self._engine = engine
+        self._rec = recorder
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def step(self, n_steps: int = 1) -> float:
+        t = time.perf_counter()
+        loss = self._engine.step(n_steps)
+        end = time.perf_counter()
+        rec = self._rec
+        if rec is not None:
+            rec.steps.append((end, n_steps, end - t))
+            if not rec.all_in.is_set() and self._engine.n_frames >= rec.n_frames:
+                rec.all_in.set()
+        return loss
+
+    def estimate(self, *, final: bool = False) -> Estimate:
+        t = time.perf_counter()
+        est = self._engine.estimate(final=final)
+        if self._rec is not None and not final:
+            self._rec.estimates.append((t, time.perf_counter() - t))
+            self._rec.canvas = est.object.shape
+        return est
+
+
+class TimedPublisher:
+    """Forwards to a ``TiledPublisher``; times each live ``publish_live`` (wall and CPU)."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+        self.recorder: Recorder | None = None
+
+    def begin_run(self, start: RunStart, settings: dict[str, Any]) -> str:
+        return self._inner.begin_run(start, settings)
+
+    def publish_live(self, run_uid: str, estimate: Estimate, frames: dict | None = None) -> None:
+        t, cpu = time.perf_counter(), time.thread_time()
+        self._inner.publish_live(run_uid, estimate, frames)
+        if self.recorder is not None and not estimate.final:
+            self.recorder.publishes.append((t, time.perf_counter() - t, time.thread_time() - cpu))
+
+    def publish_final(self, run_uid: str, estimate: Estimate, status: str, extra: dict) -> None:
+        self._inner.publish_final(run_uid, estimate, status, extra)
+
+    def mark(self, run_uid: str, status: str, extra: dict) -> None:
+        self._inner.mark(run_uid, status, extra)
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SeparateServer:
+    """``tiled serve catalog --temp`` in a child process (storage under ``directory``)."""
+
+    def __init__(self, directory: Path):
+        self.api_key = secrets.token_hex(16)
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}/api/v1"
+        directory.mkdir(parents=True, exist_ok=True)
+        self._log = open(directory / "server.log", "w")  # noqa: SIM115 (closed in close())
+        args = [str(BIN / "tiled"), "serve", "catalog", "--temp", "--host", "127.0.0.1"]
+        args += ["--port", str(self.port), "--api-key", self.api_key]
+        env = {**os.environ, "TMPDIR": str(directory)}  # --temp leaves its directory behind
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float = SERVER_START_TIMEOUT_S) -> float:
+        """Wait until the server answers an authorised request; returns the seconds waited."""
+        import httpx
+
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tiled serve exited with {self.proc.returncode}")
+            try:
+                r = httpx.get(self.uri + "/", headers={"Authorization": f"Apikey {self.api_key}"})
+                if r.status_code == 200:
+                    return time.perf_counter() - t0
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"tiled serve did not answer within {timeout} s")
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.proc.pid)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+class Spinner:
+    """A child process spinning in a Python loop: keeps the second core busy with no I/O, no GIL
+    of ours and little memory traffic (the control for "the other core is busy")."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.proc.pid)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+# -- conditions and trials -------------------------------------------------------------------
+
+
+@dataclass
+class Condition:
+    """One way of running: a started pipeline, publishing (or not) at a cadence."""
+
+    name: str
+    server: str  # none, busy (a spinning process), embedded, separate
+    cadence_s: float | None
+    pipeline: Any = None
+    publisher: TimedPublisher | None = None
+    recorder: Recorder | None = None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def start(self, profile: Profile, client: Any, spool_dir: Path) -> None:
+        from ptystream.engine import make_engine
+        from ptystream.pipeline import LivePipeline
+        from ptystream.publisher import TiledPublisher
+
+        if client is not None:
+            self.publisher = TimedPublisher(TiledPublisher(client))
+        cadence = self.cadence_s if self.cadence_s is not None else NO_PUBLISHING_CADENCE_S
+
+        def factory(*args: Any, **kwargs: Any) -> TimedEngine:
+            return TimedEngine(make_engine(*args, **kwargs), self.recorder)
+
+        self.pipeline = LivePipeline(
+            with_cadence(profile, cadence),
+            self.publisher,
+            spool_dir=spool_dir,
+            engine_factory=factory,
+        ).start()
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs of the machine spent busy so far (``/proc/stat``, all processes)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float] | np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def run_trial(
+    cond: Condition,
+    scan: Scan,
+    profile: Profile,
+    duration_s: float,
+    server: SeparateServer | None,
+) -> dict[str, Any]:
+    """One run on ``cond``'s pipeline: all frames in, then ``duration_s`` of stepping timed."""
+    rec = Recorder(len(scan.frames))
+    cond.recorder = rec
+    if cond.publisher is not None:
+        cond.publisher.recorder = rec
+    uid = str(uuid.uuid4())
+    pipeline = cond.pipeline
+    pipeline.open_run(RunStart(uid, scan.geometry, scan.plan, profile=profile.name))
+    for i, (frame, pos) in enumerate(zip(scan.frames, scan.positions_m, strict=True)):
+        pipeline.submit(FrameRecord(uid, i + 1, frame, (float(pos[0]), float(pos[1]))))
+    if not rec.all_in.wait(300):
+        raise TimeoutError(f"{cond.name}: frames not in the engine after 300 s")
+    spinner = Spinner() if cond.server == "busy" else None
+    time.sleep(SETTLE_S)
+    load = os.getloadavg()[0]
+    srv0 = server.cpu_s() if server is not None else None
+    spin0 = spinner.cpu_s() if spinner is not None else 0.0
+    t0, cpu0, busy0 = time.perf_counter(), time.process_time(), machine_busy_s()
+    time.sleep(duration_s)
+    t1, cpu1, busy1 = time.perf_counter(), time.process_time(), machine_busy_s()
+    srv1 = server.cpu_s() if server is not None else None
+    spin_cpu = 0.0
+    if spinner is not None:
+        spin_cpu = spinner.cpu_s() - spin0
+        spinner.close()
+    pipeline.close_run(RunStop(uid, "success"))
+    result = pipeline.wait(uid, timeout=300)
+    cond.recorder = None
+
+    steps = [s for s in rec.steps if t0 < s[0] <= t1]
+    n_steps = sum(n for _, n, _ in steps)
+    single = [d * 1e3 for _, n, d in steps if n == 1]
+    est_ms = [d * 1e3 for t, d in rec.estimates if t0 < t <= t1]
+    pubs = [(d * 1e3, c * 1e3) for t, d, c in rec.publishes if t0 < t <= t1]
+    # Steps while a publish_live was in flight against steps while none was.
+    busy = [(max(t, t0), min(t + d, t1)) for t, d, _ in rec.publishes if t < t1 and t + d > t0]
+    busy_s = sum(b - a for a, b in busy)
+    ends = np.array([e for e, _, _ in steps])
+    in_pub = np.zeros(len(ends), bool)
+    for a, b in busy:
+        in_pub |= (ends > a) & (ends <= b)
+    n_in = sum(n for (_, n, _), inside in zip(steps, in_pub, strict=True) if inside)
+    free_s = (t1 - t0) - busy_s
+    pub_ms = [d for d, _ in pubs]
+    return {
+        "condition": cond.name,
+        "run_uid": uid,
+        "status": result.status,
+        "window_s": t1 - t0,
+        "steps": n_steps,
+        "steps_per_s": n_steps / (t1 - t0),
+        "publishing_fraction": busy_s / (t1 - t0),
+        "steps_per_s_during_publish": n_in / busy_s if busy_s > 0.5 else None,
+        "steps_per_s_between_publishes": (n_steps - n_in) / free_s if free_s > 0.5 else None,
+        "step_ms_median": percentile(single, 50),
+        "step_ms_p99": percentile(single, 99),
+        "estimates": len(est_ms),
+        "estimate_ms_median": percentile(est_ms, 50),
+        "estimate_ms_max": max(est_ms) if est_ms else float("nan"),
+        "estimate_share": sum(est_ms) / 1e3 / (t1 - t0),
+        "publishes": len(pubs),
+        "dropped": len(est_ms) - len(pubs),
+        "publish_ms": pub_ms,
+        "publish_ms_median": percentile(pub_ms, 50),
+        "publish_ms_p95": percentile(pub_ms, 95),
+        "publish_cpu_ms_median": percentile([c for _, c in pubs], 50),
+        "process_cpu_per_wall": (cpu1 - cpu0) / (t1 - t0),
+        "server_cpu_per_wall": (srv1 - srv0) / (t1 - t0) if srv0 is not None else None,
+        "machine_busy_cpus": (busy1 - busy0) / (t1 - t0),
+        "spinner_cpu_per_wall": spin_cpu / (t1 - t0) if spinner is not None else None,
+        "other_cpu_per_wall": (
+            busy1 - busy0 - (cpu1 - cpu0) - ((srv1 - srv0) if srv0 is not None else 0.0) - spin_cpu
+        )
+        / (t1 - t0),
+        "load_average_1min": load,
+        "canvas": list(rec.canvas) if rec.canvas else None,
+    }
+
+
+def condition_of(trial: dict[str, Any]) -> tuple[str, float | None]:
+    """The server placement and cadence of a trial (from its condition's name)."""
+    name = trial["condition"]
+    if name.startswith(("embedded", "separate")):
+        server, cadence = name.split()[:2]
+        return server, float(cadence)
+    return ("busy" if "busy" in name else "none"), None
+
+
+def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per condition (in order of appearance): medians over repeats, the slowdown against
+    *none* of the same repeat, and the same over the clean trials only (the other jobs on the
+    machine used < ``CLEAN_OTHERS_CPU`` CPUs during the window)."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for t in trials:
+        by_name.setdefault(t["condition"], []).append(t)
+    base = {t["repeat"]: t["steps_per_s"] for t in by_name["none"]}
+    clean_base = [t["steps_per_s"] for t in by_name["none"] if is_clean(t)]
+    rows = []
+    for name, trials in by_name.items():
+        server, cadence = condition_of(trials[0])
+        rate = [t["steps_per_s"] for t in trials]
+        slow = [100 * (1 - t["steps_per_s"] / base[t["repeat"]]) for t in trials]
+        clean = [t["steps_per_s"] for t in trials if is_clean(t)]
+        pub_ms = [ms for t in trials for ms in t["publish_ms"]]
+
+        def med(key: str, trials: list[dict[str, Any]] = trials) -> float | None:
+            vals = [t[key] for t in trials if t.get(key) is not None]
+            return float(np.median(vals)) if vals else None
+
+        rows.append(
+            {
+                "condition": name,
+                "server": server,
+                "cadence_s": cadence,
+                "repeats": len(trials),
+                "steps_per_s_median": float(np.median(rate)),
+                "steps_per_s_all": rate,
+                "slowdown_pct_median": float(np.median(slow)),
+                "slowdown_pct_all": slow,
+                "clean_trials": len(clean),
+                "clean_steps_per_s_median": float(np.median(clean)) if clean else None,
+                "clean_slowdown_pct": 100 * (1 - np.median(clean) / np.median(clean_base))
+                if clean and clean_base
+                else None,
+                "estimate_ms_median": med("estimate_ms_median"),
+                "estimate_share_pct": 100 * (med("estimate_share") or 0.0),
+                "publish_ms_median": percentile(pub_ms, 50),
+                "publish_ms_p95": percentile(pub_ms, 95),
+                "publish_cpu_ms_median": med("publish_cpu_ms_median"),
+                "publishes_per_trial": med("publishes"),
+                "dropped_per_trial": med("dropped"),
+                "publishing_fraction": med("publishing_fraction"),
+                "steps_per_s_during_publish": med("steps_per_s_during_publish"),
+                "steps_per_s_between_publishes": med("steps_per_s_between_publishes"),
+                "step_ms_median": med("step_ms_median"),
+                "step_ms_p99": med("step_ms_p99"),
+                "process_cpu_per_wall": med("process_cpu_per_wall"),
+                "server_cpu_per_wall": med("server_cpu_per_wall"),
+                "spinner_cpu_per_wall": med("spinner_cpu_per_wall"),
+                "other_cpu_per_wall": med("other_cpu_per_wall"),
+            }
+        )
+    return rows
+
+
+def is_clean(trial: dict[str, Any]) -> bool:
+    return trial["other_cpu_per_wall"] < CLEAN_OTHERS_CPU
+
+
+REQUEST_KINDS = (
+    ("/array/full/", "array"),
+    ("/table/partition/", "loss rows"),
+    ("/metadata/", "metadata"),
+)
+
+
+def request_kind(path: str) -> str:
+    return next((kind for part, kind in REQUEST_KINDS if part in path), "other")
+
+
+def sample_estimate(scan: Scan, profile: Profile) -> Estimate:
+    """An estimate of the case's size: all frames added, a few steps."""
+    from ptystream.engine import make_engine
+
+    inst = profile.instrument
+    engine = make_engine(
+        scan.geometry,
+        profile.engine,
+        plan=scan.plan,
+        read_noise_counts=inst.read_noise_counts,
+        probe_defocus_m=inst.probe_defocus_m,
+    )
+    engine.add_frames(scan.frames, scan.positions_m)
+    engine.step(20)
+    return engine.estimate()
+
+
+def measure_requests(
+    client: Any, estimate: Estimate, server: SeparateServer | None, n: int
+) -> dict[str, Any]:
+    """``n`` publications of ``estimate`` (10 new loss rows each, after an untimed first one)
+    with nothing else running: the wall time of each HTTP request by kind (request sent ->
+    response headers, httpx event hooks), the CPU of the calling thread and of the server per
+    publication (embedded: this process minus the calling thread)."""
+    import dataclasses
+
+    from ptystream.publisher import TiledPublisher
+
+    pub = TiledPublisher(client)
+    uid = str(uuid.uuid4())
+    pub.create_run(uid, {"plan": {"n_points": estimate.n_frames}})
+    pub.publish_live(uid, estimate)  # untimed: the first one creates the arrays (14 requests)
+    started: dict[int, float] = {}
+    requests: list[tuple[str, float]] = []
+
+    def on_request(request: Any) -> None:
+        started[id(request)] = time.perf_counter()
+
+    def on_response(response: Any) -> None:
+        t = started.pop(id(response.request), None)
+        if t is not None:
+            requests.append((request_kind(response.request.url.path), time.perf_counter() - t))
+
+    hooks = client.context.http_client.event_hooks
+    hooks["request"].append(on_request)
+    hooks["response"].append(on_response)
+    walls, client_cpu, server_cpu, per_kind = [], [], [], defaultdict(list)
+    try:
+        for i in range(n):
+            first = estimate.iteration + 1 + 10 * i
+            rows = np.column_stack([np.arange(first, first + 10), np.full(10, 0.5)])
+            est = dataclasses.replace(estimate, iteration=first + 9, loss=rows)
+            del requests[:]
+            srv = server.cpu_s() if server is not None else None
+            t, cpu, proc = time.perf_counter(), time.thread_time(), time.process_time()
+            pub.publish_live(uid, est)
+            walls.append(time.perf_counter() - t)
+            client_cpu.append(time.thread_time() - cpu)
+            if server is not None:
+                server_cpu.append(server.cpu_s() - srv)
+            else:
+                server_cpu.append(time.process_time() - proc - client_cpu[-1])
+            for kind, dt in requests:
+                per_kind[kind].append(dt * 1e3)
+    finally:
+        hooks["request"].remove(on_request)
+        hooks["response"].remove(on_response)
+    return {
+        "publications": n,
+        "wall_ms_median": float(np.median(walls) * 1e3),
+        "requests_per_publication": sum(len(v) for v in per_kind.values()) / n,
+        "request_ms_median": {k: float(np.median(v)) for k, v in per_kind.items()},
+        "client_cpu_ms_median": float(np.median(client_cpu) * 1e3),
+        "server_cpu_ms_median": float(np.median(server_cpu) * 1e3),
+        "array_bytes": 2 * 4 * (estimate.object.size + estimate.probe.shape[-1] ** 2),
+    }
+
+
+def measure_case(
+    case: str,
+    args: argparse.Namespace,
+    embedded_client: Any,
+    separate: SeparateServer | None,
+    separate_client: Any,
+    tmp: Path,
+) -> dict[str, Any]:
+    profile = case_profile(case)
+    print(f"{case}: simulating {profile.sim.n_points} frames ...", flush=True)
+    scan = simulate(profile)
+    conds = [Condition("none", "none", None), Condition("none, core busy", "busy", None)]
+    conds += [Condition(f"embedded {c:g} s", "embedded", c) for c in CADENCES_S]
+    if separate is not None:
+        conds += [Condition(f"separate {c:g} s", "separate", c) for c in CADENCES_S]
+    print(f"{case}: starting {len(conds)} pipelines ...", flush=True)
+    clients = {"embedded": embedded_client, "separate": separate_client}
+    for i, cond in enumerate(conds):
+        cond.start(profile, clients.get(cond.server), tmp / f"spool-{case}-{i}")
+    alone = {}
+    try:
+        estimate = sample_estimate(scan, profile)
+        for placement, client in clients.items():
+            if client is not None:
+                print(f"{case}: publish_live alone, {placement} ...", flush=True)
+                server = separate if placement == "separate" else None
+                alone[placement] = measure_requests(client, estimate, server, args.alone)
+        for r in range(args.repeats):
+            order = conds[r % len(conds) :] + conds[: r % len(conds)]
+            for cond in order:
+                trial = run_trial(cond, scan, profile, args.duration, separate)
+                trial["repeat"] = r
+                cond.trials.append(trial)
+                print(
+                    f"  repeat {r} {cond.name:<16} {trial['steps_per_s']:7.1f} steps/s  "
+                    f"cpu/s: this {trial['process_cpu_per_wall']:.2f} server "
+                    f"{trial['server_cpu_per_wall'] or 0:.2f} others "
+                    f"{trial['other_cpu_per_wall']:.2f}  "
+                    f"estimate {trial['estimate_ms_median']:.1f} ms x {trial['estimates']}  "
+                    f"publish {trial['publish_ms_median']:.0f} ms x {trial['publishes']}",
+                    flush=True,
+                )
+    finally:
+        for cond in conds:
+            cond.pipeline.close()
+    trials = sorted((t for c in conds for t in c.trials), key=lambda t: t["repeat"])
+    canvas = next((t["canvas"] for t in trials if t["canvas"]), None)
+    return {
+        "case": case,
+        "sim": profile.sim.model_dump(mode="json"),
+        "frames": len(scan.frames),
+        "frame_px": profile.instrument.frame_px,
+        "canvas": canvas,
+        "publish_alone": alone,
+        "summary": summarise(trials),
+        "trials": trials,
+    }
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def _f(value: float | None, fmt: str) -> str:
+    """``value`` formatted, or "-" as wide as the format's width."""
+    if value is None or not np.isfinite(value):
+        width = fmt.split(".")[0]
+        return "-".rjust(int(width) if width.isdigit() else 1)
+    return format(value, fmt)
+
+
+def format_tables(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    out = [
+        f"ptystream publish cost{' (--quick)' if results['quick'] else ''}: {m['cpu_model']}, "
+        f"{m['cpu_count']} CPUs, TF {m['tensorflow']}, {m['date']}, commit "
+        f"{m['source']['commit']}, load at start {m['load_average_at_start'][0]:.2f}; "
+        f"{results['repeats']} x {results['duration_s']:g} s per condition",
+    ]
+    for case in results["cases"]:
+        canvas = "x".join(map(str, case["canvas"] or []))
+        out += [
+            "",
+            f"{case['case']}: {case['frames']} frames of {case['frame_px']}², canvas {canvas} px",
+            "condition          steps/s  (each repeat)        slowdown %  | clean: n  steps/s"
+            "  slowdown %  | estimate ms (% of time)  publish_live ms med / p95  publishes"
+            "  dropped",
+        ]
+        for r in case["summary"]:
+            each = " / ".join(f"{v:.1f}" for v in r["steps_per_s_all"])
+            out.append(
+                f"{r['condition']:<17} {r['steps_per_s_median']:>7.1f}  ({each:<21}) "
+                f"{r['slowdown_pct_median']:>8.1f}   | {r['clean_trials']:>7}  "
+                f"{_f(r['clean_steps_per_s_median'], '7.1f')}  "
+                f"{_f(r['clean_slowdown_pct'], '10.1f')}  | "
+                f"{_f(r['estimate_ms_median'], '11.1f')} "
+                f"({r['estimate_share_pct']:>4.1f})        "
+                f"{_f(r['publish_ms_median'], '6.0f')} / {_f(r['publish_ms_p95'], '5.0f')}"
+                f"  {_f(r['publishes_per_trial'], '9.0f')} {_f(r['dropped_per_trial'], '8.0f')}"
+            )
+        if case.get("publish_alone"):
+            out += [
+                "  publish_live alone (no reconstruction running), medians:",
+                "  server     ms / publication  requests  array ms (each)  loss rows ms"
+                "  metadata ms  publisher CPU ms  server CPU ms",
+            ]
+            for placement, a in case["publish_alone"].items():
+                ms = a["request_ms_median"]
+                out.append(
+                    f"  {placement:<10} {a['wall_ms_median']:>16.0f} "
+                    f"{a['requests_per_publication']:>9.0f} {_f(ms.get('array'), '16.0f')} "
+                    f"{_f(ms.get('loss rows'), '13.0f')} {_f(ms.get('metadata'), '12.0f')} "
+                    f"{a['client_cpu_ms_median']:>17.0f} {a['server_cpu_ms_median']:>14.0f}"
+                )
+        out += [
+            "  where the time goes:",
+            "  condition          in flight %  steps/s in publish / between  step ms med / p99"
+            "  publisher CPU ms  CPUs: this / 2nd proc / others",
+        ]
+        for r in case["summary"]:
+            second = {"separate": r["server_cpu_per_wall"], "busy": r["spinner_cpu_per_wall"]}
+            second = second.get(r["server"])
+            frac = r["publishing_fraction"]
+            out.append(
+                f"  {r['condition']:<17} {_f(frac * 100 if frac is not None else None, '11.0f')}"
+                f"  {_f(r['steps_per_s_during_publish'], '17.1f')} / "
+                f"{_f(r['steps_per_s_between_publishes'], '7.1f')}  "
+                f"{_f(r['step_ms_median'], '11.1f')} / {_f(r['step_ms_p99'], '4.1f')}  "
+                f"{_f(r['publish_cpu_ms_median'], '16.0f')}  "
+                f"{_f(r['process_cpu_per_wall'], '10.2f')} / {_f(second, '8.2f')} / "
+                f"{_f(r['other_cpu_per_wall'], '.2f')}"
+            )
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--duration", type=float, default=20.0, help="timed seconds per trial")
+    parser.add_argument("--repeats", type=int, default=4, help="trials per condition")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
+    parser.add_argument(
+        "--alone", type=int, default=20, help="publications timed with nothing else running"
+    )
+    parser.add_argument(
+        "--no-separate", action="store_true", help="skip the separate-process server"
+    )
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
+    parser.add_argument(
+        "--report", type=Path, metavar="JSON", help="only print the tables of a saved run"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.repeats, args.alone = 4.0, 1, 5
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.report is not None:
+        results = json.loads(args.report.read_text())
+        for case in results["cases"]:
+            case["summary"] = summarise(case["trials"])
+        print(format_tables(results))
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from ptystream.access import connect
+    from ptystream.server import start_embedded_server
+
+    machine = machine_info()
+    t_start = time.perf_counter()
+    cases = []
+    with tempfile.TemporaryDirectory(prefix="ptystream-publish-cost-") as tmp_name:
+        tmp = Path(tmp_name)
+        separate = None if args.no_separate else SeparateServer(tmp / "separate")
+        embedded = start_embedded_server(tmp / "embedded")
+        try:
+            separate_client = None
+            if separate is not None:
+                print("starting tiled serve catalog --temp ...", flush=True)
+                waited = separate.wait_ready()
+                print(f"  ready after {waited:.1f} s", flush=True)
+                separate_client = connect(separate.uri, separate.api_key)
+            embedded_client = connect(embedded.uri)
+            for case in args.cases.split(","):
+                cases.append(
+                    measure_case(case, args, embedded_client, separate, separate_client, tmp)
+                )
+        finally:
+            embedded.close()
+            if separate is not None:
+                separate.close()
+    results = {
+        "quick": args.quick,
+        "duration_s": args.duration,
+        "repeats": args.repeats,
+        "settle_s": SETTLE_S,
+        "cases": cases,
+        "total_s": time.perf_counter() - t_start,
+        "machine": machine,
+    }
+    print()
+    print(format_tables(results))
+    print(f"total {results['total_s']:.0f} s")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
