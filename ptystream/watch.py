@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -105,16 +106,22 @@ def _subscribe(node, handler: Callable[[Any], None], refused: Callable[[Exceptio
     sub.child_created.add_callback(handler)
     sub.child_metadata_updated.add_callback(handler)
 
+    ended = threading.Event()
+
     def run() -> None:
         try:
             sub.start(max_size=MAX_MESSAGE_BYTES)
         except Exception as exc:
             refused(exc)
+        finally:
+            ended.set()
 
     threading.Thread(target=run, daemon=True, name="ptystream-watch").start()
     connected = getattr(sub, "_connected_event", None)  # tiled 0.2.20 has no public signal
-    if connected is not None:
-        connected.wait(_CONNECT_S)
+    deadline = time.monotonic() + _CONNECT_S
+    while connected is not None and time.monotonic() < deadline:
+        if connected.wait(0.05) or ended.is_set():
+            break
     return sub
 
 
@@ -133,6 +140,15 @@ class _Watch:
     def on_refused(self, exc: Exception) -> None:
         self.updates.put(_Update("refused", "", {"reason": f"{type(exc).__name__}: {exc}"}))
 
+    def note_refused(self, update: _Update) -> None:
+        """Say once that nothing will be pushed (the loops then read every ``poll_s``)."""
+        if self.pushed:
+            self.pushed = False
+            self.show(
+                f"(no live push from this server: {update.metadata['reason']}; "
+                f"reading every {self.poll_s:g} s)"
+            )
+
     def subscribe(self, node, handler: Callable[[Any], None]) -> None:
         self.subs.append(_subscribe(node, handler, self.on_refused))
 
@@ -150,16 +166,20 @@ class _Watch:
             self.show(f"waiting for {'a run' if self.run is None else repr(self.run)} to start ...")
         subscribed = False
         while key is None:
-            processed = _processed(self.client)
-            if processed is not None and not subscribed:
+            processed = None if subscribed else _processed(self.client)
+            if processed is not None:
                 self.subscribe(processed, self.on_processed)
                 subscribed = True
                 key = find_run(self.client, self.run)  # created while subscribing
                 continue
+            # until processed/ptystream exists (a new server) there is nothing to subscribe to
+            wait = self.poll_s if subscribed else min(self.poll_s, _CONNECT_S / 5)
             try:
-                update = self.updates.get(timeout=self.poll_s)
+                update = self.updates.get(timeout=wait)
                 if update.kind == "created" and _matches(self.run, update.key, update.metadata):
                     key = update.key
+                elif update.kind == "refused":
+                    self.note_refused(update)
             except queue.Empty:
                 key = find_run(self.client, self.run)
             if stop.is_set():
@@ -199,12 +219,8 @@ class _Watch:
             elif update.kind == "created" and self.run is None and update.key != key:
                 self.show(f"run {update.key[:8]} started: following it")
                 return self.follow(update.key, stop)
-            elif update.kind == "refused" and self.pushed:
-                self.pushed = False
-                self.show(
-                    f"(no live push from this server: {update.metadata['reason']}; "
-                    f"reading every {self.poll_s:g} s)"
-                )
+            elif update.kind == "refused":
+                self.note_refused(update)
 
     @staticmethod
     def _live(node) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +48,26 @@ def tiled_client(tiled_server):
     from tiled.client import from_uri
 
     return from_uri(tiled_server.uri)
+
+
+@contextlib.contextmanager
+def tiled_without_streaming(tiled_server):
+    """A second Tiled app on the embedded server's storage, without a streaming cache."""
+    import uvicorn
+    from tiled.catalog import from_uri as catalog_from_uri
+    from tiled.config import Authentication
+    from tiled.server.app import build_app
+    from tiled.server.simple import ThreadedServer
+
+    directory = Path(tiled_server.directory)
+    catalog = catalog_from_uri(
+        directory / "catalog.db",
+        writable_storage=[directory / "data", f"duckdb:///{directory / 'storage.duckdb'}"],
+    )
+    # The same key: tiled keeps its authentication settings in a process-wide singleton.
+    app = build_app(
+        catalog, authentication=Authentication(single_user_api_key=tiled_server.api_key)
+    )
+    server = ThreadedServer(uvicorn.Config(app, port=0, loop="asyncio", log_config=None))
+    with server.run_in_thread() as url:
+        yield f"{url}/api/v1"

@@ -45,6 +45,19 @@ def run_start(uid: str, scan_id: int = 7) -> RunStart:
     )
 
 
+def keep(directory, uid, est, node_path=None, status="finished"):
+    """Keep ``est`` in the spool ``directory`` as the pipeline would for run ``uid``."""
+    return spool_final(
+        directory,
+        uid,
+        est,
+        status=status,
+        extra={"frames": {"received": 20, "used": 20}},
+        run_metadata=run_metadata(run_start(uid), {}),
+        node_path=node_path,
+    )
+
+
 @pytest.fixture
 def publisher(tiled_client):
     return TiledPublisher(tiled_client)
@@ -229,18 +242,6 @@ def test_spooled_result_without_a_container_gets_one(tiled_client, tmp_path):
     assert (tmp_path / "broken.npz.unreadable").read_bytes() == b"not a zip file"
 
 
-def keep(directory, uid, est, node_path=None, status="finished"):
-    return spool_final(
-        directory,
-        uid,
-        est,
-        status=status,
-        extra={"frames": {"received": 20, "used": 20}},
-        run_metadata=run_metadata(run_start(uid), {}),
-        node_path=node_path,
-    )
-
-
 def test_an_upload_failing_halfway_is_completed_in_the_same_container(
     tiled_client, tmp_path, monkeypatch
 ):
@@ -341,15 +342,7 @@ def test_flush_with_the_server_down_keeps_everything(tmp_path):
     server = start_embedded_server(tmp_path / "tiled")
     publisher = TiledPublisher.from_uri(server.uri)
     for uid in ("a-run", "b-run"):
-        spool_final(
-            tmp_path / "spool",
-            uid,
-            estimate(3, final=True),
-            status="finished",
-            extra={},
-            run_metadata=run_metadata(run_start(uid), {}),
-            node_path=None,
-        )
+        keep(tmp_path / "spool", uid, estimate(3, final=True))
     server.close()
     outcomes = publisher.flush(tmp_path / "spool")
     assert len(outcomes) == 1 and outcomes[0].error  # stops at the first refusal

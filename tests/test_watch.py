@@ -12,10 +12,11 @@ import time
 import pytest
 
 from ptystream.access import split_api_key
-from ptystream.publisher import TiledPublisher, run_metadata
-from ptystream.spool import spool_final, spooled_files
+from ptystream.publisher import TiledPublisher
+from ptystream.spool import spooled_files
 from ptystream.watch import watch
-from tests.test_publisher import estimate, run_start
+from tests.conftest import tiled_without_streaming
+from tests.test_publisher import estimate, keep, run_start
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +124,7 @@ def test_wrong_or_missing_key_is_refused_clearly(tiled, tmp_path):
 def test_flush_command_uploads_what_was_kept(tiled_client, tiled, tmp_path):
     uri, key, key_file = tiled
     spool = tmp_path / "spool"
-    spool_final(
-        spool,
-        "flushed-run",
-        estimate(9, final=True),
-        status="finished",
-        extra={"frames": {"received": 20, "used": 20}},
-        run_metadata=run_metadata(run_start("flushed-run", scan_id=5), {}),
-        node_path=None,
-    )
+    keep(spool, "flushed-run", estimate(9, final=True))
     # the key in the URI, as SimpleTiledServer prints it: taken out before anything is logged
     flush = ptystream("-v", "flush", "--spool", str(spool), "--tiled", f"{uri}?api_key={key}")
     out, err = flush.communicate(timeout=120)
@@ -144,16 +137,36 @@ def test_flush_command_uploads_what_was_kept(tiled_client, tiled, tmp_path):
 
 def test_flush_with_the_server_down_keeps_the_files(tmp_path):
     spool = tmp_path / "spool"
-    spool_final(
-        spool,
-        "kept-run",
-        estimate(3, final=True),
-        status="finished",
-        extra={},
-        run_metadata=run_metadata(run_start("kept-run"), {}),
-        node_path=None,
-    )
+    keep(spool, "kept-run", estimate(3, final=True))
     flush = ptystream("flush", "--spool", str(spool), "--tiled", "http://127.0.0.1:9/api/v1")
     out, err = flush.communicate(timeout=120)
     assert flush.returncode == 2 and "cannot reach Tiled at http://127.0.0.1:9/api/v1" in err
     assert [p.name for p in spooled_files(spool)] == ["kept-run.npz"]
+
+
+def test_watch_without_a_streaming_cache_reads_the_metadata(tiled_client, tiled_server):
+    """A Tiled app on the same storage without a streaming cache (as a facility server
+    configured without ``streaming_cache``): watch says so once and follows by reading."""
+    from ptystream.access import connect
+
+    lines: list[str] = []
+    with tiled_without_streaming(tiled_server) as uri:
+        client = connect(uri, tiled_server.api_key)
+        thread = threading.Thread(
+            target=watch,
+            args=(client, "unpushed-run"),
+            kwargs={"show": lines.append, "poll_s": 0.5},
+            daemon=True,
+        )
+        thread.start()
+        time.sleep(2)
+        publish_run(TiledPublisher(tiled_client), "unpushed-run", 91, "finished", n_live=4)
+        thread.join(60)
+    assert not thread.is_alive(), lines
+    notes = [line for line in lines if line.startswith("(no live push from this server")]
+    assert len(notes) == 1 and "reading every 0.5 s" in notes[0]
+    iterations = {
+        line.split("iteration ")[1].split(" ")[0] for line in lines if "iteration" in line
+    }
+    assert len(iterations) >= 3 and "45" in iterations
+    assert lines[-1].startswith("finished: result at processed/ptystream/unpushed-run/final")
