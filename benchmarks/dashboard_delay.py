@@ -49,6 +49,11 @@ Placements:
 - **separate**: ``tiled serve catalog --temp`` and ``ptystream dashboard`` each in their own
   process (a facility's layout; the key reaches the dashboard in ``TILED_API_KEY``).
 
+Also recorded: publications that failed (the exception), HTTP 500s in the Tiled server's log,
+the raw writer's errors, and every warning logged in this process. Results are written after
+each placement; a server that does not stop within 60 s when closed is left behind (noted, and
+the script then ends with ``os._exit``).
+
 Each placement first runs one short scan (40 points, not measured): TensorFlow traces, the page
 loads and subscribes. Then ``--runs`` (2) scans are measured.
 
@@ -70,6 +75,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -216,20 +222,31 @@ class DelayPublisher:
 
     def _timed(self, run_uid: str, estimate: Estimate, final: bool, write: Any) -> None:
         handed = time.time()
-        write()
-        written = time.time()
-        self._sequence[run_uid] += 1
-        self.records.append(
-            {
-                "run_key": self._keys[run_uid],
-                "sequence": self._sequence[run_uid],
-                "iteration": estimate.iteration,
-                "final": final,
-                "taken": self.taken.get(estimate.iteration),
-                "handed": handed,
-                "written": written,
-            }
-        )
+        error = None
+        try:
+            write()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            raise
+        finally:
+            # The sequence live/ now carries: the publisher's own count (it counts a publication
+            # whose metadata write failed too), else ours.
+            nodes = getattr(self._inner, "_runs", {}).get(run_uid)
+            if error is None:
+                self._sequence[run_uid] += 1
+            sequence = getattr(nodes, "sequence", self._sequence[run_uid])
+            self.records.append(
+                {
+                    "run_key": self._keys[run_uid],
+                    "sequence": sequence,
+                    "iteration": estimate.iteration,
+                    "final": final,
+                    "taken": self.taken.get(estimate.iteration),
+                    "handed": handed,
+                    "written": time.time(),
+                    "error": error,
+                }
+            )
 
     def publish_live(self, run_uid: str, estimate: Estimate, frames: dict | None = None) -> None:
         self._timed(
@@ -372,6 +389,38 @@ class CpuSampler:
         return self.per_wall(i, j)["others"]
 
 
+class LogRecords(logging.Handler):
+    """Keeps the first line of every warning or error logged in this process (Tiled's client
+    retries, bluesky's TiledWriter, the dashboard's proxy, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        first = record.getMessage().splitlines()[0] if record.getMessage() else ""
+        self.lines.append(f"{record.levelname} {record.name}: {first[:300]}")
+
+
+def close_within(close: Any, timeout_s: float, what: str, stuck: list[str]) -> None:
+    """``close()`` on a daemon thread; if it has not returned after ``timeout_s``, note ``what``
+    in ``stuck`` and go on."""
+    thread = threading.Thread(target=close, daemon=True, name=f"close {what}")
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        print(f"WARNING: closing {what} did not finish within {timeout_s:g} s", flush=True)
+        stuck.append(what)
+
+
+def server_errors(log: Path) -> int:
+    """How many requests the Tiled server answered with an unhandled exception (HTTP 500)."""
+    try:
+        return log.read_text(errors="replace").count("Exception in ASGI application")
+    except OSError:
+        return 0
+
+
 def run_scans(RE: Any, plans: list[Any], uids: list[str], pipeline: Any) -> None:
     """On a background thread: each plan in turn, waiting for its final result."""
     for plan in plans:
@@ -380,7 +429,9 @@ def run_scans(RE: Any, plans: list[Any], uids: list[str], pipeline: Any) -> None
         pipeline.wait(uid, timeout=600)
 
 
-def measure_placement(placement: str, profile: Profile, n_runs: int, tmp: Path) -> dict[str, Any]:
+def measure_placement(
+    placement: str, profile: Profile, n_runs: int, tmp: Path, stuck: list[str]
+) -> dict[str, Any]:
     """One placement: servers, pipeline, page; a warm-up scan, then ``n_runs`` measured."""
     from bluesky import RunEngine
     from bluesky_tiled_plugins import TiledWriter
@@ -406,6 +457,8 @@ def measure_placement(placement: str, profile: Profile, n_runs: int, tmp: Path) 
         server = start_embedded_server(work / "tiled")
         uri, key = split_api_key(server.uri)[0], server.api_key
     dashboard = page = pipeline = raw_writer = None
+    logged = LogRecords()
+    logging.getLogger().addHandler(logged)
     try:
         client = connect(uri, key)
         publisher = DelayPublisher(TiledPublisher(client))
@@ -465,8 +518,9 @@ def measure_placement(placement: str, profile: Profile, n_runs: int, tmp: Path) 
             sampler.sample()
         page.pump(1.0)
         sampler.sample()
-        raw_writer.flush(timeout=120)
+        raw_flushed = raw_writer.flush(timeout=60)
         results = {pipeline.result(u).status for u in measured}
+        log = work / "tiled" / ("server.log" if separate else "error.log")
         return {
             "placement": placement,
             "runs": n_runs,
@@ -475,9 +529,13 @@ def measure_placement(placement: str, profile: Profile, n_runs: int, tmp: Path) 
             "cpu_per_wall": cpu,
             "connection": page.connection(),
             "page_errors": page.errors,
+            "raw_writer": {"flushed": raw_flushed, "errors": raw_writer.errors},
+            "tiled_500s": server_errors(log),
+            "logged": logged.lines,
             **analyse(records, page.renders, page.painted, sampler),
         }
     finally:
+        logging.getLogger().removeHandler(logged)
         if page is not None:
             page.close()
         if dashboard is not None:
@@ -485,8 +543,8 @@ def measure_placement(placement: str, profile: Profile, n_runs: int, tmp: Path) 
         if raw_writer is not None:
             raw_writer.close(timeout=60)
         if pipeline is not None:
-            pipeline.close()
-        server.close()
+            close_within(pipeline.close, 120, f"{placement} pipeline", stuck)
+        close_within(server.close, 60, f"{placement} Tiled server", stuck)
 
 
 def stats_ms(values: list[float]) -> dict[str, Any]:
@@ -531,7 +589,7 @@ def analyse(
         if row["run_key"] not in seen:
             seen.add(row["run_key"])
             firsts.add((row["run_key"], row["sequence"]))
-    live = [r for r in rows if not r["final"]]
+    live = [r for r in rows if not r["final"] and not r["error"]]
     drawn = [r for r in live if "rendered" in r]
     steady = [r for r in drawn if (r["run_key"], r["sequence"]) not in firsts]
     split = [r for r in steady if r.get("fetch_start") is not None]
@@ -552,6 +610,7 @@ def analyse(
 
     return {
         "publications": len(live),
+        "publish_errors": [r["error"] for r in rows if r["error"]],
         "rendered": len(drawn),
         "not_rendered": len(live) - len(drawn),
         "iteration_mismatches": sum(not r["iteration_matches"] for r in drawn),
@@ -577,7 +636,7 @@ def analyse(
                 "delay_ms": (r["rendered"] - r["handed"]) * 1e3 if "rendered" in r else None,
             }
             for r in rows
-            if r["final"]
+            if r["final"] and not r["error"]
         ],
         "publications_detail": rows,
     }
@@ -663,8 +722,12 @@ def format_tables(results: dict[str, Any]) -> str:
             f"{finals}; not drawn {r['not_rendered']}; CPUs: this process "
             f"{cpu['this_process']:.2f}, {apart}browser {cpu['browser']:.2f}, other jobs "
             f"{cpu['others']:.2f}, whole machine {cpu['machine']:.2f}; page errors "
-            f"{len(r['page_errors'])}"
+            f"{len(r['page_errors'])}; failed publications {len(r['publish_errors'])}; Tiled "
+            f"HTTP 500s {r['tiled_500s']}; raw writer errors {r['raw_writer']['errors']}"
+            f"{'' if r['raw_writer']['flushed'] else ' (not flushed)'}"
         )
+    if results.get("stuck_at_close"):
+        out.append(f"did not stop when closed: {', '.join(results['stuck_at_close'])}")
     return "\n".join(out)
 
 
@@ -684,25 +747,32 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     profile = bench_profile(60 if args.quick else None)
     runs = 1 if args.quick else args.runs
-    placements = []
-    with tempfile.TemporaryDirectory(prefix="ptystream-dashboard-delay-") as tmp:
-        for placement in args.placements.split(","):
-            placements.append(measure_placement(placement, profile, runs, Path(tmp)))
+    placements: list[dict[str, Any]] = []
+    stuck: list[str] = []
     results = {
         "quick": args.quick,
         "runs": runs,
         "n_points": profile.sim.n_points,
         "cadence_s": profile.publish.cadence_s,
         "placements": placements,
-        "total_s": time.perf_counter() - t_start,
+        "stuck_at_close": stuck,
         "machine": machine,
     }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="ptystream-dashboard-delay-")
+    for placement in args.placements.split(","):
+        placements.append(measure_placement(placement, profile, runs, Path(tmp), stuck))
+        results["total_s"] = time.perf_counter() - t_start
+        args.json.write_text(json.dumps(results, indent=1) + "\n")  # kept if a later one hangs
     print()
     print(format_tables(results))
     print(f"total {results['total_s']:.0f} s")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.json}")
+    if stuck:
+        # A server thread that would not stop keeps the process alive (see the README).
+        print(f"exiting although {', '.join(stuck)} did not stop; left {tmp}", flush=True)
+        os._exit(0)
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
