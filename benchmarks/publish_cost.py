@@ -39,9 +39,15 @@ publisher thread (wall ms, median / p95, and the CPU ms of that thread, ``time.t
 for the publications started in the window; publications done and estimates dropped; CPU
 seconds per wall second of this process (engine, publisher client and, when embedded, the
 server), of the separate server process (``/proc/<pid>/stat``) and of everything else on the
-machine (``/proc/stat`` minus those two: other users' jobs; the machine is shared). Per
-condition: the median over repeats of steps/s, and the **slowdown**: the median over repeats
-of 1 - (steps/s) / (steps/s of *none* in the same repeat), in %; and over the *clean* trials
+machine (``/proc/stat`` minus those two: other users' jobs; the machine is shared), and the
+CPU time the hypervisor took (steal).
+
+Per condition: the median over repeats of steps/s; the **slowdown**: the median over repeats
+of 1 - (steps/s) / (steps/s of *none* in the same repeat), in %; the **within-run slowdown**:
+the median of 1 - (steps/s) / (the same run's steps/s while neither an estimate nor a
+publication was under way), which is free of the spread between runs (each run has a fresh
+engine, and their rates differ by up to ±15 % on the small canvas) but needs such quiet time
+(cadence 1 s only) and misses any cost that outlasts a publication; and over the *clean* trials
 only (other jobs used < 0.25 CPU in the window): their number, median steps/s and 1 - that
 median / the median of the clean *none* trials. ``--report JSON`` prints the tables of a saved
 run again.
@@ -353,8 +359,14 @@ class Condition:
 def machine_busy_s() -> float:
     """CPU seconds all CPUs of the machine spent busy so far (``/proc/stat``, all processes)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_steal_s() -> float:
+    """CPU seconds the hypervisor gave the machine's CPUs to others so far (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float] | np.ndarray, q: float) -> float:
@@ -385,9 +397,11 @@ def run_trial(
     load = os.getloadavg()[0]
     srv0 = server.cpu_s() if server is not None else None
     spin0 = spinner.cpu_s() if spinner is not None else 0.0
+    steal0 = machine_steal_s()
     t0, cpu0, busy0 = time.perf_counter(), time.process_time(), machine_busy_s()
     time.sleep(duration_s)
     t1, cpu1, busy1 = time.perf_counter(), time.process_time(), machine_busy_s()
+    steal1 = machine_steal_s()
     srv1 = server.cpu_s() if server is not None else None
     spin_cpu = 0.0
     if spinner is not None:
@@ -412,6 +426,13 @@ def run_trial(
     n_in = sum(n for (_, n, _), inside in zip(steps, in_pub, strict=True) if inside)
     free_s = (t1 - t0) - busy_s
     pub_ms = [d for d, _ in pubs]
+    # The same run's rate while neither an estimate nor a publication was under way: the
+    # reference for a within-run slowdown (free of the engine-to-engine spread between runs).
+    est_free_s = sum(
+        d for t, d in rec.estimates if t0 < t <= t1 and not any(a < t <= b for a, b in busy)
+    )
+    quiet_s = free_s - est_free_s
+    quiet_rate = (n_steps - n_in) / quiet_s if quiet_s > 2.0 else None
     return {
         "condition": cond.name,
         "run_uid": uid,
@@ -422,6 +443,8 @@ def run_trial(
         "publishing_fraction": busy_s / (t1 - t0),
         "steps_per_s_during_publish": n_in / busy_s if busy_s > 0.5 else None,
         "steps_per_s_between_publishes": (n_steps - n_in) / free_s if free_s > 0.5 else None,
+        "steps_per_s_quiet": quiet_rate,
+        "within_run_slowdown": 1 - n_steps / (t1 - t0) / quiet_rate if quiet_rate else None,
         "step_ms_median": percentile(single, 50),
         "step_ms_p99": percentile(single, 99),
         "estimates": len(est_ms),
@@ -429,7 +452,7 @@ def run_trial(
         "estimate_ms_max": max(est_ms) if est_ms else float("nan"),
         "estimate_share": sum(est_ms) / 1e3 / (t1 - t0),
         "publishes": len(pubs),
-        "dropped": len(est_ms) - len(pubs),
+        "dropped": max(0, len(est_ms) - len(pubs)),
         "publish_ms": pub_ms,
         "publish_ms_median": percentile(pub_ms, 50),
         "publish_ms_p95": percentile(pub_ms, 95),
@@ -437,6 +460,7 @@ def run_trial(
         "process_cpu_per_wall": (cpu1 - cpu0) / (t1 - t0),
         "server_cpu_per_wall": (srv1 - srv0) / (t1 - t0) if srv0 is not None else None,
         "machine_busy_cpus": (busy1 - busy0) / (t1 - t0),
+        "steal_cpus": (steal1 - steal0) / (t1 - t0),
         "spinner_cpu_per_wall": spin_cpu / (t1 - t0) if spinner is not None else None,
         "other_cpu_per_wall": (
             busy1 - busy0 - (cpu1 - cpu0) - ((srv1 - srv0) if srv0 is not None else 0.0) - spin_cpu
@@ -492,6 +516,14 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "clean_slowdown_pct": 100 * (1 - np.median(clean) / np.median(clean_base))
                 if clean and clean_base
                 else None,
+                "within_run_slowdown_pct": 100 * w
+                if (w := med("within_run_slowdown")) is not None
+                else None,
+                "within_run_slowdown_pct_all": [
+                    100 * t["within_run_slowdown"]
+                    for t in trials
+                    if t.get("within_run_slowdown") is not None
+                ],
                 "estimate_ms_median": med("estimate_ms_median"),
                 "estimate_share_pct": 100 * (med("estimate_share") or 0.0),
                 "publish_ms_median": percentile(pub_ms, 50),
@@ -508,6 +540,7 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "server_cpu_per_wall": med("server_cpu_per_wall"),
                 "spinner_cpu_per_wall": med("spinner_cpu_per_wall"),
                 "other_cpu_per_wall": med("other_cpu_per_wall"),
+                "steal_cpus": med("steal_cpus"),
             }
         )
     return rows
@@ -689,15 +722,17 @@ def format_tables(results: dict[str, Any]) -> str:
         out += [
             "",
             f"{case['case']}: {case['frames']} frames of {case['frame_px']}², canvas {canvas} px",
-            "condition          steps/s  (each repeat)        slowdown %  | clean: n  steps/s"
-            "  slowdown %  | estimate ms (% of time)  publish_live ms med / p95  publishes"
-            "  dropped",
+            "condition          steps/s  (each repeat)        slowdown %  within-run %"
+            "  | clean: n  steps/s  slowdown %  | estimate ms (% of time)"
+            "  publish_live ms med / p95  publishes  dropped",
         ]
         for r in case["summary"]:
             each = " / ".join(f"{v:.1f}" for v in r["steps_per_s_all"])
             out.append(
                 f"{r['condition']:<17} {r['steps_per_s_median']:>7.1f}  ({each:<21}) "
-                f"{r['slowdown_pct_median']:>8.1f}   | {r['clean_trials']:>7}  "
+                f"{r['slowdown_pct_median']:>8.1f}   "
+                f"{_f(r.get('within_run_slowdown_pct'), '12.1f')}"
+                f"  | {r['clean_trials']:>7}  "
                 f"{_f(r['clean_steps_per_s_median'], '7.1f')}  "
                 f"{_f(r['clean_slowdown_pct'], '10.1f')}  | "
                 f"{_f(r['estimate_ms_median'], '11.1f')} "
@@ -722,7 +757,7 @@ def format_tables(results: dict[str, Any]) -> str:
         out += [
             "  where the time goes:",
             "  condition          in flight %  steps/s in publish / between  step ms med / p99"
-            "  publisher CPU ms  CPUs: this / 2nd proc / others",
+            "  publisher CPU ms  CPUs: this / 2nd proc / others  steal",
         ]
         for r in case["summary"]:
             second = {"separate": r["server_cpu_per_wall"], "busy": r["spinner_cpu_per_wall"]}
@@ -735,7 +770,7 @@ def format_tables(results: dict[str, Any]) -> str:
                 f"{_f(r['step_ms_median'], '11.1f')} / {_f(r['step_ms_p99'], '4.1f')}  "
                 f"{_f(r['publish_cpu_ms_median'], '16.0f')}  "
                 f"{_f(r['process_cpu_per_wall'], '10.2f')} / {_f(second, '8.2f')} / "
-                f"{_f(r['other_cpu_per_wall'], '.2f')}"
+                f"{_f(r['other_cpu_per_wall'], '.2f')}  {_f(r.get('steal_cpus'), '5.2f')}"
             )
     return "\n".join(out)
 
