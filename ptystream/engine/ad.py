@@ -23,6 +23,7 @@ from ptystream.engine import canvas as canvases
 from ptystream.engine import forward, initial
 from ptystream.engine.adam import Adam, adam_update, sparse_adam_update, values_at
 from ptystream.engine.intake import FrameIntake
+from ptystream.engine.pie import summed_windows
 from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry, ScanPlan
 
 __all__ = ["ADEngine"]
@@ -505,9 +506,8 @@ class ADEngine(FrameIntake):
     def _illumination(self, probe: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """Summed probe intensity over the frames' windows (at the whole pixel of each corrected
         position), float32."""
-        out = np.zeros(shape, np.float32)
         if self._n_frames == 0:
-            return out
+            return np.zeros(shape, np.float32)
         n = self._n_frames
         corners = self._top_left[:n].numpy() + self._frac[:n].numpy() + self._shift[:n].numpy()
         limit = np.array(shape) - self._n
@@ -515,6 +515,4 @@ class ADEngine(FrameIntake):
         intensity = np.abs(probe) ** 2
         if intensity.ndim == 3:
             intensity = intensity.sum(axis=0)
-        for r, c in corners:
-            out[r : r + self._n, c : c + self._n] += intensity
-        return out
+        return summed_windows(intensity, corners, shape)
