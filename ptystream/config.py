@@ -6,10 +6,11 @@ ignored at a beamline). Units are in the field names.
 
 from __future__ import annotations
 
+import difflib
 import math
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -28,8 +29,10 @@ __all__ = [
     "ProfileError",
     "PublishSettings",
     "SimSettings",
+    "available_profiles",
     "load_profile",
     "profile_search_path",
+    "resolve_profile_path",
 ]
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
@@ -40,6 +43,17 @@ HC_EV_M = 1.239841984e-6
 
 class ProfileError(ValueError):
     """A profile could not be found or does not validate; the message names the problem."""
+
+
+def _positive_number(value: Any, key: str) -> float:
+    """``value`` read as pydantic reads a float field (a number or a numeric string), > 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{key} must be a positive number, got {value!r}")
+    return number
 
 
 class InstrumentSettings(BaseModel):
@@ -73,7 +87,9 @@ class InstrumentSettings(BaseModel):
     """Rotation in degrees of the stage axes relative to the detector's, counter-clockwise from
     x towards y (applied last)."""
     energy_eV: float = Field(gt=0)
-    """Photon energy in eV."""
+    """Photon energy in eV. A profile may give ``wavelength_m`` (metres) instead, the natural
+    unit for visible light; it is converted to this field when the profile is read, and both
+    may be given if they agree to 1e-6."""
     distance_m: float = Field(gt=0)
     """Sample-to-detector distance in metres."""
     propagation: Literal["far_field", "fresnel", "near_field"] = FAR_FIELD
@@ -95,8 +111,28 @@ class InstrumentSettings(BaseModel):
     probe_defocus_m: float = 0.0
     """Nominal focus-to-sample distance in metres, used to build the initial probe."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _energy_from_wavelength(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "wavelength_m" not in data:
+            return data
+        data = dict(data)
+        wavelength = _positive_number(data.pop("wavelength_m"), "wavelength_m")
+        energy = HC_EV_M / wavelength
+        if data.get("energy_eV") is None:
+            data["energy_eV"] = energy
+        elif not math.isclose(
+            _positive_number(data["energy_eV"], "energy_eV"), energy, rel_tol=1e-6
+        ):
+            raise ValueError(
+                f"energy_eV ({data['energy_eV']}) and wavelength_m ({wavelength}) disagree "
+                f"({wavelength} m is {energy:.6g} eV); give one of them"
+            )
+        return data
+
     @property
     def wavelength_m(self) -> float:
+        """Wavelength in metres, from ``energy_eV``."""
         return HC_EV_M / self.energy_eV
 
     def positions_m(self, y_readback: ArrayLike, x_readback: ArrayLike) -> np.ndarray:
@@ -363,6 +399,8 @@ class Profile(BaseModel):
 
     name: str
     """Profile name, recorded in the start document and in published metadata."""
+    description: str = ""
+    """One line saying what the profile is for (shown by ``ptystream profiles list``)."""
     instrument: InstrumentSettings
     engine: EngineSettings = EngineSettings()
     ingest: IngestSettings = IngestSettings()
@@ -400,35 +438,136 @@ def profile_search_path() -> list[Path]:
     return [Path.cwd() / "profiles", here]
 
 
+def available_profiles() -> dict[str, Path]:
+    """Profiles found by name: ``{name: path}`` for every ``<name>.yaml`` on
+    :func:`profile_search_path`, sorted by name; a name in an earlier directory hides the same
+    name in a later one (as :func:`load_profile` resolves it)."""
+    found: dict[str, Path] = {}
+    for directory in profile_search_path():
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.yaml")):
+                found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
+
+
+def resolve_profile_path(name_or_path: str | Path) -> Path:
+    """The YAML file :func:`load_profile` reads for ``name_or_path``.
+
+    A value ending in ``.yaml`` or ``.yml`` is a path; anything else is a name looked up on
+    :func:`profile_search_path`. Raises :class:`ProfileError` when there is no such file; for
+    an unknown name the message lists the known ones (and the closest, if one is close).
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ProfileError(f"profile file {path} does not exist")
+        return path
+    known = available_profiles()
+    if str(name_or_path) in known:
+        return known[str(name_or_path)]
+    searched = ", ".join(dict.fromkeys(str(d.resolve()) for d in profile_search_path()))
+    close = difflib.get_close_matches(str(name_or_path), list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    names = ", ".join(known) or "none"
+    raise ProfileError(
+        f"profile {str(name_or_path)!r} not found{hint}. Known profiles: {names} "
+        f"(searched {searched}; or give a path to a .yaml file)"
+    )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (the safe
+    loader keeps the last value, silently dropping the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The settings model holding the key at ``loc`` (``("engine", "pie", "x")`` ->
+    PieSettings), or None when ``loc`` does not lead through models."""
+    model: type[BaseModel] = Profile
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def _accepted_keys(model: type[BaseModel]) -> list[str]:
+    keys = list(model.model_fields)
+    if model is InstrumentSettings:
+        keys.append("wavelength_m")  # read into energy_eV
+    return keys
+
+
+def _unknown_key_hint(loc: tuple[int | str, ...]) -> str:
+    """' (unknown key; did you mean ...?)' for an unknown key at ``loc``: the closest key of
+    the same section, else the same key in another section."""
+    key = str(loc[-1])
+    model = _model_at(loc)
+    if model is None:
+        return " (unknown key)"
+    accepted = _accepted_keys(model)
+    lowered = {k.lower(): k for k in accepted}
+    close = [lowered[key.lower()]] if key.lower() in lowered else []
+    close = close or difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+    if close:
+        return f" (unknown key; did you mean {close[0]!r}?)"
+    sections = {"instrument": InstrumentSettings, "engine": EngineSettings}
+    sections |= {"ingest": IngestSettings, "publish": PublishSettings, "sim": SimSettings}
+    elsewhere = [f"{name}.{key}" for name, m in sections.items() if key in _accepted_keys(m)]
+    if elsewhere:
+        return f" (unknown key here; did you mean {elsewhere[0]}?)"
+    return f" (unknown key; accepted: {', '.join(accepted)})"
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        hint = ""
+        if err["type"] == "extra_forbidden":
+            hint = _unknown_key_hint(err["loc"])
+        elif err["type"] == "missing" and tuple(err["loc"]) == ("instrument", "energy_eV"):
+            hint = " (give energy_eV or wavelength_m)"
+        problems.append(f"{where}: {err['msg']}{hint}")
+    return "; ".join(problems)
+
+
 def load_profile(name_or_path: str | Path) -> Profile:
-    """Load and validate a profile from a YAML path or a name on :func:`profile_search_path`.
+    """Load and validate a profile from a YAML path or a name on :func:`profile_search_path`
+    (see :func:`resolve_profile_path`).
 
     Raises
     ------
     ProfileError
-        When the file is missing, is not YAML, or does not validate (the message lists each
-        offending key, including unknown ones).
+        When the file is missing, is not YAML (or repeats a key), or does not validate. The
+        message names the file and each offending key; an unknown key gets the closest
+        accepted one as a suggestion.
     """
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        candidates = [d / f"{name_or_path}.yaml" for d in profile_search_path()]
-        found = next((p for p in candidates if p.is_file()), None)
-        if found is None:
-            searched = ", ".join(str(p) for p in candidates)
-            raise ProfileError(f"profile {name_or_path!r} not found (searched {searched})")
-        path = found
-    elif not path.is_file():
-        raise ProfileError(f"profile file {path} does not exist")
+    path = resolve_profile_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+        with path.open() as stream:  # a stream, so YAML errors name the file
+            data = yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ProfileError(f"profile {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ProfileError(f"profile {path} must be a mapping, got {type(data).__name__}")
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ProfileError(f"profile {path} is invalid: {problems}") from exc
+        raise ProfileError(f"profile {path} is invalid: {_describe(exc)}") from exc
