@@ -65,6 +65,15 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profiles(args: argparse.Namespace) -> int:
+    from ptystream.profiles import run_command
+
+    targets = [args.profile] if args.action == "show" else getattr(args, "files", [])
+    return run_command(
+        args.action, targets, out=print, err=lambda line: print(line, file=sys.stderr)
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from ptystream.access import read_api_key
     from ptystream.serve import DocumentSource, serve
@@ -225,6 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--out", required=True, help="output HDF5 file")
     rec.set_defaults(func=_reconstruct)
+    pro = sub.add_parser("profiles", help="list, show and validate instrument profiles")
+    pro_sub = pro.add_subparsers(dest="action", required=True)
+    pro_sub.add_parser(
+        "list", help="profiles found by name: description, propagation, energy, distance, pixel"
+    )
+    show = pro_sub.add_parser("show", help="a profile as resolved, every default filled in")
+    show.add_argument("profile", metavar="NAME|FILE", help="profile name or YAML path")
+    val = pro_sub.add_parser(
+        "validate", help="check profile files; exit status 1 if any is invalid"
+    )
+    val.add_argument("files", nargs="+", metavar="FILE", help="YAML path (or profile name)")
+    pro.set_defaults(func=_profiles)
     srv = sub.add_parser(
         "serve",
         help="reconstruct live the runs a bluesky 0MQ proxy (or Kafka) publishes, until SIGTERM",
