@@ -527,9 +527,8 @@ def _unknown_key_hint(loc: tuple[int | str, ...]) -> str:
     close = close or difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
     if close:
         return f" (unknown key; did you mean {close[0]!r}?)"
-    sections = {"instrument": InstrumentSettings, "engine": EngineSettings}
-    sections |= {"ingest": IngestSettings, "publish": PublishSettings, "sim": SimSettings}
-    elsewhere = [f"{name}.{key}" for name, m in sections.items() if key in _accepted_keys(m)]
+    sections = [(name, _model_at((name, key))) for name in Profile.model_fields]
+    elsewhere = [f"{name}.{key}" for name, m in sections if m and key in _accepted_keys(m)]
     if elsewhere:
         return f" (unknown key here; did you mean {elsewhere[0]}?)"
     return f" (unknown key; accepted: {', '.join(accepted)})"
