@@ -571,7 +571,7 @@ class LivePipeline:
                     result.run_uid,
                     kept,
                 )
-            else:
+            elif not done:
                 logger.error("run %s: final result not published and not kept", result.run_uid)
         return done
 
