@@ -73,12 +73,12 @@ def run_demo(
     from ptystream.dashboard import start_dashboard
     from ptystream.pipeline import BackgroundCallback, LivePipeline
     from ptystream.publisher import TiledPublisher
-    from ptystream.server import raw_catalog, start_embedded_server
+    from ptystream.server import raw_catalog, start_server_process
     from ptystream.sim.scan import build_simulation
     from ptystream.summary import write_summary
 
     out_dir = Path(out_dir).resolve()
-    server = start_embedded_server(out_dir / "tiled")
+    server = start_server_process(out_dir / "tiled")
     dashboard = None
     try:
         key_file = write_key_file(out_dir / "tiled-api-key", server.api_key)

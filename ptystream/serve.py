@@ -123,9 +123,9 @@ def serve(
     data_dir.mkdir(parents=True, exist_ok=True)
     server = None
     if tiled_uri is None:
-        from ptystream.server import start_embedded_server
+        from ptystream.server import start_server_process
 
-        server = start_embedded_server(data_dir / "tiled")
+        server = start_server_process(data_dir / "tiled")
         key_file = write_key_file(data_dir / "tiled-api-key", server.api_key)
         tiled_uri, api_key = server.uri.split("?")[0], server.api_key
         announce(f"embedded Tiled server at {tiled_uri} (API key in {key_file})")
