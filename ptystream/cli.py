@@ -173,6 +173,87 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reprocess(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ptystream import reprocess as rp
+    from ptystream.access import connect, read_api_key, split_api_key
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # one line per worker event
+
+    profile = rp.with_overrides(load_profile(args.profile), args.set)
+    out = Path(args.out)
+    files = [text for text in args.inputs if rp.looks_like_file(text)]
+    selectors = [text for text in args.inputs if text not in files]
+    jobs, skipped = rp.file_jobs(files, profile, epochs=args.epochs, out_dir=out, force=args.force)
+    root = None
+    if selectors or args.where:
+        if args.tiled is None:
+            raise ValueError(
+                f"runs {selectors or args.where} are read from Tiled: give --tiled URI "
+                "(scan files must exist and end in .cxi, .h5 or .npz)"
+            )
+        uri, key_in_uri = split_api_key(args.tiled)
+        key = read_api_key(args.api_key_file) or key_in_uri
+        root = connect(uri, key)
+        more, more_skipped = rp.tiled_jobs(
+            root,
+            selectors,
+            profile,
+            epochs=args.epochs,
+            tiled_uri=uri,
+            api_key=key,
+            catalog=args.catalog,
+            where=args.where,
+            force=args.force,
+        )
+        jobs += more
+        skipped += more_skipped
+    print(
+        f"{len(jobs)} to reprocess, {len(skipped)} skipped (profile {profile.name}, "
+        f"{args.epochs} passes, settings {rp.settings_hash(profile, args.epochs)})"
+    )
+    reports = rp.run_jobs(
+        jobs,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        memory_limit=args.memory_limit,
+        on_report=_progress(len(jobs)),
+    )
+    everything = skipped + reports
+    print(rp.format_table(everything))
+    sheet = rp.write_outputs(out, everything, root)
+    print(f"contact sheet: {sheet}; table: {out / 'summary.json'}")
+    return 1 if any(r.status == "failed" for r in everything) else 0
+
+
+def _progress(total: int):
+    """A progress bar on a terminal, else one line per finished input."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="run", desc="reprocess")
+
+        def update(report) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{report.label}: {report.status}")
+            if bar.n == bar.total:
+                bar.close()
+
+        return update
+    done = [0]
+
+    def line(report) -> None:
+        done[0] += 1
+        print(
+            f"[{done[0]}/{total}] {report.label}: {report.status} in {report.time_s:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return line
+
+
 def _add_tiled_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tiled",
@@ -297,6 +378,56 @@ def build_parser() -> argparse.ArgumentParser:
     das.add_argument("--host", default="127.0.0.1", help="address to listen on")
     das.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free)")
     das.set_defaults(func=_dashboard)
+    rep = sub.add_parser(
+        "reprocess",
+        help="reconstruct finished runs (from Tiled) or scan files again, in parallel on Dask",
+    )
+    rep.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="RUN|FILE",
+        help="run uid, uid prefix, scan id or scan id range (40:45) in --tiled; or a .cxi/.npz "
+        "file",
+    )
+    rep.add_argument("--profile", required=True, help="profile name or YAML path")
+    rep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a profile setting, e.g. engine.probe_modes=3 (repeatable)",
+    )
+    rep.add_argument(
+        "--epochs", type=_positive(int), default=100, help="passes over all frames (default 100)"
+    )
+    rep.add_argument("--tiled", metavar="URI", help="Tiled server holding the runs")
+    rep.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="file holding the Tiled API key (default: the TILED_API_KEY environment variable)",
+    )
+    rep.add_argument("--catalog", default="raw", help="catalog of Bluesky runs in Tiled")
+    rep.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="select runs whose start document has KEY equal to VALUE (repeatable)",
+    )
+    rep.add_argument("--force", action="store_true", help="redo inputs already reprocessed")
+    rep.add_argument(
+        "--workers", type=_positive(int), default=2, help="local Dask worker processes"
+    )
+    rep.add_argument(
+        "--memory-limit", help="per local worker, e.g. 6GiB (default: 80%% of RAM shared)"
+    )
+    rep.add_argument(
+        "--scheduler", metavar="ADDRESS", help="use this Dask scheduler instead of local workers"
+    )
+    rep.add_argument(
+        "--out", default="reprocess-output", help="contact sheet, summary and file results"
+    )
+    rep.set_defaults(func=_reprocess)
     return parser
 
 

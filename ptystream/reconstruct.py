@@ -9,13 +9,13 @@ from pathlib import Path
 
 import h5py
 
-from ptystream.config import Algorithm, Profile
+from ptystream.config import Algorithm, EngineSettings, Profile
 from ptystream.engine import make_engine, prepare
 from ptystream.io.results import write_result
 from ptystream.io.scans import ScanFile, read_scan
 from ptystream.types import Estimate, Geometry, ScanPlan
 
-__all__ = ["geometry_for", "reconstruct_file"]
+__all__ = ["engine_settings", "geometry_for", "reconstruct_file", "reconstruct_scan"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +46,51 @@ def reconstruct_file(
 ) -> Estimate:
     """Reconstruct ``path`` (CXI or NPZ) and write ``out`` (HDF5, see :func:`write_result`).
 
+    See :func:`reconstruct_scan` for ``epochs``, ``time_budget_s``, ``progress`` and
+    ``algorithm``; the algorithm used is written as the ``engine`` attribute.
+    """
+    scan = read_scan(path)
+    settings = engine_settings(profile, algorithm)
+    estimate = reconstruct_scan(
+        scan,
+        profile,
+        epochs=epochs,
+        time_budget_s=time_budget_s,
+        progress=progress,
+        algorithm=algorithm,
+    )
+    write_result(out, estimate, geometry_for(scan, profile), settings.model_dump(mode="json"))
+    with h5py.File(out, "a") as f:
+        f.attrs["engine"] = settings.algorithm.value
+    return estimate
+
+
+def engine_settings(profile: Profile, algorithm: Algorithm | str | None = None) -> EngineSettings:
+    """The profile's engine settings, with ``algorithm`` (``ad``, ``epie``, ``mpie``) if given."""
+    if algorithm is None:
+        return profile.engine
+    return profile.engine.model_copy(update={"algorithm": Algorithm(algorithm)})
+
+
+def reconstruct_scan(
+    scan: ScanFile,
+    profile: Profile,
+    *,
+    epochs: int | None = None,
+    time_budget_s: float | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    algorithm: Algorithm | str | None = None,
+) -> Estimate:
+    """Reconstruct a finished scan held in memory; returns the final estimate.
+
     Exactly one of ``epochs`` (passes over all frames) and ``time_budget_s`` is given; with a
     budget the number of passes is set from the time of the first one. ``progress(done, total,
-    loss)`` is called after every pass. ``algorithm`` (``ad``, ``epie`` or ``mpie``) overrides
-    the profile's ``engine.algorithm``; the one used is written as the ``engine`` attribute.
+    loss)`` is called after every pass. ``algorithm`` overrides the profile's
+    ``engine.algorithm``. The object canvas covers the positions' extent.
     """
     if (epochs is None) == (time_budget_s is None):
         raise ValueError("give exactly one of epochs and time_budget_s")
-    settings = profile.engine
-    if algorithm is not None:
-        settings = settings.model_copy(update={"algorithm": Algorithm(algorithm)})
-    scan = read_scan(path)
+    settings = engine_settings(profile, algorithm)
     geometry = geometry_for(scan, profile)
     prepare(settings)
     pos = scan.positions_m
@@ -99,8 +133,4 @@ def reconstruct_file(
             remaining,
             on_epoch=(lambda i, loss: progress(done + i + 1, epochs, loss)) if progress else None,
         )
-    estimate = engine.estimate(final=True)
-    write_result(out, estimate, geometry, settings.model_dump(mode="json"))
-    with h5py.File(out, "a") as f:
-        f.attrs["engine"] = settings.algorithm.value
-    return estimate
+    return engine.estimate(final=True)

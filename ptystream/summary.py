@@ -8,7 +8,7 @@ import numpy as np
 
 from ptystream.types import Estimate
 
-__all__ = ["write_summary"]
+__all__ = ["write_contact_sheet", "write_summary"]
 
 
 def write_summary(
@@ -69,6 +69,37 @@ def write_summary(
     for ax in axes[len(panels) + 1 :]:
         ax.axis("off")
     fig.suptitle(title or f"{estimate.n_frames} frames, {estimate.iteration} iterations")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def write_contact_sheet(
+    path: str | Path, tiles: list[tuple[str, np.ndarray | None]], *, title: str = ""
+) -> Path:
+    """A grid of object phase images, one per ``(caption, phase)`` (NaN where unlit; None for
+    an input without a result, drawn as an empty tile with its caption)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cols = min(4, max(1, len(tiles)))
+    n_rows = max(1, -(-len(tiles) // n_cols))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3 * n_cols, 3.2 * n_rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (caption, phase) in zip(axes.ravel(), tiles, strict=False):
+        if phase is not None:
+            ax.imshow(np.ma.masked_invalid(phase), cmap="twilight", vmin=-np.pi, vmax=np.pi)
+        else:
+            ax.text(0.5, 0.5, "no result", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(caption, fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
