@@ -46,6 +46,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Times a task whose worker died (e.g. past its memory limit) is tried again on another
+#: worker of the local cluster before it is reported failed (Dask's default is 3).
+_RETRIES_AFTER_DEATH = 1
+
 #: Longest side of the object image a report carries back for the contact sheet.
 THUMBNAIL_PX = 192
 
@@ -424,26 +428,25 @@ def run_jobs(
     """
     if not jobs:
         return []
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            memory_limit=memory_limit or _default_memory_limit(workers),
-        )
+        with dask.config.set({"distributed.scheduler.allowed-failures": _RETRIES_AFTER_DEATH}):
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                memory_limit=memory_limit or _default_memory_limit(workers),
+            )
     try:
         with Client(cluster or scheduler) as client:
             client.register_plugin(TensorFlowSetup(tf_threads))
             futures = {
-                client.submit(
-                    reprocess_one, job, key=f"reprocess-{i}-{job.settings_hash}", pure=False
-                ): i
-                for i, job in enumerate(jobs)
+                client.submit(reprocess_one, job, pure=False): i for i, job in enumerate(jobs)
             }
             reports: list[Report | None] = [None] * len(jobs)
             for future in as_completed(futures):
