@@ -439,7 +439,8 @@ def run_jobs(
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address=None,
+                # its HTTP endpoints on a free local port (the default 8787 may be taken)
+                dashboard_address="127.0.0.1:0",
                 memory_limit=memory_limit or _default_memory_limit(workers),
             )
     try:
@@ -521,14 +522,24 @@ def write_outputs(out_dir: str | Path, reports: list[Report], root=None) -> Path
 
 
 def _served_thumbnail(root, path: str) -> np.ndarray | None:
+    """The object phase of a result in Tiled, cropped to its scanned area (the windows' bounding
+    box), global phase removed, downsampled to at most ``THUMBNAIL_PX``."""
     try:
         node = root
         for key in path.split("/"):
             node = node[key]
-        obj = node["final"]["object"].read()
+        final = node["final"]
+        obj = final["object"].read()
+        md = final["object"].metadata
+        positions, n = final["positions_m"].read(), final["probe"].shape[-1]
+        origin, dx = np.asarray(md["object_origin_m"]), md["pixel_size_m"]
     except Exception as exc:  # the sheet is a convenience: a missing tile is not an error
         logger.warning("no thumbnail for %s: %s", path, exc)
         return None
+    corners = np.floor((positions - origin) / dx - n / 2 + 0.5).astype(int)
+    lo, hi = np.clip(corners.min(axis=0), 0, None), corners.max(axis=0) + n
+    obj = obj[lo[0] : hi[0], lo[1] : hi[1]]
+    obj = obj * np.exp(-1j * np.angle(np.sum(obj)))
     step = max(1, -(-max(obj.shape) // THUMBNAIL_PX))
     return np.angle(obj[::step, ::step]).astype(np.float32)
 

@@ -80,8 +80,9 @@ def write_summary(
 def write_contact_sheet(
     path: str | Path, tiles: list[tuple[str, np.ndarray | None]], *, title: str = ""
 ) -> Path:
-    """A grid of object phase images, one per ``(caption, phase)`` (NaN where unlit; None for
-    an input without a result, drawn as an empty tile with its caption)."""
+    """A grid of object phase images (radians), one per ``(caption, phase)``, each scaled to its
+    1st-99th percentile (NaN where unlit; None for an input without a result, drawn as an
+    empty tile with its caption)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,7 +95,8 @@ def write_contact_sheet(
         ax.axis("off")
     for ax, (caption, phase) in zip(axes.ravel(), tiles, strict=False):
         if phase is not None:
-            ax.imshow(np.ma.masked_invalid(phase), cmap="twilight", vmin=-np.pi, vmax=np.pi)
+            lo, hi = np.nanpercentile(phase, [1, 99])  # the sample's phase range, not 2 pi
+            ax.imshow(np.ma.masked_invalid(phase), cmap="gray", vmin=lo, vmax=hi)
         else:
             ax.text(0.5, 0.5, "no result", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(caption, fontsize=8)
