@@ -69,12 +69,7 @@ def write_summary(
     for ax in axes[len(panels) + 1 :]:
         ax.axis("off")
     fig.suptitle(title or f"{estimate.n_frames} frames, {estimate.iteration} iterations")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_contact_sheet(
@@ -102,6 +97,13 @@ def write_contact_sheet(
         ax.set_title(caption, fontsize=8)
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as PNG (creating the directory) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
