@@ -14,6 +14,9 @@ CASES = {
     "ptystream.serve": ["tensorflow", "tiled"],
     "ptystream.engine.ad": ["bluesky", "event_model", "tiled", "dask", "ophyd"],
     "ptystream.publisher": ["tensorflow", "bluesky"],
+    "ptystream.versions": ["tensorflow", "bluesky"],
+    "ptystream.runs": ["tensorflow"],
+    "ptystream.reprocess": ["tensorflow"],  # the client side; workers import it on their own
     "ptystream.metrics": ["tensorflow", "tiled", "bluesky", "scipy"],
     "ptystream.types": ["tensorflow", "tiled", "bluesky", "pydantic"],
     "ptystream": ["tensorflow", "tiled", "bluesky"],
