@@ -36,18 +36,21 @@ one arriving while it still draws the previous one is skipped) are counted. Each
 publication includes the page switching to the new run and is also reported on its own.
 
 The machine (2 cores) is shared with other users' jobs. About once a second the CPU time of
-this process, the separate Tiled server and dashboard, the browser (chromium and Playwright's
-driver, from ``/proc``) and the whole machine (``/proc/stat``) is sampled; *other jobs* is the
-machine's minus those. Per publication, other jobs' CPUs over the samples spanning handed ->
-rendered are noted, and the delays are also given over the *clean* publications (other jobs
-< 0.25 CPU).
+this process, the Tiled server's process and the separate dashboard, the browser (chromium and
+Playwright's driver, from ``/proc``) and the whole machine (``/proc/stat``) is sampled; *other
+jobs* is the machine's minus those. Per publication, other jobs' CPUs over the samples spanning
+handed -> rendered are noted, and the delays are also given over the *clean* publications (other
+jobs < 0.25 CPU).
 
 Placements:
 
-- **embedded**: ``SimpleTiledServer`` and the dashboard in the reconstruction's process (what
-  ``ptystream demo`` runs);
+- **embedded**: ``SimpleTiledServer`` in a child process
+  (``ptystream.server.start_server_process``) and the dashboard in the reconstruction's process
+  (what ``ptystream demo`` runs);
 - **separate**: ``tiled serve catalog --temp`` and ``ptystream dashboard`` each in their own
-  process (a facility's layout; the key reaches the dashboard in ``TILED_API_KEY``).
+  process (a facility's layout; the key reaches the dashboard in ``TILED_API_KEY``);
+- **in-process**: ``SimpleTiledServer`` and the dashboard both in the reconstruction's process
+  (``start_embedded_server``: what ``ptystream demo`` ran before).
 
 Also recorded: publications that failed (the exception), HTTP 500s in the Tiled server's log,
 the raw writer's errors, and every warning logged in this process. Results are written after
@@ -60,7 +63,7 @@ loads and subscribes. Then ``--runs`` (2) scans are measured.
 Usage::
 
     flock /tmp/ptystream-bench.lock .venv/bin/python benchmarks/dashboard_delay.py
-        [--quick] [--runs N] [--placements embedded,separate] [--json PATH]
+        [--quick] [--runs N] [--placements embedded,separate,in-process] [--json PATH]
 
 Prints a table and writes ``benchmarks/results/dashboard_delay.json`` (every publication).
 Nothing is asserted. Needs Playwright and ``/usr/bin/chromium`` (``make browser``).
@@ -92,7 +95,13 @@ from ptystream.types import Estimate, RunStart  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_speed import machine_info  # noqa: E402
-from publish_cost import SeparateServer, free_port, machine_busy_s, process_cpu_s  # noqa: E402
+from publish_cost import (  # noqa: E402
+    ChildServer,
+    SeparateServer,
+    free_port,
+    machine_busy_s,
+    process_cpu_s,
+)
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "dashboard_delay.json"
 BIN = Path(sys.executable).parent
@@ -345,7 +354,7 @@ class Dashboard:
 
 
 class CpuSampler:
-    """CPU seconds so far of this process, the separate server and dashboard, the browser and
+    """CPU seconds so far of this process, the server process and dashboard, the browser and
     the whole machine, with ``time.time()``, each time :meth:`sample` is called."""
 
     def __init__(self, server: Any, dashboard: Dashboard):
@@ -441,7 +450,7 @@ def measure_placement(
     from ptystream.engine import make_engine
     from ptystream.pipeline import BackgroundCallback, LivePipeline
     from ptystream.publisher import TiledPublisher
-    from ptystream.server import raw_catalog, start_embedded_server
+    from ptystream.server import raw_catalog, start_embedded_server, start_server_process
     from ptystream.sim.scan import build_simulation
 
     work = tmp / placement
@@ -453,9 +462,15 @@ def measure_placement(
         print(f"{placement}: starting tiled serve ...", flush=True)
         server.wait_ready()
         uri, key = server.uri, server.api_key
-    else:
+    elif placement == "embedded":
+        print(f"{placement}: starting the Tiled server process ...", flush=True)
+        server = start_server_process(work / "tiled")
+        uri, key = split_api_key(server.uri)[0], server.api_key
+    elif placement == "in-process":
         server = start_embedded_server(work / "tiled")
         uri, key = split_api_key(server.uri)[0], server.api_key
+    else:
+        raise ValueError(f"unknown placement {placement!r}")
     dashboard = page = pipeline = raw_writer = None
     logged = LogRecords()
     logging.getLogger().addHandler(logged)
@@ -495,7 +510,8 @@ def measure_placement(
 
         print(f"{placement}: {n_runs} measured scans of {profile.sim.n_points} points ...")
         sim = build_simulation(profile)
-        sampler = CpuSampler(server if separate else None, dashboard)
+        server_cpu = ChildServer(server) if placement == "embedded" else server
+        sampler = CpuSampler(server_cpu if placement != "in-process" else None, dashboard)
         measured: list[str] = []
         thread = threading.Thread(
             target=run_scans, args=(RE, [sim.plan() for _ in range(n_runs)], measured, pipeline)
@@ -712,11 +728,10 @@ def format_tables(results: dict[str, Any]) -> str:
             for f in r["final"]
         )
         cpu = r["cpu_per_wall"]
-        apart = (
-            f"tiled {cpu['tiled_server']:.2f}, dashboard {cpu['dashboard']:.2f}, "
-            if r["placement"] == "separate"
-            else ""
-        )
+        apart = {
+            "separate": f"tiled {cpu['tiled_server']:.2f}, dashboard {cpu['dashboard']:.2f}, ",
+            "embedded": f"tiled {cpu['tiled_server']:.2f}, ",
+        }.get(r["placement"], "")
         out.append(
             f"{r['placement']}: first publication of each run drawn after {firsts} ms; finals: "
             f"{finals}; not drawn {r['not_rendered']}; CPUs: this process "
@@ -735,7 +750,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--runs", type=int, default=2, help="measured scans per placement")
-    parser.add_argument("--placements", default="embedded,separate", help="comma-separated")
+    parser.add_argument(
+        "--placements", default="embedded,separate,in-process", help="comma-separated"
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
     return parser.parse_args(argv)
 

@@ -23,13 +23,15 @@ Conditions, per case, each with its own pipeline started (TensorFlow imported, s
 - **none**: no publisher, no estimates (``cadence_s`` 1e9): the engine's own rate;
 - **none, core busy**: the same while a child process spins in ``while True: pass`` (a control:
   what any work on the second core costs the engine, with no GIL or I/O of this process);
-- **embedded**, cadence 1 / 0.5 / 0.2 s: the ``SimpleTiledServer`` in this process
-  (``ptystream.server.start_embedded_server``, what ``ptystream demo`` runs): its request
-  handling runs on a uvicorn thread of this process and competes for the GIL;
+- **embedded**, cadence 1 / 0.5 / 0.2 s: the ``SimpleTiledServer`` in a child process
+  (``ptystream.server.start_server_process``, what ``ptystream demo`` runs);
 - **separate**, cadence 1 / 0.5 / 0.2 s: ``tiled serve catalog --temp`` in its own process (a
-  SQLite catalog, zarr and DuckDB storage, in-memory streaming cache), as a facility runs it.
+  SQLite catalog, zarr and DuckDB storage, in-memory streaming cache), as a facility runs it;
+- **in-process**, cadence 1 s: the ``SimpleTiledServer`` in this process
+  (``ptystream.server.start_embedded_server``, what ``ptystream demo`` ran before): its request
+  handling runs on a uvicorn thread of this process and competes for the GIL.
 
-Both servers run throughout (idle when not written to). The conditions are interleaved (one
+All servers run throughout (idle when not written to). The conditions are interleaved (one
 trial of each, in an order rotated by one per repeat) and repeated ``--repeats`` times (4).
 
 Measured, per trial, over the window: **steps/s** (steps whose call ended in the window, from a
@@ -37,10 +39,10 @@ wrapper around the engine); the duration of single steps (median, p99); ``engine
 per call on the worker thread (ms) and its share of the window; ``publish_live`` on the
 publisher thread (wall ms, median / p95, and the CPU ms of that thread, ``time.thread_time``)
 for the publications started in the window; publications done and estimates dropped; CPU
-seconds per wall second of this process (engine, publisher client and, when embedded, the
-server), of the separate server process (``/proc/<pid>/stat``) and of everything else on the
-machine (``/proc/stat`` minus those two: other users' jobs; the machine is shared), and the
-CPU time the hypervisor took (steal).
+seconds per wall second of this process (engine, publisher client and, when in-process, the
+server), of the condition's server process (``/proc/<pid>/stat``) and of everything else on
+the machine (``/proc/stat`` minus this process and both server processes: other users' jobs;
+the machine is shared), and the CPU time the hypervisor took (steal).
 
 Per condition: the median over repeats of steps/s; the **slowdown**: the median over repeats
 of 1 - (steps/s) / (steps/s of *none* in the same repeat), in %; the **within-run slowdown**:
@@ -56,7 +58,8 @@ Before the trials of a case, per server, ``--alone`` (20) publications of an est
 case's size (all frames added, 20 steps) with no reconstruction running, after an untimed first
 one (which creates the arrays): the wall time per publication and per HTTP request by kind
 (httpx event hooks: request sent -> response headers), the CPU of the publishing thread and the
-server's CPU per publication (embedded: this process minus the publishing thread).
+server's CPU per publication (``/proc/<pid>/stat`` of its process; in-process: this process
+minus the publishing thread).
 
 Cases: ``demo`` (the demo profile: 64² frames, 200-point Fermat scan, object canvas 195 x 196
 px) and ``large`` (the same with ``sim.object_px`` 800, ``sim.n_points`` 4000: a canvas of
@@ -66,6 +69,7 @@ Usage::
 
     flock /tmp/ptystream-bench.lock .venv/bin/python benchmarks/publish_cost.py
         [--quick] [--duration S] [--repeats N] [--cases demo,large] [--alone N] [--no-separate]
+        [--no-in-process]
         [--json PATH] [--report JSON]
 
 Prints a table and writes ``benchmarks/results/publish_cost.json`` (every trial). Nothing is
@@ -112,6 +116,8 @@ CASES: dict[str, dict[str, Any]] = {
     "large": {"object_px": 800, "n_points": 4000},
 }
 CADENCES_S = (1.0, 0.5, 0.2)
+#: The in-process server (what ``ptystream demo`` ran before) is measured at the default only.
+IN_PROCESS_CADENCES_S = (1.0,)
 NO_PUBLISHING_CADENCE_S = 1e9
 SETTLE_S = 1.0
 #: A trial is *clean* when everything else on the machine used fewer CPUs than this.
@@ -306,6 +312,16 @@ class SeparateServer:
         self._log.close()
 
 
+class ChildServer:
+    """CPU of a server started by ``ptystream.server.start_server_process``."""
+
+    def __init__(self, server: Any):
+        self.server = server
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.server.pid)
+
+
 class Spinner:
     """A child process spinning in a Python loop: keeps the second core busy with no I/O, no GIL
     of ours and little memory traffic (the control for "the other core is busy")."""
@@ -329,7 +345,7 @@ class Condition:
     """One way of running: a started pipeline, publishing (or not) at a cadence."""
 
     name: str
-    server: str  # none, busy (a spinning process), embedded, separate
+    server: str  # none, busy (a spinning process), embedded, separate, in-process
     cadence_s: float | None
     pipeline: Any = None
     publisher: TimedPublisher | None = None
@@ -378,9 +394,12 @@ def run_trial(
     scan: Scan,
     profile: Profile,
     duration_s: float,
-    server: SeparateServer | None,
+    servers: dict[str, Any],
 ) -> dict[str, Any]:
-    """One run on ``cond``'s pipeline: all frames in, then ``duration_s`` of stepping timed."""
+    """One run on ``cond``'s pipeline: all frames in, then ``duration_s`` of stepping timed.
+
+    ``servers``: the server processes by placement (``cpu_s()``), all subtracted from the
+    machine's CPU for *other jobs*; the condition's own one is reported as its server's CPU."""
     rec = Recorder(len(scan.frames))
     cond.recorder = rec
     if cond.publisher is not None:
@@ -395,14 +414,14 @@ def run_trial(
     spinner = Spinner() if cond.server == "busy" else None
     time.sleep(SETTLE_S)
     load = os.getloadavg()[0]
-    srv0 = server.cpu_s() if server is not None else None
+    srv0 = {name: server.cpu_s() for name, server in servers.items()}
     spin0 = spinner.cpu_s() if spinner is not None else 0.0
     steal0 = machine_steal_s()
     t0, cpu0, busy0 = time.perf_counter(), time.process_time(), machine_busy_s()
     time.sleep(duration_s)
     t1, cpu1, busy1 = time.perf_counter(), time.process_time(), machine_busy_s()
     steal1 = machine_steal_s()
-    srv1 = server.cpu_s() if server is not None else None
+    srv_cpu = {name: server.cpu_s() - srv0[name] for name, server in servers.items()}
     spin_cpu = 0.0
     if spinner is not None:
         spin_cpu = spinner.cpu_s() - spin0
@@ -458,13 +477,11 @@ def run_trial(
         "publish_ms_p95": percentile(pub_ms, 95),
         "publish_cpu_ms_median": percentile([c for _, c in pubs], 50),
         "process_cpu_per_wall": (cpu1 - cpu0) / (t1 - t0),
-        "server_cpu_per_wall": (srv1 - srv0) / (t1 - t0) if srv0 is not None else None,
+        "server_cpu_per_wall": srv_cpu[cond.server] / (t1 - t0) if cond.server in srv_cpu else None,
         "machine_busy_cpus": (busy1 - busy0) / (t1 - t0),
         "steal_cpus": (steal1 - steal0) / (t1 - t0),
         "spinner_cpu_per_wall": spin_cpu / (t1 - t0) if spinner is not None else None,
-        "other_cpu_per_wall": (
-            busy1 - busy0 - (cpu1 - cpu0) - ((srv1 - srv0) if srv0 is not None else 0.0) - spin_cpu
-        )
+        "other_cpu_per_wall": (busy1 - busy0 - (cpu1 - cpu0) - sum(srv_cpu.values()) - spin_cpu)
         / (t1 - t0),
         "load_average_1min": load,
         "canvas": list(rec.canvas) if rec.canvas else None,
@@ -474,7 +491,7 @@ def run_trial(
 def condition_of(trial: dict[str, Any]) -> tuple[str, float | None]:
     """The server placement and cadence of a trial (from its condition's name)."""
     name = trial["condition"]
-    if name.startswith(("embedded", "separate")):
+    if name.startswith(("embedded", "separate", "in-process")):
         server, cadence = name.split()[:2]
         return server, float(cadence)
     return ("busy" if "busy" in name else "none"), None
@@ -578,13 +595,12 @@ def sample_estimate(scan: Scan, profile: Profile) -> Estimate:
     return engine.estimate()
 
 
-def measure_requests(
-    client: Any, estimate: Estimate, server: SeparateServer | None, n: int
-) -> dict[str, Any]:
+def measure_requests(client: Any, estimate: Estimate, server: Any, n: int) -> dict[str, Any]:
     """``n`` publications of ``estimate`` (10 new loss rows each, after an untimed first one)
     with nothing else running: the wall time of each HTTP request by kind (request sent ->
     response headers, httpx event hooks), the CPU of the calling thread and of the server per
-    publication (embedded: this process minus the calling thread)."""
+    publication (``server.cpu_s()``; ``server`` None: in this process, this process minus the
+    calling thread)."""
     import dataclasses
 
     from ptystream.publisher import TiledPublisher
@@ -642,34 +658,33 @@ def measure_requests(
 def measure_case(
     case: str,
     args: argparse.Namespace,
-    embedded_client: Any,
-    separate: SeparateServer | None,
-    separate_client: Any,
+    clients: dict[str, Any],
+    servers: dict[str, Any],
     tmp: Path,
 ) -> dict[str, Any]:
+    """``clients``: a tiled client per placement (embedded, separate, in-process); ``servers``:
+    the server processes by placement (``cpu_s()``)."""
     profile = case_profile(case)
     print(f"{case}: simulating {profile.sim.n_points} frames ...", flush=True)
     scan = simulate(profile)
     conds = [Condition("none", "none", None), Condition("none, core busy", "busy", None)]
-    conds += [Condition(f"embedded {c:g} s", "embedded", c) for c in CADENCES_S]
-    if separate is not None:
-        conds += [Condition(f"separate {c:g} s", "separate", c) for c in CADENCES_S]
+    for placement in clients:
+        cadences = IN_PROCESS_CADENCES_S if placement == "in-process" else CADENCES_S
+        conds += [Condition(f"{placement} {c:g} s", placement, c) for c in cadences]
     print(f"{case}: starting {len(conds)} pipelines ...", flush=True)
-    clients = {"embedded": embedded_client, "separate": separate_client}
     for i, cond in enumerate(conds):
         cond.start(profile, clients.get(cond.server), tmp / f"spool-{case}-{i}")
     alone = {}
     try:
         estimate = sample_estimate(scan, profile)
         for placement, client in clients.items():
-            if client is not None:
-                print(f"{case}: publish_live alone, {placement} ...", flush=True)
-                server = separate if placement == "separate" else None
-                alone[placement] = measure_requests(client, estimate, server, args.alone)
+            print(f"{case}: publish_live alone, {placement} ...", flush=True)
+            server = servers.get(placement)
+            alone[placement] = measure_requests(client, estimate, server, args.alone)
         for r in range(args.repeats):
             order = conds[r % len(conds) :] + conds[: r % len(conds)]
             for cond in order:
-                trial = run_trial(cond, scan, profile, args.duration, separate)
+                trial = run_trial(cond, scan, profile, args.duration, servers)
                 trial["repeat"] = r
                 cond.trials.append(trial)
                 print(
@@ -760,8 +775,9 @@ def format_tables(results: dict[str, Any]) -> str:
             "  publisher CPU ms  CPUs: this / 2nd proc / others  steal",
         ]
         for r in case["summary"]:
-            second = {"separate": r["server_cpu_per_wall"], "busy": r["spinner_cpu_per_wall"]}
-            second = second.get(r["server"])
+            second = r["spinner_cpu_per_wall"] if r["server"] == "busy" else None
+            if r["server"] in ("embedded", "separate"):
+                second = r["server_cpu_per_wall"]
             frac = r["publishing_fraction"]
             out.append(
                 f"  {r['condition']:<17} {_f(frac * 100 if frac is not None else None, '11.0f')}"
@@ -787,6 +803,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-separate", action="store_true", help="skip the separate-process server"
     )
+    parser.add_argument(
+        "--no-in-process", action="store_true", help="skip the server in this process"
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
     parser.add_argument(
         "--report", type=Path, metavar="JSON", help="only print the tables of a saved run"
@@ -806,8 +825,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_tables(results))
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from ptystream.access import connect
-    from ptystream.server import start_embedded_server
+    from ptystream.access import connect, split_api_key
+    from ptystream.server import start_embedded_server, start_server_process
 
     machine = machine_info()
     t_start = time.perf_counter()
@@ -815,23 +834,29 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ptystream-publish-cost-") as tmp_name:
         tmp = Path(tmp_name)
         separate = None if args.no_separate else SeparateServer(tmp / "separate")
-        embedded = start_embedded_server(tmp / "embedded")
+        embedded = in_process = None
         try:
-            separate_client = None
+            print("starting the embedded server process ...", flush=True)
+            embedded = start_server_process(tmp / "embedded")
+            clients = {"embedded": connect(split_api_key(embedded.uri)[0], embedded.api_key)}
+            servers: dict[str, Any] = {"embedded": ChildServer(embedded)}
             if separate is not None:
                 print("starting tiled serve catalog --temp ...", flush=True)
                 waited = separate.wait_ready()
                 print(f"  ready after {waited:.1f} s", flush=True)
-                separate_client = connect(separate.uri, separate.api_key)
-            embedded_client = connect(embedded.uri)
-            for case in args.cases.split(","):
-                cases.append(
-                    measure_case(case, args, embedded_client, separate, separate_client, tmp)
+                clients["separate"] = connect(separate.uri, separate.api_key)
+                servers["separate"] = separate
+            if not args.no_in_process:
+                in_process = start_embedded_server(tmp / "in-process")
+                clients["in-process"] = connect(
+                    split_api_key(in_process.uri)[0], in_process.api_key
                 )
+            for case in args.cases.split(","):
+                cases.append(measure_case(case, args, clients, servers, tmp))
         finally:
-            embedded.close()
-            if separate is not None:
-                separate.close()
+            for server in (embedded, in_process, separate):
+                if server is not None:
+                    server.close()
     results = {
         "quick": args.quick,
         "duration_s": args.duration,
