@@ -98,6 +98,7 @@ def connect(uri: str, api_key: str | None = None):
     """
     import httpx
     from tiled.client import from_uri
+    from tiled.client.context import CannotPrompt
 
     shown, key_in_uri = split_api_key(uri)
     api_key = api_key or key_in_uri
@@ -117,8 +118,11 @@ def connect(uri: str, api_key: str | None = None):
     except (httpx.TransportError, OSError) as exc:
         reason = str(exc).replace(api_key, "***") if api_key else str(exc)
         raise AccessError(f"cannot reach Tiled at {shown}: {reason}") from None
-    except RuntimeError as exc:  # tiled: "This server requires API key authentication."
-        if "API key" not in str(exc):
+    except (RuntimeError, CannotPrompt) as exc:
+        # tiled: "This server requires API key authentication." (single-user server), or,
+        # from a server with login providers that refused the key, an attempt to prompt for
+        # a password that cannot be made (CannotPrompt).
+        if not isinstance(exc, CannotPrompt) and "API key" not in str(exc):
             raise
         if api_key:
             raise AccessError(
