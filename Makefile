@@ -8,7 +8,7 @@ EXTRAS ?= cpu,server,dev
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint venv clean browser
+.PHONY: demo test test-deploy lint venv clean browser postgresql
 
 venv: $(STAMP)
 
@@ -29,7 +29,18 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 test: $(STAMP) browser
-	$(VENV)/bin/python -m pytest -ra
+	$(VENV)/bin/python -m pytest -ra -m "not deploy"
+
+# The facility set-up of deploy/ brought up for real (PostgreSQL, tiled serve config, the 0MQ
+# proxy, ptystream serve); about two minutes, so not part of `make test`. Needs Debian's
+# PostgreSQL, installed once like chromium above.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
+
+test-deploy: $(STAMP) postgresql
+	$(VENV)/bin/python -m pytest -ra -m deploy tests/deploy/test_facility.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ptystream tests benchmarks
