@@ -28,12 +28,12 @@ browser:
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
-test: $(STAMP) browser
-	$(VENV)/bin/python -m pytest -ra -m "not deploy"
+# The facility test (tests/deploy/test_facility.py: PostgreSQL, tiled serve config, the 0MQ
+# proxy, ptystream serve, about 45 s) is part of `make test`; `make test-deploy` runs it alone.
+test: $(STAMP) browser postgresql
+	$(VENV)/bin/python -m pytest -ra
 
-# The facility set-up of deploy/ brought up for real (PostgreSQL, tiled serve config, the 0MQ
-# proxy, ptystream serve); about two minutes, so not part of `make test`. Needs Debian's
-# PostgreSQL, installed once like chromium above.
+# Debian's PostgreSQL for the facility test, installed once like chromium above.
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \

@@ -8,8 +8,8 @@ through them (documents over 0MQ, the raw run written by TiledWriter with the ra
 key); then the result is checked with each key, the keys' limits are tried, and every log and
 output is searched for the secrets.
 
-Marked ``deploy``: it takes about two minutes, so ``make test`` leaves it to ``make test-deploy``
-(which installs PostgreSQL with apt-get where it is missing; both run in .ci/run).
+About 45 s, so it is part of ``make test`` (which installs PostgreSQL with apt-get where it is
+missing); marked ``deploy`` so that ``make test-deploy`` (``-m deploy``) runs it alone.
 """
 
 from __future__ import annotations
