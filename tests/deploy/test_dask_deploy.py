@@ -99,9 +99,10 @@ def test_workers_connect_to_the_scheduler_service():
         assert container["image"] == "ghcr.io/YOUR-ORG/ptystream:VERSION", path
 
 
-def test_slurm_cluster_script_compiles_and_explains_itself():
+def test_slurm_cluster_script_compiles_and_explains_itself(tmp_path):
     script = DEPLOY / "slurm_cluster.py"
-    py_compile.compile(str(script), doraise=True)
+    # compiled into tmp_path: no __pycache__ left in deploy/
+    py_compile.compile(str(script), cfile=str(tmp_path / "slurm_cluster.pyc"), doraise=True)
     run = subprocess.run(
         [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60
     )
