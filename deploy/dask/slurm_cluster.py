@@ -130,8 +130,9 @@ def make_cluster(args: argparse.Namespace):
         protocol = "tls://"
     scheduler_options = {
         "port": args.port,
-        # No dashboard: bokeh is not a dependency of ptystream, and it would listen on every
-        # interface. For one: pip install "dask[diagnostics]==2026.8.0" and pass
+        # No dashboard: without bokeh (not a dependency of ptystream) there is none to see, yet
+        # its HTTP server would listen on every interface. For one:
+        # pip install "dask[diagnostics]==2026.8.0" and pass
         # "dashboard_address": "127.0.0.1:8787", then tunnel to it with ssh -L.
         "dashboard_address": None,
     }
