@@ -234,6 +234,7 @@ def file_jobs(
     """Jobs for scan files, and reports for those whose result with the same settings is
     already in ``out_dir`` (unless ``force``)."""
     digest = settings_hash(profile, epochs)
+    out_dir = Path(out_dir).resolve()  # workers may run in another directory
     jobs, skipped = [], []
     for path in map(Path, paths):
         if not path.is_file():
@@ -429,7 +430,7 @@ def run_jobs(
     if not jobs:
         return []
     import dask
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, KilledWorker, LocalCluster, as_completed
 
     cluster = None
     if scheduler is None:
@@ -454,14 +455,15 @@ def run_jobs(
                 i = futures[future]
                 try:
                     report = future.result()
-                except Exception as exc:  # the worker died (memory limit, crash)
+                except Exception as exc:  # the task never ran to its end on a worker
                     job = jobs[i]
+                    why = "worker lost" if isinstance(exc, KilledWorker) else "not run by Dask"
                     report = Report(
                         job.label,
                         "failed",
                         job.run_uid or job.path or "?",
                         job.scan_id,
-                        error=f"worker lost: {type(exc).__name__}: {exc}",
+                        error=f"{why}: {type(exc).__name__}: {exc}",
                     )
                 reports[i] = report
                 if on_report is not None:

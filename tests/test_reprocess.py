@@ -278,6 +278,15 @@ def test_selection(root, runs):
         select_runs(raw, ["4:2"])
 
 
+def test_file_results_go_where_the_client_says(tmp_path, profile, monkeypatch):
+    """Workers of a standing cluster run elsewhere: the output directory travels absolute."""
+    scan = tmp_path / "scan.npz"
+    scan.write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    (job,), _ = file_jobs([scan], profile, epochs=1, out_dir="results")
+    assert job.out_dir == str(tmp_path / "results")
+
+
 def test_bad_input_is_named(root, runs, profile):
     scans, _ = runs
     run = root["raw"][scans[2][0]]
