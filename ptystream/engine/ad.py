@@ -23,7 +23,6 @@ from ptystream.engine import canvas as canvases
 from ptystream.engine import forward, initial
 from ptystream.engine.adam import Adam, adam_update, sparse_adam_update, values_at
 from ptystream.engine.intake import FrameIntake
-from ptystream.engine.pie import summed_windows
 from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry, ScanPlan
 
 __all__ = ["ADEngine"]
@@ -515,4 +514,4 @@ class ADEngine(FrameIntake):
         intensity = np.abs(probe) ** 2
         if intensity.ndim == 3:
             intensity = intensity.sum(axis=0)
-        return summed_windows(intensity, corners, shape)
+        return canvases.summed_windows(intensity, corners, shape)

@@ -411,67 +411,9 @@ class PIEEngine(FrameIntake):
     def _illumination(self, probe: np.ndarray) -> np.ndarray:
         """Summed probe intensity over the frames' windows (at their whole pixels), float32."""
         intensity = (np.abs(probe) ** 2).astype(np.float32)
-        return summed_windows(intensity, self._top_left[: self._n_frames], self._object.shape)
-
-
-def summed_windows(
-    intensity: np.ndarray, corners: np.ndarray, shape: tuple[int, int]
-) -> np.ndarray:
-    """``intensity`` added at every window of a ``shape`` canvas, float32.
-
-    The same as ``for r, c in corners: out[r : r + m, c : c + n] += intensity`` for a
-    non-negative ``(m, n)`` ``intensity`` and integer top-left ``corners`` ``(k, 2)`` (every
-    window inside the canvas), computed as one convolution of the corners' hit counts with the
-    intensity, by FFT in float64. On 4000 windows of 64² on a 591 x 592 canvas it takes ~9 ms
-    against ~20 ms for the loop; on the demo's 200 windows on 195 x 196, about the same as the
-    loop (~1 ms). It agrees with the loop to ~1e-15 of the maximum, and is 0 exactly where the
-    loop's is: where no window's intensity is nonzero.
-    """
-    import scipy.fft
-
-    h, w = shape
-    m, n = intensity.shape
-    out = np.zeros(shape, np.float32)
-    corners = np.asarray(corners, np.int64).reshape(-1, 2)
-    positive = intensity[intensity > 0]
-    if len(corners) == 0 or positive.size == 0:
-        return out
-    rows, cols = corners[:, 0], corners[:, 1]
-    outside = (rows < 0) | (cols < 0) | (rows > h - m) | (cols > w - n)
-    if outside.any():
-        raise ValueError(
-            f"{int(outside.sum())} windows of {m} x {n} px leave the {h} x {w} canvas, "
-            f"e.g. at {corners[outside][0].tolist()}"
+        return canvases.summed_windows(
+            intensity, self._top_left[: self._n_frames], self._object.shape
         )
-    # Sizes with small prime factors; the circular convolution cannot wrap around, as every
-    # window ends inside the canvas.
-    fh, fw = scipy.fft.next_fast_len(h, real=True), scipy.fft.next_fast_len(w, real=True)
-    hits = np.bincount(rows * fw + cols, minlength=fh * fw).reshape(fh, fw).astype(np.float64)
-    hits_spectrum = scipy.fft.rfft2(hits)
-
-    def convolved(window: np.ndarray) -> np.ndarray:
-        # The window's spectrum: along x on its m rows only, then along y, padded.
-        along_x = scipy.fft.rfft(window.astype(np.float64), n=fw, axis=1)
-        spectrum = scipy.fft.fft(along_x, n=fh, axis=0)
-        spectrum *= hits_spectrum
-        return scipy.fft.irfft2(spectrum, s=(fh, fw))[:h, :w]
-
-    total = convolved(intensity)
-    # Rounding leaves ~1e-16 of the maximum where nothing shines. Lit pixels (some window's
-    # intensity is nonzero there) are found exactly, in integers: by box sums of the corners
-    # when the intensity has no zeros, else by the same convolution of its support, rounded
-    # (counts of at most k, off by ~1e-12). A lit pixel's sum is at least the smallest nonzero
-    # intensity.
-    if positive.size == intensity.size:
-        cover = np.zeros((h + m, w + n), np.int32)
-        cover[rows + m, cols + n] = 1
-        cover = np.cumsum(np.cumsum(cover, axis=0, dtype=np.int32), axis=1, dtype=np.int32)
-        lit = (cover[m:, n:] - cover[:-m, n:] - cover[m:, :-n] + cover[:-m, :-n]) > 0
-    else:
-        lit = convolved(intensity > 0) > 0.5
-    np.maximum(total, float(positive.min()), out=total)
-    np.copyto(out, total, where=lit, casting="same_kind")
-    return out
 
 
 def _denominator(field: np.ndarray, alpha: float) -> np.ndarray:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ptystream.engine import make_engine
-from ptystream.engine.pie import summed_windows
+from ptystream.engine.canvas import summed_windows
 from ptystream.sim.scan import build_simulation
 from tests.conftest import small_profile
 from tests.engine.test_ad import planned
