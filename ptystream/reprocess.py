@@ -323,6 +323,8 @@ def _from_file(job: Job, report: Report) -> None:
 
 
 def _from_tiled(job: Job, report: Report) -> None:
+    import dask
+
     from ptystream.access import connect
     from ptystream.runs import read_run
     from ptystream.versions import create_version, finish_version, write_final
@@ -330,7 +332,11 @@ def _from_tiled(job: Job, report: Report) -> None:
     assert job.tiled_uri is not None and job.run_uid is not None
     root = connect(job.tiled_uri, job.api_key)
     t0 = time.perf_counter()
-    data = read_run(root[job.catalog][job.run_uid], job.profile)
+    # The tiled client reads arrays with dask's compute(); inside a task that would go to the
+    # worker's own cluster client, which suspends this task and lets the worker start another
+    # one meanwhile (so more runs than workers would sit in memory at once).
+    with dask.config.set(scheduler="sync"):
+        data = read_run(root[job.catalog][job.run_uid], job.profile)
     read_s = time.perf_counter() - t0
     report.rejected = data.rejected
     path, node = create_version(
