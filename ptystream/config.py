@@ -30,6 +30,7 @@ __all__ = [
     "PublishSettings",
     "SimSettings",
     "available_profiles",
+    "describe_errors",
     "load_profile",
     "profile_search_path",
     "resolve_profile_path",
@@ -534,7 +535,9 @@ def _unknown_key_hint(loc: tuple[int | str, ...]) -> str:
     return f" (unknown key; accepted: {', '.join(accepted)})"
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
+    """A profile's validation errors in one line, each naming its key (with a suggestion for a
+    misspelt one)."""
     problems = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -569,4 +572,4 @@ def load_profile(name_or_path: str | Path) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileError(f"profile {path} is invalid: {_describe(exc)}") from exc
+        raise ProfileError(f"profile {path} is invalid: {describe_errors(exc)}") from exc

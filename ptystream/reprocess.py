@@ -26,7 +26,7 @@ import numpy as np
 from distributed import WorkerPlugin
 
 from ptystream import __version__
-from ptystream.config import Profile
+from ptystream.config import Profile, describe_errors
 
 __all__ = [
     "Job",
@@ -159,10 +159,7 @@ def with_overrides(profile: Profile, assignments: list[str]) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ValueError(f"--set: {problems}") from exc
+        raise ValueError(f"--set: {describe_errors(exc)}") from exc
 
 
 def tiled_jobs(

@@ -86,7 +86,7 @@ def _resolve(catalog, filtered, text: str, has_conditions: bool) -> list[RunRef]
         if lo > hi:
             raise RunSelectionError(f"scan id range {text!r} runs backwards")
         runs = filtered(catalog.search(ScanIDRange(lo, hi + 1))).values()
-        found = sorted((_ref(run) for run in runs), key=lambda r: (r.scan_id or 0))
+        found = sorted((_ref(run) for run in runs), key=lambda r: r.scan_id or 0)
         if not found:
             raise RunSelectionError(f"no run has a scan id in {lo}..{hi}")
         return found

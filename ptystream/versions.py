@@ -135,6 +135,4 @@ def finish_version(root, path: str, status: str, extra: dict[str, Any]) -> None:
     run = root
     for key in keys[:-2]:
         run = run[key]
-    run.update_metadata(
-        {"latest_reprocess": {"version": keys[-1], "status": status, "path": path}}
-    )
+    run.update_metadata({"latest_reprocess": {"version": keys[-1], "status": status, "path": path}})

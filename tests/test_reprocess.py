@@ -295,7 +295,7 @@ def test_bad_input_is_named(root, runs, profile):
     )
     with pytest.raises(ValueError, match="stream 'primary' has no data key 'eiger'"):
         read_run(run, other)
-    with pytest.raises(ValueError, match="engine.probe_modez"):
+    with pytest.raises(ValueError, match="engine.probe_modez.*did you mean 'probe_modes'"):
         with_overrides(profile, ["engine.probe_modez=2"])
     with pytest.raises(ValueError, match="no section 'engin'"):
         with_overrides(profile, ["engin.probe_modes=2"])
