@@ -239,15 +239,20 @@ function onRunsEvent(message) {
 }
 
 // In follow mode: show the newest running run when it is newer than the one shown (a run left
-// "running" by a crashed service does not pull the page back); with nothing shown yet, or when
-// the operator turns following on, the newest running run, else the newest run.
+// "running" by a crashed service does not pull the page back), or the newest run when none is
+// running and the shown one has ended; with nothing shown yet, or when the operator turns
+// following on, the newest running run, else the newest run.
 function chooseRun(jump = false) {
   if (!state.follow || !state.order.length) return;
   const running = state.order.find((k) => (state.runs.get(k) || {}).status === "running");
   const shownAt = state.order.indexOf(state.shown);
   let target = state.shown;
+  const shownEnded = (state.runs.get(state.shown) || {}).status !== "running";
   if (jump || shownAt < 0) target = running || state.order[0];
   else if (running && state.order.indexOf(running) < shownAt) target = running;
+  // A newer run that started and ended between two looks (a short scan): show it once the
+  // shown one has ended too.
+  else if (!running && shownAt > 0 && shownEnded) target = state.order[0];
   if (target !== state.shown) showRun(target);
 }
 
