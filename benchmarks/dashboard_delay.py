@@ -45,7 +45,7 @@ jobs < 0.25 CPU).
 Placements:
 
 - **embedded**: ``SimpleTiledServer`` in a child process
-  (``ptystream.server.start_server_process``) and the dashboard in the reconstruction's process
+  (``ptystream.store.server.start_server_process``) and the dashboard in the reconstruction's process
   (what ``ptystream demo`` runs);
 - **separate**: ``tiled serve catalog --temp`` and ``ptystream dashboard`` each in their own
   process (a facility's layout; the key reaches the dashboard in ``TILED_API_KEY``);
@@ -445,13 +445,15 @@ def measure_placement(
     from bluesky import RunEngine
     from bluesky_tiled_plugins import TiledWriter
 
-    from ptystream.access import connect, split_api_key
-    from ptystream.callback import PtychoCallback
     from ptystream.engine import make_engine
-    from ptystream.pipeline import BackgroundCallback, LivePipeline
-    from ptystream.publisher import TiledPublisher
-    from ptystream.server import raw_catalog, start_embedded_server, start_server_process
+    from ptystream.live.callback import PtychoCallback
+    from ptystream.live.background import BackgroundCallback
+    from ptystream.live.pipeline import LivePipeline
     from ptystream.sim.scan import build_simulation
+    from ptystream.store.access import connect, split_api_key
+    from ptystream.store.layout import raw_catalog
+    from ptystream.store.publisher import TiledPublisher
+    from ptystream.store.server import start_embedded_server, start_server_process
 
     work = tmp / placement
     work.mkdir()

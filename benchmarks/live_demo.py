@@ -1,6 +1,6 @@
 """Benchmark one run of the default `ptystream demo`.
 
-Measures, in a single run of :func:`ptystream.demo.run_demo`:
+Measures, in a single run of :func:`ptystream.commands.demo.run_demo`:
 
 1. the time the live callback spends on the RunEngine's thread per document (median, 99th
    percentile, max and count, in milliseconds), by wrapping the callback with a timer;
@@ -42,8 +42,8 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from ptystream.commands.demo import DemoReport, run_demo  # noqa: E402
 from ptystream.config import load_profile  # noqa: E402
-from ptystream.demo import DemoReport, run_demo  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "live_demo.json"
 

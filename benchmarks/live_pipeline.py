@@ -85,8 +85,8 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from ptystream.callback import PtychoCallback  # noqa: E402
 from ptystream.config import Profile, load_profile  # noqa: E402
+from ptystream.live.callback import PtychoCallback  # noqa: E402
 from ptystream.types import Estimate, FrameRecord, RunStart, RunStop  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -453,9 +453,9 @@ def latency(rep: Replay, live: list[tuple[float, int, int]]) -> dict[str, Any]:
 
 def measure_callback_cost(n_events: int, tmp: Path) -> list[dict[str, Any]]:
     """Part 1: callback time per event document, 128 x 128 frames, three set-ups."""
-    from ptystream.pipeline import LivePipeline
-    from ptystream.publisher import TiledPublisher
-    from ptystream.server import start_embedded_server
+    from ptystream.live.pipeline import LivePipeline
+    from ptystream.store.publisher import TiledPublisher
+    from ptystream.store.server import start_embedded_server
 
     profile = bench_profile(frame_px=128, n_points=n_events, object_px=900)
     print(f"callback cost: recording a {n_events}-point scan of 128² frames ...", flush=True)
@@ -518,7 +518,7 @@ def measure_rates_and_latency(
     duration_s: float, rates: tuple[float, ...]
 ) -> tuple[list[dict], int | None, list[dict]]:
     """Parts 2 and 3 (64 x 64 frames): the rate ladder at cadence 1 s, then latency."""
-    from ptystream.pipeline import LivePipeline
+    from ptystream.live.pipeline import LivePipeline
 
     print("rates: recording the 2000-point scan and the demo's 200-point scan ...", flush=True)
     long_scan = Scan.record(bench_profile(n_points=2000, object_px=440))

@@ -29,8 +29,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from ptystream.config import load_profile
-    from ptystream.reconstruct import reconstruct_file
-    from ptystream.summary import write_summary
+    from ptystream.io.figures import write_summary
+    from ptystream.offline.reconstruct import reconstruct_file
 
     profile = load_profile("p25-nearfield")
     start = time.perf_counter()

@@ -142,7 +142,7 @@ def make_object() -> np.ndarray:
 
 def score(estimate, truth) -> tuple:
     """|C|, amplitude and phase r over the well-lit region (30 % of the maximum illumination,
-    as ``ptystream.demo.score_against_truth``), and the flat object's |C| there. The arrays are
+    as ``ptystream.commands.demo.score_against_truth``), and the flat object's |C| there. The arrays are
     cropped to the region's bounding box plus a margin first: the same measure, 3x faster."""
     from ptystream.metrics import complex_correlation
 

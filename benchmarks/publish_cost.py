@@ -4,7 +4,7 @@ without a publisher.
 The issue's bar: at the default cadence (``publish.cadence_s`` 1 s) the reconstruction must not
 slow by more than a few percent.
 
-Method. The real :class:`~ptystream.pipeline.LivePipeline` runs each trial: its worker thread
+Method. The real :class:`~ptystream.live.pipeline.LivePipeline` runs each trial: its worker thread
 builds the run's engine (``make_engine``, ``warm_up``), adds the frames, steps, and every
 ``cadence_s`` takes ``engine.estimate()`` and posts it to the pipeline's publisher thread, which
 calls ``TiledPublisher.publish_live`` (latest wins: an estimate not yet written when the next
@@ -24,11 +24,11 @@ Conditions, per case, each with its own pipeline started (TensorFlow imported, s
 - **none, core busy**: the same while a child process spins in ``while True: pass`` (a control:
   what any work on the second core costs the engine, with no GIL or I/O of this process);
 - **embedded**, cadence 1 / 0.5 / 0.2 s: the ``SimpleTiledServer`` in a child process
-  (``ptystream.server.start_server_process``, what ``ptystream demo`` runs);
+  (``ptystream.store.server.start_server_process``, what ``ptystream demo`` runs);
 - **separate**, cadence 1 / 0.5 / 0.2 s: ``tiled serve catalog --temp`` in its own process (a
   SQLite catalog, zarr and DuckDB storage, in-memory streaming cache), as a facility runs it;
 - **in-process**, cadence 1 s: the ``SimpleTiledServer`` in this process
-  (``ptystream.server.start_embedded_server``, what ``ptystream demo`` ran before): its request
+  (``ptystream.store.server.start_embedded_server``, what ``ptystream demo`` ran before): its request
   handling runs on a uvicorn thread of this process and competes for the GIL.
 
 All servers run throughout (idle when not written to). The conditions are interleaved (one
@@ -159,7 +159,7 @@ class Scan:
 def simulate(profile: Profile) -> Scan:
     """The profile's simulated scan, computed as its ophyd detector would (same truth,
     trajectory and detector model), without a RunEngine."""
-    from ptystream.callback import plan_from_start
+    from ptystream.live.callback import plan_from_start
     from ptystream.sim.detector import DetectorModel, diffraction_pattern
     from ptystream.sim.plans import scan_metadata
     from ptystream.sim.scan import build_simulation
@@ -313,7 +313,7 @@ class SeparateServer:
 
 
 class ChildServer:
-    """CPU of a server started by ``ptystream.server.start_server_process``."""
+    """CPU of a server started by ``ptystream.store.server.start_server_process``."""
 
     def __init__(self, server: Any):
         self.server = server
@@ -354,8 +354,8 @@ class Condition:
 
     def start(self, profile: Profile, client: Any, spool_dir: Path) -> None:
         from ptystream.engine import make_engine
-        from ptystream.pipeline import LivePipeline
-        from ptystream.publisher import TiledPublisher
+        from ptystream.live.pipeline import LivePipeline
+        from ptystream.store.publisher import TiledPublisher
 
         if client is not None:
             self.publisher = TimedPublisher(TiledPublisher(client))
@@ -603,7 +603,7 @@ def measure_requests(client: Any, estimate: Estimate, server: Any, n: int) -> di
     calling thread)."""
     import dataclasses
 
-    from ptystream.publisher import TiledPublisher
+    from ptystream.store.publisher import TiledPublisher
 
     pub = TiledPublisher(client)
     uid = str(uuid.uuid4())
@@ -825,8 +825,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_tables(results))
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from ptystream.access import connect, split_api_key
-    from ptystream.server import start_embedded_server, start_server_process
+    from ptystream.store.access import connect, split_api_key
+    from ptystream.store.server import start_embedded_server, start_server_process
 
     machine = machine_info()
     t_start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Reprocessing throughput: finished runs per hour with ``ptystream reprocess`` on one and on two
 local Dask workers.
 
-Set-up (untimed): a real Tiled server (``ptystream.server.start_embedded_server``, in this
+Set-up (untimed): a real Tiled server (``ptystream.store.server.start_embedded_server``, in this
 process, in a temporary directory) and ``--runs`` K (8) runs of the demo profile written into
 it by bluesky's ``TiledWriter`` from a RunEngine scanning the simulated beamline
 (``ptystream.sim.scan.build_simulation``): 200 points of 64² frames each, ``sim.seed`` 1..K so
@@ -141,8 +141,8 @@ def write_runs(root, k: int) -> list[str]:
     from bluesky_tiled_plugins import TiledWriter
 
     from ptystream.config import load_profile
-    from ptystream.server import raw_catalog
     from ptystream.sim.scan import build_simulation
+    from ptystream.store.layout import raw_catalog
 
     demo = load_profile(PROFILE)
     RE = RunEngine({})
@@ -614,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(results))
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from ptystream.access import connect, split_api_key
-    from ptystream.server import start_embedded_server
+    from ptystream.store.access import connect, split_api_key
+    from ptystream.store.server import start_embedded_server
 
     machine = machine_info()
     t_start = time.perf_counter()

@@ -18,7 +18,7 @@ with longer runs (|C| falls as E grows, below the flat object at E = 100), so th
 the one a user would choose and the long one checks the target in the over-fitted regime.
 
 Each result is scored with ``ptystream.metrics.complex_correlation`` against the truth over the
-illuminated region, as ``ptystream.demo.score_against_truth`` does (30 % of the maximum summed
+illuminated region, as ``ptystream.commands.demo.score_against_truth`` does (30 % of the maximum summed
 probe intensity), except that the region is computed from the *true* probe at the true
 positions, so every run of a seed is scored over the same pixels. ``|C|``, amplitude and phase
 correlation, the flat-object baseline and the difference to offline are reported. The seed sets

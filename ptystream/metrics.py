@@ -13,10 +13,21 @@ both are fitted and removed before the measures are taken.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-__all__ = ["Correlation", "complex_correlation", "fourier_shift", "register_shift"]
+if TYPE_CHECKING:
+    from ptystream.types import Estimate
+
+__all__ = [
+    "Correlation",
+    "Truth",
+    "complex_correlation",
+    "fourier_shift",
+    "register_shift",
+    "score_against_truth",
+]
 
 
 @dataclass(frozen=True)
@@ -194,3 +205,26 @@ def complex_correlation(
         global_phase_rad=global_phase,
         ramp_rad_per_px=(float(ramp[0]), float(ramp[1])),
     )
+
+
+class Truth(Protocol):
+    """A ground truth that can be sampled on an estimate's grid (as
+    :class:`ptystream.sim.sample.GroundTruth` is)."""
+
+    def aligned_to(self, shape: tuple[int, int], origin_m: tuple[float, float]) -> np.ndarray:
+        """The true object on a grid of ``shape`` whose pixel ``[0, 0]`` is at ``origin_m``."""
+        ...
+
+
+#: Pixels whose summed probe intensity is above this fraction of its maximum are scored.
+WELL_LIT_FRACTION = 0.3
+
+
+def score_against_truth(estimate: Estimate, truth: Truth) -> tuple[Correlation, float]:
+    """|C| of ``estimate`` against ``truth`` over the well-lit region (illumination above
+    ``WELL_LIT_FRACTION`` of its maximum), and the |C| a flat object would score there (the
+    baseline: the mean transmission alone scores well above 0)."""
+    mask = estimate.illumination > WELL_LIT_FRACTION * estimate.illumination.max()
+    aligned = truth.aligned_to(estimate.object.shape, estimate.object_origin_m)
+    flat = complex_correlation(np.ones_like(aligned), aligned, mask, register=False).abs_c
+    return complex_correlation(estimate.object, aligned, mask), flat

@@ -36,7 +36,7 @@ def small_profile(**sim_overrides) -> Profile:
 @pytest.fixture(scope="module")
 def tiled_server(tmp_path_factory):
     """A real SimpleTiledServer on 127.0.0.1, one per test module."""
-    from ptystream.server import start_embedded_server
+    from ptystream.store.server import start_embedded_server
 
     server = start_embedded_server(tmp_path_factory.mktemp("tiled"))
     yield server

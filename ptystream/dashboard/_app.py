@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ptystream.access import hide_in_logs, split_api_key
+from ptystream.store.access import hide_in_logs, split_api_key
 
 __all__ = ["create_app"]
 

@@ -2,8 +2,13 @@
 
 Importing this package is cheap; TensorFlow is imported by :func:`configure_tensorflow` and by
 :func:`make_engine` for the AD engine only (the ePIE and mPIE baselines are numpy). Engines never
-see documents, run uids or Tiled: they take frames, positions and a
-:class:`~ptystream.types.Geometry`, and return numpy :class:`~ptystream.types.Estimate` objects.
+see documents, run uids or Tiled: they take frames, positions and an :class:`EngineSetup`, and
+return numpy :class:`~ptystream.types.Estimate` objects. Everything a caller may ask of an
+engine is named by :class:`Engine`.
+
+May import TensorFlow, numpy, scipy, :mod:`ptystream.types`, :mod:`ptystream.optics` and
+:mod:`ptystream.config`; never bluesky, event_model, tiled, dask, :mod:`ptystream.live` or the
+store.
 """
 
 from __future__ import annotations
@@ -16,27 +21,36 @@ import logging
 # the only gateway to TensorFlow in ptystream, keeps the system SQLite.
 import sqlite3  # noqa: F401  (isort: keep before any tensorflow import)
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from ptystream.config import Algorithm, EngineSettings
-from ptystream.types import Estimate, Geometry, ScanPlan
+from ptystream.engine.checkpoint import EngineState
+from ptystream.engine.setup import EngineSetup
+from ptystream.types import Estimate
 
-__all__ = ["Engine", "configure_tensorflow", "make_engine", "prepare"]
+__all__ = ["Engine", "EngineSetup", "EngineState", "configure_tensorflow", "make_engine", "prepare"]
 
 logger = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
-    """What the pipeline needs of a streaming reconstruction engine."""
+    """What callers may ask of a streaming reconstruction engine (the AD engine and the ePIE
+    and mPIE baselines all have it)."""
 
     @property
-    def n_frames(self) -> int: ...
+    def n_frames(self) -> int:
+        """Frames added so far."""
 
     @property
     def frames_waiting(self) -> int:
         """Frames added but not yet in any optimiser step (each step takes them first)."""
+
+    @property
+    def iteration(self) -> int:
+        """Optimiser steps (AD) or position updates (PIE) taken so far."""
 
     def warm_up(self) -> None:
         """Compile for the current shapes, so the first real step does not stall."""
@@ -55,6 +69,25 @@ class Engine(Protocol):
 
     def estimate(self, *, final: bool = False) -> Estimate:
         """Snapshot the current object and probe as numpy arrays."""
+
+    def snapshot(self) -> EngineState:
+        """The whole state, to continue from later with :meth:`restore`."""
+
+    def restore(self, state: EngineState, *, source: str = "state") -> None:
+        """Continue from a :meth:`snapshot` of an engine with the same geometry and settings
+        (ValueError naming what differs otherwise; ``source`` names where it came from)."""
+
+    def save_state(self, path: str | Path) -> None:
+        """Write the whole state to ``path`` (atomically)."""
+
+    def load_state(self, path: str | Path) -> None:
+        """Continue from a state written by :meth:`save_state`."""
+
+    def search_distance(
+        self, lo_m: float, hi_m: float, passes: int = 25
+    ) -> tuple[float, dict[float, float]]:
+        """Near field: set the propagation distance to the best in ``[lo_m, hi_m]`` (metres)
+        and return it with every trial's score; ValueError where the engine cannot."""
 
 
 def configure_tensorflow(threads: int) -> None:
@@ -79,34 +112,14 @@ def prepare(settings: EngineSettings) -> None:
         configure_tensorflow(settings.tf_threads)
 
 
-def make_engine(
-    geometry: Geometry,
-    settings: EngineSettings,
-    *,
-    plan: ScanPlan | None = None,
-    read_noise_counts: float = 0.0,
-    probe_defocus_m: float = 0.0,
-    detector_mask: np.ndarray | None = None,
-    initial_probe: np.ndarray | None = None,
-) -> Engine:
-    """Build the engine ``settings.algorithm`` names for one run: ``ad``, the AD engine
+def make_engine(setup: EngineSetup) -> Engine:
+    """Build the engine ``setup.settings.algorithm`` names for one run: ``ad``, the AD engine
     (imports TensorFlow), or ``epie`` / ``mpie``, the numpy baselines of
-    :mod:`ptystream.engine.pie` (never import TensorFlow).
+    :mod:`ptystream.engine.pie` (never import TensorFlow)."""
+    if Algorithm(setup.settings.algorithm) is Algorithm.AD:
+        from ptystream.engine.ad import ADEngine
 
-    ``detector_mask`` is a boolean ``(N, N)`` array in the frames' orientation, True where a
-    pixel is valid. ``initial_probe`` (complex ``(N, N)``) replaces the probe built from the
-    optics, e.g. the previous scan's final probe.
-    """
-    if Algorithm(settings.algorithm) is Algorithm.AD:
-        from ptystream.engine.ad import ADEngine as engine_class
-    else:
-        from ptystream.engine.pie import PIEEngine as engine_class  # type: ignore[assignment]
-    return engine_class(
-        geometry,
-        settings,
-        plan=plan or ScanPlan(),
-        read_noise_counts=read_noise_counts,
-        probe_defocus_m=probe_defocus_m,
-        detector_mask=detector_mask,
-        initial_probe=initial_probe,
-    )
+        return ADEngine(setup)
+    from ptystream.engine.pie import PIEEngine
+
+    return PIEEngine(setup)

@@ -13,17 +13,21 @@ import collections
 import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from ptystream import optics
-from ptystream.config import EngineSettings
 from ptystream.engine import canvas as canvases
 from ptystream.engine import forward, initial
 from ptystream.engine.adam import Adam, adam_update, sparse_adam_update, values_at
+from ptystream.engine.checkpoint import EngineState, read_state, write_state
+from ptystream.engine.distance import search_distance
 from ptystream.engine.intake import FrameIntake
-from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry, ScanPlan
+from ptystream.engine.setup import EngineSetup
+from ptystream.types import FRESNEL, NEAR_FIELD, Estimate
 
 __all__ = ["ADEngine"]
 
@@ -39,18 +43,13 @@ class ADEngine(FrameIntake):
 
     Parameters
     ----------
-    geometry : wavelength, distance, detector pixel and frame size.
-    settings : the profile's engine settings (batch size, learning rates, ...).
-    plan : planned number of points and position extent; sizes the canvas and frame buffer so
-        that a normal scan never recompiles. Unknown values are grown into.
-    read_noise_counts : Gaussian read noise in counts (enters the loss's variance offset).
-    probe_defocus_m : nominal defocus used to build the initial probe from the mean pattern.
-    initial_probe : complex ``(N, N)`` probe, or ``(M, N, N)`` modes, to start from (a previous
-        scan's, for a warm start across scans); rescaled to the power of the first frames.
-        None: built from the optics. Missing modes are added, surplus ones dropped.
-    detector_mask : ``(N, N)`` boolean array in the frames' orientation, True where a pixel is
-        valid;
-        masked pixels (gaps, hot pixels, a beamstop) never enter the loss. None: all valid.
+    setup : geometry, settings, plan, read noise, defocus, detector mask and initial probe
+        (:class:`~ptystream.engine.setup.EngineSetup`). The plan sizes the canvas and frame
+        buffer so that a normal scan never recompiles; unknown values are grown into. The read
+        noise enters the loss's variance offset; masked pixels (gaps, hot pixels, a beamstop)
+        never enter the loss. An initial probe (``(N, N)`` or ``(M, N, N)`` modes) is
+        rescaled to the power of the first frames; missing modes are added, surplus ones
+        dropped.
 
     Notes
     -----
@@ -59,17 +58,9 @@ class ADEngine(FrameIntake):
     retrace. Data are normalised by the maximum of the first frames received.
     """
 
-    def __init__(
-        self,
-        geometry: Geometry,
-        settings: EngineSettings,
-        *,
-        plan: ScanPlan,
-        read_noise_counts: float = 0.0,
-        probe_defocus_m: float = 0.0,
-        detector_mask: np.ndarray | None = None,
-        initial_probe: np.ndarray | None = None,
-    ):
+    def __init__(self, setup: EngineSetup):
+        geometry, settings, plan = setup.geometry, setup.settings, setup.plan
+        initial_probe, detector_mask = setup.initial_probe, setup.detector_mask
         self.geometry = geometry
         if initial_probe is not None and (
             initial_probe.ndim not in (2, 3) or initial_probe.shape[-2:] != geometry.frame_shape
@@ -81,8 +72,8 @@ class ADEngine(FrameIntake):
         self.settings = settings
         self._n = geometry.frame_px
         self._dx = geometry.object_pixel_size_m
-        self._noise_offset_counts = 0.375 + read_noise_counts**2
-        self._probe_defocus_m = probe_defocus_m
+        self._noise_offset_counts = 0.375 + setup.read_noise_counts**2
+        self._probe_defocus_m = setup.probe_defocus_m
         detector_mask = initial.check_detector_mask(detector_mask, geometry.frame_shape)
         self._valid_pixels = detector_mask
         self._near = geometry.propagation == NEAR_FIELD
@@ -164,8 +155,6 @@ class ADEngine(FrameIntake):
         (:func:`ptystream.engine.distance.search_distance`). The state is then restored, with
         z at the best trial. Returns it and every trial's score.
         """
-        from ptystream.engine.distance import search_distance
-
         return search_distance(self, lo_m, hi_m, passes)
 
     @property
@@ -224,17 +213,73 @@ class ADEngine(FrameIntake):
                 on_epoch(epoch, loss)
         return loss
 
-    def save_state(self, path) -> None:
-        """Write the whole state (variables, optimiser moments, frames, bookkeeping) to ``path``."""
-        from ptystream.engine.checkpoint import save_state
+    def snapshot(self) -> EngineState:
+        """The whole state (variables, optimiser moments, frames, bookkeeping) as numpy copies."""
+        arrays, meta = self._bookkeeping()
+        arrays |= {name: var.numpy() for name, (_, var) in self._state_variables().items()}
+        arrays["loss"] = np.asarray(self._loss, dtype=np.float64).reshape(-1, 2)
+        return EngineState(arrays, meta)
 
-        save_state(self, path)
+    def restore(self, state: EngineState, *, source: str = "state") -> None:
+        """Continue from ``state`` (a :meth:`snapshot` of an engine with the same geometry and
+        settings; ValueError naming what differs otherwise). Variables of another shape (a
+        canvas that grew, more frames) are re-allocated and the step recompiled."""
+        state.check(self.geometry, self.settings, source)
+        reshaped = False
+        for name, (owner_key, var) in self._state_variables().items():
+            value = state.arrays[name]
+            if tuple(var.shape) == value.shape:
+                var.assign(value)
+            else:
+                setattr(*owner_key, tf.Variable(value, trainable=var.trainable))
+                reshaped = True
+        self._restore_bookkeeping(state)
+        self._loss = [(int(i), float(v)) for i, v in state.arrays["loss"]]
+        if reshaped:
+            self._step_fn = self._compile()
 
-    def load_state(self, path) -> None:
+    def save_state(self, path: str | Path) -> None:
+        """Write :meth:`snapshot` to ``path`` (NPZ, atomically)."""
+        write_state(self.snapshot(), path)
+
+    def load_state(self, path: str | Path) -> None:
         """Continue from a state written by :meth:`save_state` (same geometry and settings)."""
-        from ptystream.engine.checkpoint import load_state
+        self.restore(read_state(path), source=str(path))
 
-        load_state(self, path)
+    def _state_variables(self) -> dict[str, tuple[tuple[Any, Any], tf.Variable]]:
+        """Every ``tf.Variable`` of the state by checkpoint name, with where it is kept
+        (``(owner, attribute)``, so that :meth:`restore` can replace it)."""
+        obj_adam, probe_adam = self._obj_adam, self._probe_adam
+        places: dict[str, tuple[Any, Any]] = {
+            "object_re": (self, "_obj_re"),
+            "object_im": (self, "_obj_im"),
+            "object_count": (self, "_obj_count"),
+            "object_m_re": (obj_adam[0], "m"),
+            "object_v_re": (obj_adam[0], "v"),
+            "object_m_im": (obj_adam[1], "m"),
+            "object_v_im": (obj_adam[1], "v"),
+            "probe_re": (self, "_probe_re"),
+            "probe_im": (self, "_probe_im"),
+            "probe_count": (self, "_probe_count"),
+            "probe_m_re": (probe_adam[0], "m"),
+            "probe_v_re": (probe_adam[0], "v"),
+            "probe_m_im": (probe_adam[1], "m"),
+            "probe_v_im": (probe_adam[1], "v"),
+            "distance": (self, "_distance"),
+            "distance_count": (self, "_distance_count"),
+            "distance_m": (self._distance_adam, "m"),
+            "distance_v": (self._distance_adam, "v"),
+            "offset": (self, "_offset"),
+            "frames": (self, "_frames"),
+            "top_left": (self, "_top_left"),
+            "frac": (self, "_frac"),
+            "shift": (self, "_shift"),
+            "shift_count": (self, "_shift_count"),
+            "shift_m": (self._shift_adam, "m"),
+            "shift_v": (self._shift_adam, "v"),
+            "n_frames": (self, "_n_var"),
+        }
+        return {name: (place, getattr(*place)) for name, place in places.items()}
 
     def estimate(self, *, final: bool = False) -> Estimate:
         """Numpy snapshot of the current state."""

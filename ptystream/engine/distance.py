@@ -11,14 +11,16 @@ Brent search (scipy).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from ptystream.engine.ad import ADEngine
-from ptystream.engine.checkpoint import restore, snapshot
+from ptystream.engine.checkpoint import EngineState
+from ptystream.types import NEAR_FIELD, Geometry
 
-__all__ = ["search_distance"]
+__all__ = ["DistanceModel", "search_distance"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,18 +30,42 @@ GRID_POINTS = 6
 REFINE_EVALUATIONS = 8
 
 
+class DistanceModel(Protocol):
+    """What the search needs of a near-field engine (the AD engine has it all)."""
+
+    geometry: Geometry
+    hold_distance: bool
+    distance_m: float
+
+    @property
+    def n_frames(self) -> int: ...
+
+    @property
+    def distance_range_m(self) -> tuple[float, float]: ...
+
+    def snapshot(self) -> EngineState: ...
+
+    def restore(self, state: EngineState) -> None: ...
+
+    def restart_probe(self, distance_m: float) -> None: ...
+
+    def refine(
+        self, epochs: int, on_epoch: Callable[[int, float], None] | None = None
+    ) -> float: ...
+
+
 def search_distance(
-    engine: ADEngine, lo_m: float, hi_m: float, passes: int = 25
+    engine: DistanceModel, lo_m: float, hi_m: float, passes: int = 25
 ) -> tuple[float, dict[float, float]]:
     """Set ``engine``'s distance to the one in ``[lo_m, hi_m]`` (clipped to the model's valid
     range) whose trial ends at the lowest loss; restore everything else.
 
     Each trial starts from the engine's current state with the initial probe rebuilt for its z
-    (:meth:`ADEngine.restart_probe`), holds z fixed, runs ``passes`` passes
-    (the learning-rate schedule of :meth:`ADEngine.refine`) and scores the mean loss of its last
+    (``engine.restart_probe``), holds z fixed, runs ``passes`` passes
+    (the learning-rate schedule of ``engine.refine``) and scores the mean loss of its last
     three. Returns the best distance and ``{distance_m: score}`` for every trial.
     """
-    if engine.geometry.propagation != "near_field":
+    if engine.geometry.propagation != NEAR_FIELD:
         raise ValueError("a distance search needs a near-field geometry")
     if engine.n_frames == 0:
         raise ValueError("a distance search needs frames")
@@ -50,11 +76,11 @@ def search_distance(
             f"distance search range [{lo_m}, {hi_m}] m is outside the valid range "
             f"({z_min:.3g}, {z_max:.3g}] m of the angular spectrum"
         )
-    start = snapshot(engine)
+    start = engine.snapshot()
     trials: dict[float, float] = {}
 
     def score(z: float) -> float:
-        restore(engine, start)
+        engine.restore(start)
         engine.distance_m = z
         engine.restart_probe(z)  # the measured beam propagated back over the trial distance
         losses: list[float] = []
@@ -77,7 +103,7 @@ def search_distance(
     finally:
         engine.hold_distance = False
     z_best = min(trials, key=trials.__getitem__)
-    restore(engine, start)
+    engine.restore(start)
     engine.distance_m = z_best
     engine.restart_probe(z_best)
     return z_best, trials

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import collections
 import logging
+from typing import Any
 
 import numpy as np
 
 from ptystream.config import EngineSettings
 from ptystream.engine import canvas as canvases
 from ptystream.engine import initial
+from ptystream.engine.checkpoint import EngineState, identity
+from ptystream.types import Geometry
 
 __all__ = ["FrameIntake"]
 
@@ -26,6 +29,7 @@ class FrameIntake:
     """Mixin: :meth:`add_frames` and the canvas, over the hooks ``_initialise_from``,
     ``_ensure_capacity``, ``_store``, ``_resize_object`` and ``_move_corners``."""
 
+    geometry: Geometry
     settings: EngineSettings
     _n: int
     _dx: float
@@ -35,6 +39,8 @@ class FrameIntake:
     _n_frames: int
     _pending: collections.deque[int]
     _positions_m: np.ndarray
+    _iteration: int
+    _rng: np.random.Generator
 
     @property
     def n_frames(self) -> int:
@@ -92,6 +98,38 @@ class FrameIntake:
         self._canvas = new
         self._resize_object(new.shape, (int(grow_lo[0]), int(grow_lo[1])))
         self._move_corners(grow_lo)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _bookkeeping(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The arrays and JSON-able values of the state every engine keeps the same way."""
+        canvas = self._canvas
+        meta = {
+            **identity(self.geometry, self.settings),
+            "scale": self._scale,
+            "n_frames": self._n_frames,
+            "pending": [int(i) for i in self._pending],
+            "iteration": self._iteration,
+            "canvas_shape": [int(v) for v in canvas.shape] if canvas else None,
+            "canvas_origin_m": canvas.origin_m.tolist() if canvas else None,
+            "rng": self._rng.bit_generator.state,
+        }
+        return {"positions_m": self._positions_m.copy()}, meta
+
+    def _restore_bookkeeping(self, state: EngineState) -> None:
+        meta = state.meta
+        self._positions_m = state.arrays["positions_m"].copy()
+        self._scale = meta["scale"]
+        self._n_frames = meta["n_frames"]
+        self._pending.clear()
+        self._pending.extend(meta["pending"])
+        self._iteration = meta["iteration"]
+        self._canvas = None
+        if meta["canvas_shape"] is not None:
+            self._canvas = canvases.Canvas(
+                tuple(meta["canvas_shape"]), np.asarray(meta["canvas_origin_m"])
+            )
+        self._rng.bit_generator.state = meta["rng"]
 
     # -- hooks -----------------------------------------------------------------------------
 

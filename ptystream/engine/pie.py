@@ -35,6 +35,7 @@ import array
 import collections
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -42,8 +43,10 @@ from ptystream import optics
 from ptystream.config import Algorithm, EngineSettings
 from ptystream.engine import canvas as canvases
 from ptystream.engine import initial
+from ptystream.engine.checkpoint import EngineState, read_state, write_state
 from ptystream.engine.intake import FrameIntake
-from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry, ScanPlan
+from ptystream.engine.setup import EngineSetup
+from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry
 
 __all__ = ["PIEEngine"]
 
@@ -85,18 +88,13 @@ class PIEEngine(FrameIntake):
 
     Parameters
     ----------
-    geometry : wavelength, distance, detector pixel, frame size and propagation model.
-    settings : the profile's engine settings; the PIE ones are in ``settings.pie``. Used here:
-        ``algorithm``, ``pie``, ``probe_start_step``, ``subpixel``, ``canvas_margin_px`` and
-        ``seed``; the AD engine's learning rates, batch size, loss kind and TV weight do not
-        apply.
-    plan : planned number of points and position extent (sizes the canvas and frame buffer).
-    read_noise_counts : Gaussian read noise in counts (enters the reported loss only).
-    probe_defocus_m : nominal defocus used to build the initial probe from the mean pattern.
-    initial_probe : complex ``(N, N)`` probe to start from, rescaled to the measured power;
-        None: built from the optics (see :func:`initial_probe`).
-    detector_mask : ``(N, N)`` boolean array in the frames' orientation, True where a pixel is
-        valid. Masked pixels keep the predicted modulus and never enter the loss.
+    setup : geometry, settings, plan, read noise, defocus, detector mask and initial probe
+        (:class:`~ptystream.engine.setup.EngineSetup`). Of the settings, ``algorithm``,
+        ``pie``, ``probe_start_step``, ``subpixel``, ``canvas_margin_px`` and ``seed`` are
+        used; the AD engine's learning rates, batch size, loss kind and TV weight do not apply.
+        The read noise enters the reported loss only; masked pixels keep the predicted modulus
+        and never enter the loss; an initial probe (``(N, N)``) is rescaled to the measured
+        power.
 
     Raises
     ------
@@ -112,17 +110,9 @@ class PIEEngine(FrameIntake):
     ``c = 3/8 + sigma^2`` (normalised), so loss curves of the engines are comparable.
     """
 
-    def __init__(
-        self,
-        geometry: Geometry,
-        settings: EngineSettings,
-        *,
-        plan: ScanPlan | None = None,
-        read_noise_counts: float = 0.0,
-        probe_defocus_m: float = 0.0,
-        detector_mask: np.ndarray | None = None,
-        initial_probe: np.ndarray | None = None,
-    ):
+    def __init__(self, setup: EngineSetup):
+        geometry, settings, plan = setup.geometry, setup.settings, setup.plan
+        initial_probe, detector_mask = setup.initial_probe, setup.detector_mask
         self.algorithm = Algorithm(settings.algorithm)
         if self.algorithm not in (Algorithm.EPIE, Algorithm.MPIE):
             raise ValueError(f"PIEEngine runs epie or mpie, not {self.algorithm.value!r}")
@@ -131,11 +121,10 @@ class PIEEngine(FrameIntake):
             raise ValueError(
                 f"initial probe is {np.shape(initial_probe)}, frames are {geometry.frame_shape}"
             )
-        plan = plan or ScanPlan()
         self.geometry = geometry
         self.settings = settings
         self._initial_probe = initial_probe
-        self._probe_defocus_m = probe_defocus_m
+        self._probe_defocus_m = setup.probe_defocus_m
         self._n = geometry.frame_px
         self._dx = geometry.object_pixel_size_m
         self._near = geometry.propagation == NEAR_FIELD
@@ -149,7 +138,7 @@ class PIEEngine(FrameIntake):
         self._mask = self._oriented(valid)
         self._masked = not valid.all()
         self._n_valid = int(valid.sum())
-        self._noise_offset_counts = 0.375 + read_noise_counts**2
+        self._noise_offset_counts = 0.375 + setup.read_noise_counts**2
         self._offset = 0.0
         self._scale: float | None = None
 
@@ -262,6 +251,43 @@ class PIEEngine(FrameIntake):
             ),
             final=final,
             distance_m=self.geometry.propagation_distance_m if self._near else float("nan"),
+        )
+
+    def snapshot(self) -> EngineState:
+        """The whole state (object, probe, their momentum terms, frames, bookkeeping) as numpy
+        copies."""
+        arrays, meta = self._bookkeeping()
+        arrays |= {name: getattr(self, f"_{name}").copy() for name in _STATE_ARRAYS}
+        arrays["loss"] = np.asarray(self._loss, dtype=np.float64)
+        meta |= {name: getattr(self, f"_{name}") for name in _STATE_VALUES}
+        return EngineState(arrays, meta)
+
+    def restore(self, state: EngineState, *, source: str = "state") -> None:
+        """Continue from ``state`` (a :meth:`snapshot` of an engine with the same geometry and
+        settings; ValueError naming what differs otherwise)."""
+        state.check(self.geometry, self.settings, source)
+        for name in _STATE_ARRAYS:
+            setattr(self, f"_{name}", state.arrays[name].copy())
+        for name in _STATE_VALUES:
+            setattr(self, f"_{name}", state.meta[name])
+        self._restore_bookkeeping(state)
+        self._loss = array.array("d", state.arrays["loss"])
+
+    def save_state(self, path: str | Path) -> None:
+        """Write :meth:`snapshot` to ``path`` (NPZ, atomically)."""
+        write_state(self.snapshot(), path)
+
+    def load_state(self, path: str | Path) -> None:
+        """Continue from a state written by :meth:`save_state` (same geometry and settings)."""
+        self.restore(read_state(path), source=str(path))
+
+    def search_distance(
+        self, lo_m: float, hi_m: float, passes: int = 25
+    ) -> tuple[float, dict[float, float]]:
+        """Not offered by the baselines (their propagation distance is fixed): ValueError."""
+        raise ValueError(
+            f"the {self.algorithm.value} engine does not search the propagation distance; "
+            "use engine.algorithm: ad for engine.distance_search_m"
         )
 
     # -- the update -------------------------------------------------------------------------
@@ -414,6 +440,24 @@ class PIEEngine(FrameIntake):
         return canvases.summed_windows(
             intensity, self._top_left[: self._n_frames], self._object.shape
         )
+
+
+#: The arrays of the state, by attribute name without its underscore.
+_STATE_ARRAYS = (
+    "amplitude",
+    "loss_amplitude",
+    "top_left",
+    "frac",
+    "ramps",
+    "object",
+    "object_before",
+    "object_velocity",
+    "probe",
+    "probe_before",
+    "probe_velocity",
+)
+#: The numbers of the state besides the bookkeeping every engine keeps.
+_STATE_VALUES = ("offset", "probe_power", "since_momentum")
 
 
 def _denominator(field: np.ndarray, alpha: float) -> np.ndarray:

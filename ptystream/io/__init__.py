@@ -1,1 +1,4 @@
-"""Readers and writers of scan and result files (CXI, NPZ, HDF5); numpy and h5py only."""
+"""Files: scan files read (CXI, NPZ), results written (HDF5), and the PNG summaries of a
+reconstruction (matplotlib, imported only when drawing). numpy, h5py and :mod:`ptystream.types`;
+nothing of Bluesky, Tiled or TensorFlow.
+"""

@@ -23,7 +23,7 @@ import yaml
 from dask.utils import parse_bytes
 
 from tests.conftest import small_profile
-from tests.test_reconstruct import simulated_npz
+from tests.offline.test_reconstruct import simulated_npz
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "dask"
 BIN = Path(sys.executable).parent  # the venv's dask and ptystream commands

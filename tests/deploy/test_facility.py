@@ -34,10 +34,10 @@ from bluesky_tiled_plugins import TiledWriter
 from tiled.client import from_uri
 from tiled.client.utils import ClientError
 
-from ptystream.access import AccessError, connect
 from ptystream.sim.scan import build_simulation
+from ptystream.store.access import AccessError, connect
+from tests.commands.test_serve import check_finished, free_port
 from tests.conftest import small_profile
-from tests.test_serve import check_finished, free_port
 
 pytestmark = pytest.mark.deploy
 

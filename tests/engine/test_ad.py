@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ptystream.config import EngineSettings
-from ptystream.demo import score_against_truth
-from ptystream.engine import make_engine
+from ptystream.engine import EngineSetup, make_engine
+from ptystream.metrics import score_against_truth
 from ptystream.sim.detector import DetectorModel, diffraction_pattern
 from ptystream.sim.plans import scan_metadata
 from ptystream.sim.scan import build_simulation
@@ -24,10 +24,12 @@ def clean_scan():
 
 def engine_for(profile, plan):
     return make_engine(
-        profile.instrument.geometry(),
-        profile.engine,
-        plan=plan,
-        probe_defocus_m=profile.instrument.probe_defocus_m,
+        EngineSetup(
+            profile.instrument.geometry(),
+            profile.engine,
+            plan=plan,
+            probe_defocus_m=profile.instrument.probe_defocus_m,
+        ),
     )
 
 
@@ -66,7 +68,7 @@ def test_growing_the_canvas_keeps_object_and_optimiser_state(clean_scan):
     centre = np.argsort(np.abs(sim.positions_m).max(axis=1))
     first, rest = centre[:20], centre[20:]
     engines = [
-        make_engine(geometry, settings, plan=plan)
+        make_engine(EngineSetup(geometry, settings, plan=plan))
         for plan in (planned(sim.positions_m), planned(sim.positions_m[first]))
     ]
     for engine in engines:
@@ -136,12 +138,14 @@ def test_no_frames_no_steps(clean_scan):
 def reconstruct(profile, sim, frames, settings, mask=None, read_noise_counts=0.0):
     """Stream ``frames`` in chunks of 5 with 4 steps each, then 60 final passes; score it."""
     engine = make_engine(
-        profile.instrument.geometry(),
-        settings,
-        plan=planned(sim.positions_m),
-        probe_defocus_m=profile.instrument.probe_defocus_m,
-        detector_mask=mask,
-        read_noise_counts=read_noise_counts,
+        EngineSetup(
+            profile.instrument.geometry(),
+            settings,
+            plan=planned(sim.positions_m),
+            probe_defocus_m=profile.instrument.probe_defocus_m,
+            detector_mask=mask,
+            read_noise_counts=read_noise_counts,
+        ),
     )
     for i in range(0, len(frames), 5):
         engine.add_frames(frames[i : i + 5], sim.positions_m[i : i + 5])
@@ -214,10 +218,12 @@ def test_position_correction_repairs_wrong_positions(clean_scan):
     def run(correct):
         settings = profile.engine.model_copy(update={"correct_positions": correct})
         engine = make_engine(
-            profile.instrument.geometry(),
-            settings,
-            plan=planned(given),
-            probe_defocus_m=profile.instrument.probe_defocus_m,
+            EngineSetup(
+                profile.instrument.geometry(),
+                settings,
+                plan=planned(given),
+                probe_defocus_m=profile.instrument.probe_defocus_m,
+            ),
         )
         for i in range(0, len(frames), 5):
             engine.add_frames(frames[i : i + 5], given[i : i + 5])
@@ -239,7 +245,9 @@ def test_mask_of_the_wrong_shape_is_named(clean_scan):
     profile, _, _ = clean_scan
     with pytest.raises(ValueError, match=r"detector mask is \(32, 32\), frames are \(64, 64\)"):
         make_engine(
-            profile.instrument.geometry(), profile.engine, detector_mask=np.ones((32, 32), bool)
+            EngineSetup(
+                profile.instrument.geometry(), profile.engine, detector_mask=np.ones((32, 32), bool)
+            )
         )
 
 
@@ -280,7 +288,7 @@ def test_positions_in_pixels_are_the_same_positions(clean_scan, algorithm):
     dx = profile.instrument.geometry().object_pixel_size_m
     estimates = []
     for positions, unit in ((sim.positions_m, "m"), (sim.positions_m / dx, "px")):
-        engine = make_engine(profile.instrument.geometry(), settings, plan=ScanPlan())
+        engine = make_engine(EngineSetup(profile.instrument.geometry(), settings, plan=ScanPlan()))
         engine.add_frames(frames[:30], positions[:30], unit=unit)
         engine.step(3)
         estimates.append(engine.estimate())

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ptystream.engine import make_engine
+from ptystream.engine import EngineSetup, make_engine
 from ptystream.sim.detector import diffraction_pattern
 from ptystream.sim.scan import build_simulation
 from ptystream.types import ScanPlan
@@ -22,13 +22,19 @@ def scan():
 
 
 def fresh(profile, **kwargs):
-    return make_engine(profile.instrument.geometry(), profile.engine, plan=ScanPlan(), **kwargs)
+    return make_engine(
+        EngineSetup(profile.instrument.geometry(), profile.engine, plan=ScanPlan(), **kwargs)
+    )
 
 
-def test_restored_engine_takes_the_same_steps(scan, tmp_path):
-    """No plan, so the canvas grows before the save: shapes, moments, step counts, pending
-    frames and the sampling generator must all come back."""
+@pytest.mark.parametrize("algorithm", ["ad", "mpie"])
+def test_restored_engine_takes_the_same_steps(scan, tmp_path, algorithm):
+    """No plan, so the canvas grows before the save: shapes, moments (mPIE: momentum terms),
+    step counts, pending frames and the sampling generator must all come back."""
     profile, sim, frames = scan
+    profile = profile.model_copy(
+        update={"engine": profile.engine.model_copy(update={"algorithm": algorithm})}
+    )
     original = fresh(profile)
     original.add_frames(frames[:20], sim.positions_m[:20])
     original.step(10)
@@ -48,6 +54,21 @@ def test_restored_engine_takes_the_same_steps(scan, tmp_path):
     np.testing.assert_array_equal(a.probe, b.probe)
     np.testing.assert_array_equal(a.loss, b.loss)
     assert b.n_frames == 60 and b.iteration == a.iteration
+
+
+def test_snapshot_in_memory_restores_the_same_engine(scan):
+    """restore() of a snapshot() taken earlier puts everything back (the distance search's
+    trials start from it): the same steps follow."""
+    profile, sim, frames = scan
+    engine = fresh(profile)
+    engine.add_frames(frames, sim.positions_m)
+    engine.step(5)
+    start = engine.snapshot()
+    first = [engine.step(1) for _ in range(4)]
+    engine.restore(start)
+    assert engine.iteration == 5
+    again = [engine.step(1) for _ in range(4)]
+    assert first == again
 
 
 def test_state_of_another_geometry_is_refused(scan, tmp_path):

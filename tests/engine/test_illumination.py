@@ -4,7 +4,7 @@ it replaced."""
 import numpy as np
 import pytest
 
-from ptystream.engine import make_engine
+from ptystream.engine import EngineSetup, make_engine
 from ptystream.engine.canvas import summed_windows
 from ptystream.sim.scan import build_simulation
 from tests.conftest import small_profile
@@ -77,7 +77,9 @@ def test_engine_illumination_is_the_loop(algorithm):
     profile = small_profile(photons_per_frame=None)
     sim = build_simulation(profile)
     settings = profile.engine.model_copy(update={"algorithm": algorithm, "jit_compile": False})
-    engine = make_engine(profile.instrument.geometry(), settings, plan=planned(sim.positions_m))
+    engine = make_engine(
+        EngineSetup(profile.instrument.geometry(), settings, plan=planned(sim.positions_m))
+    )
     n_px = profile.instrument.frame_px
     frames = np.ones((len(sim.positions_m), n_px, n_px), np.float32)
     engine.add_frames(frames, sim.positions_m)

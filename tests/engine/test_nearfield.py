@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from ptystream import optics
 from ptystream.config import EngineSettings
-from ptystream.demo import score_against_truth
-from ptystream.engine import forward, make_engine
+from ptystream.engine import EngineSetup, forward, make_engine
+from ptystream.metrics import score_against_truth
 from ptystream.sim.detector import exit_wave
 from ptystream.sim.sample import GroundTruth, make_object
 from ptystream.types import Geometry, ScanPlan
@@ -54,9 +54,11 @@ def reconstruct(scan, start_z_m, train):
     geometry = Geometry(WAVELENGTH_M, start_z_m, PIXEL_M, N, propagation="near_field")
     extent = tuple((positions[:, k].min(), positions[:, k].max()) for k in range(2))
     engine = make_engine(
-        geometry,
-        EngineSettings(train_distance=train, distance_learning_rate_m=2e-5),
-        plan=ScanPlan(len(positions), extent),
+        EngineSetup(
+            geometry,
+            EngineSettings(train_distance=train, distance_learning_rate_m=2e-5),
+            plan=ScanPlan(len(positions), extent),
+        ),
     )
     for i in range(0, len(frames), 5):
         engine.add_frames(frames[i : i + 5], positions[i : i + 5])
@@ -116,7 +118,7 @@ def test_distance_is_recovered_from_a_25_percent_error(nearfield_scan):
 def test_far_field_engine_refuses_to_train_the_distance():
     geometry = Geometry(1.5e-10, 2.0, 75e-6, 64)
     with pytest.raises(ValueError, match="train_distance needs a near-field geometry"):
-        make_engine(geometry, EngineSettings(train_distance=True))
+        make_engine(EngineSetup(geometry, EngineSettings(train_distance=True)))
 
 
 def test_search_finds_a_distance_far_from_the_start(nearfield_scan):
@@ -128,7 +130,7 @@ def test_search_finds_a_distance_far_from_the_start(nearfield_scan):
     geometry = Geometry(WAVELENGTH_M, 4.5e-3, PIXEL_M, N, propagation="near_field")
     extent = tuple((positions[:, k].min(), positions[:, k].max()) for k in range(2))
     settings = EngineSettings(tv_weight=0)  # clean data
-    engine = make_engine(geometry, settings, plan=ScanPlan(len(positions), extent))
+    engine = make_engine(EngineSetup(geometry, settings, plan=ScanPlan(len(positions), extent)))
     engine.add_frames(frames, positions)
     before = engine.estimate()
     z, trials = engine.search_distance(0.5e-3, 10e-3, passes=15)
@@ -145,7 +147,7 @@ def test_search_finds_a_distance_far_from_the_start(nearfield_scan):
 def test_search_range_outside_the_valid_distances_is_named(nearfield_scan):
     _, positions, frames = nearfield_scan
     geometry = Geometry(WAVELENGTH_M, 2e-3, PIXEL_M, N, propagation="near_field")
-    engine = make_engine(geometry, EngineSettings(), plan=ScanPlan())
+    engine = make_engine(EngineSetup(geometry, EngineSettings(), plan=ScanPlan()))
     engine.add_frames(frames[:10], positions[:10])
     with pytest.raises(ValueError, match="outside the valid range"):
         engine.search_distance(5e-3, 9e-3)

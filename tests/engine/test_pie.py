@@ -12,9 +12,9 @@ import pytest
 
 from ptystream import optics
 from ptystream.config import EngineSettings
-from ptystream.demo import score_against_truth
-from ptystream.engine import canvas, make_engine
+from ptystream.engine import EngineSetup, canvas, make_engine
 from ptystream.engine.pie import PIEEngine
+from ptystream.metrics import score_against_truth
 from ptystream.sim.detector import DetectorModel, diffraction_pattern, exit_wave
 from ptystream.sim.plans import scan_metadata
 from ptystream.sim.scan import build_simulation
@@ -59,11 +59,13 @@ def stream(engine, frames, positions, chunk=5, steps=4):
 
 def far_field_engine(profile, settings, plan, **kwargs):
     return make_engine(
-        profile.instrument.geometry(),
-        settings,
-        plan=plan,
-        probe_defocus_m=profile.instrument.probe_defocus_m,
-        **kwargs,
+        EngineSetup(
+            profile.instrument.geometry(),
+            settings,
+            plan=plan,
+            probe_defocus_m=profile.instrument.probe_defocus_m,
+            **kwargs,
+        )
     )
 
 
@@ -190,7 +192,9 @@ def test_near_field_scan_reconstructs(algorithm):
     """Measured after 30 passes: ePIE |C| 0.998, phase r 0.93; mPIE 0.999, 0.95 (flat 0.94)."""
     truth, positions, frames = simulate_nearfield_scan()  # the AD engine's near-field test
     geometry = Geometry(WAVELENGTH_M, TRUE_Z_M, PIXEL_M, N, propagation="near_field")
-    engine = make_engine(geometry, EngineSettings(algorithm=algorithm), plan=planned(positions))
+    engine = make_engine(
+        EngineSetup(geometry, EngineSettings(algorithm=algorithm), plan=planned(positions))
+    )
     stream(engine, frames, positions)
     engine.refine(30)
     est = engine.estimate()
@@ -225,10 +229,12 @@ def test_fresnel_model_returns_the_probe_at_the_sample(scans):
     estimates = {}
     for geometry in (fresnel, Geometry(far.wavelength_m, distance_m, pixel_m, N)):
         engine = make_engine(
-            geometry,
-            settings_for(profile, "epie"),
-            plan=planned(sim.positions_m),
-            probe_defocus_m=profile.instrument.probe_defocus_m,
+            EngineSetup(
+                geometry,
+                settings_for(profile, "epie"),
+                plan=planned(sim.positions_m),
+                probe_defocus_m=profile.instrument.probe_defocus_m,
+            ),
         )
         stream(engine, frames, sim.positions_m)
         engine.refine(20)
@@ -255,13 +261,13 @@ def test_fresnel_model_returns_the_probe_at_the_sample(scans):
 def test_what_only_the_ad_engine_does_is_refused_by_name(update, message):
     geometry = Geometry(1.5e-10, 2.0, 75e-6, 64)
     with pytest.raises(ValueError, match=message):
-        make_engine(geometry, EngineSettings(algorithm="mpie", **update))
+        make_engine(EngineSetup(geometry, EngineSettings(algorithm="mpie", **update)))
 
 
 def test_make_engine_dispatches_on_the_algorithm():
     geometry = Geometry(1.5e-10, 2.0, 75e-6, 64)
     for algorithm in ALGORITHMS:
-        engine = make_engine(geometry, EngineSettings(algorithm=algorithm))
+        engine = make_engine(EngineSetup(geometry, EngineSettings(algorithm=algorithm)))
         assert isinstance(engine, PIEEngine) and engine.algorithm == algorithm
         assert np.isnan(engine.step(3)) and engine.iteration == 0 and engine.n_frames == 0
 
@@ -275,7 +281,9 @@ def test_make_engine_dispatches_on_the_algorithm():
     ],
 )
 def test_bad_input_is_named(frames, positions, message):
-    engine = make_engine(Geometry(1.5e-10, 2.0, 75e-6, 64), EngineSettings(algorithm="epie"))
+    engine = make_engine(
+        EngineSetup(Geometry(1.5e-10, 2.0, 75e-6, 64), EngineSettings(algorithm="epie"))
+    )
     with pytest.raises(ValueError, match=message):
         engine.add_frames(frames, positions)
 
@@ -304,9 +312,10 @@ def test_pie_engines_never_import_tensorflow():
 import sys
 import numpy as np
 from ptystream.config import EngineSettings
-from ptystream.engine import make_engine
+from ptystream.engine import EngineSetup, make_engine
 from ptystream.types import Geometry
-engine = make_engine(Geometry(1.5e-10, 2.0, 75e-6, 64), EngineSettings(algorithm="mpie"))
+geometry = Geometry(1.5e-10, 2.0, 75e-6, 64)
+engine = make_engine(EngineSetup(geometry, EngineSettings(algorithm="mpie")))
 engine.add_frames(np.ones((3, 64, 64)), np.zeros((3, 2)))
 engine.step(2)
 engine.refine(1)

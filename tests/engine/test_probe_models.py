@@ -8,13 +8,12 @@ import pytest
 
 from ptystream import optics
 from ptystream.config import EngineSettings
-from ptystream.demo import score_against_truth
-from ptystream.engine import make_engine
+from ptystream.engine import EngineSetup, make_engine
+from ptystream.io.figures import write_summary
 from ptystream.io.results import write_result
-from ptystream.metrics import complex_correlation
+from ptystream.metrics import complex_correlation, score_against_truth
 from ptystream.sim.detector import diffraction_pattern
 from ptystream.sim.scan import build_simulation
-from ptystream.summary import write_summary
 from ptystream.types import FRESNEL, Geometry
 from tests.conftest import small_profile
 from tests.engine.test_ad import planned
@@ -29,7 +28,7 @@ def sim():
 
 def reconstruct(geometry, settings, sim, frames, defocus_m, epochs=80):
     engine = make_engine(
-        geometry, settings, plan=planned(sim.positions_m), probe_defocus_m=defocus_m
+        EngineSetup(geometry, settings, plan=planned(sim.positions_m), probe_defocus_m=defocus_m)
     )
     for i in range(0, len(frames), 10):
         engine.add_frames(frames[i : i + 10], sim.positions_m[i : i + 10])

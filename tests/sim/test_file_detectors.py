@@ -17,7 +17,7 @@ from ophyd.sim import NumpySeqHandler
 from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider, init_devices
 
 from ptystream.config import load_profile
-from ptystream.frames import LiveAreaDetectorHDF5Handler
+from ptystream.live.frames import LiveAreaDetectorHDF5Handler
 from ptystream.sim.async_detector import FRAME_DATASET, AsyncSampleStage, SimPtychoDetector
 from ptystream.sim.detector import DetectorModel, diffraction_pattern
 from ptystream.sim.devices import make_beamline

@@ -1,0 +1,186 @@
+"""`ptystream demo`: a simulated scan reconstructed live into an embedded Tiled server."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from signal import SIGINT, SIGTERM
+
+from ptystream.config import Profile
+from ptystream.metrics import Correlation, score_against_truth
+
+__all__ = ["DemoReport", "run_demo", "wait_for_signal"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoReport:
+    """Where the results are and how good and fast they were."""
+
+    tiled_uri: str
+    api_key_file: Path
+    dashboard_url: str
+    raw_path: str
+    processed_path: str
+    run_uid: str
+    summary_png: Path
+    correlation: Correlation
+    flat_abs_c: float
+    status: str
+    accounting: dict
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def run_demo(
+    profile: Profile,
+    out_dir: str | Path,
+    *,
+    keep_serving: bool = False,
+    dashboard_port: int = 8765,
+    wrap_callback: Callable | None = None,
+    announce: Callable[[str], None] = print,
+) -> DemoReport:
+    """Start Tiled and the dashboard, run the simulated scan with live reconstruction, score
+    and summarise it.
+
+    The embedded server's API key is written to ``out_dir/tiled-api-key`` (mode 0600), never
+    printed. The dashboard listens on ``dashboard_port`` (any free port if that one is taken).
+    ``wrap_callback`` (for benchmarks) wraps the live callback before it is subscribed.
+    """
+    t_start = time.perf_counter()
+    from bluesky import RunEngine
+
+    from ptystream.dashboard import start_dashboard
+    from ptystream.io.figures import write_summary
+    from ptystream.live.background import BackgroundCallback
+    from ptystream.live.callback import PtychoCallback
+    from ptystream.live.pipeline import LivePipeline
+    from ptystream.sim.scan import build_simulation
+    from ptystream.store.access import connect, split_api_key, write_key_file
+    from ptystream.store.layout import raw_catalog
+    from ptystream.store.publisher import TiledPublisher
+    from ptystream.store.server import start_server_process
+
+    out_dir = Path(out_dir).resolve()
+    server = start_server_process(out_dir / "tiled")
+    dashboard = None
+    try:
+        key_file = write_key_file(out_dir / "tiled-api-key", server.api_key)
+        tiled_uri, _ = split_api_key(server.uri)
+        client = connect(tiled_uri, server.api_key)  # the key in a header, never in a URL
+        from bluesky_tiled_plugins import TiledWriter
+
+        raw_writer = BackgroundCallback(
+            TiledWriter(raw_catalog(client), batch_size=profile.publish.raw_batch_size),
+            name="raw-writer",
+        )
+        pipeline = LivePipeline(
+            profile, TiledPublisher(client), spool_dir=out_dir / "spool"
+        ).start()
+        sim = build_simulation(profile)
+        RE = RunEngine({})
+        callback = PtychoCallback(profile, pipeline)
+        RE.subscribe(raw_writer)
+        RE.subscribe(wrap_callback(callback) if wrap_callback else callback)
+        dashboard = _start_dashboard(start_dashboard, tiled_uri, server.api_key, dashboard_port)
+        t_ready = time.perf_counter()
+        announce(f"Tiled server at {tiled_uri}  (API key in {key_file})")
+        announce(f"dashboard at {dashboard.url}  (open it to watch the reconstruction)")
+        announce(f"scanning {len(sim.positions_m)} points with live reconstruction ...")
+        (uid,) = RE(sim.plan())
+        t_scan = time.perf_counter()
+        result = pipeline.wait(uid, timeout=600)
+        t_final = time.perf_counter()
+        raw_writer.flush(timeout=120)
+        raw_writer.close()
+        pipeline.close()
+        if result.final is None or result.node_path is None:
+            raise RuntimeError(
+                f"run {uid} ended {result.status} without a published result: {result.error}"
+            )
+        estimate = result.final
+        served = client[result.node_path]["final"]["object"].read()
+        score, flat = score_against_truth(dataclasses.replace(estimate, object=served), sim.truth)
+        png = write_summary(
+            out_dir / f"summary-{uid[:8]}.png",
+            estimate,
+            truth=sim.truth.aligned_to(estimate.object.shape, estimate.object_origin_m),
+            title=f"ptystream demo, run {uid[:8]}: |C| = {score.abs_c:.4f} "
+            f"(flat object {flat:.4f})",
+        )
+        report = DemoReport(
+            tiled_uri=tiled_uri,
+            api_key_file=key_file,
+            dashboard_url=dashboard.url,
+            raw_path=f"raw/{uid}",
+            processed_path=result.node_path,
+            run_uid=uid,
+            summary_png=png,
+            correlation=score,
+            flat_abs_c=flat,
+            status=result.status,
+            accounting=result.accounting.as_dict(),
+            timings_s={
+                "start_up": t_ready - t_start,
+                "scan": t_scan - t_ready,
+                "final_reconstruction": t_final - t_scan,
+                "total": time.perf_counter() - t_start,
+            },
+        )
+        if keep_serving:
+            _print_report(report, announce)
+            announce("serving until Ctrl-C (or SIGTERM) ...")
+            wait_for_signal()
+        return report
+    finally:
+        if dashboard is not None:
+            dashboard.close()
+        server.close()
+
+
+def _start_dashboard(start: Callable, tiled_uri: str, api_key: str, port: int):
+    """The dashboard on ``port``, or on any free port when that one is taken."""
+    try:
+        return start(tiled_uri, api_key=api_key, port=port)
+    except OSError as exc:
+        logger.info("dashboard port %d not available (%s); using a free port", port, exc)
+        return start(tiled_uri, api_key=api_key, port=0)
+
+
+def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM (handlers set explicitly: a job started in the background
+    of a non-interactive shell inherits SIGINT as ignored)."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (SIGINT, SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_report(report: DemoReport, announce: Callable[[str], None]) -> None:
+    c = report.correlation
+    t = report.timings_s
+    announce(f"run {report.run_uid}: {report.status}, frames {report.accounting}")
+    announce(f"dashboard:  {report.dashboard_url}")
+    announce(f"Tiled:      {report.tiled_uri}  (API key in {report.api_key_file})")
+    announce(f"raw scan:   {report.raw_path}")
+    announce(f"result:     {report.processed_path}/live/..., {report.processed_path}/final/object")
+    announce(
+        f"|C| = {c.abs_c:.4f} (flat object {report.flat_abs_c:.4f}); amplitude r = "
+        f"{c.amplitude:.3f}, phase r = {c.phase:.3f}"
+    )
+    announce(
+        f"wall time: start-up {t['start_up']:.1f} s, scan {t['scan']:.1f} s, final "
+        f"reconstruction {t['final_reconstruction']:.1f} s, total {t['total']:.1f} s"
+    )
+    announce(f"summary:    {report.summary_png}")

@@ -1,0 +1,95 @@
+"""``ptystream reprocess``: finished runs (from Tiled) or scan files reconstructed again, in
+parallel on Dask, with a summary table and a contact sheet."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ptystream.config import load_profile, with_overrides
+from ptystream.offline.cluster import run_jobs
+from ptystream.offline.jobs import file_jobs, looks_like_file, settings_hash, tiled_jobs
+from ptystream.offline.report import format_table, write_outputs
+from ptystream.store.access import connect, read_api_key, split_api_key
+
+__all__ = ["reprocess_command"]
+
+
+def reprocess_command(args: argparse.Namespace) -> int:
+    """``ptystream reprocess``: select, fan out on Dask, print the table, write the contact
+    sheet and summary; exit status 1 if any input failed."""
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # one line per worker event
+
+    profile = with_overrides(load_profile(args.profile), args.set)
+    out = Path(args.out)
+    files = [text for text in args.inputs if looks_like_file(text)]
+    selectors = [text for text in args.inputs if text not in files]
+    jobs, skipped = file_jobs(files, profile, epochs=args.epochs, out_dir=out, force=args.force)
+    root = None
+    if selectors or args.where:
+        if args.tiled is None:
+            raise ValueError(
+                f"runs {selectors or args.where} are read from Tiled: give --tiled URI "
+                "(scan files must exist and end in .cxi, .h5 or .npz)"
+            )
+        uri, key_in_uri = split_api_key(args.tiled)
+        key = read_api_key(args.api_key_file) or key_in_uri
+        root = connect(uri, key)
+        more, more_skipped = tiled_jobs(
+            root,
+            selectors,
+            profile,
+            epochs=args.epochs,
+            tiled_uri=uri,
+            api_key=key,
+            catalog=args.catalog,
+            where=args.where,
+            force=args.force,
+        )
+        jobs += more
+        skipped += more_skipped
+    print(
+        f"{len(jobs)} to reprocess, {len(skipped)} skipped (profile {profile.name}, "
+        f"{args.epochs} passes, settings {settings_hash(profile, args.epochs)})"
+    )
+    reports = run_jobs(
+        jobs,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        memory_limit=args.memory_limit,
+        on_report=_progress(len(jobs)),
+    )
+    everything = skipped + reports
+    print(format_table(everything))
+    sheet = write_outputs(out, everything, root)
+    print(f"contact sheet: {sheet}; table: {out / 'summary.json'}")
+    return 1 if any(r.status == "failed" for r in everything) else 0
+
+
+def _progress(total: int):
+    """A progress bar on a terminal, else one line per finished input."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="run", desc="reprocess")
+
+        def update(report) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{report.label}: {report.status}")
+            if bar.n == bar.total:
+                bar.close()
+
+        return update
+    done = [0]
+
+    def line(report) -> None:
+        done[0] += 1
+        print(
+            f"[{done[0]}/{total}] {report.label}: {report.status} in {report.time_s:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return line

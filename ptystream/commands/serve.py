@@ -1,0 +1,149 @@
+"""`ptystream serve`: live reconstruction as a long-running service, fed over 0MQ or Kafka.
+
+At a facility the RunEngine publishes its documents to a bluesky 0MQ proxy (or to Kafka); this
+process subscribes, reconstructs every run its profile matches and publishes to Tiled. It
+imports TensorFlow and compiles for the profile's shapes before it says it is ready, takes runs
+one after another, and on SIGTERM or SIGINT checkpoints the run in progress, publishes it as
+``incomplete`` and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptystream.config import Profile
+from ptystream.store.access import AccessError, connect, write_key_file
+
+__all__ = ["DocumentSource", "ServeError", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+class ServeError(AccessError):
+    """A set-up problem the operator must fix (the message says which)."""
+
+
+@dataclass(frozen=True)
+class DocumentSource:
+    """Where documents come from: a 0MQ proxy's out address, or Kafka brokers and topics."""
+
+    zmq: str | None = None
+    kafka_bootstrap: str | None = None
+    kafka_topics: tuple[str, ...] = ()
+    kafka_group: str = "ptystream"
+
+    def describe(self) -> str:
+        if self.zmq is not None:
+            return f"0MQ proxy at {self.zmq}"
+        return f"Kafka at {self.kafka_bootstrap}, topics {', '.join(self.kafka_topics)}"
+
+
+class _Dispatcher:
+    """A bluesky RemoteDispatcher (0MQ or Kafka) that can be stopped by a signal."""
+
+    def __init__(self, source: DocumentSource):
+        self._stopping = threading.Event()
+        if source.zmq is not None:
+            from bluesky.callbacks.zmq import RemoteDispatcher
+
+            self._remote = RemoteDispatcher(source.zmq)
+            self._kafka = False
+        else:
+            try:
+                from bluesky_kafka import RemoteDispatcher as KafkaDispatcher
+            except ImportError as exc:
+                raise ServeError("--kafka needs bluesky-kafka: pip install bluesky-kafka") from exc
+            self._remote = KafkaDispatcher(
+                topics=list(source.kafka_topics),
+                bootstrap_servers=source.kafka_bootstrap,
+                group_id=source.kafka_group,
+                consumer_config={"auto.offset.reset": "latest"},
+            )
+            self._kafka = True
+
+    def subscribe(self, callback: Callable[[str, dict], Any]) -> None:
+        self._remote.subscribe(callback)
+
+    def run_until_signal(self) -> None:
+        """Dispatch documents until SIGTERM or SIGINT."""
+        if self._kafka:
+            previous = {
+                sig: signal.signal(sig, lambda *_: self._stopping.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)
+            }
+            try:
+                self._remote.start(continue_polling=lambda: not self._stopping.is_set())
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            return
+        loop = self._remote.loop
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._cancel_all, loop)
+        try:
+            self._remote.start()
+        except asyncio.CancelledError:
+            pass
+
+    def _cancel_all(self, loop: asyncio.AbstractEventLoop) -> None:
+        logger.info("signal received: finishing")
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+
+
+def serve(
+    profile: Profile,
+    source: DocumentSource,
+    *,
+    tiled_uri: str | None,
+    api_key: str | None,
+    data_dir: str | Path,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Reconstruct the runs arriving from ``source`` until SIGTERM/SIGINT.
+
+    Results go to the Tiled server at ``tiled_uri`` (with ``api_key``), or, without one, to an
+    embedded server with its data in ``data_dir/tiled`` (its API key is written to
+    ``data_dir/tiled-api-key``, mode 0600, never printed). ``data_dir`` also holds the spool of
+    results Tiled could not take, the spill file and shutdown checkpoints.
+    """
+    from ptystream.live.callback import PtychoCallback
+    from ptystream.live.pipeline import LivePipeline
+    from ptystream.store.publisher import TiledPublisher
+
+    dispatcher = _Dispatcher(source)
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = None
+    if tiled_uri is None:
+        from ptystream.store.server import start_server_process
+
+        server = start_server_process(data_dir / "tiled")
+        key_file = write_key_file(data_dir / "tiled-api-key", server.api_key)
+        tiled_uri, api_key = server.uri.split("?")[0], server.api_key
+        announce(f"embedded Tiled server at {tiled_uri} (API key in {key_file})")
+    try:
+        client = connect(tiled_uri, api_key)
+        pipeline = LivePipeline(profile, TiledPublisher(client), spool_dir=data_dir / "spool")
+        pipeline.start()
+        dispatcher.subscribe(PtychoCallback(profile, pipeline))
+        announce(
+            f"ptystream serve: ready; profile {profile.name!r}, documents from "
+            f"{source.describe()}, results to {tiled_uri.split('?')[0]}"
+        )
+        try:
+            dispatcher.run_until_signal()
+        finally:
+            announce("ptystream serve: stopping (a run in progress is checkpointed)")
+            pipeline.close()
+        announce("ptystream serve: stopped")
+    finally:
+        if server is not None:
+            server.close()

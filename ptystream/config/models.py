@@ -1,0 +1,425 @@
+"""The pydantic models of an instrument profile: one validated, documented model per section.
+
+Unknown keys are errors (a typo must never be silently ignored at a beamline). Units are in the
+field names. Reading YAML, overrides and error messages are in :mod:`ptystream.config.loading`
+and :mod:`ptystream.config.errors`.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ptystream.types import FAR_FIELD, NEAR_FIELD, Geometry
+
+__all__ = [
+    "HC_EV_M",
+    "Algorithm",
+    "EngineSettings",
+    "IngestSettings",
+    "InstrumentSettings",
+    "LossKind",
+    "PieSettings",
+    "ProbeKind",
+    "Profile",
+    "PublishSettings",
+    "SimSettings",
+    "TrajectoryKind",
+]
+
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+#: h*c in eV*m, to turn photon energy into wavelength.
+HC_EV_M = 1.239841984e-6
+
+
+def _positive_number(value: Any, key: str) -> float:
+    """``value`` read as pydantic reads a float field (a number or a numeric string), > 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{key} must be a positive number, got {value!r}")
+    return number
+
+
+class InstrumentSettings(BaseModel):
+    """What the beamline knows: detector, motors, geometry."""
+
+    model_config = _STRICT
+
+    stream: str = "primary"
+    """Event stream carrying the frames and stage readbacks; other streams (a baseline that
+    also reads the stage, say) are ignored, so their seq_nums never pair with frames."""
+    detector_key: str = "det_image"
+    """Event data key holding the diffraction frame."""
+    x_motor: str = "sx"
+    """Event data key of the horizontal sample-stage readback."""
+    y_motor: str = "sy"
+    """Event data key of the vertical sample-stage readback."""
+    motor_units_m: float = Field(1e-6, gt=0)
+    """Metres per motor unit (1e-6 when the motors are in micrometres)."""
+    position_stream: str | None = None
+    """Event stream carrying the stage positions when they are not in ``stream`` (e.g. a fly
+    scan's position array published as event pages), with one row per frame; None: the same
+    stream as the frames. Frames and positions are paired by seq_num, which counts from 1 in
+    each stream (so a monitor stream, one row per value change, does not fit)."""
+    swap_axes: bool = False
+    """The stage's x moves the sample along the detector's y (and y along x)."""
+    x_sign: Literal[1, -1] = 1
+    """-1 when the stage's x axis points against the detector's x (applied after the swap)."""
+    y_sign: Literal[1, -1] = 1
+    """-1 when the stage's y axis points against the detector's y (applied after the swap)."""
+    rotation_deg: float = 0.0
+    """Rotation in degrees of the stage axes relative to the detector's, counter-clockwise from
+    x towards y (applied last)."""
+    energy_eV: float = Field(gt=0)
+    """Photon energy in eV. A profile may give ``wavelength_m`` (metres) instead, the natural
+    unit for visible light; it is converted to this field when the profile is read, and both
+    may be given if they agree to 1e-6."""
+    distance_m: float = Field(gt=0)
+    """Sample-to-detector distance in metres."""
+    propagation: Literal["far_field", "fresnel", "near_field"] = FAR_FIELD
+    """``far_field``: Fraunhofer, one FFT; ``fresnel``: far field at a finite distance, the
+    Fresnel phase over the probe window folded into the probe (matters when pi lambda z /
+    (4 dx^2) is not small, e.g. visible light at centimetres); ``near_field``: angular spectrum
+    over the propagation distance."""
+    focus_to_sample_m: float | None = Field(None, gt=0)
+    """Near field in a divergent beam: focus-to-sample distance in metres (from the beamline, not
+    in the data), for the Fresnel scaling theorem; None for a plane wave."""
+    detector_pixel_size_m: float = Field(gt=0)
+    """Detector pixel pitch in metres."""
+    frame_px: int = Field(gt=0)
+    """Side of the square diffraction frame in pixels (after any cropping by the detector)."""
+    read_noise_counts: float = Field(0.0, ge=0)
+    """Gaussian read-noise sigma in counts; enters the variance-stabilised loss."""
+    saturation_counts: float | None = Field(None, gt=0)
+    """Counts at which a pixel saturates; None when the detector does not saturate."""
+    probe_defocus_m: float = 0.0
+    """Nominal focus-to-sample distance in metres, used to build the initial probe."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _energy_from_wavelength(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "wavelength_m" not in data:
+            return data
+        data = dict(data)
+        wavelength = _positive_number(data.pop("wavelength_m"), "wavelength_m")
+        energy = HC_EV_M / wavelength
+        if data.get("energy_eV") is None:
+            data["energy_eV"] = energy
+        elif not math.isclose(
+            _positive_number(data["energy_eV"], "energy_eV"), energy, rel_tol=1e-6
+        ):
+            raise ValueError(
+                f"energy_eV ({data['energy_eV']}) and wavelength_m ({wavelength}) disagree "
+                f"({wavelength} m is {energy:.6g} eV); give one of them"
+            )
+        return data
+
+    @property
+    def wavelength_m(self) -> float:
+        """Wavelength in metres, from ``energy_eV``."""
+        return HC_EV_M / self.energy_eV
+
+    def positions_m(self, y_readback: ArrayLike, x_readback: ArrayLike) -> np.ndarray:
+        """Stage readbacks (motor units; scalars or arrays) to probe positions ``(..., 2)``
+        ``(y, x)`` in metres on the detector's axes: units, then swap, signs and rotation.
+
+        This is the one place where positions from documents change units or axes.
+        """
+        y = np.asarray(y_readback, dtype=np.float64) * self.motor_units_m
+        x = np.asarray(x_readback, dtype=np.float64) * self.motor_units_m
+        if self.swap_axes:
+            y, x = x, y
+        y, x = self.y_sign * y, self.x_sign * x
+        if self.rotation_deg:
+            theta = math.radians(self.rotation_deg)
+            c, s = math.cos(theta), math.sin(theta)
+            y, x = s * x + c * y, c * x - s * y
+        return np.stack([y, x], axis=-1)
+
+    def geometry(self) -> Geometry:
+        return Geometry(
+            wavelength_m=self.wavelength_m,
+            distance_m=self.distance_m,
+            detector_pixel_size_m=self.detector_pixel_size_m,
+            frame_px=self.frame_px,
+            propagation=self.propagation,
+            focus_to_sample_m=self.focus_to_sample_m,
+        )
+
+
+class LossKind(StrEnum):
+    AMPLITUDE = "amplitude"
+    """Variance-stabilised amplitude misfit (generalised Anscombe): robust to Poisson and read
+    noise."""
+    INTENSITY = "intensity"
+    """Mean squared intensity error, as in the TensorFlow AD ptychography paper; needs a smaller
+    learning rate on noisy data."""
+    POISSON = "poisson"
+    """Poisson deviance (negative log-likelihood up to a constant), for photon-counting data;
+    negative counts are clipped to zero, which biases it where read noise is large."""
+
+
+class Algorithm(StrEnum):
+    """Reconstruction algorithm: the AD engine, or a classical baseline (numpy)."""
+
+    AD = "ad"
+    EPIE = "epie"
+    MPIE = "mpie"
+
+
+class PieSettings(BaseModel):
+    """The ePIE and mPIE baselines (Maiden, Johnson and Li, Optica 4, 736 (2017)).
+
+    ePIE uses the two steps only (classically both 1; its denominators are ``max|P|^2`` and
+    ``max|O|^2``). The mPIE defaults were measured on the test scans (the demo scan shrunk to 90
+    points; noisy: 1e6 photons per frame, about 500 counts at the mean pattern's peak, read
+    noise 10 counts): with them mPIE stayed stable over 300 passes of the noisy scan (|C| 0.995,
+    ePIE 0.996) and converged faster than ePIE on the clean one (phase r after 10 passes 0.991
+    against 0.979). Each momentum step also holds the probe at its initial power: without that
+    constraint the loss of every mPIE setting tried on the noisy scan rose or diverged within 30
+    to 600 passes (at these defaults within 150), as ENGINE_NOTES found; ePIE held for 600.
+    """
+
+    model_config = _STRICT
+
+    object_step: float = Field(1.0, gt=0)
+    """Object update step (beta_O; ePIE's alpha, classically 1)."""
+    probe_step: float = Field(1.0, gt=0)
+    """Probe update step (beta_P; ePIE's beta, classically 1)."""
+    object_alpha: float = Field(0.5, gt=0, le=1)
+    """mPIE: rPIE regularisation of the object update, whose denominator is ``(1 - alpha)|P|^2 +
+    alpha max|P|^2`` (1 gives ePIE's ``max|P|^2``): smaller values step further where the probe
+    is weak. Measured with both alphas equal: on clean data phase r after 10 passes 0.981 at 1,
+    0.991 at 0.5, 0.994 at 0.25 but 0.35 at 0.1; on noisy data more noise is fitted as they
+    fall (|C| after 60 passes 0.996 at 1, 0.9955 at 0.5, 0.993 at 0.25, 0.98 at 0.1)."""
+    probe_alpha: float = Field(0.5, gt=0, le=1)
+    """mPIE: rPIE regularisation of the probe update (as ``object_alpha``, with the object)."""
+    momentum: float = Field(0.5, ge=0, lt=1)
+    """mPIE: momentum friction eta, in ``v = eta v + (X - X_T)``, ``X += eta v``; 0 gives rPIE
+    (still with the probe power constraint). 0.7 measured the same as 0.5 on the test scans;
+    0.5 leaves more margin."""
+    momentum_every: int = Field(0, ge=0)
+    """mPIE: position updates between momentum steps (T); 0 means once per pass over the
+    frames seen. Every 20 updates fitted more noise (|C| 0.994 on the noisy test scan)."""
+
+
+class EngineSettings(BaseModel):
+    """How the engine reconstructs."""
+
+    model_config = _STRICT
+
+    algorithm: Algorithm = Algorithm.AD
+    """``ad`` (the streaming AD engine) or a baseline, ``epie`` or ``mpie``."""
+    probe_modes: int = Field(1, ge=1, le=16)
+    """Mutually incoherent probe modes (partial coherence); 1 is a fully coherent probe."""
+
+    loss: LossKind = LossKind.AMPLITUDE
+    """Misfit between measured and predicted intensities."""
+    batch_size: int = Field(16, gt=0)
+    """Frames per optimiser step (a fixed shape, padded with a validity mask)."""
+    object_learning_rate: float = Field(0.1, gt=0)
+    """Adam learning rate of the object's real and imaginary parts (data normalised to max 1)."""
+    tv_weight: float = Field(3e-4, ge=0)
+    """Weight of the object's total variation (on the patches of each batch) against noise
+    over-fitting; 0 disables it. Relative to the data loss, whose scale depends on ``loss``:
+    the default suits ``amplitude``. On a scan at 500 counts peak with read noise 10 it kept |C|
+    at 0.997 over 100 passes where 0 fell from 0.97 to 0.91; on clean data it costs < 0.001."""
+    probe_learning_rate: float = Field(0.02, ge=0)
+    """Adam learning rate of the probe; 0 keeps the probe fixed."""
+    probe_start_step: int = Field(0, ge=0)
+    """Optimiser steps before the probe starts to move."""
+    steps_per_arrival: int = Field(4, gt=0)
+    """Optimiser steps after each arrival of new frames (new frames plus a sample of old ones);
+    for the ePIE/mPIE baselines a step is one position update, so raise it for them."""
+    reuse_probe: bool = False
+    """Start each run from the previous run's final probe (same frame size) rather than from
+    the optics: a warm start across scans."""
+    final_epochs: int = Field(30, ge=0)
+    """Passes over all frames after the scan stops, before the final result is published."""
+    final_learning_rate_fraction: float = Field(0.1, gt=0, le=1)
+    """Learning rates decay (cosine) to this fraction of their values over the final passes."""
+    train_distance: bool = False
+    """Near field only: fit the propagation distance too (Adam, its own learning rate). In a
+    cone beam this fits the effective distance z1 z2 / (z1 + z2) with the pixel size kept, i.e.
+    it corrects the Fresnel number, not the magnification."""
+    distance_learning_rate_m: float = Field(1e-5, gt=0)
+    """Adam learning rate of the propagation distance, in metres per step."""
+    distance_search_m: tuple[float, float] | None = None
+    """Near field, offline (``ptystream reconstruct``): before reconstructing, search this range
+    ``(min, max)`` in metres for the distance whose trial reconstruction ends at the lowest loss
+    (gradients alone do not move a distance that is far off; see ``engine/distance.py``)."""
+    distance_search_passes: int = Field(25, gt=0)
+    """Passes over all frames per trial distance of ``distance_search_m``."""
+    correct_positions: bool = False
+    """Fit a correction of each frame's position (needs ``subpixel``); the mean correction is
+    kept at zero, since a common shift of all positions only moves the object."""
+    position_start_step: int = Field(50, ge=0)
+    """Optimiser steps before positions start to move (the object must take shape first)."""
+    position_learning_rate_px: float = Field(0.05, gt=0)
+    """Adam learning rate of the position corrections, in object pixels per step."""
+    position_max_px: float = Field(4.0, gt=0)
+    """Largest correction, in object pixels (damping against runaway frames)."""
+    subpixel: bool = True
+    """Shift the probe by the fractional part of each position (Fourier shift)."""
+    jit_compile: bool = True
+    """Compile the step with XLA (faster per step; about 2 s to compile per shape)."""
+    canvas_margin_px: int = Field(8, ge=0)
+    """Object pixels added around the planned scan extent plus one probe."""
+    seed: int = 0
+    """Seed of the engine's random generator (mini-batch sampling)."""
+    tf_threads: int = Field(1, gt=0)
+    """TensorFlow intra- and inter-op threads; 1 leaves a core for ingest and publishing."""
+    pie: PieSettings = PieSettings()
+    """Settings of the ePIE and mPIE baselines (ignored by the AD engine)."""
+
+
+class IngestSettings(BaseModel):
+    """How frames get from documents to the engine: files, memory, run endings."""
+
+    model_config = _STRICT
+
+    memory_budget_mb: float = Field(1024.0, gt=0)
+    """Frames waiting for the engine (queued, or waiting for their position) are held in memory
+    up to this many MiB; beyond it they are appended to a spill file on local disk and read back
+    in turn. None is ever dropped."""
+    stop_timeout_s: float = Field(1800.0, gt=0)
+    """A run that sends no document for this many seconds is closed as ``incomplete`` and
+    published (a lost stop document, a crashed RunEngine). Pauses longer than this end the live
+    reconstruction too, so set it above the longest expected pause."""
+    file_timeout_s: float = Field(30.0, gt=0)
+    """How long after a run's stop a frame may stay unreadable (its file, datum or HDF5 row not
+    written yet, or the file still locked by a detector writing without SWMR) before it is
+    rejected as ``unreadable``. During the run such frames are retried without a limit and
+    without blocking."""
+    max_saturated_px: int = Field(0, ge=0)
+    """With ``instrument.saturation_counts`` set, frames with more pixels at or above it are
+    rejected as ``saturated`` (a saturated pixel misreports the intensity the model fits)."""
+    handlers: dict[str, str] = {}
+    """Extra ``event_model.Filler`` handlers for Resource/Datum frames, ``SPEC: module:Class``
+    (NPY_SEQ and AD_HDF5 are built in)."""
+    root_map: dict[str, str] = {}
+    """Resource roots as written by the detector, mapped to where this machine sees them
+    (``event_model.Filler``'s ``root_map``), e.g. ``{/nsls2/data: /mnt/data}``."""
+
+
+class PublishSettings(BaseModel):
+    """How results reach Tiled."""
+
+    model_config = _STRICT
+
+    cadence_s: float = Field(1.0, gt=0)
+    """At most one live publication per this many seconds."""
+    retries: int = Field(5, ge=0)
+    """Retries of a run's creation and final write before the final is kept on disk."""
+    retry_backoff_s: float = Field(0.5, gt=0)
+    """First retry delay in seconds; it doubles on each retry, up to 8 s."""
+    raw_batch_size: int = Field(50, gt=0)
+    """Events per write of bluesky's TiledWriter (the raw scan): larger means fewer, bigger
+    writes."""
+
+
+class ProbeKind(StrEnum):
+    FOCUSED = "focused"
+    PINHOLE = "pinhole"
+
+
+class TrajectoryKind(StrEnum):
+    FERMAT = "fermat"
+    RINGS = "rings"
+    RASTER = "raster"
+
+
+class SimSettings(BaseModel):
+    """The simulated sample, probe, scan and detector (demo and test profiles only)."""
+
+    model_config = _STRICT
+
+    object_px: int = Field(256, gt=0)
+    """Side of the square ground-truth object in pixels."""
+    amplitude_range: tuple[float, float] = (0.3, 1.0)
+    """Minimum and maximum transmission amplitude of the object."""
+    phase_range_rad: tuple[float, float] = (-1.2, 1.2)
+    """Minimum and maximum phase of the object in radians."""
+    probe: ProbeKind = ProbeKind.FOCUSED
+    """Focused beam with defocus, or a pinhole propagated to the sample."""
+    convergence_semi_angle_rad: float = Field(5e-4, gt=0)
+    """Focused probe: semi-angle of the focusing optic's pupil in radians."""
+    defocus_m: float = 2e-3
+    """Focused probe: focus-to-sample distance in metres (the true one)."""
+    pinhole_diameter_m: float = Field(2e-6, gt=0)
+    """Pinhole probe: pinhole diameter in metres."""
+    pinhole_distance_m: float = Field(1e-3, ge=0)
+    """Pinhole probe: pinhole-to-sample distance in metres."""
+    trajectory: TrajectoryKind = TrajectoryKind.FERMAT
+    """Shape of the scan."""
+    n_points: int = Field(100, gt=0)
+    """Number of scan points."""
+    overlap: float = Field(0.7, ge=0.0, lt=1.0)
+    """Linear overlap of neighbouring probe footprints, 1 - step / probe diameter."""
+    jitter_fraction: float = Field(0.1, ge=0.0)
+    """Raster only: random position error as a fraction of the step."""
+    photons_per_frame: float | None = Field(1e6, gt=0)
+    """Mean total counts per frame; None for noise-free frames."""
+    exposure_s: float = Field(0.0, ge=0)
+    """Detector exposure per point in seconds (the scan's pace)."""
+    seed: int = 0
+    """Seed of the simulation's random generator (positions, noise)."""
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> SimSettings:
+        for name in ("amplitude_range", "phase_range_rad"):
+            lo, hi = getattr(self, name)
+            if not lo <= hi:
+                raise ValueError(f"{name} must be (min, max), got {(lo, hi)}")
+        if self.amplitude_range[0] < 0:
+            raise ValueError("amplitude_range must be non-negative")
+        return self
+
+
+class Profile(BaseModel):
+    """A validated instrument profile."""
+
+    model_config = _STRICT
+
+    name: str
+    """Profile name, recorded in the start document and in published metadata."""
+    description: str = ""
+    """One line saying what the profile is for (shown by ``ptystream profiles list``)."""
+    instrument: InstrumentSettings
+    engine: EngineSettings = EngineSettings()
+    ingest: IngestSettings = IngestSettings()
+    publish: PublishSettings = PublishSettings()
+    sim: SimSettings | None = None
+    """Present only for simulated instruments (demo, tests)."""
+
+    @model_validator(mode="after")
+    def _object_covers_probe(self) -> Profile:
+        if self.sim is not None and self.sim.object_px < self.instrument.frame_px:
+            raise ValueError(
+                f"sim.object_px ({self.sim.object_px}) is smaller than instrument.frame_px "
+                f"({self.instrument.frame_px})"
+            )
+        if not math.isfinite(self.instrument.distance_m):
+            raise ValueError("instrument.distance_m must be finite")
+        if self.sim is not None and self.instrument.propagation == NEAR_FIELD:
+            raise ValueError("the simulated beamline (sim) is far-field only")
+        if self.engine.correct_positions and not self.engine.subpixel:
+            raise ValueError("engine.correct_positions needs engine.subpixel: true")
+        if self.engine.train_distance and self.instrument.propagation != NEAR_FIELD:
+            raise ValueError("engine.train_distance needs instrument.propagation: near_field")
+        if self.engine.distance_search_m and self.instrument.propagation != NEAR_FIELD:
+            raise ValueError("engine.distance_search_m needs instrument.propagation: near_field")
+        if self.instrument.focus_to_sample_m is not None and (
+            self.instrument.propagation != NEAR_FIELD
+        ):
+            raise ValueError("instrument.focus_to_sample_m applies to the near field only")
+        return self

@@ -1,0 +1,383 @@
+"""Wiring: the worker thread that feeds the engine, and the queues around it.
+
+::
+
+    RE thread ── callback ──► queue ──► worker thread: pair frames, engine.add_frames / step
+                                              │ estimate every cadence_s (latest wins)
+                                              ▼
+                                        publisher thread (:mod:`ptystream.live.delivery`)
+                                              ──► Tiled (retries for begin/final)
+
+The RunEngine's thread only enqueues (``open_run``, ``submit``, ``close_run`` return at once).
+The worker imports TensorFlow and compiles before frames arrive, keeps refining while it waits
+for frames, and on the stop document runs the final epochs and hands the final estimate over.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptystream.config import Profile
+from ptystream.engine import Engine, EngineSetup, make_engine, prepare
+from ptystream.live.delivery import Delivery
+from ptystream.live.frames import FrameResolver
+from ptystream.live.pairing import FramePairer
+from ptystream.live.result import RunResult
+from ptystream.live.spill import FrameStore
+from ptystream.store.publisher import TiledPublisher
+from ptystream.types import FrameRecord, RunStart, RunStop, ScanPlan
+
+__all__ = ["LivePipeline"]
+
+logger = logging.getLogger(__name__)
+
+
+class _LiveRun:
+    """Worker-side state of the run being reconstructed."""
+
+    def __init__(self, engine: Engine, result: RunResult, profile: Profile, store: FrameStore):
+        self.engine = engine
+        self.result = result
+        ingest = profile.ingest
+        self.resolver = FrameResolver(ingest.handlers, ingest.root_map)
+        self.pairer = FramePairer(
+            result.start.geometry.frame_px,
+            resolve=lambda frame: self.resolver.resolve(store.load(frame)),
+            discard=store.release,
+            saturation_counts=profile.instrument.saturation_counts,
+            max_saturated_px=ingest.max_saturated_px,
+            file_timeout_s=ingest.file_timeout_s,
+        )
+        self.t_open = time.perf_counter()
+        self.last_seen = time.monotonic()
+        self.last_publish = 0.0
+
+    @property
+    def uid(self) -> str:
+        return self.result.run_uid
+
+
+_STATUS = {"success": "finished", "abort": "aborted", "fail": "failed"}
+_KEEP_RESULTS = 32
+#: Longest stretch (s) of catch-up steps between two looks at the inbox.
+_CATCH_UP_S = 0.25
+#: Seconds between looks at frames waiting for a position or a file, when nothing else runs.
+_RETRY_S = 0.05
+
+
+class LivePipeline:
+    """Live reconstruction of the runs a :class:`~ptystream.live.callback.PtychoCallback` feeds it.
+
+    Parameters
+    ----------
+    profile : engine and publishing settings.
+    publisher : where estimates go; None keeps results in memory only (see :meth:`result`).
+    spool_dir : where a final result is saved (NPZ + JSON) when Tiled cannot take it after
+        ``profile.publish.retries`` attempts, frames beyond the memory budget are spilled
+        (``spill/``) and the run being reconstructed is checkpointed at shutdown
+        (``checkpoints/``); None keeps results in memory and spills to a temporary directory.
+    engine_factory : builds an engine per run from its :class:`~ptystream.engine.EngineSetup`
+        (:func:`~ptystream.engine.make_engine` by default).
+
+    Notes
+    -----
+    A failure while reconstructing a run marks that run ``failed`` (published with the reason)
+    and the worker waits for the next run; it never propagates to the RunEngine.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        publisher: TiledPublisher | None,
+        *,
+        spool_dir: str | Path | None = None,
+        engine_factory: Callable[[EngineSetup], Engine] = make_engine,
+    ):
+        self._profile = profile
+        self._spool_dir = Path(spool_dir) if spool_dir is not None else None
+        self._engine_factory = engine_factory
+        self._setup = EngineSetup.from_profile(profile)
+        self._inbox: queue.Queue = queue.Queue()
+        self._store = FrameStore(
+            int(profile.ingest.memory_budget_mb * 2**20),
+            self._spool_dir / "spill" if self._spool_dir is not None else None,
+        )
+        self._late: set[str] = set()  # worker thread only: runs closed before their documents
+        self._spilled: Counter[str] = Counter()  # frames spilled to disk, by run uid
+        self._results: OrderedDict[str, RunResult] = OrderedDict()
+        self._last_probe: tuple[str, np.ndarray] | None = None  # worker thread only
+        self._ready = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="ptystream-worker", daemon=True)
+        self._delivery = Delivery(
+            publisher,
+            profile.publish,
+            profile.engine.model_dump(mode="json"),
+            self._spool_dir,
+        )
+
+    # -- RunSink: called on the RunEngine's thread; enqueue only ----------------------------
+
+    def open_run(self, start: RunStart) -> None:
+        self._results[start.run_uid] = RunResult(start)
+        while len(self._results) > _KEEP_RESULTS:
+            self._results.popitem(last=False)
+        self._inbox.put(("open", start))
+
+    def submit(self, record: FrameRecord) -> None:
+        if isinstance(record.frame, np.ndarray):
+            held = self._store.hold(record.frame)
+            if held is not record.frame:
+                record = FrameRecord(record.run_uid, record.seq_num, held, record.position_m)
+                self._spilled[record.run_uid] += 1
+        self._inbox.put(("frame", record))
+
+    @property
+    def store(self) -> FrameStore:
+        """The memory budget of frames waiting for the engine (held bytes, spills)."""
+        return self._store
+
+    def close_run(self, stop: RunStop) -> None:
+        self._inbox.put(("close", stop))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self, *, timeout: float = 120.0) -> LivePipeline:
+        """Start the threads and wait until TensorFlow is imported and the step compiled for
+        the profile's frame and batch shapes (before any scan starts)."""
+        self._worker.start()
+        self._delivery.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"the engine did not start within {timeout} s")
+        # TensorFlow (and an embedded Tiled server) leave ~0.4-0.7 million long-lived objects;
+        # a full collection walking them stalls every thread, the RunEngine's included, for
+        # ~0.5 s. Moving what exists now out of the collector's reach avoids that.
+        gc.freeze()
+        return self
+
+    def result(self, run_uid: str) -> RunResult:
+        return self._results[run_uid]
+
+    def wait(self, run_uid: str, timeout: float | None = None) -> RunResult:
+        """Block until ``run_uid`` is final and published (or failed); raise on timeout."""
+        result = self._results[run_uid]
+        if not result.done.wait(timeout):
+            raise TimeoutError(f"run {run_uid} did not finish within {timeout} s")
+        return result
+
+    def close(self) -> None:
+        """Stop: a run still going is checkpointed (``spool_dir/checkpoints``) and published as
+        'incomplete' with its current estimate, then pending publications are delivered."""
+        if self._worker.is_alive():
+            self._inbox.put(("shutdown", None))
+            self._worker.join()
+        self._delivery.close()
+        self._store.close()
+
+    # -- worker thread ----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        prepare(self._profile.engine)
+        self._warm_up()
+        self._ready.set()
+        run: _LiveRun | None = None
+        while True:
+            if run is not None and run.engine.n_frames:
+                wait = 0.0  # refine between arrivals
+            elif run is not None and run.pairer.waiting:
+                wait = _RETRY_S  # frames waiting for a position or a file
+            else:
+                wait = 0.5
+            items = []
+            try:
+                items.append(self._inbox.get(timeout=wait))
+                while len(items) < 10_000:
+                    items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                pass
+            for kind, item in items:
+                run = self._handle(run, kind, item)
+                if kind == "shutdown":
+                    return
+            if run is None:
+                continue
+            timeout = self._profile.ingest.stop_timeout_s
+            if items:
+                run.last_seen = time.monotonic()
+            elif time.monotonic() - run.last_seen > timeout:
+                self._end(run, "incomplete", f"no document for {timeout:g} s")
+                run = None
+                continue
+            run = self._guarded(run, self._advance)
+
+    def _end(self, run: _LiveRun, status: str, reason: str) -> None:
+        """Finish ``run`` (final passes, publish); its later documents are ignored."""
+        self._guarded(run, lambda r: self._finish(r, status, reason))
+        self._late.add(run.uid)
+
+    def _warm_up(self) -> None:
+        """Trace and compile the step for the profile's shapes on a throw-away engine, before
+        any run: TensorFlow's and XLA's one-time start-up is then paid here, and a run's set-up
+        only traces the step for its canvas (1.5-3.8 s for the demo profile on 2 busy cores,
+        benchmarks/live_pipeline.py; 2.4 s against 1.0 s on a quiet machine)."""
+        plan = ScanPlan(self._profile.engine.batch_size, ((0.0, 0.0), (0.0, 0.0)))
+        try:
+            self._engine_factory(self._setup.replace(plan=plan)).warm_up()
+        except Exception:
+            logger.exception("compiling ahead of the first run failed; it compiles at its start")
+
+    def _guarded(self, run: _LiveRun, action: Callable[[_LiveRun], Any]) -> _LiveRun | None:
+        """``action(run)``; on an exception the run is failed and None is returned."""
+        try:
+            action(run)
+            return run
+        except Exception as exc:
+            run.pairer.abandon("run failed")
+            self._drain(run)
+            self._fail(run.result, exc)
+            return None
+
+    def _collect(self, run: _LiveRun, wait_s: float) -> None:
+        """End of intake: add the last pairs, waiting up to ``wait_s`` for frames whose files
+        are not readable yet (a detector may keep its file until after the stop)."""
+        pairer = run.pairer
+        batches = [pairer.close()]
+        deadline = time.monotonic() + wait_s
+        while pairer.waiting and time.monotonic() < deadline:
+            time.sleep(_RETRY_S)
+            batches.append(pairer.take())
+        batches.append(pairer.expire())
+        for pairs in batches:
+            if pairs is not None:
+                run.engine.add_frames(pairs.frames, pairs.positions_m)
+
+    def _drain(self, run: _LiveRun) -> None:
+        """Close the run's files and record its frame accounting (intake is over)."""
+        run.resolver.close()
+        run.result.accounting = run.pairer.accounting
+        run.result.spilled_frames += self._spilled.pop(run.uid, 0)
+
+    def _handle(self, run: _LiveRun | None, kind: str, item: Any) -> _LiveRun | None:
+        if kind == "frame":
+            if run is not None and item.run_uid == run.uid:
+                run.pairer.add(item)
+            else:
+                self._store.release(item.frame)
+                if item.run_uid not in self._late:
+                    self._late.add(item.run_uid)
+                    logger.warning("run %s: documents after its end are ignored", item.run_uid)
+            return run
+        if kind == "close" and (run is None or item.run_uid != run.uid):
+            return run
+        if run is not None and kind in ("open", "close", "shutdown"):
+            if kind == "close":
+                self._end(run, _STATUS.get(item.exit_status, item.exit_status), item.reason)
+            elif kind == "open":
+                self._end(run, "incomplete", "a new run started before this one stopped")
+            else:
+                self._guarded(run, self._checkpoint)
+                self._late.add(run.uid)
+            run = None
+        if kind == "open":
+            result = self._results.get(item.run_uid) or RunResult(item)
+            try:
+                return self._open(result)
+            except Exception as exc:
+                self._fail(result, exc)
+        return run
+
+    def _open(self, result: RunResult) -> _LiveRun:
+        t0 = time.perf_counter()
+        self._delivery.post("begin", result)
+        initial_probe = None
+        if self._profile.engine.reuse_probe and self._last_probe is not None:
+            source, probe = self._last_probe
+            if probe.shape[-2:] == result.start.geometry.frame_shape:
+                initial_probe, result.initial_probe_from = probe, source
+        engine = self._engine_factory(
+            self._setup.replace(
+                geometry=result.start.geometry,
+                plan=result.start.plan,
+                initial_probe=initial_probe,
+            )
+        )
+        engine.warm_up()
+        result.timings_s["engine_setup"] = time.perf_counter() - t0
+        logger.info("run %s (scan %s): reconstructing", result.run_uid, result.start.scan_id)
+        return _LiveRun(engine, result, self._profile, self._store)
+
+    def _advance(self, run: _LiveRun) -> None:
+        """Add the frames paired since the last call and step; refine while none arrive.
+
+        After a burst the engine holds more new frames than ``steps_per_arrival`` steps take
+        (each step takes up to a batch of them first): it then keeps stepping until none wait
+        or ``_CATCH_UP_S`` has passed, so it catches up as fast as it can step, while the
+        inbox is still drained and estimates published between passes.
+        """
+        settings = self._profile.engine
+        pairs = run.pairer.take()
+        if pairs is not None:
+            run.engine.add_frames(pairs.frames, pairs.positions_m)
+            run.engine.step(settings.steps_per_arrival)
+            deadline = time.perf_counter() + _CATCH_UP_S
+            while run.engine.frames_waiting and time.perf_counter() < deadline:
+                run.engine.step(1)
+        elif run.engine.n_frames:
+            run.engine.step(1)
+        self._maybe_publish(run)
+
+    def _maybe_publish(self, run: _LiveRun) -> None:
+        now = time.perf_counter()
+        if run.engine.n_frames and now - run.last_publish >= self._profile.publish.cadence_s:
+            run.last_publish = now
+            frames = run.pairer.accounting.as_dict()
+            self._delivery.post("live", run.result, (run.engine.estimate(), frames))
+
+    def _checkpoint(self, run: _LiveRun) -> None:
+        """Shutdown mid-run: save the engine's state and publish what exists as incomplete."""
+        self._collect(run, 0.0)
+        self._drain(run)
+        result = run.result
+        result.timings_s["scan"] = time.perf_counter() - run.t_open
+        if self._spool_dir is not None and run.engine.n_frames:
+            path = self._spool_dir / "checkpoints" / f"{result.run_uid}.h5"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            run.engine.save_state(path)
+            result.checkpoint = path
+        if run.engine.n_frames:
+            result.final = run.engine.estimate(final=True)
+        result.status, result.error = "incomplete", "ptystream shut down before the run stopped"
+        self._delivery.post("final", result)
+
+    def _finish(self, run: _LiveRun, status: str, reason: str) -> None:
+        self._collect(run, self._profile.ingest.file_timeout_s)
+        self._drain(run)
+        result = run.result
+        t0 = time.perf_counter()
+        result.timings_s["scan"] = t0 - run.t_open
+        if run.engine.n_frames:
+            run.engine.refine(self._profile.engine.final_epochs)
+            result.final = run.engine.estimate(final=True)
+            if result.final.is_finite():
+                self._last_probe = (result.run_uid, result.final.probe)
+        result.timings_s["final_reconstruction"] = time.perf_counter() - t0
+        result.status = status
+        if reason:
+            result.error = reason
+        self._delivery.post("final", result)
+
+    def _fail(self, result: RunResult, exc: Exception) -> None:
+        """Log ``exc`` and publish the run as failed; the worker then waits for the next run."""
+        logger.exception("live reconstruction of run %s failed", result.run_uid)
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.status = "failed"
+        self._delivery.post("final", result)

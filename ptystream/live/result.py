@@ -1,0 +1,47 @@
+"""What became of one live run: status, final estimate, frame accounting and timings."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptystream.live.pairing import Accounting
+from ptystream.types import Estimate, RunStart
+
+__all__ = ["RunResult"]
+
+
+@dataclass
+class RunResult:
+    """What became of one run: its status, final estimate and bookkeeping."""
+
+    start: RunStart
+    status: str = "running"
+    node_path: str | None = None
+    final: Estimate | None = None
+    accounting: Accounting = field(default_factory=Accounting)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    spooled: Path | None = None
+    checkpoint: Path | None = None
+    spilled_frames: int = 0
+    initial_probe_from: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def run_uid(self) -> str:
+        return self.start.run_uid
+
+    def summary(self) -> dict[str, Any]:
+        """The run's bookkeeping for its published metadata."""
+        frames = {**self.accounting.as_dict(), "spilled_to_disk": self.spilled_frames}
+        out: dict[str, Any] = {"frames": frames, "timings_s": self.timings_s}
+        if self.checkpoint is not None:
+            out["checkpoint"] = str(self.checkpoint)
+        if self.initial_probe_from:
+            out["initial_probe_from"] = self.initial_probe_from
+        if self.error:
+            out["reason"] = self.error
+        return out

@@ -1,0 +1,127 @@
+"""The Tiled layout of ptystream, in one place (DESIGN.md, "The Tiled layout")::
+
+    <root>/raw/<run uid>/...                          bluesky's TiledWriter (the raw scan)
+    <root>/processed/ptystream/<run uid>/             one container per live reconstruction
+        live/, final/                                 (:mod:`ptystream.store.publisher`)
+        reprocessed/v1, v2, ...                       (:mod:`ptystream.store.versions`)
+
+and the small helpers every writer of it uses: walking a path, creating a container when it
+is missing, JSON-safe metadata, timestamps.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import numpy as np
+
+from ptystream.types import Estimate
+
+__all__ = [
+    "PROCESSED_PATH",
+    "RAW_KEY",
+    "REPROCESSED_KEY",
+    "child",
+    "exists",
+    "final_arrays",
+    "final_loss",
+    "jsonable",
+    "mark_ended",
+    "node_at",
+    "now",
+    "raw_catalog",
+]
+
+#: Container (under the root) where bluesky's TiledWriter saves raw runs.
+RAW_KEY = "raw"
+#: Where reconstructions live under the root.
+PROCESSED_PATH = ("processed", "ptystream")
+#: The container of a run's reprocessed versions, inside the run's container.
+REPROCESSED_KEY = "reprocessed"
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 (the timestamps of published metadata)."""
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+def child(parent, key: str, metadata: dict[str, Any] | None = None):
+    """``parent[key]``, created as a container (with ``metadata``) if missing."""
+    if key in parent:
+        return parent[key]
+    return parent.create_container(key, metadata=metadata or {})
+
+
+def node_at(root, path: str):
+    """The node at ``path`` (``a/b/c``) under ``root``; KeyError when a part is missing."""
+    node = root
+    for key in path.split("/"):
+        node = node[key]
+    return node
+
+
+def exists(root, path: str) -> bool:
+    """Whether ``path`` (``a/b/c``) exists under ``root``."""
+    node = root
+    for key in path.split("/"):
+        if key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def jsonable(value: Any) -> Any:
+    """Metadata that JSON (and tiled) can take: numpy scalars and arrays to Python, tuples to
+    lists."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def raw_catalog(root):
+    """The ``raw`` container, a ``CatalogOfBlueskyRuns`` so runs can be looked up by scan id."""
+    from tiled.structures.core import Spec
+
+    if RAW_KEY in root:
+        return root[RAW_KEY]
+    return root.create_container(RAW_KEY, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
+
+
+def final_arrays(estimate: Estimate) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
+    """``final/``'s arrays as ``(key, array, metadata)``: object and probe (complex64, the
+    object with its origin and pixel size), positions_m (float64)."""
+    return [
+        (
+            "object",
+            estimate.object.astype(np.complex64),
+            {
+                "object_origin_m": list(estimate.object_origin_m),
+                "pixel_size_m": estimate.pixel_size_m,
+            },
+        ),
+        ("probe", estimate.probe.astype(np.complex64), {}),
+        ("positions_m", estimate.positions_m.astype(np.float64), {}),
+    ]
+
+
+def final_loss(estimate: Estimate):
+    """``final/loss`` as a pandas DataFrame: the finite rows of the loss history (iteration,
+    loss)."""
+    import pandas as pd
+
+    rows = estimate.loss[np.isfinite(estimate.loss[:, 1])]
+    return pd.DataFrame({"iteration": rows[:, 0].astype(np.int64), "loss": rows[:, 1]})
+
+
+def mark_ended(node, status: str, extra: dict[str, Any]) -> None:
+    """Set a container's ``status`` and bookkeeping (``extra``), with its finish time."""
+    timings = dict(node.metadata.get("timings", {}))
+    timings["finished_at"] = now()
+    node.update_metadata(jsonable({"status": status, "timings": timings, **extra}))

@@ -1,0 +1,104 @@
+"""Reprocessed versions of a run in Tiled, next to (never over) the live result.
+::
+
+    <root>/processed/ptystream/<run uid>/            the live run's container (created, with
+                                                     status "not reconstructed live", if the run
+                                                     never was); metadata gains latest_reprocess
+        reprocessed/v1, v2, ...                      one container per reprocessing
+            metadata: kind "reprocess", version, status (running -> finished/failed), reason,
+                      settings_hash, provenance {software_version, profile, settings, input},
+                      timings {started_at, finished_at}, timings_s, frames, iterations,
+                      final_loss
+            final/object, final/probe (complex64), final/positions_m (float64), final/loss (table)
+
+A version is identified by its ``settings_hash`` (profile, engine settings and passes): a rerun
+with the same hash finds the finished version and skips it unless forced, in which case the
+next number is used and nothing earlier is touched. Knows tiled.client and types, nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ptystream.store.layout import (
+    PROCESSED_PATH,
+    REPROCESSED_KEY,
+    child,
+    final_arrays,
+    final_loss,
+    jsonable,
+    mark_ended,
+    node_at,
+    now,
+)
+from ptystream.types import Estimate
+
+__all__ = ["create_version", "find_version", "finish_version", "write_final"]
+
+
+def _run_node(root, run_uid: str, scan_id: int | None):
+    node = root
+    for key in PROCESSED_PATH:
+        node = child(node, key)
+    return child(
+        node,
+        run_uid,
+        {"raw_uid": run_uid, "scan_id": scan_id, "status": "not reconstructed live"},
+    )
+
+
+def find_version(root, run_uid: str, settings_hash: str) -> tuple[str, dict[str, Any]] | None:
+    """The path and metadata of ``run_uid``'s finished version with ``settings_hash``, if
+    one exists (the latest such)."""
+    node = root
+    for key in (*PROCESSED_PATH, run_uid, REPROCESSED_KEY):
+        if key not in node:
+            return None
+        node = node[key]
+    found = None
+    for key, version in node.items():
+        md = version.metadata
+        if md.get("settings_hash") == settings_hash and md.get("status") == "finished":
+            found = ("/".join((*PROCESSED_PATH, run_uid, REPROCESSED_KEY, key)), dict(md))
+    return found
+
+
+def create_version(
+    root, run_uid: str, scan_id: int | None, metadata: dict[str, Any]
+) -> tuple[str, Any]:
+    """Create the next version ``v<n>`` of ``run_uid`` with ``metadata`` and status
+    ``running``; returns its path under the root and its node."""
+    versions = child(_run_node(root, run_uid, scan_id), REPROCESSED_KEY)
+    n = len(versions) + 1
+    while True:
+        key = f"v{n}"
+        if key not in versions:
+            md = jsonable({**metadata, "version": key, "status": "running"})
+            md["timings"] = {"started_at": now()}
+            try:
+                node = versions.create_container(key, metadata=md)
+                break
+            except Exception:
+                if key not in versions:  # not a lost race with another worker: a real error
+                    raise
+        n += 1
+    return "/".join((*PROCESSED_PATH, run_uid, REPROCESSED_KEY, key)), node
+
+
+def write_final(node, estimate: Estimate) -> None:
+    """Write ``final/`` (object, probe, positions_m, loss) into a fresh container ``node``."""
+    if not estimate.is_finite():
+        raise ValueError("the estimate has non-finite values; it is not published")
+    final = child(node, "final")
+    for key, array, md in final_arrays(estimate):
+        final.write_array(array, key=key, metadata=md)
+    final.write_table(final_loss(estimate), key="loss")
+
+
+def finish_version(root, path: str, status: str, extra: dict[str, Any]) -> None:
+    """Set a version's status and bookkeeping (``extra``), with its finish time, and record it
+    as the run's ``latest_reprocess``."""
+    keys = path.split("/")
+    mark_ended(node_at(root, path), status, extra)
+    run = node_at(root, "/".join(keys[:-2]))
+    run.update_metadata({"latest_reprocess": {"version": keys[-1], "status": status, "path": path}})

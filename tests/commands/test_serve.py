@@ -1,0 +1,340 @@
+"""`ptystream serve` as a real subprocess behind a real `bluesky-0MQ-proxy`, publishing to a real
+Tiled server; a real RunEngine publishes its documents with bluesky's 0MQ Publisher.
+
+One service takes, back to back: an inline scan, an external-file (NPY_SEQ) scan, an ophyd-async
+HDF5 scan, an aborted scan, a run for another profile (skipped), documents out of order and
+duplicated, and finally a run cut short by SIGTERM (checkpointed, published as incomplete).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zmq
+from bluesky import RunEngine
+from bluesky.callbacks.zmq import Publisher
+from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider, init_devices
+
+from ptystream.metrics import complex_correlation
+from ptystream.sim.async_detector import AsyncSampleStage, SimPtychoDetector
+from ptystream.sim.detector import DetectorModel
+from ptystream.sim.file_detectors import npy_seq_detector
+from ptystream.sim.plans import ptycho_scan
+from ptystream.sim.scan import build_simulation
+from tests.conftest import small_profile
+from tests.live.test_live_sources import pausing, run_until_paused
+
+N_POINTS = 40
+BIN = Path(sys.executable).parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A subprocess whose output lines are collected by a thread (so pipes never fill)."""
+
+    def __init__(self, args, **kwargs):
+        self.lines = []
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_for(self, text, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not seen; output:\n" + "\n".join(self.lines))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def profile():
+    profile = small_profile(photons_per_frame=None, n_points=N_POINTS, object_px=144)
+    engine = profile.engine.model_copy(update={"final_epochs": 80})
+    return profile.model_copy(update={"engine": engine})
+
+
+@pytest.fixture(scope="module")
+def service(profile, tiled_server, tmp_path_factory):
+    """proxy + `ptystream serve` subprocesses and a RunEngine publishing to the proxy."""
+    tmp = tmp_path_factory.mktemp("serve")
+    profile_file = tmp / "test.yaml"
+    profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
+    key_file = tmp / "api-key"
+    key_file.write_text(tiled_server.api_key + "\n")
+    port_in, port_out = free_port(), free_port()
+    proxy = Process(
+        [
+            BIN / "bluesky-0MQ-proxy",
+            "--in-address",
+            f"127.0.0.1:{port_in}",
+            "--out-address",
+            f"127.0.0.1:{port_out}",
+        ]
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TILED_API_KEY", None)
+    serve = Process(
+        [
+            BIN / "ptystream",
+            "serve",
+            "--profile",
+            profile_file,
+            "--zmq",
+            f"127.0.0.1:{port_out}",
+            "--tiled",
+            tiled_server.uri.split("?")[0],
+            "--api-key-file",
+            key_file,
+            "--data-dir",
+            tmp / "data",
+        ],
+        env=env,
+    )
+    publisher = Publisher(f"127.0.0.1:{port_in}")
+    try:
+        serve.wait_for("ptystream serve: ready", timeout=180)
+        RE = RunEngine({})
+        RE.subscribe(publisher)
+        time.sleep(1.0)  # PUB/SUB: let the subscription reach the proxy before publishing
+        RE.publish = publisher
+        yield RE, serve, tmp / "data"
+    finally:
+        # Closed explicitly, without lingering: a zmq Context left to the garbage collector at
+        # interpreter exit can be finalised before its socket and then blocks pytest forever.
+        publisher._socket.setsockopt(zmq.LINGER, 0)
+        publisher.close()
+        serve.stop()
+        proxy.stop()
+
+
+def wait_for_status(client, uid, statuses=("finished", "aborted", "failed", "incomplete")):
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        processed = client["processed"]["ptystream"] if "processed" in client else {}
+        if uid in processed:
+            node = processed[uid]
+            if node.metadata["status"] in statuses:
+                return node
+        time.sleep(0.5)
+    raise AssertionError(f"run {uid} not published with a status in {statuses}")
+
+
+def served_correlation(node, truth):
+    """|C| and phase r of the served final object against the truth, over the region the
+    published probe and positions light above 30 % of the maximum."""
+    final = node["final"]
+    obj = final["object"].read()
+    probe = final["probe"].read()
+    probe = probe if probe.ndim == 3 else probe[None]
+    positions = final["positions_m"].read()
+    meta = final["object"].metadata
+    dx, origin = meta["pixel_size_m"], np.asarray(meta["object_origin_m"])
+    n = probe.shape[-1]
+    power = (np.abs(probe) ** 2).sum(axis=0)
+    light = np.zeros(obj.shape)
+    for corner in np.round((positions - origin) / dx - n / 2).astype(int):
+        light[corner[0] : corner[0] + n, corner[1] : corner[1] + n] += power
+    aligned = truth.aligned_to(obj.shape, tuple(origin))
+    return complex_correlation(obj, aligned, light > 0.3 * light.max())
+
+
+def check_finished(client, uid, sim, frames=N_POINTS):
+    node = wait_for_status(client, uid)
+    assert node.metadata["status"] == "finished", node.metadata.get("reason")
+    counts = node.metadata["frames"]
+    assert counts["received"] == counts["used"] == frames and counts["rejected"] == {}
+    score = served_correlation(node, sim.truth)
+    assert score.abs_c > 0.99 and score.phase > 0.9, score
+    return node
+
+
+def clean_model():
+    return DetectorModel(None, 0.0, None, np.random.default_rng(0))
+
+
+def run_serve(*args, env=None, timeout=120):
+    return subprocess.run(
+        [BIN / "ptystream", "serve", "--profile", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_wrong_api_key_or_absent_server_is_a_clear_error(tiled_server, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("not-the-key-0123\n")
+    uri = tiled_server.uri.split("?")[0]
+    wrong = run_serve("--zmq", "127.0.0.1:1", "--tiled", uri, "--api-key-file", key_file)
+    assert wrong.returncode == 2
+    assert "refused the API key (HTTP 401)" in wrong.stderr
+    assert "not-the-key-0123" not in wrong.stderr + wrong.stdout
+    absent = run_serve(
+        "--zmq",
+        "127.0.0.1:1",
+        "--tiled",
+        f"http://127.0.0.1:{free_port()}/api/v1",
+        env={"TILED_API_KEY": "secret-key-4567"},
+    )
+    assert absent.returncode == 2 and "cannot reach Tiled at http://127.0.0.1" in absent.stderr
+    assert "secret-key-4567" not in absent.stderr + absent.stdout
+    missing = run_serve("--zmq", "127.0.0.1:1", "--api-key-file", tmp_path / "nope")
+    assert missing.returncode == 2 and "cannot read the API key file" in missing.stderr
+
+
+def test_kafka_without_bluesky_kafka_says_what_to_install():
+    """bluesky-kafka is optional and not installed here (nor is a Kafka broker available):
+    the Kafka path is checked up to the import of its dispatcher."""
+    out = run_serve("--kafka", "127.0.0.1:9092", "--kafka-topic", "bluesky.documents")
+    assert out.returncode == 2 and "pip install bluesky-kafka" in out.stderr
+
+
+def test_runs_back_to_back_from_every_detector_kind(service, profile, tiled_client, tmp_path):
+    RE, serve, _ = service
+    sim = build_simulation(profile)
+    (inline,) = RE(sim.plan())
+    check_finished(tiled_client, inline, sim)
+
+    det = npy_seq_detector(
+        sim.stage, sim.truth, clean_model(), motor_units_m=1e-6, save_path=tmp_path / "npy"
+    )
+    plan = ptycho_scan(det, sim.stage, sim.positions_m, profile=profile.name, motor_units_m=1e-6)
+    (external,) = RE(plan)
+    check_finished(tiled_client, external, sim)
+
+    with init_devices():
+        stage = AsyncSampleStage()
+        hdf = SimPtychoDetector(
+            StaticPathProvider(UUIDFilenameProvider(), tmp_path / "h5"),
+            sim.truth,
+            clean_model(),
+            stage=stage,
+            motor_units_m=1e-6,
+        )
+    (tmp_path / "h5").mkdir()
+    plan = ptycho_scan(hdf, stage, sim.positions_m, profile=profile.name, motor_units_m=1e-6)
+    (streamed,) = RE(plan)
+    check_finished(tiled_client, streamed, sim)
+    assert "skipped" not in "\n".join(serve.lines)
+
+
+def test_aborted_scan_is_published_with_its_status(service, profile, tiled_client):
+    RE, _, _ = service
+    sim = build_simulation(profile)
+    uid = run_until_paused(RE, pausing(sim.plan(), 15))
+    RE.abort()
+    node = wait_for_status(tiled_client, uid)
+    assert node.metadata["status"] == "aborted"
+    assert 15 <= node.metadata["frames"]["used"] < N_POINTS
+    assert node["final"]["object"].read().shape == tuple(node["live"]["object_phase"].shape)
+
+
+def test_another_profiles_run_is_skipped_with_one_line(service, profile, tiled_client):
+    RE, serve, _ = service
+    sim = build_simulation(profile)
+    (uid,) = RE(sim.plan(md={"ptystream": {"profile": "p25-nearfield"}}))
+    time.sleep(2.0)
+    skipped = [line for line in serve.lines if uid in line]
+    assert len(skipped) == 1 and "skipped" in skipped[0]
+    assert uid not in tiled_client["processed"]["ptystream"]
+
+
+def test_documents_out_of_order_and_duplicated(service, profile, tiled_client):
+    """The Publisher is called directly with a recorded scan's documents, shuffled and
+    partly repeated, as a lossy or reordering transport would deliver them."""
+    RE, _, _ = service
+    sim = build_simulation(profile)
+    docs = []
+    RunEngine({})(sim.plan(), lambda name, doc: docs.append((name, doc)))
+    rng = np.random.default_rng(5)
+    start, descriptor, stop = docs[0], docs[1], docs[-1]
+    events = [d for d in docs if d[0] == "event"]
+    events += [events[i] for i in rng.choice(len(events), 10, replace=False)]
+    events = [events[i] for i in rng.permutation(len(events))]
+    publish = RE.publish
+    for name, doc in [start, start, *events[:4], descriptor, *events[4:], stop, stop]:
+        publish(name, doc)
+    node = check_finished(tiled_client, start[1]["uid"], sim)
+    assert node.metadata["frames"]["duplicates_ignored"] == 10
+
+
+def test_sigterm_checkpoints_the_run_in_progress_and_exits(service, profile, tiled_client):
+    """Last test of the module: it ends the service."""
+    RE, serve, data_dir = service
+    sim = build_simulation(profile)
+    docs = []
+    RunEngine({})(sim.plan(), lambda name, doc: docs.append((name, doc)))
+    publish = RE.publish
+    for name, doc in docs[:-1]:  # the run never stops
+        publish(name, doc)
+    uid = docs[0][1]["uid"]
+    wait_for_status(tiled_client, uid, statuses=("running",))
+    time.sleep(3.0)  # let the frames reach the engine
+    serve.proc.send_signal(signal.SIGTERM)
+    assert serve.proc.wait(timeout=120) == 0, "\n".join(serve.lines)
+    node = wait_for_status(tiled_client, uid)
+    assert node.metadata["status"] == "incomplete"
+    assert node.metadata["frames"]["used"] == N_POINTS
+    checkpoint = Path(node.metadata["checkpoint"])
+    assert checkpoint.is_file() and checkpoint.parent.parent == data_dir.resolve() / "spool"
+    assert "ptystream serve: stopped" in serve.lines
+
+
+def test_without_tiled_an_embedded_server_is_started_and_sigint_stops_it(tmp_path):
+    port = free_port()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    serve = Process(
+        [
+            BIN / "ptystream",
+            "serve",
+            "--profile",
+            "demo",
+            "--zmq",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            tmp_path,
+        ],
+        env=env,
+    )
+    try:
+        serve.wait_for("ptystream serve: ready", timeout=180)
+        key_file = tmp_path / "tiled-api-key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = key_file.read_text().strip()
+        assert not any(key in line for line in serve.lines)
+        (announced,) = [line for line in serve.lines if "embedded Tiled server at" in line]
+        uri = announced.split(" at ")[1].split()[0]
+        from tiled.client import from_uri
+
+        assert "raw" not in from_uri(uri, api_key=key)  # reachable with the key from the file
+        serve.proc.send_signal(signal.SIGINT)
+        assert serve.proc.wait(timeout=60) == 0
+    finally:
+        serve.stop()

@@ -1,0 +1,325 @@
+"""The control-room dashboard in a real browser (Debian's chromium, driven by Playwright) while a
+real live reconstruction is published to a real Tiled server: the RunEngine scans the simulated
+beamline on a background thread, the engine reconstructs, the publisher writes, and the page
+reads everything through the dashboard's proxy.
+
+A second Tiled app without a streaming cache serves the same storage (as a facility server
+configured without ``streaming_cache`` would): a page behind it must fall back to polling.
+"""
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets.sync.client
+from bluesky import RunEngine
+from playwright.sync_api import sync_playwright
+
+from ptystream.dashboard import start_dashboard
+from ptystream.live.callback import PtychoCallback
+from ptystream.live.pipeline import LivePipeline
+from ptystream.sim.scan import build_simulation
+from ptystream.store.access import split_api_key
+from ptystream.store.publisher import TiledPublisher
+from tests.conftest import small_profile, tiled_without_streaming
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "test-output" / "dashboard.png"
+CHROMIUM = "/usr/bin/chromium"  # `make browser`; Playwright's own download is not reachable
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+WAIT_MS = 60_000  # generous: chromium, TensorFlow and two Tiled apps share 2 cores
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the watched reconstruction ---------------------------------------------------------------
+
+
+class Scans:
+    """One pipeline (engine warm) and a RunEngine on a background thread, as at a beamline."""
+
+    def __init__(self, client, profile, spool_dir):
+        self.profile = profile
+        self.pipeline = LivePipeline(profile, TiledPublisher(client), spool_dir=spool_dir).start()
+        # No context managers: the SIGINT handler can only be installed on the main thread.
+        self.RE = RunEngine({}, context_managers=[])
+        self.RE.subscribe(PtychoCallback(profile, self.pipeline))
+
+    def start(self, **sim_overrides):
+        """Start a scan on a thread; returns a function giving its run uid once it ended."""
+        sim = build_simulation(
+            self.profile.model_copy(
+                update={"sim": self.profile.sim.model_copy(update=sim_overrides)}
+            )
+        )
+        uids = []
+        thread = threading.Thread(target=lambda: uids.extend(self.RE(sim.plan())), daemon=True)
+        thread.start()
+
+        def uid():
+            thread.join(timeout=120)
+            assert len(uids) == 1, "the scan did not end"
+            return uids[0]
+
+        return uid
+
+
+@pytest.fixture(scope="module")
+def scans(tiled_client, tmp_path_factory):
+    # 70 points at 0.15 s: a scan of ~11 s, published every 0.2 s (or as fast as Tiled takes
+    # it), for the page to watch several estimates while the scan runs.
+    profile = small_profile(photons_per_frame=None, n_points=70, object_px=144, exposure_s=0.15)
+    scans = Scans(tiled_client, profile, tmp_path_factory.mktemp("spool"))
+    yield scans
+    scans.pipeline.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard(tiled_server):
+    dashboard = start_dashboard(tiled_server.uri)  # the key arrives in the URI, as from the CLI
+    yield dashboard
+    dashboard.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page and everything it asked for (request and websocket URLs)."""
+
+    def __init__(self, browser, url):
+        self.urls = []
+        self.errors = []
+        self.page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        self.page.on("request", lambda request: self.urls.append(request.url))
+        self.page.on("websocket", lambda ws: self.urls.append(ws.url))
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.goto(url)
+
+    def state(self):
+        return self.page.evaluate("() => ({...window.ptystream})")
+
+    def wait(self, condition, arg=None):
+        self.page.wait_for_function(condition, arg=arg, timeout=WAIT_MS)
+
+    def canvas(self, element_id):
+        """Size, number of distinct colours and a hash of the pixels drawn on a canvas."""
+        return self.page.evaluate(
+            """(id) => {
+                const c = document.getElementById(id);
+                const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+                const colours = new Set();
+                let hash = 0;
+                for (let i = 0; i < d.length; i += 4) {
+                    colours.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+                    hash = (Math.imul(hash, 31) + d[i] + 7 * d[i + 1] + 13 * d[i + 2]) >>> 0;
+                }
+                return {width: c.width, height: c.height, colours: colours.size, hash};
+            }""",
+            element_id,
+        )
+
+    def number(self, element_id):
+        text = self.page.locator(f"#{element_id}").text_content()
+        return int(text.replace(",", ""))
+
+    def run_status(self, key):
+        return self.page.locator(f'#runs li[data-key="{key}"]').get_attribute("data-status")
+
+
+@pytest.fixture(scope="module")
+def watched(browser, dashboard, scans):
+    """The page, opened before any reconstruction exists, then a scan started."""
+    watched = Watched(browser, dashboard.url)
+    watched.first_scan = scans.start()
+    yield watched
+    watched.page.close()
+
+
+def assert_not_blank(picture):
+    assert picture["width"] > 1 and picture["height"] > 1, picture
+    assert picture["colours"] > 20, picture  # an image, not a flat fill
+
+
+def test_the_page_follows_a_live_reconstruction(watched, scans):
+    w = watched
+    w.wait("() => window.ptystream.renders >= 1")
+    first = w.state()
+    key = first["runKey"]
+    assert w.run_status(key) == "running"
+    assert w.page.locator("#status").get_attribute("data-status") == "running"
+    assert w.page.locator("#conn").get_attribute("data-mode") == "websocket"
+    images = {i: w.canvas(i) for i in ("obj-amp", "obj-phase", "probe-amp", "probe-phase")}
+    for picture in images.values():
+        assert_not_blank(picture)
+    frames_first = w.number("frames-used")
+    assert 0 < frames_first <= w.number("frames-received")  # counted live, not only at the end
+
+    # Later estimates while the scan still runs: new sequence and iteration, and, once the
+    # engine has moved the object by more than the colour map's 8-bit steps, another image
+    # (two consecutive estimates can draw the same pixels).
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while True:
+        w.wait(
+            "(first) => document.body.dataset.status === 'running'"
+            " && window.ptystream.sequence > first.sequence"
+            " && window.ptystream.iteration > first.iteration",
+            first,
+        )
+        later = w.state()
+        if w.canvas("obj-amp")["hash"] != images["obj-amp"]["hash"]:
+            break
+        assert time.monotonic() < deadline, "the object image never changed during the run"
+        first = later
+    assert later["runKey"] == key and later["renders"] > first["renders"]
+    assert w.number("frames-used") >= frames_first
+    assert int(w.page.locator("#loss-plot").get_attribute("data-points")) >= 2
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    w.page.screenshot(path=SCREENSHOT)
+    print(f"\ndashboard screenshot (run in progress): {SCREENSHOT}")
+
+    uid = w.first_scan()
+    result = scans.pipeline.wait(uid, timeout=120)
+    assert result.status == "finished" and result.node_path.endswith(key)
+    w.page.locator(f'#runs li[data-key="{key}"][data-status="finished"]').wait_for(timeout=WAIT_MS)
+    # The final refresh of live/ is shown: the iteration the run ended with.
+    w.wait("(n) => window.ptystream.iteration === n", result.final.iteration)
+    assert w.page.locator("#status").get_attribute("data-status") == "finished"
+    assert w.number("frames-used") == w.number("frames-received") == scans.profile.sim.n_points
+    assert w.number("frames-used") > frames_first
+    assert w.errors == []
+
+
+def test_clicking_a_run_shows_its_result(watched, scans, tiled_client):
+    w = watched
+    first_uid = w.first_scan()
+    first = scans.pipeline.wait(first_uid, timeout=120)
+    second_uid = scans.start(n_points=30, exposure_s=0.0, seed=2)()
+    second = scans.pipeline.wait(second_uid, timeout=120)
+    assert second.status == "finished"
+    # Follow mode moved to the new run and shows its final estimate.
+    w.wait(
+        "([key, n]) => window.ptystream.runKey === key && window.ptystream.iteration === n",
+        [second_uid, second.final.iteration],
+    )
+    w.page.locator(f'#runs li[data-key="{first_uid}"] button').click()
+    w.wait(
+        "([key, n]) => window.ptystream.runKey === key && window.ptystream.iteration === n",
+        [first_uid, first.final.iteration],
+    )
+    assert w.page.locator("#follow").get_attribute("data-follow") == "false"
+    assert w.page.locator(f'#runs li[data-key="{first_uid}"]').get_attribute("aria-current")
+    shape = tiled_client[first.node_path]["final"]["object"].shape
+    picture = w.canvas("obj-amp")
+    assert (picture["height"], picture["width"]) == tuple(shape)
+    assert_not_blank(picture)
+    # Back to following: the newest run again.
+    w.page.locator("#follow").click()
+    w.wait("(key) => window.ptystream.runKey === key", second_uid)
+
+
+def test_the_api_key_never_reaches_the_browser(watched, tiled_server):
+    w = watched
+    w.wait("() => window.ptystream.renders >= 1")
+    key = tiled_server.api_key
+    assert key not in w.page.content()
+    assert key not in w.page.evaluate("() => JSON.stringify(window.ptystream)")
+    assert any("/api/v1/array/full/" in url for url in w.urls)
+    assert any(url.startswith("ws://") for url in w.urls)
+    leaked = [url for url in w.urls if key in url]
+    assert leaked == []
+
+
+# -- a Tiled server without streaming cache: the page polls ----------------------------------
+
+
+def test_without_streaming_the_page_polls(browser, scans, tiled_server):
+    with (
+        tiled_without_streaming(tiled_server) as uri,
+        start_dashboard(uri, api_key=tiled_server.api_key) as dashboard,
+    ):
+        w = Watched(browser, dashboard.url)
+        try:
+            uid = scans.start(n_points=40, exposure_s=0.1, seed=3)()
+            result = scans.pipeline.wait(uid, timeout=120)
+            w.wait(
+                "([key, n]) => window.ptystream.runKey === key && window.ptystream.iteration === n",
+                [uid, result.final.iteration],
+            )
+            assert w.page.locator("#conn").get_attribute("data-mode") == "polling"
+            assert "no streaming cache" in w.page.locator("#conn").text_content()
+            # (live/ is refreshed before the status is set: the status may follow a poll later)
+            w.page.locator(f'#runs li[data-key="{uid}"][data-status="finished"]').wait_for(
+                timeout=WAIT_MS
+            )
+            assert_not_blank(w.canvas("obj-amp"))
+        finally:
+            w.page.close()
+
+
+# -- the proxy alone --------------------------------------------------------------------------
+
+
+def test_the_proxy_forwards_reads_only(dashboard):
+    api = dashboard.url + "api/v1/"
+    assert httpx.get(api).json()["library_version"]  # Tiled's own description, key added
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        response = httpx.request(method, api + "metadata/processed", json={})
+        assert response.status_code == 405, method
+        assert "only reads" in response.json()["error"]
+    for path in ("auth/whoami", "/auth/whoami", "metadata/%2e%2e/auth/whoami"):  # not data
+        assert httpx.get(api + path).status_code == 404, path
+    # another site's page must not read through the dashboard's key (cross-site websocket)
+    stream = dashboard.url.replace("http", "ws") + "api/v1/stream/single/"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        websockets.sync.client.connect(stream, origin="http://elsewhere.example")
+    assert refused.value.response.status_code == 403
+    with websockets.sync.client.connect(stream, origin=dashboard.url.rstrip("/")) as ws:
+        assert '"container-schema"' in ws.recv(timeout=10)  # the page's own origin is served
+
+
+def test_an_absent_tiled_gives_502_naming_the_problem():
+    key = "0123456789abcdef-secret"
+    uri = f"http://127.0.0.1:{free_port()}/api/v1"
+    with start_dashboard(f"{uri}?api_key={key}") as dashboard:
+        response = httpx.get(dashboard.url + "api/v1/search/processed/ptystream")
+        assert response.status_code == 502
+        message = response.json()["error"]
+        assert "cannot reach Tiled" in message and uri in message and key not in message
+        stream = dashboard.url.replace("http", "ws") + "api/v1/stream/single/processed"
+        with websockets.sync.client.connect(stream) as ws:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 4502
+    assert split_api_key(f"{uri}?api_key={key}") == (uri, key)
+
+
+def test_the_dashboard_needs_neither_engine_nor_bluesky():
+    code = (
+        "import sys, ptystream.dashboard; "
+        "heavy = ('tensorflow', 'bluesky', 'ptystream.live.pipeline'); "
+        "heavy = [m for m in heavy if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,118 @@
+import numpy as np
+
+from ptystream.live.frames import FrameNotReady
+from ptystream.live.pairing import FramePairer
+from ptystream.types import FrameRecord
+
+
+def frame(value=1.0, n=8):
+    return np.full((n, n), value, np.float32)
+
+
+def test_pairs_in_any_order_and_ignores_duplicates():
+    p = FramePairer(8)
+    p.add(FrameRecord("r", 2, position_m=(2e-6, 0.0)))
+    p.add(FrameRecord("r", 1, frame=frame(1)))
+    p.add(FrameRecord("r", 1, frame=frame(99)))  # duplicate frame: ignored
+    assert p.take() is None
+    p.add(FrameRecord("r", 2, frame=frame(2)))
+    p.add(FrameRecord("r", 1, position_m=(1e-6, 0.0)))
+    p.add(FrameRecord("r", 1, frame=frame(99), position_m=(9.0, 9.0)))  # replayed: ignored
+    pairs = p.take()
+    assert sorted(pairs.seq_nums.tolist()) == [1, 2]
+    by_seq = dict(zip(pairs.seq_nums.tolist(), pairs.frames[:, 0, 0], strict=True))
+    assert by_seq == {1: 1.0, 2: 2.0}
+    assert p.take() is None
+    assert p.accounting.as_dict() == {
+        "received": 2,
+        "used": 2,
+        "rejected": {},
+        "duplicates_ignored": 2,
+    }
+
+
+def test_bad_frames_are_rejected_with_reasons():
+    p = FramePairer(8)
+    nan = frame()
+    nan[3, 3] = np.nan
+    p.add(FrameRecord("r", 1, frame=nan, position_m=(0.0, 0.0)))
+    p.add(FrameRecord("r", 2, frame=np.ones((8, 9), np.float32), position_m=(0.0, 0.0)))
+    p.add(FrameRecord("r", 3, frame="datum-id/0", position_m=(0.0, 0.0)))
+    p.add(FrameRecord("r", 4, frame=frame()[None], position_m=(0.0, 0.0)))  # (1, N, N) is fine
+    p.add(FrameRecord("r", 5, frame=frame()))  # never gets a position
+    pairs = p.take()
+    assert pairs.seq_nums.tolist() == [4]
+    assert pairs.frames.shape == (1, 8, 8)
+    p.close()
+    assert p.accounting.as_dict() == {
+        "received": 5,
+        "used": 1,
+        "rejected": {"not finite": 1, "wrong shape": 1, "not an array": 1, "no position": 1},
+        "duplicates_ignored": 0,
+    }
+
+
+def test_saturated_frames_are_rejected_beyond_the_allowed_pixels():
+    p = FramePairer(8, saturation_counts=100.0, max_saturated_px=1)
+    one, two = frame(), frame()
+    one[0, 0] = 100.0
+    two[0, :2] = 150.0
+    p.add(FrameRecord("r", 1, frame=one, position_m=(0.0, 0.0)))
+    p.add(FrameRecord("r", 2, frame=two, position_m=(0.0, 0.0)))
+    assert p.take().seq_nums.tolist() == [1]
+    assert p.accounting.rejected == {"saturated": 1}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_frames_not_yet_written_are_retried_until_a_timeout_after_the_stop():
+    written = {}
+
+    def resolve(ref):
+        if ref not in written:
+            raise FrameNotReady(f"{ref} not written yet")
+        return written[ref]
+
+    released = []
+    clock = Clock()
+    p = FramePairer(8, resolve=resolve, discard=released.append, file_timeout_s=5.0, clock=clock)
+    p.add(FrameRecord("r", 1, frame="a", position_m=(0.0, 0.0)))
+    p.add(FrameRecord("r", 2, frame="b", position_m=(0.0, 0.0)))
+    assert p.take() is None and p.waiting == 2
+    clock.now = 1000.0  # during the run a detector may hold its file for long: no time limit
+    assert p.take() is None and p.waiting == 2 and not p.accounting.rejected
+    written["a"] = frame(3.0)
+    clock.now = 1001.0
+    assert p.take().frames[0, 0, 0] == 3.0
+    assert p.close() is None  # the stop: "b" now has file_timeout_s to appear
+    clock.now = 1004.0
+    assert p.take() is None and p.waiting == 1
+    clock.now = 1007.0
+    assert p.take() is None and p.waiting == 0
+    assert p.accounting.rejected == {"unreadable": 1}
+    assert sorted(released) == ["a", "b"]  # every frame leaves through discard exactly once
+
+
+def test_expire_gives_unready_frames_a_last_try_and_abandon_rejects_the_rest():
+    written = {"a": frame(1.0)}
+    p = FramePairer(8, resolve=lambda ref: written[ref] if ref in written else _not_ready(ref))
+    p.add(FrameRecord("r", 1, frame="a", position_m=(0.0, 0.0)))
+    p.add(FrameRecord("r", 2, frame="b", position_m=(0.0, 0.0)))
+    assert p.close().seq_nums.tolist() == [1]
+    assert p.expire() is None
+    assert p.accounting.as_dict()["rejected"] == {"unreadable": 1}
+    q = FramePairer(8)
+    q.add(FrameRecord("r", 1, frame=frame(), position_m=(0.0, 0.0)))
+    q.add(FrameRecord("r", 2, frame=frame()))
+    q.abandon("run failed")
+    assert q.accounting.as_dict()["rejected"] == {"run failed": 2} and q.waiting == 0
+
+
+def _not_ready(ref):
+    raise FrameNotReady(ref)
