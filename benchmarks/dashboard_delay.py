@@ -45,12 +45,14 @@ jobs < 0.25 CPU).
 Placements:
 
 - **embedded**: ``SimpleTiledServer`` in a child process
-  (``ptystream.store.server.start_server_process``) and the dashboard in the reconstruction's process
-  (what ``ptystream demo`` runs);
+  (``ptystream.store.server.start_server_process``) and the dashboard in the reconstruction's
+  process (what ``ptystream demo`` runs);
 - **separate**: ``tiled serve catalog --temp`` and ``ptystream dashboard`` each in their own
   process (a facility's layout; the key reaches the dashboard in ``TILED_API_KEY``);
 - **in-process**: ``SimpleTiledServer`` and the dashboard both in the reconstruction's process
   (``start_embedded_server``: what ``ptystream demo`` ran before).
+
+The servers are started by ``_servers.start_server``.
 
 Also recorded: publications that failed (the exception), HTTP 500s in the Tiled server's log,
 the raw writer's errors, and every warning logged in this process. Results are written after
@@ -64,8 +66,10 @@ Usage::
 
     flock /tmp/ptystream-bench.lock .venv/bin/python benchmarks/dashboard_delay.py
         [--quick] [--runs N] [--placements embedded,separate,in-process] [--json PATH]
+        [--report JSON]
 
-Prints a table and writes ``benchmarks/results/dashboard_delay.json`` (every publication).
+Prints a table and writes ``benchmarks/results/dashboard_delay.json`` (every publication;
+``--quick``: ``dashboard_delay_quick.json``).
 Nothing is asserted. Needs Playwright and ``/usr/bin/chromium`` (``make browser``).
 """
 
@@ -75,8 +79,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -90,21 +92,14 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from ptystream.config import Profile, load_profile  # noqa: E402
+from ptystream.config import Profile  # noqa: E402
+from ptystream.store.server import stop_child  # noqa: E402
 from ptystream.types import Estimate, RunStart  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_speed import machine_info  # noqa: E402
-from publish_cost import (  # noqa: E402
-    ChildServer,
-    SeparateServer,
-    free_port,
-    machine_busy_s,
-    process_cpu_s,
-)
+import _harness  # noqa: E402
+from _harness import describe, fmt  # noqa: E402
+from _servers import BIN, Server, free_port, start_server  # noqa: E402
 
-DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "dashboard_delay.json"
-BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -159,12 +154,7 @@ INIT_SCRIPT = """
 
 def bench_profile(n_points: int | None = None) -> Profile:
     """The demo profile, with ``n_points`` scan points if given."""
-    profile = load_profile("demo")
-    if n_points is not None:
-        profile = profile.model_copy(
-            update={"sim": profile.sim.model_copy(update={"n_points": n_points})}
-        )
-    return Profile.model_validate(profile.model_dump())
+    return _harness.profile_with("demo", {} if n_points is None else {"sim.n_points": n_points})
 
 
 def browser_cpu_s() -> dict[int, float]:
@@ -338,18 +328,13 @@ class Dashboard:
             time.sleep(0.2)
 
     def cpu_s(self) -> float | None:
-        return process_cpu_s(self.proc.pid) if self.proc is not None else None
+        return _harness.process_cpu_s(self.proc.pid) if self.proc is not None else None
 
     def close(self) -> None:
         if self.proc is None:
             self._inproc.close()
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_child(self.proc)
         self._log.close()
 
 
@@ -357,7 +342,7 @@ class CpuSampler:
     """CPU seconds so far of this process, the server process and dashboard, the browser and
     the whole machine, with ``time.time()``, each time :meth:`sample` is called."""
 
-    def __init__(self, server: Any, dashboard: Dashboard):
+    def __init__(self, server: Server, dashboard: Dashboard):
         self._server = server
         self._dashboard = dashboard
         self._browser_seen: dict[int, float] = {}
@@ -372,9 +357,9 @@ class CpuSampler:
         self.samples.append(
             {
                 "t": time.time(),
-                "machine": machine_busy_s(),
+                "machine": _harness.machine_busy_s(),
                 "this_process": time.process_time(),
-                "tiled_server": self._server.cpu_s() if self._server is not None else 0.0,
+                "tiled_server": self._server.cpu_s() or 0.0,
                 "dashboard": self._dashboard.cpu_s() or 0.0,
                 "browser": self._browser,
             }
@@ -422,14 +407,6 @@ def close_within(close: Any, timeout_s: float, what: str, stuck: list[str]) -> N
         stuck.append(what)
 
 
-def server_errors(log: Path) -> int:
-    """How many requests the Tiled server answered with an unhandled exception (HTTP 500)."""
-    try:
-        return log.read_text(errors="replace").count("Exception in ASGI application")
-    except OSError:
-        return 0
-
-
 def run_scans(RE: Any, plans: list[Any], uids: list[str], pipeline: Any) -> None:
     """On a background thread: each plan in turn, waiting for its final result."""
     for plan in plans:
@@ -446,44 +423,30 @@ def measure_placement(
     from bluesky_tiled_plugins import TiledWriter
 
     from ptystream.engine import make_engine
-    from ptystream.live.callback import PtychoCallback
     from ptystream.live.background import BackgroundCallback
+    from ptystream.live.callback import PtychoCallback
     from ptystream.live.pipeline import LivePipeline
     from ptystream.sim.scan import build_simulation
-    from ptystream.store.access import connect, split_api_key
     from ptystream.store.layout import raw_catalog
     from ptystream.store.publisher import TiledPublisher
-    from ptystream.store.server import start_embedded_server, start_server_process
 
     work = tmp / placement
     work.mkdir()
     separate = placement == "separate"
-    server: Any
-    if separate:
-        server = SeparateServer(work / "tiled")
-        print(f"{placement}: starting tiled serve ...", flush=True)
-        server.wait_ready()
-        uri, key = server.uri, server.api_key
-    elif placement == "embedded":
-        print(f"{placement}: starting the Tiled server process ...", flush=True)
-        server = start_server_process(work / "tiled")
-        uri, key = split_api_key(server.uri)[0], server.api_key
-    elif placement == "in-process":
-        server = start_embedded_server(work / "tiled")
-        uri, key = split_api_key(server.uri)[0], server.api_key
-    else:
-        raise ValueError(f"unknown placement {placement!r}")
+    print(f"{placement}: starting the Tiled server ...", flush=True)
+    server = start_server(placement, work / "tiled")
+    uri, key = server.uri, server.api_key
     dashboard = page = pipeline = raw_writer = None
     logged = LogRecords()
     logging.getLogger().addHandler(logged)
     try:
-        client = connect(uri, key)
+        client = server.connect()
         publisher = DelayPublisher(TiledPublisher(client))
         pipeline = LivePipeline(
             profile,
             publisher,
             spool_dir=work / "spool",
-            engine_factory=lambda *a, **k: EstimateTimes(make_engine(*a, **k), publisher.taken),
+            engine_factory=lambda setup: EstimateTimes(make_engine(setup), publisher.taken),
         ).start()
         raw_writer = BackgroundCallback(
             TiledWriter(raw_catalog(client), batch_size=profile.publish.raw_batch_size),
@@ -495,9 +458,7 @@ def measure_placement(
         dashboard = Dashboard(uri, key, separate, work / "dashboard.log")
         page = Page(dashboard.url)
 
-        warm = profile.model_copy(
-            update={"sim": profile.sim.model_copy(update={"n_points": WARM_UP_POINTS})}
-        )
+        warm = _harness.profile_with(profile, {"sim.n_points": WARM_UP_POINTS})
         print(f"{placement}: warm-up scan ({WARM_UP_POINTS} points) ...", flush=True)
         uids: list[str] = []
         thread = threading.Thread(
@@ -512,8 +473,7 @@ def measure_placement(
 
         print(f"{placement}: {n_runs} measured scans of {profile.sim.n_points} points ...")
         sim = build_simulation(profile)
-        server_cpu = ChildServer(server) if placement == "embedded" else server
-        sampler = CpuSampler(server_cpu if placement != "in-process" else None, dashboard)
+        sampler = CpuSampler(server, dashboard)
         measured: list[str] = []
         thread = threading.Thread(
             target=run_scans, args=(RE, [sim.plan() for _ in range(n_runs)], measured, pipeline)
@@ -538,7 +498,6 @@ def measure_placement(
         sampler.sample()
         raw_flushed = raw_writer.flush(timeout=60)
         results = {pipeline.result(u).status for u in measured}
-        log = work / "tiled" / ("server.log" if separate else "error.log")
         return {
             "placement": placement,
             "runs": n_runs,
@@ -548,7 +507,7 @@ def measure_placement(
             "connection": page.connection(),
             "page_errors": page.errors,
             "raw_writer": {"flushed": raw_flushed, "errors": raw_writer.errors},
-            "tiled_500s": server_errors(log),
+            "tiled_500s": server.errors_500(),
             "logged": logged.lines,
             **analyse(records, page.renders, page.painted, sampler),
         }
@@ -566,15 +525,8 @@ def measure_placement(
 
 
 def stats_ms(values: list[float]) -> dict[str, Any]:
-    x = np.asarray(values, dtype=float) * 1e3
-    if not len(x):
-        return {"count": 0, "median_ms": None, "p95_ms": None, "max_ms": None}
-    return {
-        "count": int(len(x)),
-        "median_ms": float(np.median(x)),
-        "p95_ms": float(np.percentile(x, 95)),
-        "max_ms": float(x.max()),
-    }
+    """Count, median, 95th percentile and max of ``values`` (seconds) in ms (None if empty)."""
+    return describe(values)
 
 
 def analyse(
@@ -663,12 +615,10 @@ def analyse(
 # -- output --------------------------------------------------------------------------------------
 
 
-def _f(value: float | None, fmt: str = "6.0f") -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def _msr(s: dict[str, Any]) -> str:
-    return f"{_f(s['median_ms'])} / {_f(s['p95_ms'], '5.0f')} / {_f(s['max_ms'], '5.0f')}"
+    return (
+        f"{fmt(s['median_ms'], '6.0f')} / {fmt(s['p95_ms'], '5.0f')} / {fmt(s['max_ms'], '5.0f')}"
+    )
 
 
 def format_tables(results: dict[str, Any]) -> str:
@@ -716,17 +666,17 @@ def format_tables(results: dict[str, Any]) -> str:
         out.append(
             f"{r['placement']:<10} {s['delay']['count']:>3}  {_msr(s['delay'])}  "
             f"{_msr(s['publish_live'])}  {_msr(s['written_to_rendered'])}   "
-            f"{_f(s['written_to_fetch_start']['median_ms'], '13.0f')} "
-            f"{_f(s['fetch']['median_ms'], '6.0f')} "
-            f"{_f(s['fetch_end_to_rendered']['median_ms'], '8.0f')} "
-            f"{_f(s['rendered_to_painted']['median_ms'], '10.0f')}  | "
+            f"{fmt(s['written_to_fetch_start']['median_ms'], '13.0f')} "
+            f"{fmt(s['fetch']['median_ms'], '6.0f')} "
+            f"{fmt(s['fetch_end_to_rendered']['median_ms'], '8.0f')} "
+            f"{fmt(s['rendered_to_painted']['median_ms'], '10.0f')}  | "
             f"{_msr(s['taken_to_handed'])}"
         )
     out.append("")
     for r in results["placements"]:
         firsts = ", ".join(f"{d:.0f}" for d in r["first_of_run_delay_ms"])
         finals = ", ".join(
-            f"{f['publish_final_ms']:.0f} ms written, drawn after {_f(f['delay_ms'], '.0f')} ms"
+            f"{f['publish_final_ms']:.0f} ms written, drawn after {fmt(f['delay_ms'], '.0f')} ms"
             for f in r["final"]
         )
         cpu = r["cpu_per_wall"]
@@ -748,21 +698,17 @@ def format_tables(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+def main(argv: list[str] | None = None) -> int:
+    parser = _harness.parser(__doc__, quick="a short smoke run (1 scan of 60 points)")
     parser.add_argument("--runs", type=int, default=2, help="measured scans per placement")
     parser.add_argument(
         "--placements", default="embedded,separate,in-process", help="comma-separated"
     )
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.report:
+        return _harness.report(args.report, format_tables)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    machine = machine_info()
+    machine = _harness.machine_info()
     t_start = time.perf_counter()
     profile = bench_profile(60 if args.quick else None)
     runs = 1 if args.quick else args.runs
@@ -777,16 +723,13 @@ def main(argv: list[str] | None = None) -> int:
         "stuck_at_close": stuck,
         "machine": machine,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
+    json_path = _harness.json_path(args, "dashboard_delay")
     tmp = tempfile.mkdtemp(prefix="ptystream-dashboard-delay-")
     for placement in args.placements.split(","):
         placements.append(measure_placement(placement, profile, runs, Path(tmp), stuck))
         results["total_s"] = time.perf_counter() - t_start
-        args.json.write_text(json.dumps(results, indent=1) + "\n")  # kept if a later one hangs
-    print()
-    print(format_tables(results))
-    print(f"total {results['total_s']:.0f} s")
-    print(f"wrote {args.json}")
+        _harness.write_json(results, json_path, announce=False)  # kept if a later one hangs
+    _harness.finish(results, format_tables, json_path)
     if stuck:
         # A server thread that would not stop keeps the process alive (see the README).
         print(f"exiting although {', '.join(stuck)} did not stop; left {tmp}", flush=True)

@@ -10,9 +10,10 @@ Measures, in a single run of :func:`ptystream.commands.demo.run_demo`:
 
 Usage::
 
-    python benchmarks/live_demo.py [--profile demo] [--out DIR] [--json PATH]
+    python benchmarks/live_demo.py [--profile demo] [--out DIR] [--json PATH] [--report JSON]
 
 Prints a plain-text table and writes a JSON file (default ``benchmarks/results/live_demo.json``).
+There is no ``--quick``: the demo's one scan (about a minute) is already the smallest run.
 No timing is asserted: the numbers are for reading, not for pass/fail.
 """
 
@@ -27,11 +28,6 @@ import os  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import importlib.metadata  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -40,12 +36,10 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 from ptystream.commands.demo import DemoReport, run_demo  # noqa: E402
 from ptystream.config import load_profile  # noqa: E402
 
-DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "live_demo.json"
+import _harness  # noqa: E402
 
 DocCallback = Callable[[str, dict[str, Any]], Any]
 
@@ -75,39 +69,9 @@ class CallbackTimer:
         return timed
 
 
-def latency_stats_ms(samples_s: list[float]) -> dict[str, float | int]:
+def latency_stats_ms(samples_s: list[float]) -> dict[str, Any]:
     """Count, median, 99th percentile (linear interpolation) and max of ``samples_s``, in ms."""
-    if not samples_s:
-        return {"count": 0, "median_ms": float("nan"), "p99_ms": float("nan"), "max_ms": 0.0}
-    ms = np.asarray(samples_s) * 1e3
-    return {
-        "count": int(ms.size),
-        "median_ms": float(np.median(ms)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "max_ms": float(ms.max()),
-    }
-
-
-def package_version(*names: str) -> str | None:
-    """Installed version of the first of ``names`` that is installed, without importing it."""
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def machine_info() -> dict[str, Any]:
-    """Where and when the benchmark ran."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "tensorflow": package_version("tensorflow", "tensorflow-cpu"),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+    return _harness.describe(samples_s, percentiles=(99,), missing=float("nan"))
 
 
 def run_benchmark(profile_name: str, out_dir: Path) -> dict[str, Any]:
@@ -134,7 +98,7 @@ def run_benchmark(profile_name: str, out_dir: Path) -> dict[str, Any]:
             "phase": float(c.phase),
             "flat_abs_c": float(report.flat_abs_c),
         },
-        "machine": machine_info(),
+        "machine": _harness.machine_info(),
     }
 
 
@@ -159,41 +123,32 @@ def format_table(results: dict[str, Any]) -> str:
         ("phase r", f"{q['phase']:.4f}"),
         ("flat-object |C|", f"{q['flat_abs_c']:.4f}"),
     ]
-    width = max(len(k) for k, _ in rows)
+    table = _harness.key_values(rows)
     lines = [
         f"ptystream live demo benchmark (profile {results['profile']}, status {results['status']})",
         f"{m['platform']}, {m['cpu_count']} CPUs, Python {m['python']}, "
         f"TensorFlow {m['tensorflow']}, {m['date']}",
-        "-" * (width + 16),
+        "-" * len(table[0]) + "--",
     ]
-    lines += [f"{k:<{width}}  {v:>12}" for k, v in rows]
-    return "\n".join(lines)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="demo", help="profile name or YAML path")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="output directory (default: a temporary one)"
-    )
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
-    return parser.parse_args(argv)
+    return "\n".join(lines + table)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table and write the JSON."""
-    args = parse_args(argv)
+    parser = _harness.parser(__doc__)
+    parser.add_argument("--profile", default="demo", help="profile name or YAML path")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: a temporary one)"
+    )
+    args = parser.parse_args(argv)
+    if args.report:
+        return _harness.report(args.report, format_table)
     if args.out is None:
         with tempfile.TemporaryDirectory(prefix="ptystream-bench-") as tmp:
             results = run_benchmark(args.profile, Path(tmp))
     else:
         results = run_benchmark(args.profile, args.out)
-    print(format_table(results))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    return 0
+    return _harness.finish(results, format_table, _harness.json_path(args, "live_demo"))
 
 
 if __name__ == "__main__":

@@ -57,9 +57,10 @@ estimate and the time of the final one: the cost of Tiled writes is measured els
 Usage::
 
     flock /tmp/ptystream-bench.lock .venv/bin/python benchmarks/live_pipeline.py
-        [--quick] [--duration S] [--json PATH]
+        [--quick] [--duration S] [--json PATH] [--report JSON]
 
-Prints a table and writes ``benchmarks/results/live_pipeline.json`` (with every backlog sample).
+Prints a table and writes ``benchmarks/results/live_pipeline.json`` (with every backlog sample;
+``--quick``: ``live_pipeline_quick.json``).
 Nothing is asserted.
 """
 
@@ -69,9 +70,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -85,14 +84,12 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from ptystream.config import Profile, load_profile  # noqa: E402
+from ptystream.config import Profile  # noqa: E402
 from ptystream.live.callback import PtychoCallback  # noqa: E402
 from ptystream.types import Estimate, FrameRecord, RunStart, RunStop  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_speed import machine_info  # noqa: E402
-
-DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "live_pipeline.json"
+import _harness  # noqa: E402
+from _harness import describe, fmt  # noqa: E402
 
 RATES_HZ = (50, 100, 200, 400, 800, 1000, 1200, 1600, 2400, 3200, 4800, 6400)
 DEMO_RATE_HZ = 10.0  # the demo profile's pace: exposure_s 0.1
@@ -117,19 +114,18 @@ def bench_profile(
 ) -> Profile:
     """The demo profile with no final passes, the given frame size, cadence and memory budget,
     and a simulated scan of ``n_points`` with no exposure time (recorded, then replayed)."""
-    demo = load_profile("demo")
-    profile = demo.model_copy(
-        update={
-            "instrument": demo.instrument.model_copy(update={"frame_px": frame_px}),
-            "engine": demo.engine.model_copy(update={"final_epochs": 0}),
-            "ingest": demo.ingest.model_copy(update={"memory_budget_mb": memory_budget_mb}),
-            "publish": demo.publish.model_copy(update={"cadence_s": cadence_s}),
-            "sim": demo.sim.model_copy(
-                update={"n_points": n_points, "object_px": object_px, "exposure_s": 0.0}
-            ),
-        }
+    return _harness.profile_with(
+        "demo",
+        {
+            "instrument.frame_px": frame_px,
+            "engine.final_epochs": 0,
+            "ingest.memory_budget_mb": memory_budget_mb,
+            "publish.cadence_s": cadence_s,
+            "sim.n_points": n_points,
+            "sim.object_px": object_px,
+            "sim.exposure_s": 0.0,
+        },
     )
-    return Profile.model_validate(profile.model_dump())
 
 
 @dataclass
@@ -331,10 +327,7 @@ def cost_stats_us(rep: Replay) -> dict[str, Any]:
     )
     full = [b - a for a, b, gen in rep.gc_pauses if gen == 2]
     return {
-        "count": int(us.size),
-        "median_us": float(np.median(us)),
-        "p99_us": float(np.percentile(us, 99)),
-        "max_us": float(us.max()),
+        **describe(rep.event_cost_s, unit="us", scale=1e6, percentiles=(99,)),
         "over_1ms": int(slow.size),
         "over_1ms_during_gc": int(during_gc),
         "gc_collections": len(rep.gc_pauses),
@@ -427,14 +420,7 @@ def latency(rep: Replay, live: list[tuple[float, int, int]]) -> dict[str, Any]:
     second_half = h[covered] >= h[0] + (rep.stop_s - h[0]) / 2
 
     def stats(x: np.ndarray) -> dict[str, float]:
-        if not len(x):
-            return {"count": 0, "median_s": float("nan"), "p95_s": float("nan")}
-        return {
-            "count": int(len(x)),
-            "median_s": float(np.median(x)),
-            "p95_s": float(np.percentile(x, 95)),
-            "max_s": float(x.max()),
-        }
+        return describe(x, unit="s", scale=1.0, missing=float("nan"))
 
     return {
         "rate_hz": rep.rate_hz,
@@ -475,9 +461,7 @@ def measure_callback_cost(n_events: int, tmp: Path) -> list[dict[str, Any]]:
             ("pipeline + Tiled, every frame spilled", SPILL_BUDGET_MB),
         ):
             print(f"callback cost: {case} ...", flush=True)
-            prof = profile.model_copy(
-                update={"ingest": profile.ingest.model_copy(update={"memory_budget_mb": budget})}
-            )
+            prof = _harness.profile_with(profile, {"ingest.memory_budget_mb": budget})
             pub = RecordingPublisher(TiledPublisher.from_uri(server.uri))
             pipeline = LivePipeline(prof, pub, spool_dir=tmp / f"spool-{len(rows)}").start()
             try:
@@ -596,7 +580,7 @@ def format_tables(results: dict[str, Any]) -> str:
         if "latency_into_tiled" in r:
             lat = r["latency_into_tiled"]["second_half"]
             line += (
-                f"  | {r['live_publications']:>12} {r['tiled_live_write_ms_median']:>9.0f} "
+                f"  | {r['live_publications']:>12} {fmt(r['tiled_live_write_ms_median'], '9.0f')} "
                 f"{lat['median_s']:>17.2f} {lat['p95_s']:>6.2f}"
             )
         out.append(line)
@@ -634,18 +618,14 @@ def format_tables(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per rate (part 2)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    parser = _harness.parser(__doc__, quick="a short smoke run")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per rate (part 2)")
+    args = parser.parse_args(argv)
+    if args.report:
+        return _harness.report(args.report, format_tables)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    machine = machine_info()
+    machine = _harness.machine_info()
     t0 = time.perf_counter()
     n_callback = 200 if args.quick else 2000
     duration = 3.0 if args.quick else args.duration
@@ -671,13 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_s": time.perf_counter() - t0,
         "machine": machine,
     }
-    print()
-    print(format_tables(results))
-    print(f"total {results['total_s']:.0f} s")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {args.json}")
-    return 0
+    return _harness.finish(results, format_tables, _harness.json_path(args, "live_pipeline"))
 
 
 if __name__ == "__main__":

@@ -18,84 +18,49 @@ engine's trainable distance alone (Adam, ``--distance-lr``), and by ``ADEngine.s
 from the z found with z still trained (``--polish-budget`` s). The README's ``paper_study.py``
 section has the parameters (which come from the paper, which are ours) and the measured results.
 
+The problem is ``ptystream.sim.problems.near_field_problem`` (``NearFieldStudy``), scored with
+``ptystream.metrics.score_over`` on the well-lit region's bounding box plus 16 px.
+
 Writes ``benchmarks/results/paper_study.json`` and ``benchmarks/figures/paper_*.png`` (``--quick``:
 ``benchmarks/results/paper_study_quick.json`` and its PNGs next to it, so a smoke run never
-overwrites the committed figures).
+overwrites the committed figures). ``--report JSON`` prints a saved run's table again.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import logging
 import os
-import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+from ptystream.metrics import score_over, well_lit_mask  # noqa: E402
+from ptystream.sim.problems import NearFieldStudy, Problem, near_field_problem  # noqa: E402
 
-WAVELENGTH_M = 561e-9
-PIXEL_M = 6.45e-6
-OBJECT_PX = 512
-FRAME_PX = 256  # probe window = camera frame; angular spectrum valid up to N dx^2 / lambda
-N_POSITIONS = 80
-OVERLAP = 0.6
-PINHOLE_DIAMETER_M = 60 * PIXEL_M
-PINHOLE_TO_SAMPLE_M = 5e-3
-TRUE_Z_M = 3.5e-3
-PEAK_COUNTS = 1500.0
-READ_NOISE_COUNTS = 10.0
+import _engine_runs  # noqa: E402
+import _harness  # noqa: E402
+from _engine_runs import Trace as _Trace  # noqa: E402
+from _engine_runs import build_engine  # noqa: E402
+
+STUDY = NearFieldStudy()
+TRUE_Z_M = STUDY.distance_m
 TARGET_ABS_C = 0.90
-AMPLITUDE_RANGE = (0.3, 1.0)
-PHASE_RANGE_RAD = (-np.pi / 2, np.pi / 2)
 
 
 @dataclass
-class Scan:
-    truth: object  # ptystream.sim.sample.GroundTruth
-    positions_m: np.ndarray
-    frames: np.ndarray
-    probe_diameter_px: float
-    disc_radius_px: float
-    poisson_disc_seed: int
-    mean_lit_counts: float
+class Trace(_Trace):
+    """One run (:class:`_engine_runs.Trace`), with the propagation distance after every pass
+    and the final estimate."""
 
-
-@dataclass
-class Trace:
-    """One run: scores against wall-clock seconds (compile and scoring excluded)."""
-
-    name: str
-    settings: dict
-    time_s: list[float] = field(default_factory=list)
-    epoch: list[int] = field(default_factory=list)
-    abs_c: list[float] = field(default_factory=list)
-    amplitude: list[float] = field(default_factory=list)
-    phase: list[float] = field(default_factory=list)
     distance_m: list[float] = field(default_factory=list)
     z_time_s: list[float] = field(default_factory=list)
-    epochs_planned: int = 0
-    compile_s: float = 0.0
-    flat_abs_c: float = float("nan")
-    note: str = ""
     final_estimate: object = None
-
-    def time_to(self, level: float) -> float | None:
-        """First time |C| reached ``level`` (linear interpolation between scores)."""
-        for i, c in enumerate(self.abs_c):
-            if c >= level:
-                if i == 0:
-                    return self.time_s[0]
-                t0, t1, c0 = self.time_s[i - 1], self.time_s[i], self.abs_c[i - 1]
-                return t0 + (t1 - t0) * (level - c0) / (c - c0)
-        return None
 
     def summary(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "final_estimate"}
@@ -103,130 +68,19 @@ class Trace:
         return out
 
 
-# -- the simulated experiment ------------------------------------------------------------------
-
-
-def poisson_disc_positions(radius_px: float, span_px: float, n: int, seed: int) -> tuple:
-    """``n`` probe centres in a ``span_px`` square, no two closer than ``radius_px``.
-
-    ``PoissonDisk.fill_space`` fills the square to saturation; the count varies with the seed, so
-    seeds are tried until a fill holds exactly ``n`` points (a subset of a larger fill would leave
-    holes, an unsaturated fill would cluster).
-    """
-    from scipy.stats import qmc
-
-    for s in range(seed, seed + 1000):
-        points = qmc.PoissonDisk(2, radius=radius_px / span_px, seed=s).fill_space()
-        if len(points) == n:
-            return points * span_px, s
-    raise RuntimeError(f"no Poisson-disc fill of exactly {n} points in 1000 seeds")
-
-
-def make_object() -> np.ndarray:
-    """512 x 512: amplitude from *camera* in [0.3, 1], phase from *astronaut* (grey) in
-    [-pi/2, pi/2] (no wrapping). Two unrelated images, so cross-talk shows in the separate
-    amplitude and phase correlations; *moon*, ptystream's usual phase image, varies by only
-    0.13 rad rms over the scan and would leave |C| near the flat object's 0.94."""
-    from skimage import data
-    from skimage.color import rgb2gray
-
-    def unit(image: np.ndarray) -> np.ndarray:
-        image = image.astype(np.float64)
-        return (image - image.min()) / (image.max() - image.min())
-
-    amplitude = AMPLITUDE_RANGE[0] + np.ptp(AMPLITUDE_RANGE) * unit(data.camera())
-    phase = PHASE_RANGE_RAD[0] + np.ptp(PHASE_RANGE_RAD) * unit(rgb2gray(data.astronaut()))
-    assert amplitude.shape == (OBJECT_PX, OBJECT_PX) == phase.shape
-    return (amplitude * np.exp(1j * phase)).astype(np.complex64)
-
-
-def score(estimate, truth) -> tuple:
+def score(estimate, truth) -> dict[str, float]:
     """|C|, amplitude and phase r over the well-lit region (30 % of the maximum illumination,
-    as ``ptystream.commands.demo.score_against_truth``), and the flat object's |C| there. The arrays are
-    cropped to the region's bounding box plus a margin first: the same measure, 3x faster."""
-    from ptystream.metrics import complex_correlation
-
-    mask = estimate.illumination > 0.3 * estimate.illumination.max()
-    rows, cols = np.nonzero(mask)
-    m = 16
-    crop = (
-        slice(max(rows.min() - m, 0), rows.max() + m + 1),
-        slice(max(cols.min() - m, 0), cols.max() + m + 1),
-    )
-    ref = truth.aligned_to(estimate.object.shape, estimate.object_origin_m)[crop]
-    flat = complex_correlation(np.ones_like(ref), ref, mask[crop], register=False).abs_c
-    return complex_correlation(estimate.object[crop], ref, mask[crop]), flat
-
-
-def make_probe(kind: str, seed: int) -> np.ndarray:
-    """``pinhole``: a plane wave through a pinhole, propagated to the sample (Fresnel rings at
-    its edge); ``diffuser``: the same beam through a thin diffuser just before the sample (a
-    random phase screen, 3 rad rms, correlation length ~3 px), as in tests/engine/test_nearfield."""
-    from ptystream import optics
-
-    probe = optics.pinhole_probe(
-        FRAME_PX, PIXEL_M, WAVELENGTH_M, PINHOLE_DIAMETER_M, PINHOLE_TO_SAMPLE_M
-    )
-    if kind == "diffuser":
-        rng = np.random.default_rng(seed + 1)
-        f2 = np.fft.fftfreq(FRAME_PX)[:, None] ** 2 + np.fft.fftfreq(FRAME_PX)[None, :] ** 2
-        noise = np.fft.fft2(rng.normal(size=(FRAME_PX, FRAME_PX)))
-        screen = np.fft.ifft2(noise * np.exp(-f2 / (2 * 0.05**2))).real
-        probe = (probe * np.exp(3j * screen / screen.std())).astype(np.complex64)
-    return probe
-
-
-def simulate(seed: int = 0, probe_kind: str = "pinhole") -> Scan:
-    """Truth, positions (whole pixels) and noisy near-field frames (counts)."""
-    from ptystream import optics
-    from ptystream.sim.detector import exit_wave
-    from ptystream.sim.sample import GroundTruth
-
-    probe = make_probe(probe_kind, seed)
-    diameter_px = optics.probe_diameter_m(probe, PIXEL_M) / PIXEL_M
-    radius_px = (1 - OVERLAP) * diameter_px
-    span_px = OBJECT_PX - FRAME_PX  # probe windows stay inside the object
-    centres, used_seed = poisson_disc_positions(radius_px, span_px, N_POSITIONS, seed)
-    # Whole pixels, so every engine (sub-pixel shifts or not) sees an exact forward model.
-    centres = np.round(centres + FRAME_PX / 2)
-    origin = -(OBJECT_PX // 2) * PIXEL_M
-    truth = GroundTruth(make_object(), probe, PIXEL_M, (origin, origin))
-    positions_m = centres * PIXEL_M + origin
-    unit = np.abs(optics.angular_spectrum(probe, PIXEL_M, WAVELENGTH_M, TRUE_Z_M)) ** 2
-    scale = PEAK_COUNTS / unit.max()  # a unit-transmission object peaks at PEAK_COUNTS
-    rng = np.random.default_rng(seed)
-    frames = []
-    for p in positions_m:
-        far = optics.angular_spectrum(exit_wave(truth, p), PIXEL_M, WAVELENGTH_M, TRUE_Z_M)
-        expected = scale * np.abs(far) ** 2
-        counts = rng.poisson(expected) + rng.normal(0.0, READ_NOISE_COUNTS, expected.shape)
-        frames.append(counts.astype(np.float32))
-    frames = np.stack(frames)
-    lit = unit > 0.1 * unit.max()
-    return Scan(
-        truth, positions_m, frames, diameter_px, radius_px, used_seed, float(frames[:, lit].mean())
-    )
+    as ``ptystream.metrics.score_against_truth``), and the flat object's |C| there. The arrays
+    are cropped to the region's bounding box plus 16 px first: about the same measure, 3x
+    faster."""
+    c, flat = score_over(estimate, truth, well_lit_mask(estimate), crop_margin_px=16)
+    return {"abs_c": c.abs_c, "amplitude": c.amplitude, "phase": c.phase, "flat_abs_c": flat}
 
 
 # -- running one method for a wall-clock budget ------------------------------------------------
 
 
-def build_engine(settings, scan: Scan, z_start_m: float):
-    """The engine ``make_engine`` builds for ``settings``, with z started at ``z_start_m``."""
-    from ptystream.engine import make_engine
-    from ptystream.types import Geometry, ScanPlan
-
-    geometry = Geometry(WAVELENGTH_M, z_start_m, PIXEL_M, FRAME_PX, propagation="near_field")
-    extent = tuple((scan.positions_m[:, k].min(), scan.positions_m[:, k].max()) for k in range(2))
-    return make_engine(
-        geometry,
-        settings,
-        plan=ScanPlan(len(scan.positions_m), extent),
-        read_noise_counts=READ_NOISE_COUNTS,
-    )
-
-
-def add_and_compile(engine, scan: Scan, trace: Trace) -> None:
+def add_and_compile(engine, scan: Problem, trace: Trace) -> None:
     """Add the frames and compile the step (``warm_up``); the time goes to ``trace.compile_s``."""
     t = time.perf_counter()
     engine.add_frames(scan.frames, scan.positions_m)
@@ -235,24 +89,18 @@ def add_and_compile(engine, scan: Scan, trace: Trace) -> None:
 
 
 def run_method(
-    name: str, settings, scan: Scan, budget_s: float, z_start_m: float, n_scores: int
+    name: str, settings, scan: Problem, budget_s: float, z_start_m: float, n_scores: int
 ) -> Trace:
     """Build the engine, compile (untimed), then :func:`timed_refine` for ``budget_s``."""
-    from ptystream.engine.ad import ADEngine
-
     trace = Trace(name, settings.model_dump(mode="json"))
-    engine = build_engine(settings, scan, z_start_m)
-    if str(settings.algorithm) != "ad" and isinstance(engine, ADEngine):
-        trace.note = "make_engine does not build this algorithm yet: skipped"
-        print(f"{name}: {trace.note}")
-        return trace
+    engine = build_engine(scan, settings, distance_m=z_start_m)
     add_and_compile(engine, scan, trace)
     timed_refine(engine, scan, trace, budget_s, n_scores)
     return trace
 
 
 def timed_refine(
-    engine, scan: Scan, trace: Trace, budget_s: float, n_scores: int, t_start_s: float = 0.0
+    engine, scan: Problem, trace: Trace, budget_s: float, n_scores: int, t_start_s: float = 0.0
 ) -> None:
     """Refine for ``budget_s``, logging z every pass and the scores about every
     ``budget_s / n_scores`` into ``trace``, on a clock that starts at ``t_start_s``.
@@ -276,13 +124,7 @@ def timed_refine(
         trace.z_time_s.append(elapsed)
         trace.distance_m.append(float(estimate.distance_m))
         if force or elapsed >= clock["next_score"]:
-            score_, flat = score(estimate, scan.truth)
-            trace.time_s.append(elapsed)
-            trace.epoch.append(clock["epoch"])
-            trace.abs_c.append(score_.abs_c)
-            trace.amplitude.append(score_.amplitude)
-            trace.phase.append(score_.phase)
-            trace.flat_abs_c = flat
+            trace.add_score(elapsed, clock["epoch"], score(estimate, scan.truth))
             clock["next_score"] = elapsed + budget_s / n_scores
         clock["off"] += time.perf_counter() - now
         return elapsed
@@ -329,7 +171,7 @@ class _TrialClock(logging.Handler):
 
 
 def search_then_polish(
-    scan: Scan,
+    scan: Problem,
     z_start_m: float,
     z_lo_m: float,
     z_hi_m: float,
@@ -348,7 +190,7 @@ def search_then_polish(
     settings = EngineSettings(subpixel=False, train_distance=True)
     z_lr = settings.distance_learning_rate_m
     trace = Trace(f"polish from the z found (lr {z_lr:g} m)", settings.model_dump(mode="json"))
-    engine = build_engine(settings, scan, z_start_m)
+    engine = build_engine(scan, settings, distance_m=z_start_m)
     add_and_compile(engine, scan, trace)
     search_log = logging.getLogger("ptystream.engine.distance")
     level = search_log.level
@@ -393,49 +235,26 @@ def search_then_polish(
 # -- figures ---------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_convergence(traces: list[Trace], budget_s: float, path: Path) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    keys = (("abs_c", "|C|"), ("amplitude", "amplitude r"), ("phase", "phase r"))
-    for ax, (key, label) in zip(axes, keys, strict=True):
-        for tr in traces:
-            ax.plot(tr.time_s, getattr(tr, key), marker=".", ms=3, label=tr.name)
-        if key == "abs_c":
-            flat = traces[0].flat_abs_c
-            ax.axhline(flat, color="gray", ls=":", label=f"flat object ({flat:.3f})")
-            ax.axhline(TARGET_ABS_C, color="k", ls="--", lw=0.8, label=f"|C| {TARGET_ABS_C}")
-            ax.set_ylim(max(0.0, flat - 0.1), 1.0)
-        else:
-            ax.set_ylim(-0.1, 1.0)
-        ax.axvline(30.0, color="k", lw=0.5, ls=":")
-        ax.set_xlim(0, budget_s * 1.05)
-        ax.set_xlabel("wall-clock time (s), one TensorFlow thread, compile excluded")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(
-        f"{N_POSITIONS} positions, {OVERLAP:.0%} overlap, near field z = {TRUE_Z_M * 1e3} mm, "
-        f"{PEAK_COUNTS:.0f} counts peak + read noise {READ_NOISE_COUNTS:.0f}: same budget each"
+    """The methods' scores against time, each with the same budget."""
+    _engine_runs.plot_convergence(
+        traces,
+        path,
+        budget_s=budget_s,
+        target_abs_c=TARGET_ABS_C,
+        mark_s=30.0,
+        title=f"{STUDY.n_positions} positions, {STUDY.overlap:.0%} overlap, near field z = "
+        f"{TRUE_Z_M * 1e3} mm, {STUDY.peak_counts:.0f} counts peak + read noise "
+        f"{STUDY.read_noise_counts:.0f}: same budget each",
+        xlabel="wall-clock time (s), one TensorFlow thread, compile excluded",
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def _aligned(estimate, truth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Estimate registered to the truth (shift, ramp, global phase, scale), truth, lit mask."""
     from ptystream.metrics import complex_correlation, fourier_shift
 
-    mask = estimate.illumination > 0.3 * estimate.illumination.max()
+    mask = well_lit_mask(estimate)
     ref = truth.aligned_to(estimate.object.shape, estimate.object_origin_m)
     c = complex_correlation(estimate.object, ref, mask)
     yy, xx = np.indices(ref.shape)
@@ -447,7 +266,7 @@ def _aligned(estimate, truth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def plot_images(traces: list[Trace], truth, path: Path) -> None:
-    plt = _pyplot()
+    plt = _harness.pyplot()
     done = [tr for tr in traces if tr.final_estimate is not None]
     fig, axes = plt.subplots(2, len(done) + 1, figsize=(3.3 * (len(done) + 1), 6.6))
     for col, tr in enumerate([None, *done]):
@@ -470,7 +289,7 @@ def plot_images(traces: list[Trace], truth, path: Path) -> None:
 
 
 def plot_distance(traces: list[Trace], search: dict | None, polish: Trace | None, path: Path):
-    plt = _pyplot()
+    plt = _harness.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     for tr in traces:
         error_mm = (np.array(tr.distance_m) - TRUE_Z_M) * 1e3
@@ -529,43 +348,9 @@ def methods(paper_probe_ratio: float) -> dict:
     }
 
 
-def machine() -> dict:
-    import tensorflow as tf
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import hashlib
-    import subprocess
-
-    def git(*cmd: str) -> str:
-        run = subprocess.run(["git", *cmd], cwd=HERE, capture_output=True, text=True)
-        return run.stdout.strip()
-
-    pie = HERE.parent / "ptystream" / "engine" / "pie.py"
-    return {
-        "git_head": git("rev-parse", "--short", "HEAD"),
-        "engine_files_modified": git("status", "--short", "--", "../ptystream/engine"),
-        "pie_py_sha256": hashlib.sha256(pie.read_bytes()).hexdigest()[:12] if pie.exists() else "",
-        "cpu_model": model or platform.processor(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "date": datetime.date.today().isoformat(),
-        "note": "one run on a shared 2-core machine; wall times vary between runs",
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = _harness.parser(__doc__, quick="smoke run: 6 s per method")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per method")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 6 s per method")
     parser.add_argument(
         "--distance-lr",
         type=float,
@@ -604,57 +389,67 @@ def main() -> None:
     )
     parser.add_argument("--scores", type=int, default=40, help="scores per run")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.report:
+        return _harness.report(args.report, format_table)
     budget = 6.0 if args.quick else args.budget
     if args.search_passes is None:
         args.search_passes = 4 if args.quick else 25
     if args.polish_budget is None:
         args.polish_budget = 6.0 if args.quick else 30.0
-    out_dir = HERE / "results" if args.quick else HERE / "figures"
+    out_dir = _harness.output_dir(args.quick)
     suffix = "_quick" if args.quick else ""
 
     from ptystream.config import EngineSettings
     from ptystream.engine import configure_tensorflow
 
     configure_tensorflow(1)
-    limit_m = FRAME_PX * PIXEL_M**2 / WAVELENGTH_M
+    limit_m = STUDY.distance_limit_m
     t = time.perf_counter()
-    scan = simulate(args.seed, args.probe)
+    scan = near_field_problem(STUDY, seed=args.seed, probe_kind=args.probe)
+    facts = scan.details
     print(
         f"simulated {len(scan.frames)} frames in {time.perf_counter() - t:.1f} s: probe "
-        f"{scan.probe_diameter_px:.1f} px (90 % power), disc radius {scan.disc_radius_px:.1f} px, "
-        f"mean counts over the lit area {scan.mean_lit_counts:.0f}; z {TRUE_Z_M * 1e3} mm, "
+        f"{facts['probe_diameter_px']:.1f} px (90 % power), disc radius "
+        f"{facts['disc_radius_px']:.1f} px, mean counts over the lit area "
+        f"{facts['mean_lit_counts']:.0f}; z {TRUE_Z_M * 1e3} mm, "
         f"angular-spectrum limit N dx^2 / lambda = {limit_m * 1e3:.2f} mm"
     )
-    result = {
-        "machine": machine(),
+    result: dict[str, Any] = {
+        "machine": {
+            **_harness.machine_info(),
+            "note": "one run on a shared 2-core machine; wall times vary between runs",
+        },
         "budget_s": budget,
         "setup": {
-            "wavelength_m": WAVELENGTH_M,
-            "pixel_m": PIXEL_M,
-            "object_px": OBJECT_PX,
-            "frame_px": FRAME_PX,
-            "n_positions": N_POSITIONS,
-            "overlap": OVERLAP,
-            "probe": f"{args.probe}: pinhole {PINHOLE_DIAMETER_M * 1e6:.0f} um, "
-            f"{PINHOLE_TO_SAMPLE_M * 1e3} mm before the sample",
-            "probe_diameter_px": scan.probe_diameter_px,
-            "poisson_disc_radius_px": scan.disc_radius_px,
-            "poisson_disc_seed": scan.poisson_disc_seed,
+            "wavelength_m": STUDY.wavelength_m,
+            "pixel_m": STUDY.pixel_m,
+            "object_px": scan.truth.object.shape[0],
+            "frame_px": STUDY.frame_px,
+            "n_positions": STUDY.n_positions,
+            "overlap": STUDY.overlap,
+            "probe": f"{args.probe}: pinhole {STUDY.pinhole_diameter_m * 1e6:.0f} um, "
+            f"{STUDY.pinhole_to_sample_m * 1e3} mm before the sample",
+            "probe_diameter_px": facts["probe_diameter_px"],
+            "poisson_disc_radius_px": facts["disc_radius_px"],
+            "poisson_disc_seed": facts["poisson_disc_seed"],
             "true_z_m": TRUE_Z_M,
             "angular_spectrum_limit_m": limit_m,
-            "peak_counts": PEAK_COUNTS,
-            "mean_lit_counts": scan.mean_lit_counts,
-            "read_noise_counts": READ_NOISE_COUNTS,
+            "peak_counts": STUDY.peak_counts,
+            "mean_lit_counts": facts["mean_lit_counts"],
+            "read_noise_counts": STUDY.read_noise_counts,
         },
         "methods": [],
         "distance": [],
         "distance_search": None,
     }
-    json_path = HERE / "results" / f"paper_study{suffix}.json"
-    json_path.parent.mkdir(exist_ok=True)
+    json_path = _harness.json_path(args, "paper_study")
+
+    def save() -> None:  # after every run: a later one may be interrupted
+        _harness.write_json(result, json_path, announce=False)
+
     if args.only == "distance" and json_path.exists():  # keep the earlier method comparison
-        earlier = json.loads(json_path.read_text())
+        earlier = _harness.read_json(json_path)
         result["methods"] = earlier.get("methods", [])
         result["methods_machine"] = earlier.get("methods_machine", earlier.get("machine"))
     traces = []
@@ -663,7 +458,7 @@ def main() -> None:
             trace = run_method(name, settings, scan, budget, TRUE_Z_M, args.scores)
             traces.append(trace)
             result["methods"].append(trace.summary())
-            json_path.write_text(json.dumps(result, indent=1))
+            save()
         ran = [tr for tr in traces if tr.time_s]
         if ran:
             plot_convergence(ran, budget, out_dir / f"paper_convergence{suffix}.png")
@@ -685,7 +480,7 @@ def main() -> None:
                 trace = run_method(name, settings, scan, budget, z0, args.scores)
                 z_traces.append(trace)
                 result["distance"].append(trace.summary())
-                json_path.write_text(json.dumps(result, indent=1))
+                save()
         search, polish = None, None
         if args.search_passes > 0 and starts:
             print(f"search_distance from z {starts[0] * 1e3:.2f} mm:")
@@ -699,40 +494,44 @@ def main() -> None:
                 args.scores,
             )
             result["distance_search"] = {**search, "polish": polish.summary()}
-            json_path.write_text(json.dumps(result, indent=1))
+            save()
         if z_traces or search:
             plot_distance(z_traces, search, polish, out_dir / f"paper_distance{suffix}.png")
-    print_table(result)
-    print(f"results: {json_path}; figures in {out_dir}")
+    print(format_table(result))
+    _harness.write_json(result, json_path)
+    print(f"figures in {out_dir}")
+    return 0
 
 
-def print_table(result: dict) -> None:
-    print(f"{'method':24s} {'|C|':>7s} {'amp r':>7s} {'phase r':>7s} {'t(|C|>=0.9)':>12s}")
+def format_table(result: dict) -> str:
+    lines = []
+    lines.append(f"{'method':24s} {'|C|':>7s} {'amp r':>7s} {'phase r':>7s} {'t(|C|>=0.9)':>12s}")
     for m in result["methods"]:
         if not m["abs_c"]:
-            print(f"{m['name']:24s} {m['note']}")
+            lines.append(f"{m['name']:24s} {m['note']}")
             continue
         t = m["time_to_target_s"]
-        print(
+        lines.append(
             f"{m['name']:24s} {m['abs_c'][-1]:7.4f} {m['amplitude'][-1]:7.3f} "
             f"{m['phase'][-1]:7.3f} {'-' if t is None else f'{t:.1f} s':>12s}"
         )
     for d in result["distance"]:
         z = np.array(d["distance_m"])
-        err = np.abs(z - TRUE_Z_M) * 1e3
+        err = np.abs(z - result["setup"]["true_z_m"]) * 1e3
         below = np.nonzero(err < 1.0)[0]
         first = f"{d['z_time_s'][below[0]]:.1f} s" if len(below) else "never"
-        print(f"{d['name']:24s} final |z error| {err[-1]:.3f} mm, first < 1 mm at {first}")
+        lines.append(f"{d['name']:24s} final |z error| {err[-1]:.3f} mm, first < 1 mm at {first}")
     search = result.get("distance_search")
     if search:
-        print(
+        lines.append(
             f"search_distance: z {search['z_found_m'] * 1e3:.3f} mm "
             f"(|error| {abs(search['error_mm']):.3f} mm), {search['n_trials']} trials in "
             f"{search['wall_s']:.1f} s; polished: z {search['z_polished_m'] * 1e3:.3f} mm "
             f"(|error| {abs(search['polished_error_mm']):.3f} mm) at "
             f"{search['polished_end_s']:.1f} s"
         )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,12 +4,12 @@ without a publisher.
 The issue's bar: at the default cadence (``publish.cadence_s`` 1 s) the reconstruction must not
 slow by more than a few percent.
 
-Method. The real :class:`~ptystream.live.pipeline.LivePipeline` runs each trial: its worker thread
-builds the run's engine (``make_engine``, ``warm_up``), adds the frames, steps, and every
+Method. The real :class:`~ptystream.live.pipeline.LivePipeline` runs each trial: its worker
+thread builds the run's engine (``make_engine``, ``warm_up``), adds the frames, steps, and every
 ``cadence_s`` takes ``engine.estimate()`` and posts it to the pipeline's publisher thread, which
 calls ``TiledPublisher.publish_live`` (latest wins: an estimate not yet written when the next
 one comes is dropped). The frames are simulated once per case from the profile's ``sim``
-section (``ptystream.sim.scan.build_simulation``: ground truth, trajectory, the same detector
+section (``ptystream.sim.problems.profile_problem``: ground truth, trajectory, the same detector
 model) and handed to the pipeline directly (``open_run``, ``submit`` of every frame,
 ``close_run``), without a RunEngine: all frames are in the engine before the timed window, so
 the worker steps back to back (a step takes a batch of 16 new frames first, then earlier ones;
@@ -28,8 +28,10 @@ Conditions, per case, each with its own pipeline started (TensorFlow imported, s
 - **separate**, cadence 1 / 0.5 / 0.2 s: ``tiled serve catalog --temp`` in its own process (a
   SQLite catalog, zarr and DuckDB storage, in-memory streaming cache), as a facility runs it;
 - **in-process**, cadence 1 s: the ``SimpleTiledServer`` in this process
-  (``ptystream.store.server.start_embedded_server``, what ``ptystream demo`` ran before): its request
-  handling runs on a uvicorn thread of this process and competes for the GIL.
+  (``ptystream.store.server.start_embedded_server``, what ``ptystream demo`` ran before): its
+  request handling runs on a uvicorn thread of this process and competes for the GIL.
+
+(``_servers.start_server`` starts each.)
 
 All servers run throughout (idle when not written to). The conditions are interleaved (one
 trial of each, in an order rotated by one per repeat) and repeated ``--repeats`` times (4).
@@ -84,10 +86,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
-import secrets  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -101,14 +100,13 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from ptystream.config import Profile, load_profile  # noqa: E402
-from ptystream.types import Estimate, FrameRecord, Geometry, RunStart, RunStop, ScanPlan  # noqa: E402
+from ptystream.config import Profile  # noqa: E402
+from ptystream.sim.problems import Problem, profile_problem  # noqa: E402
+from ptystream.types import Estimate, FrameRecord, RunStart, RunStop  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_speed import machine_info  # noqa: E402
-
-DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "publish_cost.json"
-BIN = Path(sys.executable).parent
+import _harness  # noqa: E402
+from _harness import fmt, machine_busy_s, machine_steal_s, percentile  # noqa: E402
+from _servers import Server, start_server  # noqa: E402
 
 #: Simulation overrides of each case (on top of the demo profile).
 CASES: dict[str, dict[str, Any]] = {
@@ -122,7 +120,6 @@ NO_PUBLISHING_CADENCE_S = 1e9
 SETTLE_S = 1.0
 #: A trial is *clean* when everything else on the machine used fewer CPUs than this.
 CLEAN_OTHERS_CPU = 0.25
-SERVER_START_TIMEOUT_S = 120.0
 
 
 # -- the simulated scan --------------------------------------------------------------------------
@@ -130,53 +127,12 @@ SERVER_START_TIMEOUT_S = 120.0
 
 def case_profile(case: str) -> Profile:
     """The demo profile with no final passes and the case's simulated scan."""
-    demo = load_profile("demo")
-    profile = demo.model_copy(
-        update={
-            "engine": demo.engine.model_copy(update={"final_epochs": 0}),
-            "sim": demo.sim.model_copy(update=CASES[case]),
-        }
-    )
-    return Profile.model_validate(profile.model_dump())
+    changes = {f"sim.{key}": value for key, value in CASES[case].items()}
+    return _harness.profile_with("demo", {"engine.final_epochs": 0, **changes})
 
 
 def with_cadence(profile: Profile, cadence_s: float) -> Profile:
-    return profile.model_copy(
-        update={"publish": profile.publish.model_copy(update={"cadence_s": cadence_s})}
-    )
-
-
-@dataclass
-class Scan:
-    """Simulated frames (counts, float32) and their positions ``(y, x)`` in metres."""
-
-    geometry: Geometry
-    plan: ScanPlan
-    frames: np.ndarray
-    positions_m: np.ndarray
-
-
-def simulate(profile: Profile) -> Scan:
-    """The profile's simulated scan, computed as its ophyd detector would (same truth,
-    trajectory and detector model), without a RunEngine."""
-    from ptystream.live.callback import plan_from_start
-    from ptystream.sim.detector import DetectorModel, diffraction_pattern
-    from ptystream.sim.plans import scan_metadata
-    from ptystream.sim.scan import build_simulation
-
-    sim = build_simulation(profile)
-    inst, settings = profile.instrument, profile.sim
-    detector = DetectorModel(
-        photons_per_frame=settings.photons_per_frame,
-        read_noise_counts=inst.read_noise_counts if settings.photons_per_frame else 0.0,
-        saturation_counts=inst.saturation_counts,
-        rng=np.random.default_rng(settings.seed),
-    )
-    frames = np.stack(
-        [detector.record(diffraction_pattern(sim.truth, tuple(p))) for p in sim.positions_m]
-    )
-    plan = plan_from_start(scan_metadata(sim.positions_m, profile.name))
-    return Scan(inst.geometry(), plan, frames, np.asarray(sim.positions_m, dtype=float))
+    return _harness.profile_with(profile, {"publish.cadence_s": cadence_s})
 
 
 # -- recording wrappers --------------------------------------------------------------------------
@@ -252,76 +208,6 @@ class TimedPublisher:
         self._inner.mark(run_uid, status, extra)
 
 
-# -- servers -------------------------------------------------------------------------------------
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class SeparateServer:
-    """``tiled serve catalog --temp`` in a child process (storage under ``directory``)."""
-
-    def __init__(self, directory: Path):
-        self.api_key = secrets.token_hex(16)
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}/api/v1"
-        directory.mkdir(parents=True, exist_ok=True)
-        self._log = open(directory / "server.log", "w")  # noqa: SIM115 (closed in close())
-        args = [str(BIN / "tiled"), "serve", "catalog", "--temp", "--host", "127.0.0.1"]
-        args += ["--port", str(self.port), "--api-key", self.api_key]
-        env = {**os.environ, "TMPDIR": str(directory)}  # --temp leaves its directory behind
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout: float = SERVER_START_TIMEOUT_S) -> float:
-        """Wait until the server answers an authorised request; returns the seconds waited."""
-        import httpx
-
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tiled serve exited with {self.proc.returncode}")
-            try:
-                r = httpx.get(self.uri + "/", headers={"Authorization": f"Apikey {self.api_key}"})
-                if r.status_code == 200:
-                    return time.perf_counter() - t0
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"tiled serve did not answer within {timeout} s")
-
-    def cpu_s(self) -> float:
-        return process_cpu_s(self.proc.pid)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-class ChildServer:
-    """CPU of a server started by ``ptystream.store.server.start_server_process``."""
-
-    def __init__(self, server: Any):
-        self.server = server
-
-    def cpu_s(self) -> float:
-        return process_cpu_s(self.server.pid)
-
-
 class Spinner:
     """A child process spinning in a Python loop: keeps the second core busy with no I/O, no GIL
     of ours and little memory traffic (the control for "the other core is busy")."""
@@ -330,7 +216,7 @@ class Spinner:
         self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
     def cpu_s(self) -> float:
-        return process_cpu_s(self.proc.pid)
+        return _harness.process_cpu_s(self.proc.pid)
 
     def close(self) -> None:
         self.proc.kill()
@@ -353,7 +239,7 @@ class Condition:
     trials: list[dict[str, Any]] = field(default_factory=list)
 
     def start(self, profile: Profile, client: Any, spool_dir: Path) -> None:
-        from ptystream.engine import make_engine
+        from ptystream.engine import EngineSetup, make_engine
         from ptystream.live.pipeline import LivePipeline
         from ptystream.store.publisher import TiledPublisher
 
@@ -361,8 +247,8 @@ class Condition:
             self.publisher = TimedPublisher(TiledPublisher(client))
         cadence = self.cadence_s if self.cadence_s is not None else NO_PUBLISHING_CADENCE_S
 
-        def factory(*args: Any, **kwargs: Any) -> TimedEngine:
-            return TimedEngine(make_engine(*args, **kwargs), self.recorder)
+        def factory(setup: EngineSetup) -> TimedEngine:
+            return TimedEngine(make_engine(setup), self.recorder)
 
         self.pipeline = LivePipeline(
             with_cadence(profile, cadence),
@@ -372,26 +258,9 @@ class Condition:
         ).start()
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all CPUs of the machine spent busy so far (``/proc/stat``, all processes)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_steal_s() -> float:
-    """CPU seconds the hypervisor gave the machine's CPUs to others so far (``/proc/stat``)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float] | np.ndarray, q: float) -> float:
-    return float(np.percentile(values, q)) if len(values) else float("nan")
-
-
 def run_trial(
     cond: Condition,
-    scan: Scan,
+    scan: Problem,
     profile: Profile,
     duration_s: float,
     servers: dict[str, Any],
@@ -578,18 +447,12 @@ def request_kind(path: str) -> str:
     return next((kind for part, kind in REQUEST_KINDS if part in path), "other")
 
 
-def sample_estimate(scan: Scan, profile: Profile) -> Estimate:
+def sample_estimate(scan: Problem, profile: Profile) -> Estimate:
     """An estimate of the case's size: all frames added, a few steps."""
-    from ptystream.engine import make_engine
+    from ptystream.engine import EngineSetup, make_engine
 
-    inst = profile.instrument
-    engine = make_engine(
-        scan.geometry,
-        profile.engine,
-        plan=scan.plan,
-        read_noise_counts=inst.read_noise_counts,
-        probe_defocus_m=inst.probe_defocus_m,
-    )
+    setup = EngineSetup.from_profile(profile, geometry=scan.geometry, plan=scan.plan)
+    engine = make_engine(setup)
     engine.add_frames(scan.frames, scan.positions_m)
     engine.step(20)
     return engine.estimate()
@@ -666,7 +529,7 @@ def measure_case(
     the server processes by placement (``cpu_s()``)."""
     profile = case_profile(case)
     print(f"{case}: simulating {profile.sim.n_points} frames ...", flush=True)
-    scan = simulate(profile)
+    scan = profile_problem(profile)
     conds = [Condition("none", "none", None), Condition("none, core busy", "busy", None)]
     for placement in clients:
         cadences = IN_PROCESS_CADENCES_S if placement == "in-process" else CADENCES_S
@@ -716,14 +579,6 @@ def measure_case(
 # -- output --------------------------------------------------------------------------------------
 
 
-def _f(value: float | None, fmt: str) -> str:
-    """``value`` formatted, or "-" as wide as the format's width."""
-    if value is None or not np.isfinite(value):
-        width = fmt.split(".")[0]
-        return "-".rjust(int(width) if width.isdigit() else 1)
-    return format(value, fmt)
-
-
 def format_tables(results: dict[str, Any]) -> str:
     m = results["machine"]
     out = [
@@ -746,14 +601,14 @@ def format_tables(results: dict[str, Any]) -> str:
             out.append(
                 f"{r['condition']:<17} {r['steps_per_s_median']:>7.1f}  ({each:<21}) "
                 f"{r['slowdown_pct_median']:>8.1f}   "
-                f"{_f(r.get('within_run_slowdown_pct'), '12.1f')}"
+                f"{fmt(r.get('within_run_slowdown_pct'), '12.1f')}"
                 f"  | {r['clean_trials']:>7}  "
-                f"{_f(r['clean_steps_per_s_median'], '7.1f')}  "
-                f"{_f(r['clean_slowdown_pct'], '10.1f')}  | "
-                f"{_f(r['estimate_ms_median'], '11.1f')} "
+                f"{fmt(r['clean_steps_per_s_median'], '7.1f')}  "
+                f"{fmt(r['clean_slowdown_pct'], '10.1f')}  | "
+                f"{fmt(r['estimate_ms_median'], '11.1f')} "
                 f"({r['estimate_share_pct']:>4.1f})        "
-                f"{_f(r['publish_ms_median'], '6.0f')} / {_f(r['publish_ms_p95'], '5.0f')}"
-                f"  {_f(r['publishes_per_trial'], '9.0f')} {_f(r['dropped_per_trial'], '8.0f')}"
+                f"{fmt(r['publish_ms_median'], '6.0f')} / {fmt(r['publish_ms_p95'], '5.0f')}"
+                f"  {fmt(r['publishes_per_trial'], '9.0f')} {fmt(r['dropped_per_trial'], '8.0f')}"
             )
         if case.get("publish_alone"):
             out += [
@@ -765,8 +620,8 @@ def format_tables(results: dict[str, Any]) -> str:
                 ms = a["request_ms_median"]
                 out.append(
                     f"  {placement:<10} {a['wall_ms_median']:>16.0f} "
-                    f"{a['requests_per_publication']:>9.0f} {_f(ms.get('array'), '16.0f')} "
-                    f"{_f(ms.get('loss rows'), '13.0f')} {_f(ms.get('metadata'), '12.0f')} "
+                    f"{a['requests_per_publication']:>9.0f} {fmt(ms.get('array'), '16.0f')} "
+                    f"{fmt(ms.get('loss rows'), '13.0f')} {fmt(ms.get('metadata'), '12.0f')} "
                     f"{a['client_cpu_ms_median']:>17.0f} {a['server_cpu_ms_median']:>14.0f}"
                 )
         out += [
@@ -780,20 +635,26 @@ def format_tables(results: dict[str, Any]) -> str:
                 second = r["server_cpu_per_wall"]
             frac = r["publishing_fraction"]
             out.append(
-                f"  {r['condition']:<17} {_f(frac * 100 if frac is not None else None, '11.0f')}"
-                f"  {_f(r['steps_per_s_during_publish'], '17.1f')} / "
-                f"{_f(r['steps_per_s_between_publishes'], '7.1f')}  "
-                f"{_f(r['step_ms_median'], '11.1f')} / {_f(r['step_ms_p99'], '4.1f')}  "
-                f"{_f(r['publish_cpu_ms_median'], '16.0f')}  "
-                f"{_f(r['process_cpu_per_wall'], '10.2f')} / {_f(second, '8.2f')} / "
-                f"{_f(r['other_cpu_per_wall'], '.2f')}  {_f(r.get('steal_cpus'), '5.2f')}"
+                f"  {r['condition']:<17} {fmt(frac * 100 if frac is not None else None, '11.0f')}"
+                f"  {fmt(r['steps_per_s_during_publish'], '17.1f')} / "
+                f"{fmt(r['steps_per_s_between_publishes'], '7.1f')}  "
+                f"{fmt(r['step_ms_median'], '11.1f')} / {fmt(r['step_ms_p99'], '4.1f')}  "
+                f"{fmt(r['publish_cpu_ms_median'], '16.0f')}  "
+                f"{fmt(r['process_cpu_per_wall'], '10.2f')} / {fmt(second, '8.2f')} / "
+                f"{fmt(r['other_cpu_per_wall'], '.2f')}  {fmt(r.get('steal_cpus'), '5.2f')}"
             )
     return "\n".join(out)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+def format_report(results: dict[str, Any]) -> str:
+    """``--report``: the tables of a saved run, its summaries recomputed from its trials."""
+    for case in results["cases"]:
+        case["summary"] = summarise(case["trials"])
+    return format_tables(results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _harness.parser(__doc__, quick="a short smoke run (4 s trials, 1 repeat)")
     parser.add_argument("--duration", type=float, default=20.0, help="timed seconds per trial")
     parser.add_argument("--repeats", type=int, default=4, help="trials per condition")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
@@ -806,57 +667,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-in-process", action="store_true", help="skip the server in this process"
     )
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
-    parser.add_argument(
-        "--report", type=Path, metavar="JSON", help="only print the tables of a saved run"
-    )
     args = parser.parse_args(argv)
+    if args.report:
+        return _harness.report(args.report, format_report)
     if args.quick:
         args.duration, args.repeats, args.alone = 4.0, 1, 5
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.report is not None:
-        results = json.loads(args.report.read_text())
-        for case in results["cases"]:
-            case["summary"] = summarise(case["trials"])
-        print(format_tables(results))
-        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from ptystream.store.access import connect, split_api_key
-    from ptystream.store.server import start_embedded_server, start_server_process
-
-    machine = machine_info()
+    machine = _harness.machine_info()
     t_start = time.perf_counter()
+    placements = ["embedded"]
+    placements += [] if args.no_separate else ["separate"]
+    placements += [] if args.no_in_process else ["in-process"]
     cases = []
+    started: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="ptystream-publish-cost-") as tmp_name:
         tmp = Path(tmp_name)
-        separate = None if args.no_separate else SeparateServer(tmp / "separate")
-        embedded = in_process = None
         try:
-            print("starting the embedded server process ...", flush=True)
-            embedded = start_server_process(tmp / "embedded")
-            clients = {"embedded": connect(split_api_key(embedded.uri)[0], embedded.api_key)}
-            servers: dict[str, Any] = {"embedded": ChildServer(embedded)}
-            if separate is not None:
-                print("starting tiled serve catalog --temp ...", flush=True)
-                waited = separate.wait_ready()
-                print(f"  ready after {waited:.1f} s", flush=True)
-                clients["separate"] = connect(separate.uri, separate.api_key)
-                servers["separate"] = separate
-            if not args.no_in_process:
-                in_process = start_embedded_server(tmp / "in-process")
-                clients["in-process"] = connect(
-                    split_api_key(in_process.uri)[0], in_process.api_key
-                )
+            for placement in placements:
+                print(f"starting the {placement} server ...", flush=True)
+                started.append(start_server(placement, tmp / placement))
+            clients = {s.placement: s.connect() for s in started}
+            # the server processes (the in-process server's CPU is this process's)
+            servers = {s.placement: s for s in started if s.pid is not None}
             for case in args.cases.split(","):
                 cases.append(measure_case(case, args, clients, servers, tmp))
         finally:
-            for server in (embedded, in_process, separate):
-                if server is not None:
-                    server.close()
+            for server in started:
+                server.close()
     results = {
         "quick": args.quick,
         "duration_s": args.duration,
@@ -866,13 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_s": time.perf_counter() - t_start,
         "machine": machine,
     }
-    print()
-    print(format_tables(results))
-    print(f"total {results['total_s']:.0f} s")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {args.json}")
-    return 0
+    return _harness.finish(results, format_tables, _harness.json_path(args, "publish_cost"))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ Usage::
 
 ``--quick`` is a smoke run (K 2, 10 passes, one repeat). ``--env DASK_SCHEDULER=sync`` runs
 the reads inside each task (the experiment in benchmarks/README.md). Prints a table and writes
-``benchmarks/results/reprocess_throughput.json`` (every trial, every report, the machine).
+``benchmarks/results/reprocess_throughput.json`` (every trial, every report, the machine;
+``--quick``: ``reprocess_throughput_quick.json``).
 Nothing is asserted, except that the table says so when a run did not finish. The Tiled API key
 is random for this run and reaches the subprocess in a file, never on its command line.
 """
@@ -73,7 +74,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
@@ -87,10 +87,16 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_speed import machine_info  # noqa: E402
+import _harness  # noqa: E402
+from _harness import (  # noqa: E402
+    fmt,
+    machine_busy_s,
+    machine_steal_s,
+    process_cpu_s,
+    status_kib,
+    table,
+)
 
-DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "reprocess_throughput.json"
 BIN = Path(sys.executable).parent
 PROFILE = "demo"
 SAMPLE_S = 0.25
@@ -99,26 +105,7 @@ TRIAL_TIMEOUT_S = 3600.0
 PROGRESS = re.compile(r"^\[(\d+)/(\d+)\] (.+): (\w+) in ([\d.]+) s$")
 
 
-# -- CPU accounting ---------------------------------------------------------------------------
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds all CPUs of the machine spent busy so far (``/proc/stat``, all processes)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_steal_s() -> float:
-    """CPU seconds the hypervisor gave the machine's CPUs to others so far (``/proc/stat``)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+# -- errors logged here ----------------------------------------------------------------------
 
 
 class ErrorLog(logging.Handler):
@@ -158,17 +145,6 @@ def write_runs(root, k: int) -> list[str]:
 # -- one trial ---------------------------------------------------------------------------------
 
 
-def status_kib(pid: int, field: str) -> int | None:
-    """A ``/proc/<pid>/status`` field in KiB (VmHWM, VmRSS), or None if the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 class TreeSampler:
     """Every ``SAMPLE_S``: the processes under ``pid``, each one's peak RSS and CPU seconds."""
 
@@ -195,8 +171,11 @@ class TreeSampler:
                         proc.pid,
                         {"pid": proc.pid, "parent": proc.ppid(), "first_seen": time.perf_counter()},
                     )
-                    # read each time: a process just forked still shows its parent's
-                    entry["cmdline"] = " ".join(proc.cmdline())[:300]
+                    # read each time: a process just forked still shows its parent's; one
+                    # that is exiting shows none (then the last one seen is kept)
+                    cmdline = " ".join(proc.cmdline())[:300]
+                    if cmdline:
+                        entry["cmdline"] = cmdline
                     hwm = status_kib(proc.pid, "VmHWM")
                     if hwm is not None:
                         entry["peak_rss_mb"] = hwm / 1024
@@ -246,7 +225,7 @@ def run_trial(
     errors = ErrorLog()
     logging.getLogger().addHandler(errors)
     load0 = os.getloadavg()
-    busy0, steal0, self0 = machine_busy_s(), machine_steal_s(), process_cpu_s(os.getpid())
+    busy0, steal0, self0 = machine_busy_s(), machine_steal_s(), process_cpu_s()
     children0 = os.times()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -263,7 +242,7 @@ def run_trial(
     t_exit = time.perf_counter()
     for thread in threads:
         thread.join()
-    busy1, steal1, self1 = machine_busy_s(), machine_steal_s(), process_cpu_s(os.getpid())
+    busy1, steal1, self1 = machine_busy_s(), machine_steal_s(), process_cpu_s()
     children1 = os.times()
     load1 = os.getloadavg()
     logging.getLogger().removeHandler(errors)
@@ -455,17 +434,6 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _f(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    head = "  ".join(c.rjust(w) for c, w in zip(header, widths, strict=True))
-    return [head, "-" * len(head), *lines]
-
-
 def format_table(results: dict[str, Any]) -> str:
     rows = summarise(results)
     m = results["machine"]
@@ -479,7 +447,7 @@ def format_table(results: dict[str, Any]) -> str:
         + f", {m['date']}",
         "",
     ]
-    lines += _table(
+    lines += table(
         [
             "workers",
             "wall s",
@@ -496,23 +464,23 @@ def format_table(results: dict[str, Any]) -> str:
         [
             [
                 str(r["workers"]),
-                _f(r["wall_s"], ".1f"),
-                _f(r["end_to_end_runs_per_h"], ".0f"),
-                _f(r["steady_runs_per_h"], ".0f"),
-                _f(r["steady_s_per_run_per_worker"], ".1f"),
-                _f(r["median_reconstruct_s"], ".2f"),
-                _f(r["median_write_s"], ".2f"),
-                f"{_f(r['start_up_s'], '.1f')} ({_f(r['client_start_s'], '.1f')}"
-                f"+{_f(r['cluster_start_s'], '.1f')})",
-                _f(r["tail_s"], ".1f"),
+                fmt(r["wall_s"], ".1f"),
+                fmt(r["end_to_end_runs_per_h"], ".0f"),
+                fmt(r["steady_runs_per_h"], ".0f"),
+                fmt(r["steady_s_per_run_per_worker"], ".1f"),
+                fmt(r["median_reconstruct_s"], ".2f"),
+                fmt(r["median_write_s"], ".2f"),
+                f"{fmt(r['start_up_s'], '.1f')} ({fmt(r['client_start_s'], '.1f')}"
+                f"+{fmt(r['cluster_start_s'], '.1f')})",
+                fmt(r["tail_s"], ".1f"),
                 f"{r['finished']}/{r['expected']}",
-                _f(r["median_final_loss"], ".4g"),
+                fmt(r["median_final_loss"], ".4g"),
             ]
             for r in rows
         ],
     )
     lines.append("")
-    lines += _table(
+    lines += table(
         [
             "workers",
             "peak RSS MB: worker / client",
@@ -524,9 +492,11 @@ def format_table(results: dict[str, Any]) -> str:
         [
             [
                 str(r["workers"]),
-                f"{_f(r['max_worker_peak_rss_mb'], '.0f')} / {_f(r['client_peak_rss_mb'], '.0f')}",
+                fmt(r["max_worker_peak_rss_mb"], ".0f")
+                + " / "
+                + fmt(r["client_peak_rss_mb"], ".0f"),
                 " / ".join(
-                    _f(r[k], ".2f")
+                    fmt(r[k], ".2f")
                     for k in (
                         "workers_cpus",
                         "client_cpus",
@@ -535,8 +505,8 @@ def format_table(results: dict[str, Any]) -> str:
                         "steal_cpus",
                     )
                 ),
-                _f(r["max_in_flight"], ".0f"),
-                f"{_f(r['median_task_s'], '.1f')} / {_f(r['median_read_s'], '.1f')}",
+                fmt(r["max_in_flight"], ".0f"),
+                f"{fmt(r['median_task_s'], '.1f')} / {fmt(r['median_read_s'], '.1f')}",
                 str(r["server_errors"]),
             ]
             for r in rows
@@ -559,7 +529,7 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(
             f"trial {t['index']}: {t['workers']} worker(s), {t['wall_s']:.1f} s, "
             f"e2e {t['end_to_end_runs_per_h']:.0f}/h, steady "
-            f"{_f(t['steady_runs_per_h'], '.0f')}/h, finished {t['finished']}/{t['runs']}, "
+            f"{fmt(t['steady_runs_per_h'], '.0f')}/h, finished {t['finished']}/{t['runs']}, "
             f"load {t['load_before']:.2f} -> {t['load_after']:.2f}, others "
             f"{t['others_cpus']:.2f} CPU, steal {t['steal_cpus']:.2f}, rc {t['returncode']}, "
             f"server errors {len(t.get('server_errors', []))}"
@@ -575,12 +545,19 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_report(results: dict[str, Any]) -> str:
+    """``--report``: the table of a saved run, each trial's figures recomputed from its raw
+    completions and reports."""
+    for trial in results["trials"]:
+        trial.update(derived(trial))
+    return format_table(results)
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 runs, 10 passes")
+def parse_args(argv: list[str] | None = None):
+    parser = _harness.parser(__doc__, quick="smoke run: 2 runs, 10 passes, 1 repeat")
     parser.add_argument("--runs", type=int, default=8, help="runs reprocessed per trial (K)")
     parser.add_argument("--epochs", type=int, default=100, help="passes per run")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
@@ -592,10 +569,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="set in the environment of 'ptystream reprocess' (and so of its local workers), "
         "e.g. DASK_SCHEDULER=sync (repeatable)",
-    )
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
-    parser.add_argument(
-        "--report", type=Path, metavar="JSON", help="only print the table of a saved run"
     )
     args = parser.parse_args(argv)
     args.env = dict(text.split("=", 1) for text in args.env)
@@ -617,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     from ptystream.store.access import connect, split_api_key
     from ptystream.store.server import start_embedded_server
 
-    machine = machine_info()
+    machine = _harness.machine_info()
     t_start = time.perf_counter()
     trials: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ptystream-reprocess-bench-") as tmp_name:
@@ -668,13 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
     }
     results["summary"] = summarise(results)
-    print()
-    print(format_table(results))
-    print(f"total {results['total_s']:.0f} s")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {args.json}")
-    return 0
+    return _harness.finish(results, format_table, _harness.json_path(args, "reprocess_throughput"))
 
 
 if __name__ == "__main__":

@@ -9,49 +9,51 @@ The targets (from the issue), each on the ENGINE_NOTES test problem unless said 
     frame.
 
 **The problem** (a, b). Object 512 x 512 made of two unrelated images as in ``paper_study.py``
-(amplitude *camera* in [0.3, 1], phase *astronaut* in [-pi/2, pi/2]), so that the flat object
-scores |C| about 0.69 over the scanned region (ENGINE_NOTES: 0.735). The camera/moon object of
-``engine_speed.make_problem`` scores 0.94 there and leaves little to reconstruct. Everything else
-is ``engine_speed.make_problem``'s far field: a focused probe 1.5 mm out of focus (8 keV, 2 m,
-75 um detector pixels, 128² frames, object pixel 32 nm), 80 positions on a 9 x 9 snake raster at
-60 % overlap with +-3 px uniform jitter, Poisson noise scaled to 500 counts at the brightest pixel
-of the scan plus Gaussian read noise sigma = 10 counts. The far field, not the paper's angular
-spectrum, because ENGINE_NOTES describes a far-field problem: centred diffraction patterns,
-ifftshifted at load; a "strongly defocused probe" whose initial guess is built from the aperture
-and the defocus; and its speed table is for a 128² probe (the paper's near field uses 256²).
+(``ptystream.sim.problems.paper_object``: amplitude *camera* in [0.3, 1], phase *astronaut* in
+[-pi/2, pi/2]), so that the flat object scores |C| about 0.69 over the scanned region (ENGINE_NOTES:
+0.735). The camera/moon object of ``far_field_problem`` scores 0.94 there and leaves little to
+reconstruct. Everything else is ``ptystream.sim.problems.far_field_problem``'s far field: a focused
+probe 1.5 mm out of focus (8 keV, 2 m, 75 um detector pixels, 128² frames, object pixel 32 nm), 80
+positions on a 9 x 9 snake raster at 60 % overlap with +-3 px uniform jitter, Poisson noise scaled
+to 500 counts at the brightest pixel of the scan plus Gaussian read noise sigma = 10 counts. The far
+field, not the paper's angular spectrum, because ENGINE_NOTES describes a far-field problem: centred
+diffraction patterns, ifftshifted at load; a "strongly defocused probe" whose initial guess is built
+from the aperture and the defocus; and its speed table is for a 128² probe (the paper's near field
+uses 256²).
 
 **(a)** AD (``EngineSettings()`` defaults: amplitude loss, batch 16, lr 0.1 / 0.02, TV 3e-4,
 sub-pixel shifts, XLA), mPIE and ePIE (``algorithm="mpie"`` / ``"epie"``, default ``PieSettings``)
-run one after another in this process, each for 30 s of wall time on one TensorFlow thread (the
-PIEs are numpy; numpy's FFT is single-threaded). Each engine is built, the 80 frames are added and
+run one after another in this process, each for 30 s of wall time on one TensorFlow thread (the PIEs
+are numpy; numpy's FFT is single-threaded). Each engine is built, the 80 frames are added and
 ``warm_up()`` compiles; that is not timed (its time is reported). Then, as in ``paper_study.py``,
-two timed ``refine(1)`` calls size the run and one ``refine(E - 2)`` (E = 30 s / epoch time)
-spends the rest, so the AD engine's cosine learning-rate decay spans the budget. If that plan
-ends with at least a tenth of it still fitting in the budget (slow early passes on a loaded
-machine), another ``refine`` spends the rest. A run is stopped before a pass that would end past
-30 s (by the mean pass time so far). Scores (|C|, amplitude and phase r against the truth over the
-pixels where the *true* probe at the true positions exceeds 30 % of its maximum summed
-intensity, the mask of ``streaming_vs_offline.score``, on that mask's bounding box) are taken
-about every second in ``on_epoch``, and their time is taken off the clock. ``--extra`` adds AD
-runs with other settings (sub-pixel shifts off; TV off) as separate rows; PASS/FAIL is always
-the defaults'.
+two timed ``refine(1)`` calls size the run and one ``refine(E - 2)`` (E = 30 s / epoch time) spends
+the rest, so the AD engine's cosine learning-rate decay spans the budget. If that plan ends with at
+least a tenth of it still fitting in the budget (slow early passes on a loaded machine), another
+``refine`` spends the rest. A run is stopped before a pass that would end past 30 s (by the mean
+pass time so far). Scores (|C|, amplitude and phase r against the truth over the pixels where the
+*true* probe at the true positions exceeds 30 % of its maximum summed intensity, the mask of
+``streaming_vs_offline.py``, on that mask's bounding box plus 16 px:
+``ptystream.metrics.score_over``) are taken about every second in ``on_epoch``, and their time is
+taken off the clock. ``--extra`` adds AD runs with other settings (sub-pixel shifts off; TV off) as
+separate rows; PASS/FAIL is always the defaults'.
 
-**(b)** ``streaming_vs_offline.run_offline`` / ``run_streaming`` on problem (a) (seeds 0 and 1 set
-the jitter, the noise and the mini-batch order), default settings, budgets of E = 20 and 60
-offline passes. Streaming: chunks of 8 frames, ``step(k)`` after each with k = 4 (the default
-``steps_per_arrival``), then passes so that the step count equals offline's.
+**(b)** ``_engine_runs.compare_streaming`` (what ``streaming_vs_offline.py`` runs) on problem (a)
+(seeds 0 and 1 set the jitter, the noise and the mini-batch order), default settings, budgets of
+E = 20 and 60 offline passes. Streaming: chunks of 8 frames, ``step(k)`` after each with k = 4 (the
+default ``steps_per_arrival``), then passes so that the step count equals offline's.
 
-**(c)** ``engine_speed``'s streaming case, each in a fresh child process: frames arrive in chunks
-of 16 and ``step(2)`` follows each (two frame-gradients per frame), sub-pixel shifts on and off,
-on the first 2000 frames of a 45 x 45 raster and on a 20 x 20 raster (400 frames); the canvas is
-sized from the planned extent. Frames per second over the whole scan; also frames per CPU-second
-(what a free core would do).
+**(c)** ``_engine_runs.streaming_rate`` (``engine_speed.py``'s streaming case), each in a fresh
+child process: frames arrive in chunks of 16 and ``step(2)`` follows each (two frame-gradients per
+frame), sub-pixel shifts on and off, on the first 2000 frames of a 45 x 45 raster and on a 20 x 20
+raster (400 frames); the canvas is sized from the planned extent. Frames per second over the whole
+scan; also frames per CPU-second (what a free core would do).
 
 Usage::
 
     .venv/bin/python benchmarks/targets.py --quick          # smoke run, about 2 min
     flock /tmp/ptystream-bench.lock .venv/bin/python benchmarks/targets.py   # about 3.5 min
     flock /tmp/ptystream-bench.lock .venv/bin/python benchmarks/targets.py --only a --extra
+    .venv/bin/python benchmarks/targets.py --report benchmarks/results/targets.json
 
 Writes ``benchmarks/results/targets.json`` (machine facts included) and
 ``benchmarks/figures/targets_convergence.png``; ``--quick`` writes ``targets_quick.json`` and
@@ -65,45 +67,36 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from ptystream import optics  # noqa: E402
-from ptystream.config import HC_EV_M, EngineSettings  # noqa: E402
-from ptystream.sim import trajectories  # noqa: E402
-from ptystream.sim.detector import DetectorModel, diffraction_pattern  # noqa: E402
-from ptystream.sim.sample import GroundTruth  # noqa: E402
-from ptystream.types import Geometry  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import engine_speed  # noqa: E402
-import paper_study  # noqa: E402
-import streaming_vs_offline  # noqa: E402
-from engine_speed import (  # noqa: E402
-    BATCH,
-    DEFOCUS_M,
-    DETECTOR_PIXEL_M,
-    DISTANCE_M,
-    ENERGY_EV,
-    NOMINAL_DEFOCUS_M,
-    SEMI_ANGLE_RAD,
+from ptystream.config import EngineSettings  # noqa: E402
+from ptystream.sim.problems import (  # noqa: E402
     Problem,
+    far_field_problem,
+    paper_object,
 )
+
+import _engine_runs  # noqa: E402
+import _harness  # noqa: E402
+from _engine_runs import (  # noqa: E402
+    BATCH,
+    build_engine,
+    compare_streaming,
+    save_frames,
+    score,
+)
+from _engine_runs import Trace as _Trace  # noqa: E402
 
 FRAME_PX = 128
 N_POSITIONS = 80
-OVERLAP = 0.6
-JITTER_PX = 3.0
 PEAK_COUNTS = 500.0
 READ_NOISE_COUNTS = 10.0
 
@@ -118,42 +111,35 @@ WORK_PER_FRAME = 2
 
 
 def make_target_problem(seed: int = 0) -> Problem:
-    """``engine_speed.make_problem`` (far field, focused probe, jittered raster, noise) with the
-    512² camera/astronaut object of ``paper_study.make_object`` centred on the scan."""
-    rng = np.random.default_rng(seed)
-    wavelength = HC_EV_M / ENERGY_EV
-    geometry = Geometry(wavelength, DISTANCE_M, DETECTOR_PIXEL_M, FRAME_PX)
-    dx = geometry.object_pixel_size_m
-    probe = optics.focused_probe(FRAME_PX, dx, wavelength, SEMI_ANGLE_RAD, DEFOCUS_M)
-    step_m = trajectories.step_from_overlap(optics.probe_diameter_m(probe, dx), OVERLAP)
-    positions = trajectories.jittered_raster(N_POSITIONS, step_m, JITTER_PX * dx / step_m, rng)
-    obj = paper_study.make_object()
-    origin = -(obj.shape[0] // 2) * dx
-    truth = GroundTruth(obj, probe, dx, (origin, origin))
-    clean = np.stack([diffraction_pattern(truth, p).astype(np.float32) for p in positions])
-    detector = DetectorModel(PEAK_COUNTS / float(clean.max()), READ_NOISE_COUNTS, None, rng)
-    for i in range(len(clean)):
-        clean[i] = detector.record(clean[i])
-    return Problem(geometry, truth, positions, clean, READ_NOISE_COUNTS, step_m / dx)
+    """``far_field_problem`` (far field, focused probe, jittered raster, noise) with the 512²
+    camera/astronaut object of ``paper_object`` centred on the scan."""
+    return far_field_problem(
+        FRAME_PX,
+        N_POSITIONS,
+        seed=seed,
+        peak_counts=PEAK_COUNTS,
+        read_noise_counts=READ_NOISE_COUNTS,
+        sample=paper_object(),
+    )
 
 
 def describe_problem(problem: Problem) -> dict[str, Any]:
-    frames = problem.frames
+    d = problem.details
     return {
-        "propagation": "far_field",
+        "propagation": d["propagation"],
         "object_px": list(problem.truth.object.shape),
         "object": "amplitude camera [0.3, 1], phase astronaut (grey) [-pi/2, pi/2]",
         "frame_px": problem.geometry.frame_px,
         "object_pixel_m": problem.geometry.object_pixel_size_m,
         "positions": len(problem.positions_m),
         "raster_step_px": problem.step_px,
-        "overlap": OVERLAP,
-        "jitter_px": JITTER_PX,
-        "peak_counts": PEAK_COUNTS,
-        "read_noise_counts": READ_NOISE_COUNTS,
-        "negative_pixel_fraction": float(np.mean(frames < 0)),
-        "probe_defocus_m": DEFOCUS_M,
-        "engine_nominal_defocus_m": NOMINAL_DEFOCUS_M,
+        "overlap": d["overlap"],
+        "jitter_px": d["jitter_px"],
+        "peak_counts": d["peak_counts"],
+        "read_noise_counts": problem.read_noise_counts,
+        "negative_pixel_fraction": float(np.mean(problem.frames < 0)),
+        "probe_defocus_m": d["probe_defocus_m"],
+        "engine_nominal_defocus_m": problem.probe_defocus_m,
     }
 
 
@@ -161,57 +147,13 @@ def describe_problem(problem: Problem) -> dict[str, Any]:
 
 
 @dataclass
-class Trace:
-    """One timed run: scores against wall-clock seconds (compile and scoring excluded)."""
+class Trace(_Trace):
+    """One timed run (:class:`_engine_runs.Trace`), with whether it is a default (PASS/FAIL)
+    run, the passes it made and its CPU per wall second."""
 
-    name: str
-    settings: dict
-    default: bool
-    time_s: list[float] = field(default_factory=list)
-    epoch: list[int] = field(default_factory=list)
-    abs_c: list[float] = field(default_factory=list)
-    amplitude: list[float] = field(default_factory=list)
-    phase: list[float] = field(default_factory=list)
-    flat_abs_c: float = float("nan")
-    compile_s: float = 0.0
-    epochs_planned: int = 0
+    default: bool = True
     epochs_run: int = 0
     cpu_per_wall: float = float("nan")
-    note: str = ""
-
-    def time_to(self, level: float) -> float | None:
-        """First time |C| reached ``level`` (linear interpolation between scores)."""
-        for i, c in enumerate(self.abs_c):
-            if c >= level:
-                if i == 0:
-                    return self.time_s[0]
-                t0, t1, c0 = self.time_s[i - 1], self.time_s[i], self.abs_c[i - 1]
-                return t0 + (t1 - t0) * (level - c0) / (c - c0)
-        return None
-
-    def at(self, t: float) -> float:
-        """|C| of the last score taken at or before ``t`` seconds."""
-        inside = [c for s, c in zip(self.time_s, self.abs_c, strict=True) if s <= t + 1e-9]
-        return inside[-1] if inside else float("nan")
-
-
-def score_cropped(problem: Problem, estimate) -> dict[str, float]:
-    """``streaming_vs_offline.score`` (the true-illumination mask) on the mask's bounding box
-    plus 16 px, as ``paper_study.score`` crops: the same measure, about twice as fast, so a
-    30 s run can be scored 30 times."""
-    from ptystream.metrics import complex_correlation
-
-    mask = streaming_vs_offline.true_illumination_mask(problem, estimate)
-    rows, cols = np.nonzero(mask)
-    m = 16
-    crop = (
-        slice(max(rows.min() - m, 0), rows.max() + m + 1),
-        slice(max(cols.min() - m, 0), cols.max() + m + 1),
-    )
-    ref = problem.truth.aligned_to(estimate.object.shape, estimate.object_origin_m)[crop]
-    c = complex_correlation(estimate.object[crop], ref, mask[crop])
-    flat = complex_correlation(np.ones_like(ref), ref, mask[crop], register=False)
-    return {"abs_c": c.abs_c, "amplitude": c.amplitude, "phase": c.phase, "flat_abs_c": flat.abs_c}
 
 
 class _OutOfTime(Exception):
@@ -223,16 +165,8 @@ def run_timed(
 ) -> Trace:
     """Compile (untimed), two timed passes at the full rate, then ``refine(E - 2)`` until the
     budget; score about every ``budget_s / n_scores`` seconds off the clock."""
-    from ptystream.engine import make_engine
-
     trace = Trace(name, settings.model_dump(mode="json"), default=name in DEFAULT_NAMES)
-    engine = make_engine(
-        problem.geometry,
-        settings,
-        plan=problem.plan,
-        read_noise_counts=problem.read_noise_counts,
-        probe_defocus_m=NOMINAL_DEFOCUS_M,
-    )
+    engine = build_engine(problem, settings)
     t = time.perf_counter()
     engine.add_frames(problem.frames, problem.positions_m)
     engine.warm_up()
@@ -248,13 +182,9 @@ def run_timed(
         now, cpu = time.perf_counter(), time.process_time()
         at = now - t0 - clock["off"]
         if force or at >= clock["next"]:
-            s = score_cropped(problem, engine.estimate())
-            trace.time_s.append(at)
-            trace.epoch.append(clock["epoch"])
-            trace.abs_c.append(s["abs_c"])
-            trace.amplitude.append(s["amplitude"])
-            trace.phase.append(s["phase"])
-            trace.flat_abs_c = s["flat_abs_c"]
+            # on the lit region's bounding box + 16 px: about twice as fast, so a 30 s run can
+            # be scored 30 times
+            trace.add_score(at, clock["epoch"], score(problem, engine.estimate(), 16))
             clock["next"] = at + budget_s / n_scores
         clock["off"] += time.perf_counter() - now
         clock["cpu_off"] += time.process_time() - cpu
@@ -343,25 +273,7 @@ def target_a(problem: Problem, budget_s: float, n_scores: int, extra: bool) -> d
 
 
 def target_b(seeds: list[int], budgets: list[int], ks: list[int]) -> dict[str, Any]:
-    rows = []
-    for seed in seeds:
-        problem = make_target_problem(seed)
-        for epochs in budgets:
-            offline = streaming_vs_offline.run_offline(problem, epochs, seed)
-            rows.append({"seed": seed, "epochs": epochs, **offline, "delta_abs_c": 0.0})
-            print(f"  seed {seed}, E {epochs}: offline |C| {offline['abs_c']:.4f}", flush=True)
-            for k in ks:
-                if not streaming_vs_offline.fits(epochs, k):
-                    continue
-                r = streaming_vs_offline.run_streaming(problem, epochs, k, seed)
-                assert r["steps"] == offline["steps"], (r["steps"], offline["steps"])
-                delta = r["abs_c"] - offline["abs_c"]
-                rows.append({"seed": seed, "epochs": epochs, **r, "delta_abs_c": delta})
-                print(
-                    f"  seed {seed}, E {epochs}: {r['run']} |C| {r['abs_c']:.4f} "
-                    f"(delta {delta:+.4f})",
-                    flush=True,
-                )
+    rows = compare_streaming(make_target_problem, seeds, budgets, ks, indent="  ")
     k_default = EngineSettings().steps_per_arrival
     decisive = [r["delta_abs_c"] for r in rows if r["steps_per_chunk"] == k_default]
     worst = float(min(decisive)) if decisive else float("nan")
@@ -380,15 +292,12 @@ def target_b(seeds: list[int], budgets: list[int], ks: list[int]) -> dict[str, A
 
 
 def target_c(scans: list[tuple[int, int]], tmp: Path) -> dict[str, Any]:
-    """``scans``: (raster side, frames used). Each case runs ``engine_speed.case_streaming`` in
-    a fresh interpreter (``engine_speed.run_child``)."""
+    """``scans``: (raster side, frames used). Each case runs ``_engine_runs.streaming_rate`` in
+    a fresh interpreter (``_harness.run_in_child``)."""
     rows = []
     for side, n_frames in scans:
-        p = engine_speed.make_problem(FRAME_PX, side * side, seed=1)
-        p.frames, p.positions_m = p.frames[:n_frames], p.positions_m[:n_frames]
         path = tmp / f"scan{n_frames}.npz"
-        engine_speed.save_problem(p, path)
-        del p
+        save_frames(far_field_problem(FRAME_PX, side * side, seed=1).head(n_frames), path)
         for sub in (True, False):
             spec = {
                 "case": "streaming",
@@ -397,7 +306,7 @@ def target_c(scans: list[tuple[int, int]], tmp: Path) -> dict[str, Any]:
                 "chunk": BATCH,
                 "work_per_frame": WORK_PER_FRAME,
             }
-            r = engine_speed.run_child(spec)
+            r = _harness.run_in_child("_engine_runs", "streaming_rate", spec)
             rows.append({"raster_side": side, **spec, **r})
             print(
                 f"  {n_frames} frames, sub-pixel {'on' if sub else 'off'}: "
@@ -413,37 +322,21 @@ def target_c(scans: list[tuple[int, int]], tmp: Path) -> dict[str, Any]:
 
 
 def plot_convergence(traces: list[Trace], budget_s: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    keys = (("abs_c", "|C|"), ("amplitude", "amplitude r"), ("phase", "phase r"))
-    for ax, (key, label) in zip(axes, keys, strict=True):
-        for tr in traces:
-            style = "-" if tr.default else "--"
-            ax.plot(tr.time_s, getattr(tr, key), style, marker=".", ms=3, label=tr.name)
-        if key == "abs_c":
-            flat = traces[0].flat_abs_c
-            ax.axhline(flat, color="gray", ls=":", label=f"flat object ({flat:.3f})")
-            ax.axhline(TARGET_ABS_C, color="k", ls="--", lw=0.8, label=f"|C| {TARGET_ABS_C}")
-            ax.set_ylim(max(0.0, flat - 0.05), 1.0)
-        else:
-            ax.set_ylim(-0.1, 1.0)
-        ax.axvline(TARGET_TIME_S, color="k", lw=0.5, ls=":")
-        ax.set_xlim(0, budget_s * 1.03)
-        ax.set_xlabel("wall-clock s, one thread (compile and scoring excluded)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(
-        f"target (a): {N_POSITIONS} positions, probe {FRAME_PX}², far field, {PEAK_COUNTS:.0f} "
-        f"counts peak + read noise {READ_NOISE_COUNTS:.0f}; camera/astronaut object 512²"
+    """Target (a)'s runs against time; the runs that are not defaults dashed."""
+    _engine_runs.plot_convergence(
+        traces,
+        path,
+        budget_s=budget_s,
+        target_abs_c=TARGET_ABS_C,
+        mark_s=TARGET_TIME_S,
+        title=f"target (a): {N_POSITIONS} positions, probe {FRAME_PX}², far field, "
+        f"{PEAK_COUNTS:.0f} counts peak + read noise {READ_NOISE_COUNTS:.0f}; "
+        "camera/astronaut object 512²",
+        xlabel="wall-clock s, one thread (compile and scoring excluded)",
+        below_flat=0.05,
+        xlim_factor=1.03,
+        dashed=lambda trace: not trace.default,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -565,29 +458,24 @@ def format_table(results: dict[str, Any]) -> str:
 # -- main -----------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run (about 2 min)")
+def main(argv: list[str] | None = None) -> int:
+    parser = _harness.parser(__doc__, quick="smoke run (about 2 min)")
     parser.add_argument("--only", default="a,b,c", help="comma-separated subset of a, b, c")
     parser.add_argument(
         "--extra", action="store_true", help="(a): also AD with sub-pixel off and with TV off"
     )
-    parser.add_argument("--json", type=Path, help="where to write JSON")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.report:
+        return _harness.report(args.report, format_table)
     only = set(args.only.split(","))
-    suffix = ("_quick" if args.quick else "") + ("_extra" if args.extra else "")
-    json_path = args.json or HERE / "results" / f"targets{suffix}.json"
-    figure = (HERE / "results" if args.quick else HERE / "figures") / (
-        f"targets_convergence{suffix}.png"
-    )
+    suffix = "_extra" if args.extra else ""
+    json_path = _harness.json_path(args, "targets", suffix)
+    quick = "_quick" if args.quick else ""
+    figure = _harness.output_dir(args.quick) / f"targets_convergence{quick}{suffix}.png"
     from ptystream.engine import configure_tensorflow
 
     configure_tensorflow(EngineSettings().tf_threads)
-    results: dict[str, Any] = {"quick": args.quick, "machine": engine_speed.machine_info()}
+    results: dict[str, Any] = {"quick": args.quick, "machine": _harness.machine_info()}
     t_start = time.perf_counter()
     problem = make_target_problem(0)
     results["problem"] = describe_problem(problem)
@@ -596,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(a) AD, mPIE, ePIE: {budget:.0f} s each", flush=True)
         a = target_a(problem, budget, 30, args.extra)
         plot_convergence(a.pop("_traces"), budget, figure)
+        print(f"figure: {figure}")
         results["a"] = a
     if "b" in only:
         print("(b) streaming vs offline", flush=True)
@@ -608,15 +497,10 @@ def main(argv: list[str] | None = None) -> int:
         scans = [(20, 400)] if args.quick else [(45, 2000), (20, 400)]
         with tempfile.TemporaryDirectory(prefix="ptystream-targets-") as tmp:
             results["c"] = target_c(scans, Path(tmp))
-    results["wall_s"] = time.perf_counter() - t_start
+    results["total_s"] = time.perf_counter() - t_start
     results["load_average_at_end"] = os.getloadavg()
     results["note"] = "one run on a shared 2-core machine; wall times vary between runs"
-    print(format_table(results))
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {json_path} and {figure if 'a' in only else '(no figure)'}")
-    print(f"total {results['wall_s']:.0f} s")
-    return 0
+    return _harness.finish(results, format_table, json_path)
 
 
 if __name__ == "__main__":

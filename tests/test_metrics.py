@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
 
-from ptystream.metrics import complex_correlation, fourier_shift
-from ptystream.sim.sample import make_object
+from ptystream.metrics import (
+    WELL_LIT_FRACTION,
+    complex_correlation,
+    fourier_shift,
+    score_against_truth,
+    score_over,
+    well_lit_mask,
+)
+from ptystream.sim.sample import GroundTruth, make_object
+from ptystream.types import Estimate
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +70,72 @@ def test_noise_lowers_every_measure(truth, mask):
 def test_shape_mismatch_is_named(truth, mask):
     with pytest.raises(ValueError, match="shapes differ"):
         complex_correlation(truth[:-1], truth, mask)
+
+
+@pytest.fixture(scope="module")
+def ground_truth() -> GroundTruth:
+    """A truth with a position (for scoring estimates on their own canvas)."""
+    obj = make_object(160, (0.3, 1.0), (-1.2, 1.2))
+    return GroundTruth(obj, np.ones((16, 16), np.complex64), 1e-8, (-80e-8, -80e-8))
+
+
+def _estimate(ground_truth: GroundTruth, shift_px=(0.0, 0.0), phase=0.0) -> Estimate:
+    """The ground_truth moved by ``shift_px`` with a global phase, on a canvas of 120² offset by
+    (10, 30) px, lit by a disc of radius 40 px at the canvas centre."""
+    origin = (ground_truth.object_origin_m[0] + 10e-8, ground_truth.object_origin_m[1] + 30e-8)
+    obj = ground_truth.aligned_to((120, 120), origin)
+    obj = fourier_shift(obj, shift_px) * np.exp(1j * phase)
+    yy, xx = np.indices((120, 120))
+    illumination = np.exp(-((yy - 60.0) ** 2 + (xx - 60.0) ** 2) / (2 * 30.0**2))
+    return Estimate(
+        object=obj.astype(np.complex64),
+        probe=ground_truth.probe,
+        object_origin_m=origin,
+        pixel_size_m=ground_truth.pixel_size_m,
+        positions_m=np.zeros((1, 2)),
+        illumination=illumination.astype(np.float32),
+        iteration=0,
+        n_frames=1,
+        loss=np.zeros((0, 2)),
+    )
+
+
+def test_well_lit_mask_is_the_region_score_against_truth_scores(ground_truth):
+    est = _estimate(ground_truth)
+    mask = well_lit_mask(est)
+    np.testing.assert_array_equal(
+        mask, est.illumination > WELL_LIT_FRACTION * est.illumination.max()
+    )
+    assert well_lit_mask(est, 0.1).sum() > mask.sum()
+
+
+def test_score_over_the_well_lit_region_is_score_against_truth(ground_truth):
+    est = _estimate(ground_truth, shift_px=(0.4, -1.3), phase=0.7)
+    c, flat = score_over(est, ground_truth, well_lit_mask(est))
+    c_ref, flat_ref = score_against_truth(est, ground_truth)
+    assert c == c_ref
+    assert flat == flat_ref
+    assert c.abs_c == pytest.approx(1.0, abs=1e-3)
+    assert flat < c.abs_c
+
+
+def test_cropping_to_the_mask_keeps_the_measure(ground_truth):
+    est = _estimate(ground_truth, shift_px=(0.4, -1.3), phase=0.7)
+    noisy = est.object + 0.05 * np.random.default_rng(0).standard_normal(est.object.shape)
+    est = Estimate(**{**est.__dict__, "object": noisy.astype(np.complex64)})
+    mask = np.zeros((120, 120), bool)
+    mask[40:80, 35:90] = True
+    full, flat_full = score_over(est, ground_truth, mask)
+    cropped, flat_cropped = score_over(est, ground_truth, mask, crop_margin_px=16)
+    assert cropped.abs_c == pytest.approx(full.abs_c, abs=1e-3)
+    assert cropped.phase == pytest.approx(full.phase, abs=1e-2)
+    assert cropped.shift_px == pytest.approx(full.shift_px, abs=0.05)
+    assert flat_cropped == pytest.approx(flat_full, abs=1e-12)  # no registration: the same
+
+
+def test_cropping_stops_at_the_canvas_edge(ground_truth):
+    est = _estimate(ground_truth)
+    mask = np.zeros((120, 120), bool)
+    mask[2:30, 100:119] = True
+    c, _ = score_over(est, ground_truth, mask, crop_margin_px=16)
+    assert c.abs_c == pytest.approx(1.0, abs=1e-6)

@@ -26,6 +26,7 @@ __all__ = [
     "ServerStartError",
     "start_embedded_server",
     "start_server_process",
+    "stop_child",
 ]
 
 #: The child's stderr (and anything it prints after start-up), in the server's directory.
@@ -51,6 +52,19 @@ def start_embedded_server(directory: str | Path, *, port: int = 0, api_key: str 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     return SimpleTiledServer(directory, api_key=api_key or secrets.token_hex(8), port=port)
+
+
+def stop_child(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM to ``proc`` and wait for it to exit; SIGKILL if it has not within ``timeout_s``.
+    Nothing if it has exited already."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class ServerStartError(RuntimeError):
@@ -87,13 +101,7 @@ class ServerProcess:
         """Stop the child: SIGTERM (it closes the server: storage disposed, uvicorn shut down),
         then SIGKILL if it has not exited within ``timeout_s``. Idempotent."""
         proc = self._proc
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_child(proc, timeout_s)
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None and not pipe.closed:
                 pipe.close()
