@@ -1,11 +1,19 @@
-"""Shared fixtures: profiles for small simulated scans and a real embedded Tiled server."""
+"""Fixtures shared by test folders: small simulated scans and profiles, real Tiled servers, live
+scans on a real RunEngine, hand-made estimates, and the checks of a served reconstruction.
+
+Helpers that take arguments are fixtures returning a function (a factory). Nothing here is
+imported by a test module (tests/test_layout.py checks it); heavy packages are imported inside
+the fixtures, so collecting a test loads only what it uses.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
+import socket
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,21 +24,81 @@ os.environ.setdefault("TILED_RETRY_TIMEOUT", "2")
 
 from ptystream.config import Profile, load_profile  # noqa: E402
 
+# -- profiles and simulated scans -------------------------------------------------------------
 
-def small_profile(**sim_overrides) -> Profile:
-    """The demo profile shrunk to a fast scan (no exposure time); ``sim`` fields overridable."""
-    demo = load_profile("demo")
-    sim = demo.sim.model_copy(
-        update={"object_px": 176, "n_points": 90, "exposure_s": 0.0, **sim_overrides}
-    )
-    return demo.model_copy(
-        update={
-            "name": "test",
-            "sim": sim,
-            "engine": demo.engine.model_copy(update={"final_epochs": 60}),
-            "publish": demo.publish.model_copy(update={"cadence_s": 0.2, "raw_batch_size": 10}),
-        }
-    )
+
+@pytest.fixture(scope="session")
+def small_profile():
+    """``small_profile(**sim_overrides)``: the demo profile shrunk to a fast scan (no exposure
+    time); ``sim`` fields overridable."""
+
+    def small_profile(**sim_overrides) -> Profile:
+        demo = load_profile("demo")
+        sim = demo.sim.model_copy(
+            update={"object_px": 176, "n_points": 90, "exposure_s": 0.0, **sim_overrides}
+        )
+        return demo.model_copy(
+            update={
+                "name": "test",
+                "sim": sim,
+                "engine": demo.engine.model_copy(update={"final_epochs": 60}),
+                "publish": demo.publish.model_copy(update={"cadence_s": 0.2, "raw_batch_size": 10}),
+            }
+        )
+
+    return small_profile
+
+
+@pytest.fixture(scope="session")
+def planned():
+    """``planned(positions)``: the ScanPlan a scan's start document announces for
+    ``positions`` ``(n, 2)`` in metres."""
+    from ptystream.sim.plans import scan_metadata
+    from ptystream.types import ScanPlan
+
+    def planned(positions):
+        md = scan_metadata(positions, "test")
+        return ScanPlan(md["n_points"], tuple(tuple(e) for e in md["extent_m"]))
+
+    return planned
+
+
+@pytest.fixture(scope="session")
+def simulated_npz():
+    """``simulated_npz(profile, path) -> (path, sim)``: a noise-free simulated scan written in
+    the documented NPZ layout."""
+    from ptystream.sim.detector import diffraction_pattern
+    from ptystream.sim.scan import build_simulation
+
+    def simulated_npz(profile, path):
+        sim = build_simulation(profile)
+        frames = np.stack([1e6 * diffraction_pattern(sim.truth, p) for p in sim.positions_m])
+        g = profile.instrument.geometry()
+        np.savez(
+            path,
+            frames=frames,
+            positions_m=sim.positions_m,
+            wavelength_m=g.wavelength_m,
+            distance_m=g.distance_m,
+            detector_pixel_size_m=g.detector_pixel_size_m,
+        )
+        return path, sim
+
+    return simulated_npz
+
+
+@pytest.fixture(scope="session")
+def p25():
+    """The PETRA III P25 near-field scan in the shared data directory; the test is skipped when
+    it is not there."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "data"
+    path = path / "PETRAIII_P25_Near_Field_Ptycho.cxi"
+    if not path.is_file():
+        pytest.skip(f"shared P25 scan not found at {path}")
+    return path
+
+
+# -- Tiled ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +118,10 @@ def tiled_client(tiled_server):
     return from_uri(tiled_server.uri)
 
 
-@contextlib.contextmanager
+@pytest.fixture
 def tiled_without_streaming(tiled_server):
-    """A second Tiled app on the embedded server's storage, without a streaming cache."""
+    """The URI of a second Tiled app on the embedded server's storage, without a streaming
+    cache (as a facility server configured without ``streaming_cache``), up for one test."""
     import uvicorn
     from tiled.catalog import from_uri as catalog_from_uri
     from tiled.config import Authentication
@@ -71,3 +140,246 @@ def tiled_without_streaming(tiled_server):
     server = ThreadedServer(uvicorn.Config(app, port=0, loop="asyncio", log_config=None))
     with server.run_in_thread() as url:
         yield f"{url}/api/v1"
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """``free_port()``: a TCP port on 127.0.0.1 nothing listens on (now)."""
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return free_port
+
+
+@pytest.fixture(scope="session")
+def uid_prefix():
+    """``uid_prefix(uid, length)``: the first ``length`` characters of ``uid``, or more until
+    one is a letter (an all-digit selector is a scan id, as ``ptystream reprocess`` reads it;
+    about 4 % of 7-character uuid4 prefixes are all digits)."""
+
+    def uid_prefix(uid: str, length: int) -> str:
+        while uid[:length].isdigit():
+            length += 1
+        return uid[:length]
+
+    return uid_prefix
+
+
+# -- live scans on a real RunEngine -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def run_live_scan():
+    """``run_live_scan(profile, client, *, corrupt_seq=None) -> (uid, result, sim)``: one
+    simulated scan on a real RunEngine, saved raw by bluesky's TiledWriter and reconstructed
+    live into ``client``; ``corrupt_seq`` makes that point's frame NaN (1-based)."""
+    from bluesky import RunEngine
+    from bluesky_tiled_plugins import TiledWriter
+
+    from ptystream.live.background import BackgroundCallback
+    from ptystream.live.callback import PtychoCallback
+    from ptystream.live.pipeline import LivePipeline
+    from ptystream.sim.scan import build_simulation
+    from ptystream.store.layout import raw_catalog
+    from ptystream.store.publisher import TiledPublisher
+
+    def run_live_scan(profile, client, *, corrupt_seq=None):
+        sim = build_simulation(profile)
+        if corrupt_seq is not None:
+            compute, calls = sim.detector.image._func, [0]
+
+            def sometimes_nan():
+                calls[0] += 1
+                frame = compute()
+                return np.full_like(frame, np.nan) if calls[0] == corrupt_seq else frame
+
+            sim.detector.image._func = sometimes_nan
+        raw_writer = BackgroundCallback(
+            TiledWriter(raw_catalog(client), batch_size=profile.publish.raw_batch_size)
+        )
+        pipeline = LivePipeline(profile, TiledPublisher(client)).start()
+        RE = RunEngine({})
+        RE.subscribe(raw_writer)
+        RE.subscribe(PtychoCallback(profile, pipeline))
+        (uid,) = RE(sim.plan())
+        result = pipeline.wait(uid, timeout=300)
+        assert raw_writer.flush(timeout=120) and raw_writer.errors == 0
+        pipeline.close()
+        return uid, result, sim
+
+    return run_live_scan
+
+
+@pytest.fixture(scope="session")
+def pausing():
+    """``pausing(plan, after_events)``: ``plan`` with a pause (immediate, so the RunEngine
+    rewinds to the last checkpoint and repeats what followed it on resume) after its
+    ``after_events``-th event."""
+    from bluesky import plan_stubs as bps
+    from bluesky.preprocessors import plan_mutator
+
+    def pausing(plan, after_events):
+        saved = [0]
+
+        def insert(msg):
+            if msg.command == "save":
+                saved[0] += 1
+                if saved[0] == after_events:
+                    return None, bps.pause()
+            return None, None
+
+        return plan_mutator(plan, insert)
+
+    return pausing
+
+
+@pytest.fixture(scope="session")
+def run_until_paused():
+    """``run_until_paused(RE, plan) -> uid``: run ``plan`` until it pauses."""
+    from bluesky.utils import RunEngineInterrupted
+
+    def run_until_paused(RE, plan):
+        starts = []
+        token = RE.subscribe(lambda name, doc: starts.append(doc["uid"]), "start")
+        try:
+            with pytest.raises(RunEngineInterrupted):
+                RE(plan)
+        finally:
+            RE.unsubscribe(token)
+        assert RE.state == "paused"
+        return starts[0]
+
+    return run_until_paused
+
+
+# -- estimates made by hand, and the spool ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def estimate():
+    """``estimate(iteration, shape=(48, 48), *, n_frames=20, final=False, seed=None)``: an
+    estimate whose values are known: random object, fixed probe, loss 1/(i+1)."""
+    from ptystream.types import Estimate
+
+    def estimate(iteration: int, shape=(48, 48), *, n_frames=20, final=False, seed=None):
+        rng = np.random.default_rng(iteration if seed is None else seed)
+        obj = (rng.random(shape) + 0.1) * np.exp(1j * (rng.random(shape) - 0.5))
+        probe = np.outer(np.hanning(16), np.hanning(16)) * np.exp(0.3j)
+        loss = np.array([[i, 1.0 / (i + 1)] for i in range(1, iteration + 1)], dtype=float)
+        return Estimate(
+            object=obj.astype(np.complex64),
+            probe=probe.astype(np.complex64),
+            object_origin_m=(-1e-6, -2e-6),
+            pixel_size_m=5e-8,
+            positions_m=rng.random((n_frames, 2)) * 1e-6,
+            illumination=np.ones(shape, np.float32),
+            iteration=iteration,
+            n_frames=n_frames,
+            loss=loss.reshape(-1, 2),
+            final=final,
+        )
+
+    return estimate
+
+
+@pytest.fixture(scope="session")
+def run_start():
+    """``run_start(uid, scan_id=7)``: the RunStart of a 100-point run of the demo profile
+    (16 px frames)."""
+    from ptystream.types import Geometry, RunStart, ScanPlan
+
+    def run_start(uid: str, scan_id: int = 7):
+        return RunStart(
+            uid,
+            Geometry(1e-10, 2.0, 75e-6, 16),
+            ScanPlan(100, None),
+            scan_id=scan_id,
+            profile="demo",
+        )
+
+    return run_start
+
+
+@pytest.fixture(scope="session")
+def keep(run_start):
+    """``keep(directory, uid, est, node_path=None, status="finished")``: keep ``est`` in the
+    spool ``directory`` as the pipeline would for run ``uid``."""
+    from ptystream.store.publisher import run_metadata
+    from ptystream.store.spool import spool_final
+
+    def keep(directory, uid, est, node_path=None, status="finished"):
+        return spool_final(
+            directory,
+            uid,
+            est,
+            status=status,
+            extra={"frames": {"received": 20, "used": 20}},
+            run_metadata=run_metadata(run_start(uid), {}),
+            node_path=node_path,
+        )
+
+    return keep
+
+
+# -- a reconstruction served by Tiled ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def wait_for_status():
+    """``wait_for_status(client, uid, statuses=(ended...))``: the run's processed node once its
+    status is one of ``statuses`` (fails after 240 s)."""
+
+    def wait_for_status(client, uid, statuses=("finished", "aborted", "failed", "incomplete")):
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            processed = client["processed"]["ptystream"] if "processed" in client else {}
+            if uid in processed:
+                node = processed[uid]
+                if node.metadata["status"] in statuses:
+                    return node
+            time.sleep(0.5)
+        raise AssertionError(f"run {uid} not published with a status in {statuses}")
+
+    return wait_for_status
+
+
+def _served_correlation(node, truth):
+    """|C| and phase r of the served final object against the truth, over the region the
+    published probe and positions light above 30 % of the maximum."""
+    from ptystream.metrics import complex_correlation
+
+    final = node["final"]
+    obj = final["object"].read()
+    probe = final["probe"].read()
+    probe = probe if probe.ndim == 3 else probe[None]
+    positions = final["positions_m"].read()
+    meta = final["object"].metadata
+    dx, origin = meta["pixel_size_m"], np.asarray(meta["object_origin_m"])
+    n = probe.shape[-1]
+    power = (np.abs(probe) ** 2).sum(axis=0)
+    light = np.zeros(obj.shape)
+    for corner in np.round((positions - origin) / dx - n / 2).astype(int):
+        light[corner[0] : corner[0] + n, corner[1] : corner[1] + n] += power
+    aligned = truth.aligned_to(obj.shape, tuple(origin))
+    return complex_correlation(obj, aligned, light > 0.3 * light.max())
+
+
+@pytest.fixture(scope="session")
+def check_finished(wait_for_status):
+    """``check_finished(client, uid, sim, *, frames) -> node``: the run was published as
+    finished with every one of its ``frames`` used, and its served object matches the truth
+    (|C| > 0.99, phase r > 0.9)."""
+
+    def check_finished(client, uid, sim, *, frames):
+        node = wait_for_status(client, uid)
+        assert node.metadata["status"] == "finished", node.metadata.get("reason")
+        counts = node.metadata["frames"]
+        assert counts["received"] == counts["used"] == frames and counts["rejected"] == {}
+        score = _served_correlation(node, sim.truth)
+        assert score.abs_c > 0.99 and score.phase > 0.9, score
+        return node
+
+    return check_finished

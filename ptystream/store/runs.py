@@ -43,7 +43,8 @@ class RunRef:
 def select_runs(catalog, selectors: list[str], where: list[str] | None = None) -> list[RunRef]:
     """The runs ``selectors`` and ``where`` name, in the order given, each once.
 
-    A selector is a uid, a uid prefix (at least 5 characters), a scan id (``42``) or an
+    A selector is a uid, a uid prefix (at least 5 characters; one of digits only is read as a
+    scan id first), a scan id (``42``) or an
     inclusive range of scan ids (``40:45`` or ``40-45``; when a scan id was reused, each of its
     runs). ``where`` holds ``KEY=VALUE`` conditions on the start document, ANDed together and
     with a range if one is given alone (VALUE is read as YAML, so ``scan_id=3`` is a number and
@@ -90,12 +91,20 @@ def _resolve(catalog, filtered, text: str, has_conditions: bool) -> list[RunRef]
         if not found:
             raise RunSelectionError(f"no run has a scan id in {lo}..{hi}")
         return found
-    key: Any = int(text) if text.isdigit() else text
-    try:
-        run = catalog[key]
-    except (KeyError, ValueError) as exc:
-        what = "scan id" if isinstance(key, int) else "uid"
-        raise RunSelectionError(f"no run with {what} {text!r} ({exc})") from exc
+    if text.isdigit():
+        # a scan id; or, with at least 5 digits and no such scan id, the start of a uid
+        keys: list[Any] = [int(text), text] if len(text) >= 5 else [int(text)]
+    else:
+        keys = [text]
+    for key in keys:
+        try:
+            run = catalog[key]
+            break
+        except (KeyError, ValueError) as exc:
+            error = exc
+    else:
+        what = "scan id or uid" if len(keys) == 2 else "scan id" if text.isdigit() else "uid"
+        raise RunSelectionError(f"no run with {what} {text!r} ({error})") from error
     ref = _ref(run)
     if has_conditions and ref.uid not in {r.uid for r in map(_ref, filtered(catalog).values())}:
         logger.info("run %s does not match --where: left out", ref.uid)

@@ -1,4 +1,5 @@
-"""The ``ptystream`` command as a real subprocess."""
+"""The ``ptystream`` command as a real subprocess: argument and profile errors, ``reconstruct``
+and ``dashboard`` (``demo`` is in test_demo.py, the other commands each in their own file)."""
 
 import json
 import os
@@ -11,9 +12,6 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import small_profile
-from tests.offline.test_reconstruct import simulated_npz
-
 
 def ptystream(*args, cwd=None, timeout=600, env=None):
     exe = Path(sys.executable).with_name("ptystream")
@@ -25,26 +23,6 @@ def ptystream(*args, cwd=None, timeout=600, env=None):
         cwd=cwd,
         env=None if env is None else {**os.environ, **env},
     )
-
-
-def test_demo_runs_end_to_end(tmp_path):
-    profile = small_profile(photons_per_frame=None, n_points=60, object_px=160)
-    path = tmp_path / "small.yaml"
-    path.write_text(profile.model_dump_json())  # JSON is YAML
-    out = ptystream("demo", "--profile", str(path), "--out", str(tmp_path / "out"))
-    assert out.returncode == 0, out.stderr
-    text = out.stdout
-    assert re.search(r"Tiled: +http://127\.0\.0\.1:\d+/api/v1 ", text)
-    assert re.search(r"dashboard: +http://127\.0\.0\.1:\d+/", text)
-    key_file = tmp_path / "out" / "tiled-api-key"
-    assert key_file.stat().st_mode & 0o777 == 0o600
-    assert key_file.read_text().strip() not in text + out.stderr  # the key is never printed
-    assert re.search(r"result: +processed/ptystream/[0-9a-f-]{36}/live/", text)
-    abs_c = float(re.search(r"\|C\| = ([0-9.]+)", text).group(1))
-    assert abs_c >= 0.95
-    png = Path(re.search(r"summary: +(\S+\.png)", text).group(1))
-    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "start-up" in text and "final reconstruction" in text
 
 
 def test_bad_profile_is_a_clear_error(tmp_path):
@@ -79,7 +57,7 @@ def test_reconstruct_unknown_format_is_a_clear_error(tmp_path):
     assert "unknown scan format '.tiff'" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_reconstruct_with_the_mpie_engine(tmp_path):
+def test_reconstruct_with_the_mpie_engine(tmp_path, small_profile, simulated_npz):
     """``--engine mpie`` overrides the profile's AD engine, records itself in OUT.h5 and never
     imports TensorFlow (Python's own import log says so)."""
     profile = small_profile(photons_per_frame=None, n_points=40, object_px=144)

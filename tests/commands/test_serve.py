@@ -8,7 +8,6 @@ duplicated, and finally a run cut short by SIGTERM (checkpointed, published as i
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,23 +22,14 @@ from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
 from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider, init_devices
 
-from ptystream.metrics import complex_correlation
 from ptystream.sim.async_detector import AsyncSampleStage, SimPtychoDetector
 from ptystream.sim.detector import DetectorModel
 from ptystream.sim.file_detectors import npy_seq_detector
 from ptystream.sim.plans import ptycho_scan
 from ptystream.sim.scan import build_simulation
-from tests.conftest import small_profile
-from tests.live.test_live_sources import pausing, run_until_paused
 
 N_POINTS = 40
 BIN = Path(sys.executable).parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Process:
@@ -73,14 +63,14 @@ class Process:
 
 
 @pytest.fixture(scope="module")
-def profile():
+def profile(small_profile):
     profile = small_profile(photons_per_frame=None, n_points=N_POINTS, object_px=144)
     engine = profile.engine.model_copy(update={"final_epochs": 80})
     return profile.model_copy(update={"engine": engine})
 
 
 @pytest.fixture(scope="module")
-def service(profile, tiled_server, tmp_path_factory):
+def service(profile, tiled_server, tmp_path_factory, free_port):
     """proxy + `ptystream serve` subprocesses and a RunEngine publishing to the proxy."""
     tmp = tmp_path_factory.mktemp("serve")
     profile_file = tmp / "test.yaml"
@@ -133,47 +123,6 @@ def service(profile, tiled_server, tmp_path_factory):
         proxy.stop()
 
 
-def wait_for_status(client, uid, statuses=("finished", "aborted", "failed", "incomplete")):
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        processed = client["processed"]["ptystream"] if "processed" in client else {}
-        if uid in processed:
-            node = processed[uid]
-            if node.metadata["status"] in statuses:
-                return node
-        time.sleep(0.5)
-    raise AssertionError(f"run {uid} not published with a status in {statuses}")
-
-
-def served_correlation(node, truth):
-    """|C| and phase r of the served final object against the truth, over the region the
-    published probe and positions light above 30 % of the maximum."""
-    final = node["final"]
-    obj = final["object"].read()
-    probe = final["probe"].read()
-    probe = probe if probe.ndim == 3 else probe[None]
-    positions = final["positions_m"].read()
-    meta = final["object"].metadata
-    dx, origin = meta["pixel_size_m"], np.asarray(meta["object_origin_m"])
-    n = probe.shape[-1]
-    power = (np.abs(probe) ** 2).sum(axis=0)
-    light = np.zeros(obj.shape)
-    for corner in np.round((positions - origin) / dx - n / 2).astype(int):
-        light[corner[0] : corner[0] + n, corner[1] : corner[1] + n] += power
-    aligned = truth.aligned_to(obj.shape, tuple(origin))
-    return complex_correlation(obj, aligned, light > 0.3 * light.max())
-
-
-def check_finished(client, uid, sim, frames=N_POINTS):
-    node = wait_for_status(client, uid)
-    assert node.metadata["status"] == "finished", node.metadata.get("reason")
-    counts = node.metadata["frames"]
-    assert counts["received"] == counts["used"] == frames and counts["rejected"] == {}
-    score = served_correlation(node, sim.truth)
-    assert score.abs_c > 0.99 and score.phase > 0.9, score
-    return node
-
-
 def clean_model():
     return DetectorModel(None, 0.0, None, np.random.default_rng(0))
 
@@ -188,7 +137,7 @@ def run_serve(*args, env=None, timeout=120):
     )
 
 
-def test_wrong_api_key_or_absent_server_is_a_clear_error(tiled_server, tmp_path):
+def test_wrong_api_key_or_absent_server_is_a_clear_error(tiled_server, tmp_path, free_port):
     key_file = tmp_path / "key"
     key_file.write_text("not-the-key-0123\n")
     uri = tiled_server.uri.split("?")[0]
@@ -216,18 +165,20 @@ def test_kafka_without_bluesky_kafka_says_what_to_install():
     assert out.returncode == 2 and "pip install bluesky-kafka" in out.stderr
 
 
-def test_runs_back_to_back_from_every_detector_kind(service, profile, tiled_client, tmp_path):
+def test_runs_back_to_back_from_every_detector_kind(
+    service, profile, tiled_client, tmp_path, check_finished
+):
     RE, serve, _ = service
     sim = build_simulation(profile)
     (inline,) = RE(sim.plan())
-    check_finished(tiled_client, inline, sim)
+    check_finished(tiled_client, inline, sim, frames=N_POINTS)
 
     det = npy_seq_detector(
         sim.stage, sim.truth, clean_model(), motor_units_m=1e-6, save_path=tmp_path / "npy"
     )
     plan = ptycho_scan(det, sim.stage, sim.positions_m, profile=profile.name, motor_units_m=1e-6)
     (external,) = RE(plan)
-    check_finished(tiled_client, external, sim)
+    check_finished(tiled_client, external, sim, frames=N_POINTS)
 
     with init_devices():
         stage = AsyncSampleStage()
@@ -241,11 +192,13 @@ def test_runs_back_to_back_from_every_detector_kind(service, profile, tiled_clie
     (tmp_path / "h5").mkdir()
     plan = ptycho_scan(hdf, stage, sim.positions_m, profile=profile.name, motor_units_m=1e-6)
     (streamed,) = RE(plan)
-    check_finished(tiled_client, streamed, sim)
+    check_finished(tiled_client, streamed, sim, frames=N_POINTS)
     assert "skipped" not in "\n".join(serve.lines)
 
 
-def test_aborted_scan_is_published_with_its_status(service, profile, tiled_client):
+def test_aborted_scan_is_published_with_its_status(
+    service, profile, tiled_client, pausing, run_until_paused, wait_for_status
+):
     RE, _, _ = service
     sim = build_simulation(profile)
     uid = run_until_paused(RE, pausing(sim.plan(), 15))
@@ -266,7 +219,7 @@ def test_another_profiles_run_is_skipped_with_one_line(service, profile, tiled_c
     assert uid not in tiled_client["processed"]["ptystream"]
 
 
-def test_documents_out_of_order_and_duplicated(service, profile, tiled_client):
+def test_documents_out_of_order_and_duplicated(service, profile, tiled_client, check_finished):
     """The Publisher is called directly with a recorded scan's documents, shuffled and
     partly repeated, as a lossy or reordering transport would deliver them."""
     RE, _, _ = service
@@ -281,11 +234,13 @@ def test_documents_out_of_order_and_duplicated(service, profile, tiled_client):
     publish = RE.publish
     for name, doc in [start, start, *events[:4], descriptor, *events[4:], stop, stop]:
         publish(name, doc)
-    node = check_finished(tiled_client, start[1]["uid"], sim)
+    node = check_finished(tiled_client, start[1]["uid"], sim, frames=N_POINTS)
     assert node.metadata["frames"]["duplicates_ignored"] == 10
 
 
-def test_sigterm_checkpoints_the_run_in_progress_and_exits(service, profile, tiled_client):
+def test_sigterm_checkpoints_the_run_in_progress_and_exits(
+    service, profile, tiled_client, wait_for_status
+):
     """Last test of the module: it ends the service."""
     RE, serve, data_dir = service
     sim = build_simulation(profile)
@@ -307,7 +262,7 @@ def test_sigterm_checkpoints_the_run_in_progress_and_exits(service, profile, til
     assert "ptystream serve: stopped" in serve.lines
 
 
-def test_without_tiled_an_embedded_server_is_started_and_sigint_stops_it(tmp_path):
+def test_without_tiled_an_embedded_server_is_started_and_sigint_stops_it(tmp_path, free_port):
     port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     serve = Process(

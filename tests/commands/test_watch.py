@@ -15,8 +15,6 @@ from ptystream.commands.watch import watch
 from ptystream.store.access import split_api_key
 from ptystream.store.publisher import TiledPublisher
 from ptystream.store.spool import spooled_files
-from tests.conftest import tiled_without_streaming
-from tests.store.test_publisher import estimate, keep, run_start
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +40,24 @@ def ptystream(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
-def publish_run(publisher: TiledPublisher, uid: str, scan_id: int, status: str, n_live: int):
-    """A run published as the pipeline does: created, ``n_live`` estimates 0.3 s apart, end."""
-    publisher.begin_run(run_start(uid, scan_id=scan_id), {})
-    for i in range(1, n_live + 1):
-        publisher.publish_live(uid, estimate(10 * i), {"received": 5 * i, "used": 5 * i})
-        time.sleep(0.3)
-    frames = {"received": 5 * n_live, "used": 5 * n_live}
-    publisher.publish_final(uid, estimate(10 * n_live + 5, final=True), status, {"frames": frames})
+@pytest.fixture(scope="module")
+def publish_run(estimate, run_start):
+    """``publish_run(publisher, uid, scan_id, status, n_live)``: a run published as the pipeline
+    does: created, ``n_live`` estimates 0.3 s apart, end."""
+
+    def publish_run(publisher: TiledPublisher, uid: str, scan_id: int, status: str, n_live: int):
+        publisher.begin_run(run_start(uid, scan_id=scan_id), {})
+        for i in range(1, n_live + 1):
+            publisher.publish_live(uid, estimate(10 * i), {"received": 5 * i, "used": 5 * i})
+            time.sleep(0.3)
+        frames = {"received": 5 * n_live, "used": 5 * n_live}
+        final = estimate(10 * n_live + 5, final=True)
+        publisher.publish_final(uid, final, status, {"frames": frames})
+
+    return publish_run
 
 
-def test_watch_command_follows_a_run_that_starts_later(tiled_client, tiled):
+def test_watch_command_follows_a_run_that_starts_later(tiled_client, tiled, publish_run):
     uri, key, key_file = tiled
     watcher = ptystream("-v", "watch", "4242", "--tiled", uri, "--api-key-file", str(key_file))
     first = watcher.stdout.readline()
@@ -75,7 +80,7 @@ def test_watch_command_follows_a_run_that_starts_later(tiled_client, tiled):
     assert key not in out + err
 
 
-def test_updates_arrive_by_push_not_polling(tiled_client):
+def test_updates_arrive_by_push_not_polling(tiled_client, publish_run):
     """With a poll interval longer than the test, every line must come from a websocket push."""
     lines: list[str] = []
     done = threading.Event()
@@ -96,7 +101,7 @@ def test_updates_arrive_by_push_not_polling(tiled_client):
     assert lines[-1].startswith("failed: result at processed/ptystream/pushed-run/final")
 
 
-def test_watch_of_an_ended_run_exits_at_once_with_its_status(tiled_client, tiled):
+def test_watch_of_an_ended_run_exits_at_once_with_its_status(tiled_client, tiled, publish_run):
     uri, _, key_file = tiled
     publish_run(TiledPublisher(tiled_client), "aborted-run", 88, "aborted", n_live=1)
     watcher = ptystream("watch", "aborted-r", "--tiled", uri, "--api-key-file", str(key_file))
@@ -121,7 +126,7 @@ def test_wrong_or_missing_key_is_refused_clearly(tiled, tmp_path):
     assert missing.returncode == 2 and "cannot read the API key file" in err
 
 
-def test_flush_command_uploads_what_was_kept(tiled_client, tiled, tmp_path):
+def test_flush_command_uploads_what_was_kept(tiled_client, tiled, tmp_path, estimate, keep):
     uri, key, key_file = tiled
     spool = tmp_path / "spool"
     keep(spool, "flushed-run", estimate(9, final=True))
@@ -135,7 +140,7 @@ def test_flush_command_uploads_what_was_kept(tiled_client, tiled, tmp_path):
     assert tiled_client["processed/ptystream/flushed-run"].metadata["status"] == "finished"
 
 
-def test_flush_with_the_server_down_keeps_the_files(tmp_path):
+def test_flush_with_the_server_down_keeps_the_files(tmp_path, estimate, keep):
     spool = tmp_path / "spool"
     keep(spool, "kept-run", estimate(3, final=True))
     flush = ptystream("flush", "--spool", str(spool), "--tiled", "http://127.0.0.1:9/api/v1")
@@ -144,24 +149,25 @@ def test_flush_with_the_server_down_keeps_the_files(tmp_path):
     assert [p.name for p in spooled_files(spool)] == ["kept-run.npz"]
 
 
-def test_watch_without_a_streaming_cache_reads_the_metadata(tiled_client, tiled_server):
+def test_watch_without_a_streaming_cache_reads_the_metadata(
+    tiled_client, tiled_server, tiled_without_streaming, publish_run
+):
     """A Tiled app on the same storage without a streaming cache (as a facility server
     configured without ``streaming_cache``): watch says so once and follows by reading."""
     from ptystream.store.access import connect
 
     lines: list[str] = []
-    with tiled_without_streaming(tiled_server) as uri:
-        client = connect(uri, tiled_server.api_key)
-        thread = threading.Thread(
-            target=watch,
-            args=(client, "unpushed-run"),
-            kwargs={"show": lines.append, "poll_s": 0.5},
-            daemon=True,
-        )
-        thread.start()
-        time.sleep(2)
-        publish_run(TiledPublisher(tiled_client), "unpushed-run", 91, "finished", n_live=4)
-        thread.join(60)
+    client = connect(tiled_without_streaming, tiled_server.api_key)
+    thread = threading.Thread(
+        target=watch,
+        args=(client, "unpushed-run"),
+        kwargs={"show": lines.append, "poll_s": 0.5},
+        daemon=True,
+    )
+    thread.start()
+    time.sleep(2)
+    publish_run(TiledPublisher(tiled_client), "unpushed-run", 91, "finished", n_live=4)
+    thread.join(60)
     assert not thread.is_alive(), lines
     notes = [line for line in lines if line.startswith("(no live push from this server")]
     assert len(notes) == 1 and "reading every 0.5 s" in notes[0]

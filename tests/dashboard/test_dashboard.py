@@ -7,7 +7,6 @@ A second Tiled app without a streaming cache serves the same storage (as a facil
 configured without ``streaming_cache`` would): a page behind it must fall back to polling.
 """
 
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,6 @@ from ptystream.live.pipeline import LivePipeline
 from ptystream.sim.scan import build_simulation
 from ptystream.store.access import split_api_key
 from ptystream.store.publisher import TiledPublisher
-from tests.conftest import small_profile, tiled_without_streaming
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "test-output" / "dashboard.png"
 CHROMIUM = "/usr/bin/chromium"  # `make browser`; Playwright's own download is not reachable
@@ -40,12 +38,6 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 WAIT_MS = 60_000  # generous: chromium, TensorFlow and two Tiled apps share 2 cores
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the watched reconstruction ---------------------------------------------------------------
@@ -81,7 +73,7 @@ class Scans:
 
 
 @pytest.fixture(scope="module")
-def scans(tiled_client, tmp_path_factory):
+def scans(tiled_client, tmp_path_factory, small_profile):
     # 70 points at 0.15 s: a scan of ~11 s, published every 0.2 s (or as fast as Tiled takes
     # it), for the page to watch several estimates while the scan runs.
     profile = small_profile(photons_per_frame=None, n_points=70, object_px=144, exposure_s=0.15)
@@ -254,11 +246,8 @@ def test_the_api_key_never_reaches_the_browser(watched, tiled_server):
 # -- a Tiled server without streaming cache: the page polls ----------------------------------
 
 
-def test_without_streaming_the_page_polls(browser, scans, tiled_server):
-    with (
-        tiled_without_streaming(tiled_server) as uri,
-        start_dashboard(uri, api_key=tiled_server.api_key) as dashboard,
-    ):
+def test_without_streaming_the_page_polls(browser, scans, tiled_server, tiled_without_streaming):
+    with start_dashboard(tiled_without_streaming, api_key=tiled_server.api_key) as dashboard:
         w = Watched(browser, dashboard.url)
         try:
             uid = scans.start(n_points=40, exposure_s=0.1, seed=3)()
@@ -299,7 +288,7 @@ def test_the_proxy_forwards_reads_only(dashboard):
         assert '"container-schema"' in ws.recv(timeout=10)  # the page's own origin is served
 
 
-def test_an_absent_tiled_gives_502_naming_the_problem():
+def test_an_absent_tiled_gives_502_naming_the_problem(free_port):
     key = "0123456789abcdef-secret"
     uri = f"http://127.0.0.1:{free_port()}/api/v1"
     with start_dashboard(f"{uri}?api_key={key}") as dashboard:

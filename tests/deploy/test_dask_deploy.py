@@ -22,9 +22,6 @@ import pytest
 import yaml
 from dask.utils import parse_bytes
 
-from tests.conftest import small_profile
-from tests.offline.test_reconstruct import simulated_npz
-
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "dask"
 BIN = Path(sys.executable).parent  # the venv's dask and ptystream commands
 
@@ -183,7 +180,7 @@ def _workers(address: str) -> dict:
         return {w["name"]: w for w in client.scheduler_info(n_workers=-1)["workers"].values()}
 
 
-def test_reprocess_on_a_standing_cluster(tmp_path):
+def test_reprocess_on_a_standing_cluster(tmp_path, small_profile, simulated_npz):
     """``dask scheduler`` + two ``dask worker`` processes, started as an operator would (in
     their own directory), then ``ptystream reprocess --scheduler``: the tasks run there."""
     from distributed import Client

@@ -36,8 +36,6 @@ from tiled.client.utils import ClientError
 
 from ptystream.sim.scan import build_simulation
 from ptystream.store.access import AccessError, connect
-from tests.commands.test_serve import check_finished, free_port
-from tests.conftest import small_profile
 
 pytestmark = pytest.mark.deploy
 
@@ -101,14 +99,13 @@ class Service:
 
 
 @contextlib.contextmanager
-def private_postgres(base: Path, secrets_seen: list):
-    """A throw-away PostgreSQL cluster on a free port with the deploy/postgresql set-up; yields
-    (port, PGPASSFILE). The tiled password lives only in the password file."""
+def private_postgres(base: Path, secrets_seen: list, port: int):
+    """A throw-away PostgreSQL cluster on ``port`` (a free one) with the deploy/postgresql
+    set-up; yields (port, PGPASSFILE). The tiled password lives only in the password file."""
     pg = postgres_bin()
     base.mkdir()
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
-    port = free_port()
     data = base / "data"
     subprocess.run(
         as_postgres(
@@ -160,14 +157,14 @@ def private_postgres(base: Path, secrets_seen: list):
 
 
 @pytest.fixture(scope="module")
-def profile():
+def profile(small_profile):
     profile = small_profile(photons_per_frame=None, n_points=N_POINTS, object_px=144)
     engine = profile.engine.model_copy(update={"final_epochs": 80})
     return profile.model_copy(update={"engine": engine})
 
 
 @pytest.fixture(scope="module")
-def facility(profile):
+def facility(profile, free_port):
     """PostgreSQL, Tiled, the keys, the proxy and `ptystream serve`, as at the facility."""
     # Not pytest's tmp_path: it is private to root, and the postgres user must reach its dir.
     tmp = Path(tempfile.mkdtemp(prefix="ptystream-facility-"))
@@ -178,7 +175,7 @@ def facility(profile):
     found = {"secrets": [], "services": []}
     services = found["services"]
     try:
-        with private_postgres(tmp / "pg", found["secrets"]) as (pg_port, passfile):
+        with private_postgres(tmp / "pg", found["secrets"], free_port()) as (pg_port, passfile):
             passwords = {u: secrets.token_hex(16) for u in USERS}
             env = {k: v for k, v in os.environ.items() if not k.startswith("TILED_")}
             env.update(
@@ -300,7 +297,7 @@ def http_status(exc: ClientError) -> int:
     return exc.response.status_code
 
 
-def test_a_scan_through_the_facility_and_the_keys_limits(facility, profile, capfd):
+def test_a_scan_through_the_facility_and_the_keys_limits(facility, profile, capfd, check_finished):
     uri, api_keys = facility["uri"], facility["api_keys"]
     raw_writer = from_uri(uri, api_key=api_keys["raw-writer"])
     publisher = Publisher(f"127.0.0.1:{facility['port_in']}")

@@ -4,17 +4,15 @@ import numpy as np
 import pytest
 
 from ptystream.config import EngineSettings
-from ptystream.engine import EngineSetup, make_engine
+from ptystream.engine import EngineSetup, canvas, make_engine
 from ptystream.metrics import score_against_truth
 from ptystream.sim.detector import DetectorModel, diffraction_pattern
-from ptystream.sim.plans import scan_metadata
 from ptystream.sim.scan import build_simulation
 from ptystream.types import ScanPlan
-from tests.conftest import small_profile
 
 
 @pytest.fixture(scope="module")
-def clean_scan():
+def clean_scan(small_profile):
     """A noise-free simulated scan: profile, simulation and its frames (counts)."""
     profile = small_profile(photons_per_frame=None)
     sim = build_simulation(profile)
@@ -33,12 +31,7 @@ def engine_for(profile, plan):
     )
 
 
-def planned(positions):
-    md = scan_metadata(positions, "test")
-    return ScanPlan(md["n_points"], tuple(tuple(e) for e in md["extent_m"]))
-
-
-def test_streaming_reconstruction_of_a_clean_scan(clean_scan):
+def test_streaming_reconstruction_of_a_clean_scan(clean_scan, planned):
     profile, sim, frames = clean_scan
     engine = engine_for(profile, planned(sim.positions_m))
     engine.warm_up()
@@ -56,7 +49,7 @@ def test_streaming_reconstruction_of_a_clean_scan(clean_scan):
     assert est.loss[-1, 1] < 0.1 * est.loss[0, 1]
 
 
-def test_growing_the_canvas_keeps_object_and_optimiser_state(clean_scan):
+def test_growing_the_canvas_keeps_object_and_optimiser_state(clean_scan, planned):
     """An engine that must grow its canvas follows the same trajectory as one planned big.
 
     If growth lost or misplaced the Adam moments or the per-pixel step counts, the two engines
@@ -77,7 +70,15 @@ def test_growing_the_canvas_keeps_object_and_optimiser_state(clean_scan):
         engine.add_frames(frames[rest], sim.positions_m[rest])  # the second must grow
         engine.step(10)
     big, grown = (engine.estimate() for engine in engines)
-    assert grown.object.shape[0] > planned_shape(engines[1], first, sim)[0]
+    # the canvas the second engine planned for the first positions alone
+    first_canvas = canvas.canvas_for(
+        sim.positions_m[first].min(axis=0),
+        sim.positions_m[first].max(axis=0),
+        geometry.frame_px,
+        grown.pixel_size_m,
+        settings.canvas_margin_px,
+    )
+    assert grown.object.shape[0] > first_canvas.shape[0]
     assert_same_reconstruction(big, grown, atol=2e-4)
 
 
@@ -93,13 +94,6 @@ def assert_same_reconstruction(small, large, atol):
     np.testing.assert_allclose(large.probe, small.probe, atol=atol)
 
 
-def planned_shape(engine, chosen, sim):
-    """Canvas shape the engine would plan for the positions ``chosen`` alone."""
-    return engine._canvas_for(
-        sim.positions_m[chosen].min(axis=0), sim.positions_m[chosen].max(axis=0)
-    ).shape
-
-
 def test_unplanned_scan_reconstructs(clean_scan):
     profile, sim, frames = clean_scan
     engine = engine_for(profile, ScanPlan())  # nothing known in advance
@@ -112,7 +106,7 @@ def test_unplanned_scan_reconstructs(clean_scan):
     assert score.abs_c >= 0.99 and score.phase >= 0.9
 
 
-def test_warm_up_changes_nothing(clean_scan):
+def test_warm_up_changes_nothing(clean_scan, planned):
     """Warming up after frames arrived leaves the engine on the same path as a cold twin."""
     profile, sim, frames = clean_scan
     engines = [engine_for(profile, planned(sim.positions_m)) for _ in range(2)]
@@ -129,13 +123,13 @@ def test_warm_up_changes_nothing(clean_scan):
     np.testing.assert_array_equal(warm.loss, cold.loss)
 
 
-def test_no_frames_no_steps(clean_scan):
+def test_no_frames_no_steps(clean_scan, planned):
     profile, sim, _ = clean_scan
     engine = engine_for(profile, planned(sim.positions_m))
     assert np.isnan(engine.step(1)) and engine.iteration == 0
 
 
-def reconstruct(profile, sim, frames, settings, mask=None, read_noise_counts=0.0):
+def reconstruct(profile, sim, frames, settings, planned, mask=None, read_noise_counts=0.0):
     """Stream ``frames`` in chunks of 5 with 4 steps each, then 60 final passes; score it."""
     engine = make_engine(
         EngineSetup(
@@ -159,38 +153,25 @@ def reconstruct(profile, sim, frames, settings, mask=None, read_noise_counts=0.0
     # measured on this problem: amplitude 0.9998, intensity 0.96, poisson 0.9999
     [("intensity", 0.9), ("poisson", 0.99)],
 )
-def test_other_losses_reconstruct_a_clean_scan(clean_scan, loss, min_phase):
+def test_other_losses_reconstruct_a_clean_scan(clean_scan, loss, min_phase, planned):
     profile, sim, frames = clean_scan
     settings = EngineSettings.model_validate({**profile.engine.model_dump(), "loss": loss})
-    score = reconstruct(profile, sim, frames, settings)
+    score = reconstruct(profile, sim, frames, settings, planned)
     assert score.abs_c >= 0.99 and score.amplitude >= 0.98 and score.phase >= min_phase
 
 
-def beamstop_and_hot_pixels(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A 64² detector mask leaving out a beamstop and two hot pixels, and ``frames`` with those
-    pixels spoilt (zeros behind the beamstop, 1e7 counts in the hot pixels)."""
-    mask = np.ones((64, 64), bool)
-    yy, xx = np.indices(mask.shape)
-    mask[np.hypot(yy - 32, xx - 32) < 3] = False
-    mask[5, 7] = mask[40, 50] = False
-    bad = frames.copy()
-    bad[:, ~mask] = 0.0
-    bad[:, 5, 7] = bad[:, 40, 50] = 1e7
-    return mask, bad
-
-
-def test_masked_pixels_never_enter_the_loss(clean_scan):
+def test_masked_pixels_never_enter_the_loss(clean_scan, beamstop_and_hot_pixels, planned):
     """A beamstop (zeros) and two hot pixels (1e7 counts): masked, the reconstruction is as good
     as on clean data (measured phase r 0.9999); unmasked they ruin it (phase r 0.17)."""
     profile, sim, frames = clean_scan
     mask, bad = beamstop_and_hot_pixels(frames)
-    masked = reconstruct(profile, sim, bad, profile.engine, mask)
-    unmasked = reconstruct(profile, sim, bad, profile.engine, None)
+    masked = reconstruct(profile, sim, bad, profile.engine, planned, mask)
+    unmasked = reconstruct(profile, sim, bad, profile.engine, planned, None)
     assert masked.abs_c >= 0.999 and masked.phase >= 0.99
     assert unmasked.phase < 0.5
 
 
-def test_total_variation_fights_noise_at_low_dose(clean_scan):
+def test_total_variation_fights_noise_at_low_dose(clean_scan, planned):
     """1e5 photons per frame plus read noise sigma 10: measured phase r 0.34 without TV and
     0.82 with weight 1e-3 (0.58 at 3e-4, 0.57 at 1e-2), so the gain is far above noise."""
     profile, sim, _ = clean_scan
@@ -198,16 +179,26 @@ def test_total_variation_fights_noise_at_low_dose(clean_scan):
     frames = np.stack([detector.record(diffraction_pattern(sim.truth, p)) for p in sim.positions_m])
     noisy = profile.engine
     plain = reconstruct(
-        profile, sim, frames, noisy.model_copy(update={"tv_weight": 0.0}), read_noise_counts=10.0
+        profile,
+        sim,
+        frames,
+        noisy.model_copy(update={"tv_weight": 0.0}),
+        planned,
+        read_noise_counts=10.0,
     )
     tv = reconstruct(
-        profile, sim, frames, noisy.model_copy(update={"tv_weight": 1e-3}), read_noise_counts=10.0
+        profile,
+        sim,
+        frames,
+        noisy.model_copy(update={"tv_weight": 1e-3}),
+        planned,
+        read_noise_counts=10.0,
     )
     assert tv.phase > plain.phase + 0.25
     assert tv.abs_c > plain.abs_c
 
 
-def test_position_correction_repairs_wrong_positions(clean_scan):
+def test_position_correction_repairs_wrong_positions(clean_scan, planned):
     """Frames taken at the true positions, given to the engine with errors of up to 1.5 px.
     Measured: RMS error 1.21 px stays 1.21 without correction (phase r 0.82) and falls to
     0.11 px with it (phase r 0.996)."""
@@ -266,19 +257,39 @@ def test_bad_input_is_named(clean_scan, frames, positions, message):
         engine.add_frames(frames, positions)
 
 
-def test_each_batch_takes_new_frames_first_then_distinct_earlier_ones(clean_scan):
+def test_each_batch_takes_new_frames_first_then_distinct_earlier_ones(clean_scan, planned):
+    """Which frames a step took shows in the engine's state: with position correction from the
+    first step on, every frame in a step's batch has its position's Adam step count
+    (``shift_count``) raised by exactly one, whether it is in the batch once or twice, and no
+    other frame has (outside the batch the gradient is exactly zero)."""
     profile, sim, frames = clean_scan
-    engine = engine_for(profile, planned(sim.positions_m))
-    b = profile.engine.batch_size
+    settings = profile.engine.model_copy(
+        update={"correct_positions": True, "position_start_step": 0, "jit_compile": False}
+    )
+    engine = make_engine(
+        EngineSetup(profile.instrument.geometry(), settings, plan=planned(sim.positions_m))
+    )
+    b = settings.batch_size
+
+    def frames_taken_by_one_step():
+        before = engine.snapshot().arrays["shift_count"]
+        engine.step(1)
+        raised = engine.snapshot().arrays["shift_count"] - before
+        assert set(np.unique(raised)) <= {0.0, 1.0}
+        return np.flatnonzero(raised.any(axis=1))
+
     engine.add_frames(frames[:40], sim.positions_m[:40])
-    engine._pending.clear()  # as after refine(): every frame seen
+    engine.refine(0)  # no pass, but every frame counts as seen, as after any refine()
+    assert engine.frames_waiting == 0
     engine.add_frames(frames[40:45], sim.positions_m[40:45])
-    idx, valid = engine._next_batch()
-    assert valid.sum() == b and list(idx[:5]) == [40, 41, 42, 43, 44]
-    assert len(set(idx.tolist())) == b and idx.max() < 45
+    assert engine.frames_waiting == 5
+    taken = frames_taken_by_one_step()
+    assert engine.frames_waiting == 0
+    assert {40, 41, 42, 43, 44} <= set(taken.tolist())  # the new frames first
+    assert len(taken) == b and taken.max() < 45  # a full batch of distinct frames
     for _ in range(50):  # earlier frames only, never repeated within a batch
-        idx, _ = engine._next_batch()
-        assert len(set(idx.tolist())) == b and idx.max() < 45
+        taken = frames_taken_by_one_step()
+        assert len(taken) == b and taken.max() < 45
 
 
 @pytest.mark.parametrize("algorithm", ["ad", "epie"])
@@ -298,7 +309,7 @@ def test_positions_in_pixels_are_the_same_positions(clean_scan, algorithm):
         engine.add_frames(frames[:1], sim.positions_m[:1], unit="mm")
 
 
-def test_window_only_updates_on_a_large_canvas_match_whole_canvas_updates(clean_scan):
+def test_window_only_updates_on_a_large_canvas_match_whole_canvas_updates(clean_scan, planned):
     """Past ~2 B N^2 canvas pixels the engine updates only the batch's windows (constant cost
     per step); it must take the same steps as the whole-canvas update."""
     profile, sim, frames = clean_scan

@@ -7,11 +7,10 @@ from ptystream.engine import EngineSetup, make_engine
 from ptystream.sim.detector import diffraction_pattern
 from ptystream.sim.scan import build_simulation
 from ptystream.types import ScanPlan
-from tests.conftest import small_profile
 
 
 @pytest.fixture(scope="module")
-def scan():
+def scan(small_profile):
     profile = small_profile(photons_per_frame=None, n_points=60, object_px=160)
     profile = profile.model_copy(
         update={"engine": profile.engine.model_copy(update={"jit_compile": False})}

@@ -8,50 +8,12 @@ from ptystream import optics
 from ptystream.config import EngineSettings
 from ptystream.engine import EngineSetup, forward, make_engine
 from ptystream.metrics import score_against_truth
-from ptystream.sim.detector import exit_wave
-from ptystream.sim.sample import GroundTruth, make_object
 from ptystream.types import Geometry, ScanPlan
-
-# The TensorFlow AD paper's optics: visible light, 6.45 um camera pixels; 64 px frames keep the
-# angular spectrum valid up to N dx^2 / lambda = 4.7 mm.
-WAVELENGTH_M, PIXEL_M, N, TRUE_Z_M = 561e-9, 6.45e-6, 64, 2e-3
-
-
-@pytest.fixture(scope="module")
-def nearfield_scan():
-    return simulate_nearfield_scan()
-
-
-def simulate_nearfield_scan():
-    """Ground truth, 100 jittered raster positions and noise-free near-field frames (a diffuser
-    probe, z = TRUE_Z_M)."""
-    rng = np.random.default_rng(0)
-    obj = make_object(160, (0.3, 1.0), (-1.2, 1.2))
-    fy, fx = np.fft.fftfreq(N)[:, None], np.fft.fftfreq(N)[None, :]
-    smooth = np.fft.ifft2(
-        np.fft.fft2(rng.normal(size=(N, N))) * np.exp(-(fy**2 + fx**2) / (2 * 0.05**2))
-    ).real
-    yy, xx = np.indices((N, N))
-    aperture = np.clip(26 - np.hypot(yy - N / 2, xx - N / 2), 0, 1)
-    probe = (aperture * np.exp(3j * smooth / smooth.std())).astype(np.complex64)  # a diffuser
-    truth = GroundTruth(obj, probe, PIXEL_M, (-80 * PIXEL_M, -80 * PIXEL_M))
-    grid = np.arange(-4.5, 5) * 9 * PIXEL_M
-    positions = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
-    positions += rng.uniform(-2, 2, positions.shape) * PIXEL_M
-    frames = np.stack(
-        [
-            1e4
-            * np.abs(optics.angular_spectrum(exit_wave(truth, p), PIXEL_M, WAVELENGTH_M, TRUE_Z_M))
-            ** 2
-            for p in positions
-        ]
-    ).astype(np.float32)
-    return truth, positions, frames
 
 
 def reconstruct(scan, start_z_m, train):
-    truth, positions, frames = scan
-    geometry = Geometry(WAVELENGTH_M, start_z_m, PIXEL_M, N, propagation="near_field")
+    nf, truth, positions, frames = scan.optics, scan.truth, scan.positions, scan.frames
+    geometry = Geometry(nf.wavelength_m, start_z_m, nf.pixel_m, nf.n, propagation="near_field")
     extent = tuple((positions[:, k].min(), positions[:, k].max()) for k in range(2))
     engine = make_engine(
         EngineSetup(
@@ -68,40 +30,44 @@ def reconstruct(scan, start_z_m, train):
     return estimate, score_against_truth(estimate, truth)[0]
 
 
-def test_engine_and_numpy_propagators_agree():
+def test_engine_and_numpy_propagators_agree(nearfield_optics):
     """Two frames of two incoherent modes each: the modes' intensities add."""
+    nf = nearfield_optics
     rng = np.random.default_rng(3)
-    shape = (2, 2, N, N)
+    shape = (2, 2, nf.n, nf.n)
     wave = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
-    propagated = optics.angular_spectrum(wave, PIXEL_M, WAVELENGTH_M, TRUE_Z_M)
+    propagated = optics.angular_spectrum(wave, nf.pixel_m, nf.wavelength_m, nf.true_z_m)
     expected = (np.abs(propagated) ** 2).sum(axis=1)
-    q = np.fft.ifftshift(optics.angular_spectrum_phase(N, PIXEL_M, WAVELENGTH_M))
+    q = np.fft.ifftshift(optics.angular_spectrum_phase(nf.n, nf.pixel_m, nf.wavelength_m))
     got = forward.nearfield_intensity(
-        tf.constant(wave), tf.constant(q, tf.float32), tf.constant(TRUE_Z_M)
+        tf.constant(wave), tf.constant(q, tf.float32), tf.constant(nf.true_z_m)
     ).numpy()
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-4 * expected.max())
 
 
-def test_angular_spectrum_matches_fresnel_where_paraxial():
+def test_angular_spectrum_matches_fresnel_where_paraxial(nearfield_optics):
     """The non-paraxial phase pi z lambda^3 f^4 / 4 is 0.01 rad at the grid's highest frequency
     for 2 mm, and 10 times less for 0.2 mm."""
+    nf = nearfield_optics
+    n, pixel_m, wavelength_m = nf.n, nf.pixel_m, nf.wavelength_m
     rng = np.random.default_rng(5)
-    wave = rng.normal(size=(N, N)) + 1j * rng.normal(size=(N, N))
-    for z, tolerance in ((TRUE_Z_M, 0.02), (TRUE_Z_M / 10, 0.002)):
-        exact = optics.angular_spectrum(wave, PIXEL_M, WAVELENGTH_M, z)
+    wave = rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))
+    for z, tolerance in ((nf.true_z_m, 0.02), (nf.true_z_m / 10, 0.002)):
+        exact = optics.angular_spectrum(wave, pixel_m, wavelength_m, z)
         fresnel = optics.ifft2c(
-            optics.fft2c(wave) * optics.defocus_transfer(N, PIXEL_M, WAVELENGTH_M, z)
+            optics.fft2c(wave) * optics.defocus_transfer(n, pixel_m, wavelength_m, z)
         )
         assert np.abs(exact - fresnel).max() < tolerance * np.abs(exact).max()
 
 
-def test_angular_spectrum_round_trip_and_energy():
+def test_angular_spectrum_round_trip_and_energy(nearfield_optics):
+    nf = nearfield_optics
     rng = np.random.default_rng(4)
-    wave = rng.normal(size=(N, N)) + 1j * rng.normal(size=(N, N))
-    there = optics.angular_spectrum(wave, PIXEL_M, WAVELENGTH_M, TRUE_Z_M)
+    wave = rng.normal(size=(nf.n, nf.n)) + 1j * rng.normal(size=(nf.n, nf.n))
+    there = optics.angular_spectrum(wave, nf.pixel_m, nf.wavelength_m, nf.true_z_m)
     assert np.sum(np.abs(there) ** 2) == pytest.approx(np.sum(np.abs(wave) ** 2), rel=1e-9)
     np.testing.assert_allclose(
-        optics.angular_spectrum(there, PIXEL_M, WAVELENGTH_M, -TRUE_Z_M), wave, atol=1e-9
+        optics.angular_spectrum(there, nf.pixel_m, nf.wavelength_m, -nf.true_z_m), wave, atol=1e-9
     )
 
 
@@ -110,7 +76,7 @@ def test_distance_is_recovered_from_a_25_percent_error(nearfield_scan):
     at 1.991 mm and |C| 0.9997, phase r 0.99."""
     _, fixed = reconstruct(nearfield_scan, 2.5e-3, train=False)
     estimate, trained = reconstruct(nearfield_scan, 2.5e-3, train=True)
-    assert abs(estimate.distance_m - TRUE_Z_M) < 0.05e-3
+    assert abs(estimate.distance_m - nearfield_scan.optics.true_z_m) < 0.05e-3
     assert trained.abs_c >= 0.999 and trained.phase >= 0.95
     assert trained.phase > fixed.phase + 0.05
 
@@ -126,8 +92,9 @@ def test_search_finds_a_distance_far_from_the_start(nearfield_scan):
     fixed-z trials finds it: measured 1.998 mm after 14 trials of 15 passes. (Adam on z, even
     started at the truth, wanders to 1.91 mm while the object forms and is back only at 1.975 mm
     after 160 passes, so the search result is used as it is.)"""
-    truth, positions, frames = nearfield_scan
-    geometry = Geometry(WAVELENGTH_M, 4.5e-3, PIXEL_M, N, propagation="near_field")
+    nf, truth = nearfield_scan.optics, nearfield_scan.truth
+    positions, frames = nearfield_scan.positions, nearfield_scan.frames
+    geometry = Geometry(nf.wavelength_m, 4.5e-3, nf.pixel_m, nf.n, propagation="near_field")
     extent = tuple((positions[:, k].min(), positions[:, k].max()) for k in range(2))
     settings = EngineSettings(tv_weight=0)  # clean data
     engine = make_engine(EngineSetup(geometry, settings, plan=ScanPlan(len(positions), extent)))
@@ -136,7 +103,7 @@ def test_search_finds_a_distance_far_from_the_start(nearfield_scan):
     z, trials = engine.search_distance(0.5e-3, 10e-3, passes=15)
     assert len(trials) >= 10 and min(trials.values()) == trials[z]
     assert max(trials) <= engine.distance_range_m[1] < 10e-3  # clipped to the valid range
-    assert abs(z - TRUE_Z_M) < 0.02e-3
+    assert abs(z - nf.true_z_m) < 0.02e-3
     assert engine.distance_m == z and engine.iteration == 0  # state restored, z set
     np.testing.assert_array_equal(engine.estimate().object, before.object)
     engine.refine(150)
@@ -145,8 +112,8 @@ def test_search_finds_a_distance_far_from_the_start(nearfield_scan):
 
 
 def test_search_range_outside_the_valid_distances_is_named(nearfield_scan):
-    _, positions, frames = nearfield_scan
-    geometry = Geometry(WAVELENGTH_M, 2e-3, PIXEL_M, N, propagation="near_field")
+    nf, positions, frames = nearfield_scan.optics, nearfield_scan.positions, nearfield_scan.frames
+    geometry = Geometry(nf.wavelength_m, 2e-3, nf.pixel_m, nf.n, propagation="near_field")
     engine = make_engine(EngineSetup(geometry, EngineSettings(), plan=ScanPlan()))
     engine.add_frames(frames[:10], positions[:10])
     with pytest.raises(ValueError, match="outside the valid range"):

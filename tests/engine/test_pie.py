@@ -16,18 +16,14 @@ from ptystream.engine import EngineSetup, canvas, make_engine
 from ptystream.engine.pie import PIEEngine
 from ptystream.metrics import score_against_truth
 from ptystream.sim.detector import DetectorModel, diffraction_pattern, exit_wave
-from ptystream.sim.plans import scan_metadata
 from ptystream.sim.scan import build_simulation
 from ptystream.types import Geometry, ScanPlan
-from tests.conftest import small_profile
-from tests.engine.test_ad import beamstop_and_hot_pixels
-from tests.engine.test_nearfield import PIXEL_M, TRUE_Z_M, WAVELENGTH_M, simulate_nearfield_scan
 
 ALGORITHMS = ["epie", "mpie"]
 
 
 @pytest.fixture(scope="module")
-def scans():
+def scans(small_profile):
     """One simulated far-field scan: profile, simulation, noise-free frames and noisy frames
     (1e6 photons per frame, about 500 counts at the mean pattern's peak, read noise 10)."""
     profile = small_profile(photons_per_frame=None)
@@ -37,11 +33,6 @@ def scans():
     detector = DetectorModel(1e6, 10.0, None, np.random.default_rng(0))
     noisy = np.stack([detector.record(i) for i in intensity])
     return profile, sim, clean, noisy
-
-
-def planned(positions):
-    md = scan_metadata(positions, "test")
-    return ScanPlan(md["n_points"], tuple(tuple(e) for e in md["extent_m"]))
 
 
 def settings_for(profile, algorithm, **update):
@@ -69,7 +60,7 @@ def far_field_engine(profile, settings, plan, **kwargs):
     )
 
 
-def test_clean_scan_reconstructs_and_mpie_is_faster(scans):
+def test_clean_scan_reconstructs_and_mpie_is_faster(scans, planned):
     """Measured after 10 passes, |C| / amplitude r / phase r: ePIE 0.99976 / 0.9994 / 0.979,
     mPIE 0.99990 / 0.9996 / 0.991; after 30: ePIE 0.99995 / 0.9998 / 0.996, mPIE 0.99998 /
     0.9999 / 0.998; a flat object scores 0.947. The last pass's loss is 1 % (ePIE) and 0.6 %
@@ -103,7 +94,7 @@ def test_clean_scan_reconstructs_and_mpie_is_faster(scans):
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_noisy_scan_does_not_diverge(scans, algorithm):
+def test_noisy_scan_does_not_diverge(scans, algorithm, planned):
     """Measured over 60 passes (flat object 0.947): ePIE |C| 0.9963, phase r 0.76, pass loss
     from 9.4e-4 down to 4.1e-4 (at most 4.2e-4 over the last 10); mPIE |C| 0.9955, phase r
     0.71, from 1.2e-3 down to 6.1e-4 (at most 7.1e-4 over the last 10). Without its probe
@@ -125,7 +116,7 @@ def test_noisy_scan_does_not_diverge(scans, algorithm):
     assert score.amplitude >= 0.95 and score.phase >= 0.6
 
 
-def test_unplanned_scan_grows_the_canvas_and_changes_nothing(scans):
+def test_unplanned_scan_grows_the_canvas_and_changes_nothing(scans, planned):
     """An engine that knows nothing of the scan grows its canvas as the (outward) spiral
     arrives; it takes exactly the updates of one planned big, pixel for pixel."""
     profile, sim, frames, _ = scans
@@ -157,7 +148,9 @@ def test_unplanned_scan_grows_the_canvas_and_changes_nothing(scans):
     assert score.abs_c > flat + 0.04
 
 
-def test_masked_pixels_keep_the_prediction_and_leave_the_loss(scans):
+def test_masked_pixels_keep_the_prediction_and_leave_the_loss(
+    scans, beamstop_and_hot_pixels, planned
+):
     """A beamstop (zeros) and two hot pixels (1e7 counts). Measured with ePIE after 20 passes:
     masked, |C| 0.9999, phase r 0.992, loss 3.9e-5 (as on clean data); unmasked, phase r
     0.28."""
@@ -188,10 +181,11 @@ N = 64  # frame side of the Fresnel test
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_near_field_scan_reconstructs(algorithm):
+def test_near_field_scan_reconstructs(algorithm, nearfield_scan, planned):
     """Measured after 30 passes: ePIE |C| 0.998, phase r 0.93; mPIE 0.999, 0.95 (flat 0.94)."""
-    truth, positions, frames = simulate_nearfield_scan()  # the AD engine's near-field test
-    geometry = Geometry(WAVELENGTH_M, TRUE_Z_M, PIXEL_M, N, propagation="near_field")
+    nf, truth = nearfield_scan.optics, nearfield_scan.truth  # the AD engine's near-field test
+    positions, frames = nearfield_scan.positions, nearfield_scan.frames
+    geometry = Geometry(nf.wavelength_m, nf.true_z_m, nf.pixel_m, nf.n, propagation="near_field")
     engine = make_engine(
         EngineSetup(geometry, EngineSettings(algorithm=algorithm), plan=planned(positions))
     )
@@ -199,11 +193,11 @@ def test_near_field_scan_reconstructs(algorithm):
     engine.refine(30)
     est = engine.estimate()
     score, flat = score_against_truth(est, truth)
-    assert est.distance_m == TRUE_Z_M
+    assert est.distance_m == nf.true_z_m
     assert score.abs_c >= 0.995 and score.abs_c > flat + 0.04 and score.phase >= 0.85
 
 
-def test_fresnel_model_returns_the_probe_at_the_sample(scans):
+def test_fresnel_model_returns_the_probe_at_the_sample(scans, planned):
     """Frames with a Fresnel phase of up to 3 rad over the probe window (1.1 um detector pixels
     at 2.9 cm). The phase does not depend on the object, so both models fit the object (|C|
     0.99993 after 20 ePIE passes); the ``fresnel`` one returns the physical probe (match
@@ -288,7 +282,7 @@ def test_bad_input_is_named(frames, positions, message):
         engine.add_frames(frames, positions)
 
 
-def test_step_takes_new_frames_first_then_a_bounded_sample(scans):
+def test_step_takes_new_frames_first_then_a_bounded_sample(scans, planned):
     profile, sim, frames, _ = scans
     engine = far_field_engine(profile, settings_for(profile, "epie"), planned(sim.positions_m))
     engine.add_frames(frames[:20], sim.positions_m[:20])

@@ -15,18 +15,16 @@ from ptystream.metrics import complex_correlation, score_against_truth
 from ptystream.sim.detector import diffraction_pattern
 from ptystream.sim.scan import build_simulation
 from ptystream.types import FRESNEL, Geometry
-from tests.conftest import small_profile
-from tests.engine.test_ad import planned
 
 PHOTONS = 1e6
 
 
 @pytest.fixture(scope="module")
-def sim():
+def sim(small_profile):
     return build_simulation(small_profile(photons_per_frame=None))
 
 
-def reconstruct(geometry, settings, sim, frames, defocus_m, epochs=80):
+def reconstruct(geometry, settings, sim, frames, defocus_m, planned, epochs=80):
     engine = make_engine(
         EngineSetup(geometry, settings, plan=planned(sim.positions_m), probe_defocus_m=defocus_m)
     )
@@ -49,7 +47,7 @@ WEIGHTS = (0.65, 0.35)
 
 
 @pytest.fixture(scope="module")
-def partial_coherence(sim):
+def partial_coherence(sim, small_profile, planned):
     """Frames that are the incoherent sum of the probe and a copy displaced by 3 px (a source
     larger than the coherence allows), reconstructed with one mode and with two."""
     profile = small_profile(photons_per_frame=None)
@@ -67,8 +65,12 @@ def partial_coherence(sim):
     geometry = profile.instrument.geometry()
     defocus = profile.instrument.probe_defocus_m
     # the modes settle slowly: 80 passes gave a 0.71/0.29 split, 200 the true 0.661/0.339
-    one = reconstruct(geometry, with_modes(profile.engine, 1), sim, frames, defocus, epochs=200)
-    two = reconstruct(geometry, with_modes(profile.engine, 2), sim, frames, defocus, epochs=200)
+    one = reconstruct(
+        geometry, with_modes(profile.engine, 1), sim, frames, defocus, planned, epochs=200
+    )
+    two = reconstruct(
+        geometry, with_modes(profile.engine, 2), sim, frames, defocus, planned, epochs=200
+    )
     true_modes = np.stack(
         [np.sqrt(w) * p for w, p in zip(WEIGHTS, (sim.truth.probe, displaced.probe), strict=True)]
     )
@@ -117,7 +119,7 @@ def test_initial_modes_keep_the_power_and_are_orthogonal():
     assert np.max(gram - np.diag(np.diag(gram))) < 1e-3 * gram.max()
 
 
-def test_fresnel_phase_is_folded_into_the_probe(sim):
+def test_fresnel_phase_is_folded_into_the_probe(sim, small_profile, planned):
     """At a finite distance the exit wave carries exp(i pi r^2 / (lambda z)) over the window.
     With ``fresnel`` propagation the engine reports the physical probe at the sample; a plain
     far-field model can only absorb the phase into its probe, which then is not the beam."""
@@ -138,10 +140,9 @@ def test_fresnel_phase_is_folded_into_the_probe(sim):
     xray = small_profile().instrument
     defocus = xray.probe_defocus_m * xray.geometry().wavelength_m / wavelength
     settings = small_profile().engine
-    fresnel = reconstruct(geometry, settings, sim, frames, defocus)
-    plain = reconstruct(
-        dataclasses.replace(geometry, propagation="far_field"), settings, sim, frames, defocus
-    )
+    fresnel = reconstruct(geometry, settings, sim, frames, defocus, planned)
+    far_field = dataclasses.replace(geometry, propagation="far_field")
+    plain = reconstruct(far_field, settings, sim, frames, defocus, planned)
 
     score, flat = score_against_truth(fresnel, sim.truth)
     assert score.abs_c >= 0.99 and score.phase >= 0.9 and score.abs_c > flat + 0.04

@@ -1,24 +1,18 @@
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest
 
 from ptystream.io.scans import read_cxi, read_npz, read_scan
 
-P25 = Path(__file__).resolve().parents[3] / "shared" / "data" / "PETRAIII_P25_Near_Field_Ptycho.cxi"
-needs_p25 = pytest.mark.skipif(not P25.is_file(), reason=f"shared P25 scan not found at {P25}")
 
-
-@needs_p25
-def test_read_the_p25_scan():
-    scan = read_cxi(P25)
+def test_read_the_p25_scan(p25):
+    scan = read_cxi(p25)
     assert scan.frames.shape == (200, 100, 100) and scan.frames.dtype == np.float32
     assert scan.valid_pixels.sum() == 9995  # 5 pixels flagged in the CXI mask
     assert scan.wavelength_m == pytest.approx(9.795e-11, rel=1e-3)
     assert scan.distance_m == pytest.approx(1.12, rel=1e-6)  # float32 in the file
     assert scan.detector_pixel_size_m == pytest.approx(55e-6, rel=1e-6)
-    with h5py.File(P25) as f:
+    with h5py.File(p25) as f:
         translation = f["entry_1/sample_1/geometry_1/translation"][()]
     # rows run along -y and columns along -x of the lab, and the sample moves, not the beam:
     # the probe sits at (+t_y, +t_x) in frame orientation (the convention the data also pick:

@@ -20,20 +20,26 @@ from ptystream.sim.file_detectors import ad_hdf5_detector, npy_seq_detector
 from ptystream.sim.fly import fly_scan
 from ptystream.sim.plans import ptycho_scan
 from ptystream.sim.scan import build_simulation
-from tests.conftest import small_profile
 
 N_POINTS = 40
 
 
-def profile_for(**instrument):
-    profile = small_profile(photons_per_frame=None, n_points=N_POINTS, object_px=144)
-    engine = profile.engine.model_copy(update={"final_epochs": 80})
-    inst = profile.instrument.model_copy(update=instrument)
-    return profile.model_copy(update={"engine": engine, "instrument": inst})
+@pytest.fixture(scope="module")
+def profile_for(small_profile):
+    """``profile_for(**instrument)``: a 40-point scan, 80 final passes, ``instrument`` fields
+    overridden."""
+
+    def profile_for(**instrument):
+        profile = small_profile(photons_per_frame=None, n_points=N_POINTS, object_px=144)
+        engine = profile.engine.model_copy(update={"final_epochs": 80})
+        inst = profile.instrument.model_copy(update=instrument)
+        return profile.model_copy(update={"engine": engine, "instrument": inst})
+
+    return profile_for
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def live(tmp_path_factory, profile_for):
     """One pipeline and RunEngine for the module: the runs follow each other, as at a beamline."""
     profile = profile_for()
     pipeline = LivePipeline(profile, None, spool_dir=tmp_path_factory.mktemp("spool")).start()
@@ -101,7 +107,9 @@ def test_ophyd_async_hdf5_step_scan(live, async_detector):
     check(pipeline, uid, sim)
 
 
-def test_fly_scan_positions_from_an_event_page_frames_from_stream_datum_ranges(tmp_path):
+def test_fly_scan_positions_from_an_event_page_frames_from_stream_datum_ranges(
+    tmp_path, profile_for
+):
     profile = profile_for(position_stream="positions")
     pipeline = LivePipeline(profile, None, spool_dir=tmp_path / "spool").start()
     RE = RunEngine({})
@@ -176,40 +184,7 @@ def test_positions_in_stage_axes_are_turned_into_detector_axes(live):
     check(pipeline, docs[0][1]["uid"], sim)
 
 
-def pausing(plan, after_events):
-    """``plan`` with a pause (immediate, so the RunEngine rewinds to the last checkpoint and
-    repeats what followed it on resume) after its ``after_events``-th event."""
-    from bluesky import plan_stubs as bps
-    from bluesky.preprocessors import plan_mutator
-
-    saved = [0]
-
-    def insert(msg):
-        if msg.command == "save":
-            saved[0] += 1
-            if saved[0] == after_events:
-                return None, bps.pause()
-        return None, None
-
-    return plan_mutator(plan, insert)
-
-
-def run_until_paused(RE, plan):
-    """Run ``plan`` until it pauses; returns the run's uid."""
-    from bluesky.utils import RunEngineInterrupted
-
-    starts = []
-    token = RE.subscribe(lambda name, doc: starts.append(doc["uid"]), "start")
-    try:
-        with pytest.raises(RunEngineInterrupted):
-            RE(plan)
-    finally:
-        RE.unsubscribe(token)
-    assert RE.state == "paused"
-    return starts[0]
-
-
-def test_pause_and_resume(live):
+def test_pause_and_resume(live, pausing, run_until_paused):
     profile, pipeline, RE = live
     sim = build_simulation(profile)
     uid = run_until_paused(RE, pausing(sim.plan(), 15))
@@ -220,7 +195,7 @@ def test_pause_and_resume(live):
     assert result.status == "finished"
 
 
-def test_aborted_scan_publishes_what_exists(live):
+def test_aborted_scan_publishes_what_exists(live, pausing, run_until_paused):
     profile, pipeline, RE = live
     sim = build_simulation(profile)
     uid = run_until_paused(RE, pausing(sim.plan(), 12))
@@ -232,7 +207,7 @@ def test_aborted_scan_publishes_what_exists(live):
     assert result.final is not None and result.final.n_frames == result.accounting.used
 
 
-def test_burst_beyond_the_memory_budget_spills_and_loses_nothing(tmp_path):
+def test_burst_beyond_the_memory_budget_spills_and_loses_nothing(tmp_path, profile_for):
     """A budget of 8 frames: the whole scan arrives while the engine is still being set up, so
     most frames go to the spill file and come back in turn."""
     profile = profile_for()
@@ -252,7 +227,7 @@ def test_burst_beyond_the_memory_budget_spills_and_loses_nothing(tmp_path):
     assert not list((tmp_path / "spill").iterdir())  # the spill file is removed
 
 
-def test_run_without_stop_is_closed_by_timeout_and_by_the_next_start(tmp_path):
+def test_run_without_stop_is_closed_by_timeout_and_by_the_next_start(tmp_path, profile_for):
     profile = profile_for()
     profile.ingest.stop_timeout_s = 3.0
     pipeline = LivePipeline(profile, None).start()

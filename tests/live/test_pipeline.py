@@ -5,43 +5,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from bluesky import RunEngine
-from bluesky_tiled_plugins import TiledWriter
 
-from ptystream.live.background import BackgroundCallback
-from ptystream.live.callback import PtychoCallback
-from ptystream.live.pipeline import LivePipeline
 from ptystream.metrics import score_against_truth
-from ptystream.sim.scan import build_simulation
-from ptystream.store.layout import raw_catalog
-from ptystream.store.publisher import TiledPublisher
-from tests.conftest import small_profile
-
-
-def run_live_scan(profile, client, *, corrupt_seq=None):
-    """Run one simulated scan; ``corrupt_seq`` makes that point's frame NaN (1-based)."""
-    sim = build_simulation(profile)
-    if corrupt_seq is not None:
-        compute, calls = sim.detector.image._func, [0]
-
-        def sometimes_nan():
-            calls[0] += 1
-            frame = compute()
-            return np.full_like(frame, np.nan) if calls[0] == corrupt_seq else frame
-
-        sim.detector.image._func = sometimes_nan
-    raw_writer = BackgroundCallback(
-        TiledWriter(raw_catalog(client), batch_size=profile.publish.raw_batch_size)
-    )
-    pipeline = LivePipeline(profile, TiledPublisher(client)).start()
-    RE = RunEngine({})
-    RE.subscribe(raw_writer)
-    RE.subscribe(PtychoCallback(profile, pipeline))
-    (uid,) = RE(sim.plan())
-    result = pipeline.wait(uid, timeout=300)
-    assert raw_writer.flush(timeout=120) and raw_writer.errors == 0
-    pipeline.close()
-    return uid, result, sim
 
 
 def final_from_tiled(client, result):
@@ -52,12 +17,12 @@ def final_from_tiled(client, result):
 
 
 @pytest.fixture(scope="module")
-def clean_run(tiled_client):
+def clean_run(tiled_client, small_profile, run_live_scan):
     return run_live_scan(small_profile(photons_per_frame=None), tiled_client)
 
 
 @pytest.fixture(scope="module")
-def noisy_run(tiled_client):
+def noisy_run(tiled_client, small_profile, run_live_scan):
     return run_live_scan(small_profile(), tiled_client, corrupt_seq=17)
 
 

@@ -14,14 +14,19 @@ from ptystream.sim.scan import build_simulation
 from ptystream.store.publisher import TiledPublisher
 from ptystream.store.server import start_embedded_server
 from ptystream.store.spool import load_spooled
-from tests.conftest import small_profile
 
 
-def quick_profile(**sim):
-    profile = small_profile(photons_per_frame=None, n_points=40, object_px=144, **sim)
-    publish = profile.publish.model_copy(update={"retries": 1, "retry_backoff_s": 0.05})
-    engine = profile.engine.model_copy(update={"final_epochs": 10})
-    return profile.model_copy(update={"publish": publish, "engine": engine})
+@pytest.fixture(scope="module")
+def quick_profile(small_profile):
+    """``quick_profile(**sim)``: a 40-point scan, 10 final passes, one quick publish retry."""
+
+    def quick_profile(**sim):
+        profile = small_profile(photons_per_frame=None, n_points=40, object_px=144, **sim)
+        publish = profile.publish.model_copy(update={"retries": 1, "retry_backoff_s": 0.05})
+        engine = profile.engine.model_copy(update={"final_epochs": 10})
+        return profile.model_copy(update={"publish": publish, "engine": engine})
+
+    return quick_profile
 
 
 def live(profile, publisher, **kwargs):
@@ -47,7 +52,7 @@ def failing_scan(sim, n_ok):
     return (yield from scan())
 
 
-def test_tiled_down_keeps_the_final_result_on_disk(tmp_path):
+def test_tiled_down_keeps_the_final_result_on_disk(tmp_path, quick_profile):
     profile = quick_profile()
     server = start_embedded_server(tmp_path / "tiled")
     publisher = TiledPublisher.from_uri(server.uri)
@@ -73,7 +78,7 @@ def test_tiled_down_keeps_the_final_result_on_disk(tmp_path):
     }
 
 
-def test_failed_scan_and_back_to_back_runs(tiled_client):
+def test_failed_scan_and_back_to_back_runs(tiled_client, quick_profile):
     profile = quick_profile()
     pipeline, RE = live(profile, TiledPublisher(tiled_client))
     uids = []
@@ -93,7 +98,7 @@ def test_failed_scan_and_back_to_back_runs(tiled_client):
     assert tiled_client[good.node_path].metadata["status"] == "finished"
 
 
-def test_engine_failure_fails_that_run_only(tiled_client):
+def test_engine_failure_fails_that_run_only(tiled_client, quick_profile):
     """The engine factory is wrapped to raise for the first run: a fault injection, because a
     real engine fault (a device error, say) cannot be provoked on demand here."""
     profile = quick_profile()
@@ -116,7 +121,7 @@ def test_engine_failure_fails_that_run_only(tiled_client):
     assert good.status == "finished" and good.final.n_frames == 40
 
 
-def test_probe_is_carried_over_to_the_next_run(tiled_client):
+def test_probe_is_carried_over_to_the_next_run(tiled_client, quick_profile):
     profile = quick_profile()
     profile = profile.model_copy(
         update={"engine": profile.engine.model_copy(update={"reuse_probe": True})}

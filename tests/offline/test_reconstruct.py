@@ -13,21 +13,16 @@ import pytest
 from ptystream.config import Algorithm
 from ptystream.metrics import score_against_truth
 from ptystream.offline.reconstruct import reconstruct_file
-from ptystream.sim.detector import diffraction_pattern
-from ptystream.sim.scan import build_simulation
-from tests.conftest import small_profile
-from tests.io.test_scans import P25, needs_p25
 
 
-@needs_p25
-def test_reconstruct_the_p25_scan_from_the_command_line(tmp_path):
+def test_reconstruct_the_p25_scan_from_the_command_line(tmp_path, p25):
     out = tmp_path / "p25.h5"
     exe = Path(sys.executable).with_name("ptystream")
     run = subprocess.run(
         [
             str(exe),
             "reconstruct",
-            str(P25),
+            str(p25),
             "--profile",
             "p25-nearfield",
             "--iterations",
@@ -56,23 +51,7 @@ def test_reconstruct_the_p25_scan_from_the_command_line(tmp_path):
     assert last < 0.45 * first  # measured: 0.36 of the first pass after 12 passes
 
 
-def simulated_npz(profile, path):
-    """A noise-free simulated scan written in the documented NPZ layout."""
-    sim = build_simulation(profile)
-    frames = np.stack([1e6 * diffraction_pattern(sim.truth, p) for p in sim.positions_m])
-    g = profile.instrument.geometry()
-    np.savez(
-        path,
-        frames=frames,
-        positions_m=sim.positions_m,
-        wavelength_m=g.wavelength_m,
-        distance_m=g.distance_m,
-        detector_pixel_size_m=g.detector_pixel_size_m,
-    )
-    return path, sim
-
-
-def test_reconstruct_a_simulated_npz(tmp_path):
+def test_reconstruct_a_simulated_npz(tmp_path, small_profile, simulated_npz):
     profile = small_profile(photons_per_frame=None)
     path, sim = simulated_npz(profile, tmp_path / "scan.npz")
     estimate = reconstruct_file(path, profile, tmp_path / "out.h5", epochs=80)
@@ -86,7 +65,7 @@ def test_reconstruct_a_simulated_npz(tmp_path):
     np.testing.assert_allclose(centres, sim.positions_m, atol=1e-12)
 
 
-def test_time_budget_sets_the_number_of_passes(tmp_path):
+def test_time_budget_sets_the_number_of_passes(tmp_path, small_profile, simulated_npz):
     profile = small_profile(photons_per_frame=None, n_points=40, object_px=144)
     path, sim = simulated_npz(profile, tmp_path / "scan.npz")
     calls = []
@@ -103,7 +82,9 @@ def test_time_budget_sets_the_number_of_passes(tmp_path):
     assert estimate.iteration == passes * 3  # 40 frames in batches of 16: 3 steps per pass
 
 
-def test_the_engine_argument_overrides_the_profile_and_is_recorded(tmp_path):
+def test_the_engine_argument_overrides_the_profile_and_is_recorded(
+    tmp_path, small_profile, simulated_npz
+):
     """A profile asking for mPIE, reconstructed as it says and with ePIE instead. Measured after
     30 passes over 40 frames: |C| 0.99996 (mPIE) and 0.99991 (ePIE), flat object 0.945."""
     small = small_profile(photons_per_frame=None, n_points=40, object_px=144)

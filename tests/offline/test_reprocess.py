@@ -27,9 +27,6 @@ from ptystream.sim.plans import ptycho_scan
 from ptystream.sim.scan import build_simulation
 from ptystream.store.layout import raw_catalog
 from ptystream.store.runs import RunSelectionError, read_run, select_runs
-from tests.conftest import small_profile
-from tests.live.test_pipeline import run_live_scan
-from tests.offline.test_reconstruct import simulated_npz
 
 KEY = "reprocesskey"  # SimpleTiledServer keys must be alphanumeric
 EPOCHS = 60
@@ -57,12 +54,12 @@ def root(server):
 
 
 @pytest.fixture(scope="module")
-def profile():
+def profile(small_profile):
     return small_profile()
 
 
 @pytest.fixture(scope="module")
-def runs(server, root, profile):
+def runs(server, root, profile, small_profile, run_live_scan):
     """scan 1 reconstructed live; scan 2 inline frames of another sample; scan 3 frames in an
     AD_HDF5 file; scan 4 every frame NaN. Returns {scan id: (uid, truth)} and scan 1's live
     result."""
@@ -135,7 +132,7 @@ def ptystream(*args, timeout=900):
 
 
 @pytest.fixture(scope="module")
-def first_pass(tmp_path_factory, server, runs, profile):
+def first_pass(tmp_path_factory, server, runs, profile, small_profile, simulated_npz):
     """``ptystream reprocess 1:4 scan.npz`` as a real subprocess on two local workers."""
     tmp = tmp_path_factory.mktemp("reprocess")
     profile_file = tmp / "test.yaml"
@@ -240,12 +237,12 @@ def test_a_rerun_skips_what_is_done_unless_forced(root, runs, first_pass, server
     assert not jobs and skipped[0].status == "skipped"
 
 
-def test_a_forced_rerun_adds_a_version(root, runs, first_pass, server, profile):
+def test_a_forced_rerun_adds_a_version(root, runs, first_pass, server, profile, uid_prefix):
     (scans, _), _ = runs, first_pass
     uid = scans[2][0]
     uri = server.uri.split("?")[0]
     (job,), _ = tiled_jobs(
-        root, [uid[:8]], profile, epochs=2, tiled_uri=uri, api_key=KEY, force=True
+        root, [uid_prefix(uid, 8)], profile, epochs=2, tiled_uri=uri, api_key=KEY, force=True
     )
     report = reprocess_one(job)  # in this process: the task itself, without Dask
     assert report.status == "finished", report.error
@@ -256,13 +253,14 @@ def test_a_forced_rerun_adds_a_version(root, runs, first_pass, server, profile):
     assert "scan 2" in format_table([report])
 
 
-def test_selection(root, runs):
+def test_selection(root, runs, uid_prefix):
     scans, _ = runs
     raw = root["raw"]
     assert [r.scan_id for r in select_runs(raw, ["2:3"])] == [2, 3]
-    assert [r.scan_id for r in select_runs(raw, ["3", scans[1][0][:7], "3"])] == [3, 1]
-    assert [r.scan_id for r in select_runs(raw, ["1-4"], where=["plan_name=ptycho_scan"])]
-    assert select_runs(raw, [], where=["scan_id=4"])[0].uid == scans[4][0]
+    assert [r.scan_id for r in select_runs(raw, ["3", uid_prefix(scans[1][0], 7), "3"])] == [3, 1]
+    every = select_runs(raw, ["1-4"], where=["plan_name=ptycho_scan"])
+    assert [r.scan_id for r in every] == [1, 2, 3, 4]
+    assert [r.uid for r in select_runs(raw, [], where=["scan_id=4"])] == [scans[4][0]]
     assert all(r.exit_status == "success" for r in select_runs(raw, ["1:4"]))
     with pytest.raises(RunSelectionError, match="no run has a scan id in 7..9"):
         select_runs(raw, ["7:9"])

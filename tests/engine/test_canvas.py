@@ -1,5 +1,5 @@
-"""The engines' illumination map (summed probe intensity over the windows) against the plain loop
-it replaced."""
+"""The object canvas: the illumination map (summed probe intensity over the windows) against the
+plain loop it replaced, in :mod:`ptystream.engine.canvas` and in each engine's estimate."""
 
 import numpy as np
 import pytest
@@ -7,8 +7,6 @@ import pytest
 from ptystream.engine import EngineSetup, make_engine
 from ptystream.engine.canvas import summed_windows
 from ptystream.sim.scan import build_simulation
-from tests.conftest import small_profile
-from tests.engine.test_ad import planned
 
 
 def loop(intensity, corners, shape):
@@ -72,8 +70,9 @@ def test_no_windows_and_windows_outside():
 
 
 @pytest.mark.parametrize("algorithm", ["ad", "epie"])
-def test_engine_illumination_is_the_loop(algorithm):
-    """Each engine's ``estimate().illumination`` is the loop over its own windows."""
+def test_engine_illumination_is_the_loop(algorithm, small_profile, planned):
+    """Each engine's ``estimate().illumination`` is the loop over its own windows (their
+    corners read from the engine's state)."""
     profile = small_profile(photons_per_frame=None)
     sim = build_simulation(profile)
     settings = profile.engine.model_copy(update={"algorithm": algorithm, "jit_compile": False})
@@ -85,10 +84,11 @@ def test_engine_illumination_is_the_loop(algorithm):
     engine.add_frames(frames, sim.positions_m)
     est = engine.estimate()
     n = engine.n_frames
+    state = engine.snapshot().arrays
     if algorithm == "ad":
-        corners = engine._top_left[:n].numpy() + engine._frac[:n].numpy()
-        corners = np.floor(corners + engine._shift[:n].numpy()).astype(int)
+        corners = state["top_left"][:n] + state["frac"][:n]
+        corners = np.floor(corners + state["shift"][:n]).astype(int)
     else:
-        corners = engine._top_left[:n]
+        corners = state["top_left"][:n]
     intensity = np.abs(est.probe) ** 2
     assert_matches_loop(est.illumination, intensity, corners, est.object.shape)
