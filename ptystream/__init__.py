@@ -68,18 +68,18 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-if TYPE_CHECKING:
-    from ptystream.config import Profile, ProfileError, load_profile, with_overrides
-    from ptystream.engine import EngineSetup, make_engine
-    from ptystream.io.scans import read_scan
-    from ptystream.live.background import BackgroundCallback
-    from ptystream.live.callback import PtychoCallback
-    from ptystream.live.pipeline import LivePipeline
-    from ptystream.metrics import score_against_truth
-    from ptystream.offline.reconstruct import reconstruct_file, reconstruct_scan
-    from ptystream.sim.scan import build_simulation
-    from ptystream.store.access import connect
-    from ptystream.store.layout import raw_catalog
-    from ptystream.store.publisher import TiledPublisher
-    from ptystream.store.server import start_embedded_server, start_server_process
-    from ptystream.types import Estimate, Geometry, ScanPlan
+if TYPE_CHECKING:  # the names above, for type checkers and editors
+    from ptystream.config import Profile, ProfileError, load_profile, with_overrides  # noqa: F401
+    from ptystream.engine import EngineSetup, make_engine  # noqa: F401
+    from ptystream.io.scans import read_scan  # noqa: F401
+    from ptystream.live.background import BackgroundCallback  # noqa: F401
+    from ptystream.live.callback import PtychoCallback  # noqa: F401
+    from ptystream.live.pipeline import LivePipeline  # noqa: F401
+    from ptystream.metrics import score_against_truth  # noqa: F401
+    from ptystream.offline.reconstruct import reconstruct_file, reconstruct_scan  # noqa: F401
+    from ptystream.sim.scan import build_simulation  # noqa: F401
+    from ptystream.store.access import connect  # noqa: F401
+    from ptystream.store.layout import raw_catalog  # noqa: F401
+    from ptystream.store.publisher import TiledPublisher  # noqa: F401
+    from ptystream.store.server import start_embedded_server, start_server_process  # noqa: F401
+    from ptystream.types import Estimate, Geometry, ScanPlan  # noqa: F401
