@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ptystream.config import EngineSettings
+from ptystream.config import Algorithm, EngineSettings
 from ptystream.engine import EngineSetup, canvas, make_engine
 from ptystream.metrics import score_against_truth
 from ptystream.sim.detector import DetectorModel, diffraction_pattern
@@ -295,7 +295,7 @@ def test_each_batch_takes_new_frames_first_then_distinct_earlier_ones(clean_scan
 @pytest.mark.parametrize("algorithm", ["ad", "epie"])
 def test_positions_in_pixels_are_the_same_positions(clean_scan, algorithm):
     profile, sim, frames = clean_scan
-    settings = profile.engine.model_copy(update={"algorithm": algorithm})
+    settings = profile.engine.model_copy(update={"algorithm": Algorithm(algorithm)})
     dx = profile.instrument.geometry().object_pixel_size_m
     estimates = []
     for positions, unit in ((sim.positions_m, "m"), (sim.positions_m / dx, "px")):

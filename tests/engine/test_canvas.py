@@ -4,6 +4,7 @@ plain loop it replaced, in :mod:`ptystream.engine.canvas` and in each engine's e
 import numpy as np
 import pytest
 
+from ptystream.config import Algorithm
 from ptystream.engine import EngineSetup, make_engine
 from ptystream.engine.canvas import summed_windows
 from ptystream.sim.scan import build_simulation
@@ -75,7 +76,9 @@ def test_engine_illumination_is_the_loop(algorithm, small_profile, planned):
     corners read from the engine's state)."""
     profile = small_profile(photons_per_frame=None)
     sim = build_simulation(profile)
-    settings = profile.engine.model_copy(update={"algorithm": algorithm, "jit_compile": False})
+    settings = profile.engine.model_copy(
+        update={"algorithm": Algorithm(algorithm), "jit_compile": False}
+    )
     engine = make_engine(
         EngineSetup(profile.instrument.geometry(), settings, plan=planned(sim.positions_m))
     )

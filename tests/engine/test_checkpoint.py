@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from ptystream.config import Algorithm
 from ptystream.engine import EngineSetup, make_engine
 from ptystream.sim.detector import diffraction_pattern
 from ptystream.sim.scan import build_simulation
@@ -32,7 +33,7 @@ def test_restored_engine_takes_the_same_steps(scan, tmp_path, algorithm):
     step counts, pending frames and the sampling generator must all come back."""
     profile, sim, frames = scan
     profile = profile.model_copy(
-        update={"engine": profile.engine.model_copy(update={"algorithm": algorithm})}
+        update={"engine": profile.engine.model_copy(update={"algorithm": Algorithm(algorithm)})}
     )
     original = fresh(profile)
     original.add_frames(frames[:20], sim.positions_m[:20])
