@@ -21,10 +21,15 @@ def corner_positions_px(estimate: Estimate, frame_px: int) -> np.ndarray:
 
 
 def write_result(
-    path: str | Path, estimate: Estimate, geometry: Geometry, settings: dict[str, Any]
+    path: str | Path,
+    estimate: Estimate,
+    geometry: Geometry,
+    settings: dict[str, Any],
+    attrs: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``object``, ``probe`` (complex64), ``positions_px``, ``loss`` (per optimiser
-    step) and the geometry, ``steps`` and settings as attributes (SI units in the names)."""
+    step) and the geometry, ``steps`` and settings as attributes (SI units in the names), plus
+    ``attrs`` (e.g. the ``engine`` that made it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
@@ -33,6 +38,7 @@ def write_result(
         f["positions_px"] = corner_positions_px(estimate, geometry.frame_px)
         f["loss"] = estimate.loss[:, 1]
         f["loss"].attrs["iteration"] = estimate.loss[:, 0].astype(np.int64)
+        f.attrs.update(attrs or {})
         attrs = f.attrs
         attrs["object_pixel_size_m"] = estimate.pixel_size_m
         attrs["wavelength_m"] = geometry.wavelength_m

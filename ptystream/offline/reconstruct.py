@@ -7,8 +7,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import h5py
-
 from ptystream.config import Algorithm, Profile
 from ptystream.engine import EngineSetup, make_engine, prepare
 from ptystream.io.results import write_result
@@ -59,9 +57,13 @@ def reconstruct_file(
         progress=progress,
         algorithm=algorithm,
     )
-    write_result(out, estimate, geometry_for(scan, profile), settings.model_dump(mode="json"))
-    with h5py.File(out, "a") as f:
-        f.attrs["engine"] = settings.algorithm.value
+    write_result(
+        out,
+        estimate,
+        geometry_for(scan, profile),
+        settings.model_dump(mode="json"),
+        {"engine": settings.algorithm.value},
+    )
     return estimate
 
 

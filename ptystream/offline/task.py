@@ -51,8 +51,6 @@ def _reconstruct(job: Job, scan, report: Report):
 
 
 def _from_file(job: Job, report: Report) -> None:
-    import h5py
-
     from ptystream.io.results import write_result
     from ptystream.io.scans import read_scan
     from ptystream.offline.reconstruct import geometry_for
@@ -62,10 +60,8 @@ def _from_file(job: Job, report: Report) -> None:
     estimate = _reconstruct(job, scan, report)
     out = file_result(job.out_dir, Path(job.path), job.settings_hash)
     partial = out.with_suffix(".partial.h5")
-    write_result(partial, estimate, geometry_for(scan, job.profile), _provenance(job))
-    with h5py.File(partial, "a") as f:
-        f.attrs["settings_hash"] = job.settings_hash
-        f.attrs["engine"] = job.profile.engine.algorithm.value
+    attrs = {"settings_hash": job.settings_hash, "engine": job.profile.engine.algorithm.value}
+    write_result(partial, estimate, geometry_for(scan, job.profile), _provenance(job), attrs)
     partial.replace(out)  # a crash leaves no result that a rerun would skip
     report.result = str(out)
 
