@@ -34,7 +34,15 @@ def exit_wave(truth: GroundTruth, position_m: tuple[float, float]) -> np.ndarray
 
 
 def diffraction_pattern(truth: GroundTruth, position_m: tuple[float, float]) -> np.ndarray:
-    """Noise-free far-field intensity (centred, float64) for a unit-power probe."""
+    """Noise-free far-field intensity (centred, float64) for a unit-power probe; a thick
+    ``truth`` (layers ``(S, H, W)``) diffracts by multislice
+    (:func:`ptystream.sim.thick.thick_diffraction_pattern`)."""
+    if truth.object.ndim == 3:
+        from ptystream.sim.thick import thick_diffraction_pattern
+
+        if truth.wavelength_m is None:
+            raise ValueError("a thick ground truth needs its wavelength_m")
+        return thick_diffraction_pattern(truth, position_m, truth.slice_gaps_m, truth.wavelength_m)
     return np.abs(optics.fft2c(exit_wave(truth, position_m))) ** 2
 
 

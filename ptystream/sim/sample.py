@@ -71,9 +71,19 @@ class GroundTruth:
     probe: np.ndarray
     pixel_size_m: float
     object_origin_m: tuple[float, float]
+    slice_gaps_m: tuple[float, ...] = ()
+    """A thick object ``(S, H, W)``: the ``S - 1`` distances between its layers, metres."""
+    wavelength_m: float | None = None
+    """The wavelength the layers' multislice diffraction is computed for (thick objects)."""
 
-    def aligned_to(self, shape: tuple[int, int], origin_m: tuple[float, float]) -> np.ndarray:
-        """The object resampled (nearest pixel) onto another grid of the same pixel size.
+    @property
+    def projected_object(self) -> np.ndarray:
+        """The object ``(H, W)``: the product of the layers of a thick object."""
+        return np.prod(self.object, axis=0) if self.object.ndim == 3 else self.object
+
+    def aligned_to(self, shape: tuple[int, ...], origin_m: tuple[float, float]) -> np.ndarray:
+        """The object (each layer of a thick one) resampled (nearest pixel) onto another grid
+        of the same pixel size: ``shape`` is ``(H, W)``, or ``(S, H, W)`` for a thick object.
 
         Pixels of the other grid that fall outside the ground truth are set to zero.
         """
@@ -81,21 +91,34 @@ class GroundTruth:
         offset = np.rint(
             (np.asarray(origin_m) - np.asarray(self.object_origin_m)) / self.pixel_size_m
         ).astype(int)
-        h, w = self.object.shape
+        h, w = self.object.shape[-2:]
         y0, x0 = max(0, -offset[0]), max(0, -offset[1])
-        y1 = min(shape[0], h - offset[0])
-        x1 = min(shape[1], w - offset[1])
+        y1 = min(shape[-2], h - offset[0])
+        x1 = min(shape[-1], w - offset[1])
         if y1 > y0 and x1 > x0:
-            out[y0:y1, x0:x1] = self.object[
-                y0 + offset[0] : y1 + offset[0], x0 + offset[1] : x1 + offset[1]
+            out[..., y0:y1, x0:x1] = self.object[
+                ..., y0 + offset[0] : y1 + offset[0], x0 + offset[1] : x1 + offset[1]
             ]
         return out
 
 
 def make_ground_truth(settings: SimSettings, geometry: Geometry) -> GroundTruth:
-    """Object and probe for ``settings``; the object is centred on stage position (0, 0)."""
+    """Object and probe for ``settings``; the object is centred on stage position (0, 0).
+    With ``settings.slices`` > 1 the object is thick: ``(S, n, n)`` layers."""
     n = settings.object_px
     dx = geometry.object_pixel_size_m
-    obj = make_object(n, settings.amplitude_range, settings.phase_range_rad)
     origin = -(n // 2) * dx
-    return GroundTruth(obj, make_probe(settings, geometry), dx, (origin, origin))
+    probe = make_probe(settings, geometry)
+    if settings.slices > 1:
+        from ptystream.sim.thick import thick_sample
+
+        layers = thick_sample(
+            n,
+            settings.slices,
+            amplitude_range=settings.amplitude_range,
+            phase_range_rad=settings.phase_range_rad,
+        )
+        gaps = (settings.slice_spacing_m,) * (settings.slices - 1)
+        return GroundTruth(layers, probe, dx, (origin, origin), gaps, geometry.wavelength_m)
+    obj = make_object(n, settings.amplitude_range, settings.phase_range_rad)
+    return GroundTruth(obj, probe, dx, (origin, origin))
