@@ -12,6 +12,7 @@ both are fitted and removed before the measures are taken.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +29,7 @@ __all__ = [
     "register_shift",
     "score_against_truth",
     "score_over",
+    "score_slices",
     "well_lit_mask",
 ]
 
@@ -259,3 +261,28 @@ def score_over(
         aligned, obj, mask = aligned[crop], obj[crop], mask[crop]
     flat = complex_correlation(np.ones_like(aligned), aligned, mask, register=False).abs_c
     return complex_correlation(obj, aligned, mask), flat
+
+
+def score_slices(
+    estimate: Estimate, truth: Truth, mask: np.ndarray | None = None
+) -> tuple[list[Correlation], Correlation, float]:
+    """A multislice estimate (``object`` ``(S, H, W)``) against a thick truth (``object``
+    ``(S, H', W')``, a dataclass such as :class:`ptystream.sim.sample.GroundTruth`): each
+    slice's |C| against its own layer, the |C| of the product of the slices against the
+    product of the layers (what a thin reconstruction can at best recover), and the flat
+    object's |C| against that product; over ``mask`` (default: the well-lit region)."""
+    if mask is None:
+        mask = well_lit_mask(estimate)
+    slices = np.asarray(estimate.object)
+    layers = np.asarray(truth.object)  # type: ignore[attr-defined]
+    if slices.ndim != 3 or layers.shape[0] != slices.shape[0]:
+        raise ValueError(f"estimate slices {slices.shape} do not match truth layers {layers.shape}")
+
+    def one(obj: np.ndarray, layer: np.ndarray) -> tuple[Correlation, float]:
+        e = dataclasses.replace(estimate, object=obj)
+        t = dataclasses.replace(truth, object=layer)  # type: ignore[type-var]
+        return score_over(e, t, mask)
+
+    per_slice = [one(obj, layer)[0] for obj, layer in zip(slices, layers, strict=True)]
+    product, flat = one(np.prod(slices, axis=0), np.prod(layers, axis=0))
+    return per_slice, product, flat

@@ -143,7 +143,8 @@ class Estimate:
 
     Attributes
     ----------
-    object : complex64 ``(H, W)`` transmission on the object canvas.
+    object : complex64 ``(H, W)`` transmission on the object canvas, or ``(S, H, W)`` for a
+        multislice sample: ``S`` slices along the beam, the first met by the beam first.
     probe : complex64 ``(N, N)`` illumination, or ``(M, N, N)`` mutually incoherent modes
         (orthogonal, strongest first) for a mixed-state probe.
     object_origin_m : stage position ``(y, x)`` in metres of the centre of object pixel ``[0, 0]``.
@@ -157,6 +158,8 @@ class Estimate:
     final : True for the result published at the end of a run.
     distance_m : near field: the propagation distance in metres (fitted when trained); NaN in
         the far field.
+    slice_gaps_m : multislice: the ``S - 1`` distances between neighbouring slices in metres
+        (fitted when trained); empty for a thin object.
     """
 
     object: np.ndarray
@@ -171,6 +174,18 @@ class Estimate:
     final: bool = False
     distance_m: float = float("nan")
     frames_waiting: int = 0
+    slice_gaps_m: tuple[float, ...] = ()
+
+    @property
+    def n_slices(self) -> int:
+        """Slices of the object along the beam (1 for a thin object)."""
+        return self.object.shape[0] if self.object.ndim == 3 else 1
+
+    @property
+    def projected_object(self) -> np.ndarray:
+        """The object ``(H, W)``: the product of the slices of a multislice object (the
+        transmission a thin model would see), the object itself otherwise."""
+        return np.prod(self.object, axis=0) if self.object.ndim == 3 else self.object
 
     @property
     def last_loss(self) -> float:

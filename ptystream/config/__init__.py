@@ -26,6 +26,7 @@ from ptystream.config.models import (
     Profile,
     PublishSettings,
     SimSettings,
+    SliceRegulariser,
     TrajectoryKind,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "ProfileError",
     "PublishSettings",
     "SimSettings",
+    "SliceRegulariser",
     "TrajectoryKind",
     "available_profiles",
     "describe_errors",

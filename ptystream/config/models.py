@@ -29,6 +29,7 @@ __all__ = [
     "Profile",
     "PublishSettings",
     "SimSettings",
+    "SliceRegulariser",
     "TrajectoryKind",
 ]
 
@@ -168,6 +169,21 @@ class LossKind(StrEnum):
     negative counts are clipped to zero, which biases it where read noise is large."""
 
 
+class SliceRegulariser(StrEnum):
+    """Regularisation of a multislice object along the beam (z)."""
+
+    NONE = "none"
+    ARCTAN = "arctan"
+    """The PtychoShelves filter: the slices' 3-D spectrum is weighted by ``1 - (2/pi) arctan((b
+    kz / kr)^2)``, damping the structure along z that the limited angular range of a
+    ptychography scan cannot resolve (it leaks between slices as cross-talk), while keeping
+    in-plane detail. Use when the layers are distinct but cross-talk appears."""
+    GAUSSIAN = "gaussian"
+    """A Gaussian blur across neighbouring slices (``slice_regulariser_strength`` is its sigma in
+    slices). Use for a continuous thick sample (no distinct layers) that should vary smoothly in
+    z; it mixes distinct layers, so do not use it for those."""
+
+
 class Algorithm(StrEnum):
     """Reconstruction algorithm: the AD engine, or a classical baseline (numpy)."""
 
@@ -280,6 +296,51 @@ class EngineSettings(BaseModel):
     """TensorFlow intra- and inter-op threads; 1 leaves a core for ingest and publishing."""
     pie: PieSettings = PieSettings()
     """Settings of the ePIE and mPIE baselines (ignored by the AD engine)."""
+    slices: int = Field(1, ge=1, le=64)
+    """Object slices along the beam (multislice, for samples thicker than the depth of focus,
+    about 5.4 dr^2 / lambda for a resolution dr); 1 is a thin object (projection
+    approximation). The wave is multiplied by slice 1, propagated by angular spectrum to slice
+    2, and so on; the last slice is not propagated."""
+    slice_spacing_m: float | list[float] = Field(0.0)
+    """Distance between neighbouring slices in metres, along the beam: one value for every gap,
+    or one per gap (``slices - 1`` values)."""
+    train_slice_spacing: bool = False
+    """Fit the slice spacings too (Adam, its own learning rate; needs ``slices`` > 1)."""
+    slice_spacing_learning_rate_m: float = Field(1e-7, gt=0)
+    """Adam learning rate of the slice spacings, in metres per step."""
+    slice_regulariser: SliceRegulariser = SliceRegulariser.NONE
+    """Regularisation along z of a multislice object (applied to the whole stack after each pass
+    over the frames and every ``steps_per_arrival`` arrivals live)."""
+    slice_regulariser_strength: float = Field(1.0, gt=0)
+    """``arctan``: the filter's ``b`` (larger damps more of the z structure); ``gaussian``: the
+    blur's sigma in slices."""
+
+    @model_validator(mode="after")
+    def _slices_consistent(self) -> EngineSettings:
+        spacing = self.slice_spacing_m
+        values = spacing if isinstance(spacing, list) else [spacing]
+        if isinstance(spacing, list) and len(spacing) != self.slices - 1:
+            raise ValueError(
+                f"engine.slice_spacing_m lists {len(spacing)} spacings, but engine.slices = "
+                f"{self.slices} has {self.slices - 1} gaps (give one value per gap, or one "
+                "number for all)"
+            )
+        for value in values:
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"engine.slice_spacing_m must be >= 0 metres (along the beam), got {value!r}"
+                )
+        if self.train_slice_spacing and self.slices < 2:
+            raise ValueError("engine.train_slice_spacing needs engine.slices >= 2")
+        return self
+
+    @property
+    def slice_gaps_m(self) -> tuple[float, ...]:
+        """The ``slices - 1`` distances between neighbouring slices, metres."""
+        spacing = self.slice_spacing_m
+        if isinstance(spacing, list):
+            return tuple(float(v) for v in spacing)
+        return (float(spacing),) * (self.slices - 1)
 
 
 class IngestSettings(BaseModel):
@@ -348,7 +409,13 @@ class SimSettings(BaseModel):
     amplitude_range: tuple[float, float] = (0.3, 1.0)
     """Minimum and maximum transmission amplitude of the object."""
     phase_range_rad: tuple[float, float] = (-1.2, 1.2)
-    """Minimum and maximum phase of the object in radians."""
+    """Minimum and maximum phase of the object in radians (of each layer of a thick one)."""
+    slices: int = Field(1, ge=1, le=56)
+    """Layers of a thick sample along the beam, each from different images
+    (:func:`ptystream.sim.thick.thick_sample`), its diffraction computed by multislice; 1 is
+    a thin object."""
+    slice_spacing_m: float = Field(0.0, ge=0)
+    """Distance between neighbouring layers of a thick sample, in metres."""
     probe: ProbeKind = ProbeKind.FOCUSED
     """Focused beam with defocus, or a pinhole propagated to the sample."""
     convergence_semi_angle_rad: float = Field(5e-4, gt=0)

@@ -22,12 +22,13 @@ import tensorflow as tf
 from ptystream import optics
 from ptystream.engine import canvas as canvases
 from ptystream.engine import forward, initial
-from ptystream.engine.adam import Adam, adam_update, sparse_adam_update, values_at
+from ptystream.engine.adam import adam_update, sparse_adam_update, values_at
 from ptystream.engine.checkpoint import EngineState, read_state, write_state
 from ptystream.engine.distance import search_distance
 from ptystream.engine.intake import FrameIntake
+from ptystream.engine.model import CANVAS, ELEMENTWISE, RATES, Trainable, build_model
 from ptystream.engine.setup import EngineSetup
-from ptystream.types import FRESNEL, NEAR_FIELD, Estimate
+from ptystream.types import NEAR_FIELD, Estimate
 
 __all__ = ["ADEngine"]
 
@@ -79,6 +80,8 @@ class ADEngine(FrameIntake):
         self._near = geometry.propagation == NEAR_FIELD
         if settings.train_distance and not self._near:
             raise ValueError("train_distance needs a near-field geometry")
+        if settings.correct_positions and not settings.subpixel:
+            raise ValueError("correct_positions needs subpixel shifts")
         self._rng = np.random.default_rng(settings.seed)
         self._scale: float | None = None
         self._n_frames = 0
@@ -90,38 +93,23 @@ class ADEngine(FrameIntake):
         capacity = max(plan.n_points or _DEFAULT_CAPACITY, settings.batch_size)
         self._canvas = canvases.plan_canvas(plan, self._n, self._dx, settings.canvas_margin_px)
         h, w = self._canvas.shape if self._canvas else (self._n, self._n)
-        self._obj_re = tf.Variable(tf.ones((h, w)))
-        self._obj_im = tf.Variable(tf.zeros((h, w)))
-        self._obj_count = tf.Variable(tf.zeros((h, w)), trainable=False)
-        self._obj_adam = (Adam((h, w)), Adam((h, w)))
         self._modes = settings.probe_modes
-        probe_shape = (self._modes, self._n, self._n)
-        self._probe_re = tf.Variable(tf.zeros(probe_shape))
-        self._probe_im = tf.Variable(tf.zeros(probe_shape))
-        self._probe_count = tf.Variable(0.0, trainable=False)
-        self._probe_adam = (Adam(probe_shape), Adam(probe_shape))
-        self._fresnel = None
-        if geometry.propagation == FRESNEL:
-            self._fresnel = tf.constant(initial.fresnel_phase(geometry))
         self._offset = tf.Variable(1.0, trainable=False)
-        self._pixel_mask = tf.constant(self._oriented(detector_mask).astype(np.float32))
-        q = optics.angular_spectrum_phase(self._n, self._dx, geometry.wavelength_m)
-        self._q = tf.constant(np.fft.ifftshift(q).astype(np.float32))
-        fy, fx = optics.spatial_frequencies(self._n, self._dx)
-        band = (fx**2 + fy**2 < 1.0 / geometry.wavelength_m**2).astype(np.float32)
-        self._band = tf.constant(np.fft.ifftshift(band))  # evanescent waves do not propagate
-        self._distance = tf.Variable(geometry.propagation_distance_m, dtype=tf.float32)
-        self._distance_adam = Adam(())
-        self._distance_count = tf.Variable(0.0, trainable=False)
         self._frames = tf.Variable(tf.zeros((capacity, self._n, self._n)), trainable=False)
         self._top_left = tf.Variable(tf.zeros((capacity, 2), tf.int32), trainable=False)
         self._frac = tf.Variable(tf.zeros((capacity, 2)), trainable=False)
-        if settings.correct_positions and not settings.subpixel:
-            raise ValueError("correct_positions needs subpixel shifts")
-        self._shift = tf.Variable(tf.zeros((capacity, 2)))  # position corrections, pixels
-        self._shift_count = tf.Variable(tf.zeros((capacity, 2)), trainable=False)
-        self._shift_adam = Adam((capacity, 2))
         self._n_var = tf.Variable(0, dtype=tf.int32, trainable=False)
+        self._model = build_model(
+            geometry,
+            settings,
+            canvas_shape=(h, w),
+            capacity=capacity,
+            n_seen=self._n_var,
+            offset=self._offset,
+            pixel_mask=self._oriented(detector_mask).astype(np.float32),
+            distance_range_m=self.distance_range_m,
+        )
+        self._since_regularised = 0
         self._step_fn = self._compile()
 
     # -- public API -----------------------------------------------------------------------
@@ -137,12 +125,24 @@ class ADEngine(FrameIntake):
 
     @property
     def distance_m(self) -> float:
-        """The propagation distance in metres (near field; fitted when trained)."""
-        return float(self._distance.numpy())
+        """The propagation distance in metres (near field: fitted when trained)."""
+        if not self._near:
+            return self.geometry.propagation_distance_m
+        return float(self._model.propagation.distance.parts[0].numpy())
 
     @distance_m.setter
     def distance_m(self, value: float) -> None:
-        self._distance.assign(value)
+        if not self._near:
+            raise ValueError("only a near-field engine's propagation distance can be set")
+        self._model.propagation.distance.parts[0].assign(value)
+
+    @property
+    def slice_gaps_m(self) -> tuple[float, ...]:
+        """The distances between neighbouring object slices in metres (fitted when trained);
+        empty for a thin object."""
+        gaps = getattr(self._model.sample, "gaps", None)
+        # float32 holds 7 significant digits: 6e-4 stays 6e-4, not 6.000000285e-4
+        return () if gaps is None else tuple(float(f"{g:.7g}") for g in gaps.parts[0].numpy())
 
     def search_distance(
         self, lo_m: float, hi_m: float, passes: int = 25
@@ -164,8 +164,7 @@ class ADEngine(FrameIntake):
     def warm_up(self) -> None:
         """Compile the step for the current shapes with an all-padding batch (changes nothing)."""
         b = self.settings.batch_size
-        zero = tf.constant(0.0)
-        self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), zero, zero, zero, zero)
+        self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), tf.zeros((len(RATES),)))
 
     def _store(
         self, first: int, frames: np.ndarray, top_left: np.ndarray, frac: np.ndarray
@@ -182,6 +181,9 @@ class ADEngine(FrameIntake):
         if self._n_frames == 0:
             return float("nan")
         losses = [self._run_batch(*self._next_batch()) for _ in range(n_steps)]
+        self._since_regularised += n_steps * self.settings.batch_size
+        if self._since_regularised >= self._n_frames:  # about once per pass's worth of frames
+            self._regularise()
         return float(np.mean(losses))
 
     def refine(self, epochs: int, on_epoch: Callable[[int, float], None] | None = None) -> float:
@@ -209,6 +211,7 @@ class ADEngine(FrameIntake):
                 valid[: len(chosen)] = 1.0
                 losses.append(self._run_batch(idx, valid, lr_scale))
             loss = float(np.mean(losses))
+            self._regularise()
             if on_epoch is not None:
                 on_epoch(epoch, loss)
         return loss
@@ -225,13 +228,16 @@ class ADEngine(FrameIntake):
         settings; ValueError naming what differs otherwise). Variables of another shape (a
         canvas that grew, more frames) are re-allocated and the step recompiled."""
         state.check(self.geometry, self.settings, source)
+        missing = sorted(set(self._state_variables()) - set(state.arrays))
+        if missing:
+            raise ValueError(f"{source}: the engine state lacks {', '.join(missing)}")
         reshaped = False
-        for name, (owner_key, var) in self._state_variables().items():
+        for name, (place, var) in self._state_variables().items():
             value = state.arrays[name]
             if tuple(var.shape) == value.shape:
                 var.assign(value)
             else:
-                setattr(*owner_key, tf.Variable(value, trainable=var.trainable))
+                _put(*place, tf.Variable(value, trainable=var.trainable))
                 reshaped = True
         self._restore_bookkeeping(state)
         self._loss = [(int(i), float(v)) for i, v in state.arrays["loss"]]
@@ -248,43 +254,25 @@ class ADEngine(FrameIntake):
 
     def _state_variables(self) -> dict[str, tuple[tuple[Any, Any], tf.Variable]]:
         """Every ``tf.Variable`` of the state by checkpoint name, with where it is kept
-        (``(owner, attribute)``, so that :meth:`restore` can replace it)."""
-        obj_adam, probe_adam = self._obj_adam, self._probe_adam
+        (``(owner, key)``: an attribute, or an index into a list), so that :meth:`restore` can
+        replace it."""
         places: dict[str, tuple[Any, Any]] = {
-            "object_re": (self, "_obj_re"),
-            "object_im": (self, "_obj_im"),
-            "object_count": (self, "_obj_count"),
-            "object_m_re": (obj_adam[0], "m"),
-            "object_v_re": (obj_adam[0], "v"),
-            "object_m_im": (obj_adam[1], "m"),
-            "object_v_im": (obj_adam[1], "v"),
-            "probe_re": (self, "_probe_re"),
-            "probe_im": (self, "_probe_im"),
-            "probe_count": (self, "_probe_count"),
-            "probe_m_re": (probe_adam[0], "m"),
-            "probe_v_re": (probe_adam[0], "v"),
-            "probe_m_im": (probe_adam[1], "m"),
-            "probe_v_im": (probe_adam[1], "v"),
-            "distance": (self, "_distance"),
-            "distance_count": (self, "_distance_count"),
-            "distance_m": (self._distance_adam, "m"),
-            "distance_v": (self._distance_adam, "v"),
             "offset": (self, "_offset"),
             "frames": (self, "_frames"),
             "top_left": (self, "_top_left"),
             "frac": (self, "_frac"),
-            "shift": (self, "_shift"),
-            "shift_count": (self, "_shift_count"),
-            "shift_m": (self._shift_adam, "m"),
-            "shift_v": (self._shift_adam, "v"),
             "n_frames": (self, "_n_var"),
         }
-        return {name: (place, getattr(*place)) for name, place in places.items()}
+        for trainable in self._model.trainables:
+            places |= trainable.places()
+        return {name: (place, _get(*place)) for name, place in places.items()}
 
     def estimate(self, *, final: bool = False) -> Estimate:
-        """Numpy snapshot of the current state."""
-        obj = (self._obj_re.numpy() + 1j * self._obj_im.numpy()).astype(np.complex64)
-        modes = (self._probe_re.numpy() + 1j * self._probe_im.numpy()).astype(np.complex64)
+        """Numpy snapshot of the current state: the object ``(H, W)``, or ``(S, H, W)`` slices
+        (first met by the beam first) for a multislice sample."""
+        slices = [c.value().numpy().astype(np.complex64) for c in self._model.canvases]
+        obj = slices[0] if len(slices) == 1 else np.stack(slices)
+        modes = self._model.illumination.probe.value().numpy().astype(np.complex64)
         probe = optics.orthogonalise_modes(modes) if self._modes > 1 else modes[0]
         origin = self._canvas.origin_m if self._canvas else np.zeros(2)
         return Estimate(
@@ -292,155 +280,104 @@ class ADEngine(FrameIntake):
             probe=probe,
             object_origin_m=(float(origin[0]), float(origin[1])),
             pixel_size_m=self._dx,
-            positions_m=self._positions_m
-            + self._shift[: self._n_frames].numpy().astype(np.float64) * self._dx,
-            illumination=self._illumination(probe, obj.shape),
+            positions_m=self._positions_m + self._shifts_px()[: self._n_frames] * self._dx,
+            illumination=self._illumination(probe, slices[0].shape),
             iteration=self._iteration,
             n_frames=self._n_frames,
             frames_waiting=self.frames_waiting,
             loss=np.asarray(self._loss, dtype=np.float64).reshape(-1, 2),
             final=final,
-            distance_m=float(self._distance.numpy()) if self._near else float("nan"),
+            distance_m=self.distance_m if self._near else float("nan"),
+            slice_gaps_m=self.slice_gaps_m,
         )
+
+    def _shifts_px(self) -> np.ndarray:
+        """Position corrections of every frame slot ``(capacity, 2)``, object pixels."""
+        return self._model.illumination.shift.parts[0].numpy().astype(np.float64)
 
     # -- compiled step ---------------------------------------------------------------------
 
     def _compile(self):
+        """The training step for the current shapes: it gathers the batch's windows of every
+        canvas, asks the model for the loss, and updates each trained variable by Adam at the
+        rate it names (see :mod:`ptystream.engine.model`); one XLA function."""
         n = self._n
         settings = self.settings
-        obj_vars = (self._obj_re, self._obj_im)
+        model = self._model
+        canvas_list = model.canvases
+        others = [t for t in model.trainables if t.kind != CANVAS and t.trained]
         # Adam on the whole canvas costs ~17 ns per pixel; on the batch's windows only, a fixed
         # ~8 ms (scatters, batch 16 of 128^2) that pays off on canvases over ~2 B n^2 pixels.
-        h, w = self._obj_re.shape
+        h, w = canvas_list[0].parts[0].shape
         sparse = h * w > 2 * settings.batch_size * n * n
-        probe_vars = (self._probe_re, self._probe_im)
 
-        def train_step(idx, valid, object_lr, probe_lr, distance_lr, position_lr):
+        def train_step(idx, valid, rates):
             with tf.GradientTape() as tape:
-                probe = tf.complex(*probe_vars)  # (M, n, n)
-                if self._fresnel is not None:  # folded in before the shift: it moves with it
-                    probe = probe * self._fresnel
+                canvas_shape = tf.shape(canvas_list[0].parts[0])
                 top_left = tf.gather(self._top_left, idx)
                 frac = tf.gather(self._frac, idx)
-                if settings.correct_positions:
-                    # the integer part picks the patch; the gradient flows through the rest
-                    corner = tf.cast(top_left, tf.float32) + frac + tf.gather(self._shift, idx)
-                    top_left = tf.cast(tf.floor(tf.stop_gradient(corner)), tf.int32)
-                    top_left = tf.clip_by_value(top_left, 0, tf.shape(self._obj_re) - n)
-                    frac = corner - tf.cast(top_left, tf.float32)
+                top_left, frac = model.place(top_left, frac, idx, canvas_shape)
                 pixels = forward.window_pixels(top_left, n)  # (B, n, n, 2)
                 # padding frames point at the first frame's window (so duplicates agree)
                 pixels = tf.where(valid[:, None, None, None] > 0, pixels, pixels[:1])
-                patch_re = values_at(self._obj_re, pixels)
-                patch_im = values_at(self._obj_im, pixels)
-                tape.watch([patch_re, patch_im])
-                patches = tf.complex(patch_re, patch_im)
-                if settings.subpixel:
-                    probes = forward.shifted_probes(probe, frac)
-                else:
-                    probes = probe[None]
-                exit_waves = patches[:, None] * probes  # (B, M, n, n)
-                if self._near:
-                    predicted = forward.nearfield_intensity(
-                        exit_waves, self._q, self._distance, self._band
-                    )
-                else:
-                    predicted = forward.farfield_intensity(exit_waves)
+                window_parts = [[values_at(p, pixels) for p in c.parts] for c in canvas_list]
+                for parts in window_parts:
+                    tape.watch(parts)
+                windows = [tf.complex(*parts) for parts in window_parts]
                 measured = tf.gather(self._frames, idx)
-                loss = forward.data_loss(
-                    str(settings.loss),
-                    predicted,
-                    measured,
-                    self._offset,
-                    valid,
-                    self._pixel_mask,
-                )
-                if settings.tv_weight > 0:
-                    loss += settings.tv_weight * forward.total_variation(patches, valid)
-            extra = [self._distance] * settings.train_distance
-            extra += [self._shift] * settings.correct_positions
-            obj_sources = [patch_re, patch_im] if sparse else list(obj_vars)
-            g_re, g_im, g_pr, g_pi, *g_extra = tape.gradient(
-                loss,
-                [*obj_sources, *probe_vars, *extra],
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            )
-            if sparse:  # read and write the batch's windows only
-                write = tf.reduce_any(valid > 0)
-                old_count = values_at(self._obj_count, pixels)
-                count = old_count + 1.0
-                self._obj_count.scatter_nd_update(pixels, tf.where(write, count, old_count))
-                for var, state, g in zip(obj_vars, self._obj_adam, (g_re, g_im), strict=True):
-                    g = forward.summed_at(g, pixels, tf.shape(var))  # overlapping windows add
-                    sparse_adam_update(var, state, pixels, g, count, write, object_lr)
-            else:  # update the whole canvas where the gradient is not zero
-                g_re, g_im = tf.convert_to_tensor(g_re), tf.convert_to_tensor(g_im)
-                touched = tf.logical_or(g_re != 0.0, g_im != 0.0)
-                count = self._obj_count.assign_add(tf.cast(touched, tf.float32))
-                adam_update(self._obj_re, g_re, self._obj_adam[0], count, touched, object_lr)
-                adam_update(self._obj_im, g_im, self._obj_adam[1], count, touched, object_lr)
-            active = probe_lr > 0.0
-            p_count = self._probe_count.assign_add(tf.cast(active, tf.float32))
-            every = tf.fill([self._modes, n, n], active)
-            adam_update(self._probe_re, g_pr, self._probe_adam[0], p_count, every, probe_lr)
-            adam_update(self._probe_im, g_pi, self._probe_adam[1], p_count, every, probe_lr)
-            if settings.train_distance:
-                fit = distance_lr > 0.0
-                z_count = self._distance_count.assign_add(tf.cast(fit, tf.float32))
-                g_z = g_extra.pop(0)
-                adam_update(self._distance, g_z, self._distance_adam, z_count, fit, distance_lr)
-                # angular spectrum holds only up to N dx^2 / lambda (ENGINE_NOTES)
-                self._distance.assign(tf.clip_by_value(self._distance, *self.distance_range_m))
-            if settings.correct_positions:
-                g_shift = tf.convert_to_tensor(g_extra.pop(0))
-                moved = tf.logical_and(g_shift != 0.0, position_lr > 0.0)
-                s_count = self._shift_count.assign_add(tf.cast(moved, tf.float32))
-                adam_update(self._shift, g_shift, self._shift_adam, s_count, moved, position_lr)
-                seen = tf.range(tf.shape(self._shift)[0]) < self._n_var
-                mean = tf.reduce_sum(tf.where(seen[:, None], self._shift, 0.0), axis=0) / tf.cast(
-                    tf.maximum(self._n_var, 1), tf.float32
-                )
-                limit = settings.position_max_px
-                self._shift.assign(
-                    tf.where(
-                        seen[:, None], tf.clip_by_value(self._shift - mean, -limit, limit), 0.0
-                    )
-                )
+                loss = model.loss(windows, frac, measured, valid)
+            canvas_sources = window_parts if sparse else [c.parts for c in canvas_list]
+            sources = [p for parts in canvas_sources for p in parts]
+            sources += [p for t in others for p in t.parts]
+            grads = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads.reverse()  # popped in the order of sources
+            for canvas in canvas_list:
+                rate = rates[RATES.index(canvas.rate)]
+                g_parts = [grads.pop() for _ in canvas.parts]
+                if sparse:
+                    _update_windows(canvas, pixels, g_parts, valid, rate)
+                else:
+                    _update_canvas(canvas, g_parts, rate)
+            for trainable in others:
+                rate = rates[RATES.index(trainable.rate)]
+                g_parts = [tf.convert_to_tensor(grads.pop()) for _ in trainable.parts]
+                _update(trainable, g_parts, rate)
+                if trainable.constrain is not None:
+                    trainable.constrain()
             return loss
 
         b = settings.batch_size
         signature = [
             tf.TensorSpec((b,), tf.int32),
             tf.TensorSpec((b,), tf.float32),
-            tf.TensorSpec((), tf.float32),
-            tf.TensorSpec((), tf.float32),
-            tf.TensorSpec((), tf.float32),
-            tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((len(RATES),), tf.float32),
         ]
         return tf.function(train_step, input_signature=signature, jit_compile=settings.jit_compile)
 
+    def _rates(self, lr_scale: float) -> np.ndarray:
+        """The learning rate of each name of :data:`~ptystream.engine.model.RATES` for the next
+        step: the settings' rates times ``lr_scale``, 0 where a schedule holds one back."""
+        s, i = self.settings, self._iteration
+        rates = {
+            "object": s.object_learning_rate,
+            "probe": s.probe_learning_rate if i >= s.probe_start_step else 0.0,
+            "distance": 0.0 if self.hold_distance else s.distance_learning_rate_m,
+            "position": s.position_learning_rate_px if i >= s.position_start_step else 0.0,
+            "slice_spacing": s.slice_spacing_learning_rate_m,
+        }
+        return np.array([lr_scale * rates[name] for name in RATES], np.float32)
+
     def _run_batch(self, idx: np.ndarray, valid: np.ndarray, lr_scale: float = 1.0) -> float:
-        s = self.settings
-        probe_lr = s.probe_learning_rate if self._iteration >= s.probe_start_step else 0.0
-        position_lr = (
-            s.position_learning_rate_px if self._iteration >= s.position_start_step else 0.0
-        )
-        loss = float(
-            self._step_fn(
-                tf.constant(idx),
-                tf.constant(valid),
-                tf.constant(lr_scale * s.object_learning_rate, tf.float32),
-                tf.constant(lr_scale * probe_lr, tf.float32),
-                tf.constant(
-                    0.0 if self.hold_distance else lr_scale * s.distance_learning_rate_m,
-                    tf.float32,
-                ),
-                tf.constant(lr_scale * position_lr, tf.float32),
-            )
-        )
+        rates = tf.constant(self._rates(lr_scale))
+        loss = float(self._step_fn(tf.constant(idx), tf.constant(valid), rates))
         self._iteration += 1
         self._loss.append((self._iteration, loss))
         return loss
+
+    def _regularise(self) -> None:
+        """The sample's regulariser along z (multislice), on the whole stack."""
+        self._since_regularised = 0
+        self._model.sample.regularise()
 
     def _next_batch(self) -> tuple[np.ndarray, np.ndarray]:
         b = self.settings.batch_size
@@ -490,8 +427,9 @@ class ADEngine(FrameIntake):
             given=self._initial_probe,
         )
         modes = self._initial_modes(probe)
-        self._probe_re.assign(modes.real)
-        self._probe_im.assign(modes.imag)
+        re, im = self._model.illumination.probe.parts
+        re.assign(modes.real)
+        im.assign(modes.imag)
 
     def _initial_modes(self, probe: np.ndarray) -> np.ndarray:
         """``(M, N, N)`` starting modes from a probe ``(N, N)`` or modes ``(M', N, N)``, with
@@ -511,18 +449,19 @@ class ADEngine(FrameIntake):
         )
 
     def _resize_object(self, shape: tuple[int, int], offset: tuple[int, int]) -> None:
-        """Re-allocate object-shaped variables at ``shape``, old content placed at ``offset``."""
+        """Re-allocate every canvas (and its Adam state and step counts) at ``shape``, the old
+        content placed at ``offset``."""
 
         def moved(var: tf.Variable, fill: float) -> tf.Variable:
             new = canvases.place(var.numpy(), shape, offset, fill)
             return tf.Variable(new, trainable=var.trainable)
 
-        self._obj_re = moved(self._obj_re, 1.0)
-        self._obj_im = moved(self._obj_im, 0.0)
-        self._obj_count = moved(self._obj_count, 0.0)
-        for adam in self._obj_adam:
-            adam.m = moved(adam.m, 0.0)
-            adam.v = moved(adam.v, 0.0)
+        for canvas in self._model.canvases:
+            canvas.parts = [moved(p, f) for p, f in zip(canvas.parts, canvas.fills, strict=True)]
+            canvas.count = moved(canvas.count, 0.0)
+            for adam in canvas.adam:
+                adam.m = moved(adam.m, 0.0)
+                adam.v = moved(adam.v, 0.0)
         self._step_fn = self._compile()
 
     def _ensure_capacity(self, needed: int) -> None:
@@ -536,15 +475,18 @@ class ADEngine(FrameIntake):
             old = var.numpy()
             new = np.zeros((new_capacity, *old.shape[1:]), old.dtype)
             new[:capacity] = old
-            return tf.Variable(new, trainable=False)
+            return tf.Variable(new, trainable=var.trainable)
 
         self._frames = grown(self._frames)
         self._top_left = grown(self._top_left)
         self._frac = grown(self._frac)
-        self._shift = tf.Variable(grown(self._shift).numpy())  # trainable again
-        self._shift_count = grown(self._shift_count)
-        self._shift_adam.m = grown(self._shift_adam.m)
-        self._shift_adam.v = grown(self._shift_adam.v)
+        for trainable in self._model.trainables:
+            if trainable.per_frame:
+                trainable.parts = [grown(p) for p in trainable.parts]
+                trainable.count = grown(trainable.count)
+                for adam in trainable.adam:
+                    adam.m = grown(adam.m)
+                    adam.v = grown(adam.v)
         self._step_fn = self._compile()
 
     def _illumination(self, probe: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -553,10 +495,59 @@ class ADEngine(FrameIntake):
         if self._n_frames == 0:
             return np.zeros(shape, np.float32)
         n = self._n_frames
-        corners = self._top_left[:n].numpy() + self._frac[:n].numpy() + self._shift[:n].numpy()
+        corners = self._top_left[:n].numpy() + self._frac[:n].numpy() + self._shifts_px()[:n]
         limit = np.array(shape) - self._n
         corners = np.clip(np.floor(corners).astype(int), 0, limit)
         intensity = np.abs(probe) ** 2
         if intensity.ndim == 3:
             intensity = intensity.sum(axis=0)
         return canvases.summed_windows(intensity, corners, shape)
+
+
+def _get(owner: Any, key: Any) -> Any:
+    return owner[key] if isinstance(key, int) else getattr(owner, key)
+
+
+def _put(owner: Any, key: Any, value: Any) -> None:
+    if isinstance(key, int):
+        owner[key] = value
+    else:
+        setattr(owner, key, value)
+
+
+def _update_windows(
+    canvas: Trainable, pixels: tf.Tensor, grads: list[tf.Tensor], valid: tf.Tensor, rate
+) -> None:
+    """Adam on the batch's windows ``pixels`` ``(B, n, n, 2)`` of a canvas only (nothing
+    changes for an all-padding batch)."""
+    write = tf.reduce_any(valid > 0)
+    old_count = values_at(canvas.count, pixels)
+    count = old_count + 1.0
+    canvas.count.scatter_nd_update(pixels, tf.where(write, count, old_count))
+    for var, state, g in zip(canvas.parts, canvas.adam, grads, strict=True):
+        g = forward.summed_at(g, pixels, tf.shape(var))  # overlapping windows add
+        sparse_adam_update(var, state, pixels, g, count, write, rate)
+
+
+def _update_canvas(canvas: Trainable, grads: list[tf.Tensor], rate) -> None:
+    """Adam on the whole canvas, where the gradient is not zero."""
+    grads = [tf.convert_to_tensor(g) for g in grads]
+    touched = tf.logical_or(grads[0] != 0.0, grads[1] != 0.0)
+    count = canvas.count.assign_add(tf.cast(touched, tf.float32))
+    for var, state, g in zip(canvas.parts, canvas.adam, grads, strict=True):
+        adam_update(var, g, state, count, touched, rate)
+
+
+def _update(trainable: Trainable, grads: list[tf.Tensor], rate) -> None:
+    """Adam on a variable that is not a canvas: every element while the rate is not zero
+    (``whole``), or the elements with a gradient (``elementwise``)."""
+    active = rate > 0.0
+    if trainable.kind == ELEMENTWISE:
+        moved = tf.reduce_any(tf.stack([g != 0.0 for g in grads]), axis=0)
+        touched = tf.logical_and(moved, active)
+        count = trainable.count.assign_add(tf.cast(touched, tf.float32))
+    else:
+        touched = tf.fill(tf.shape(trainable.parts[0]), active)
+        count = trainable.count.assign_add(tf.cast(active, tf.float32))
+    for var, state, g in zip(trainable.parts, trainable.adam, grads, strict=True):
+        adam_update(var, g, state, count, touched, rate)

@@ -42,9 +42,12 @@ class EngineState:
         if self.meta.get("format") != _FORMAT:
             raise ValueError(f"{source}: unknown engine-state format {self.meta.get('format')!r}")
         mine = identity(geometry, settings)
+        # a state saved before a setting existed took its default
+        saved_settings = EngineSettings.model_validate(self.meta["settings"])
+        saved = {**self.meta, "settings": saved_settings.model_dump(mode="json")}
         for key in ("geometry", "settings"):
-            if self.meta[key] != mine[key]:
-                differ = sorted(k for k in mine[key] if mine[key][k] != self.meta[key].get(k))
+            if saved[key] != mine[key]:
+                differ = sorted(k for k in mine[key] if mine[key][k] != saved[key].get(k))
                 raise ValueError(f"{source}: saved with a different {key} ({', '.join(differ)})")
 
 

@@ -1,4 +1,5 @@
-"""Forward models and losses, as pure TensorFlow functions.
+"""The pieces of the forward model and the losses, as pure TensorFlow functions (the stages of
+:mod:`ptystream.engine.model` are built from them).
 
 Conventions: real-space arrays are indexed naturally (object pixel ``[r, c]``); FFTs are
 orthonormal with zero frequency at ``[0, 0]``, so measured (centred) frames are ifftshifted once
@@ -12,9 +13,10 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = [
+    "angular_spectrum",
     "data_loss",
-    "farfield_intensity",
-    "nearfield_intensity",
+    "farfield",
+    "incoherent_intensity",
     "shifted_probes",
     "summed_at",
     "total_variation",
@@ -63,30 +65,35 @@ def shifted_probes(probe: tf.Tensor, frac_px: tf.Tensor) -> tf.Tensor:
     return tf.signal.ifft2d(tf.signal.fft2d(probe)[None] * ramp[:, None])
 
 
-def farfield_intensity(exit_waves: tf.Tensor) -> tf.Tensor:
-    """Far-field intensity ``(B, n, n)`` of exit waves ``(B, M, n, n)`` with an orthonormal FFT
-    (zero frequency at [0, 0]); the ``M`` modes are mutually incoherent, so intensities add."""
+def farfield(exit_waves: tf.Tensor) -> tf.Tensor:
+    """Far-field wave ``(..., n, n)`` of exit waves ``(..., n, n)``: the orthonormal FFT (zero
+    frequency at [0, 0])."""
     n = exit_waves.shape[-1]
-    spectrum = tf.signal.fft2d(exit_waves) / tf.cast(n, tf.complex64)
-    return tf.reduce_sum(tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2, axis=1)
+    return tf.signal.fft2d(exit_waves) / tf.cast(n, tf.complex64)
 
 
-def nearfield_intensity(
-    exit_waves: tf.Tensor, q: tf.Tensor, distance_m: tf.Tensor, band: tf.Tensor | None = None
+def angular_spectrum(
+    waves: tf.Tensor, q: tf.Tensor, distance_m: tf.Tensor, band: tf.Tensor | None = None
 ) -> tf.Tensor:
-    """Intensity ``(B, n, n)`` after angular-spectrum propagation of ``exit_waves``
-    ``(B, M, n, n)`` (``M`` incoherent modes) by ``distance_m`` (a tensor, so it can be trained).
+    """``waves`` ``(..., n, n)`` propagated by ``distance_m`` (a tensor, so it can be trained)
+    with the angular-spectrum method.
 
     ``q`` ``(n, n)`` is :func:`ptystream.optics.angular_spectrum_phase`, ifftshifted (zero
     frequency at [0, 0]); the kernel is ``exp(-2 pi i z q)``, times ``band`` (1 where a
-    frequency propagates, 0 for evanescent ones) when given.
+    frequency propagates, 0 for evanescent ones) when given. Valid for ``z <= n dx^2 /
+    lambda``.
     """
     phase = -2.0 * np.pi * distance_m * q
     kernel = tf.complex(tf.cos(phase), tf.sin(phase))
     if band is not None:
         kernel *= tf.cast(band, tf.complex64)
-    field = tf.signal.ifft2d(tf.signal.fft2d(exit_waves) * kernel)
-    return tf.reduce_sum(tf.math.real(field) ** 2 + tf.math.imag(field) ** 2, axis=1)
+    return tf.signal.ifft2d(tf.signal.fft2d(waves) * kernel)
+
+
+def incoherent_intensity(fields: tf.Tensor) -> tf.Tensor:
+    """Intensity ``(B, n, n)`` of fields ``(B, M, n, n)`` at the detector: the ``M`` modes are
+    mutually incoherent, so their intensities add."""
+    return tf.reduce_sum(tf.math.real(fields) ** 2 + tf.math.imag(fields) ** 2, axis=1)
 
 
 def data_loss(

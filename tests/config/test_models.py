@@ -45,6 +45,40 @@ def test_near_field_rules(change, message):
         Profile.model_validate(data)
 
 
+@pytest.mark.parametrize(
+    "engine, message",
+    [
+        ({"slices": 3, "slice_spacing_m": -1e-6}, "slice_spacing_m must be >= 0 metres"),
+        ({"slices": 3, "slice_spacing_m": [1e-6, -2e-6]}, "got -2e-06"),
+        ({"slices": 3, "slice_spacing_m": [1e-6]}, "lists 1 spacings, but engine.slices = 3"),
+        ({"slices": 2, "slice_spacing_m": [1e-6, 2e-6]}, "has 1 gaps"),
+        ({"slices": 1, "train_slice_spacing": True}, "needs engine.slices >= 2"),
+        ({"slices": 0}, "greater than or equal to 1"),
+        ({"slices": 2, "slice_regulariser": "median"}, "'none', 'arctan' or 'gaussian'"),
+    ],
+)
+def test_bad_slice_settings_are_named(tmp_path, engine, message):
+    data = load_profile("demo").model_dump(mode="json")
+    data["engine"].update(engine)
+    with pytest.raises(ValueError, match=message):
+        Profile.model_validate(data)
+    # and through a profile file, as a user meets it
+    import yaml
+
+    path = tmp_path / "thick.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError, match="engine"):
+        load_profile(path)
+
+
+def test_slice_gaps_from_one_value_or_one_per_gap():
+    data = load_profile("demo").model_dump(mode="json")
+    data["engine"].update({"slices": 3, "slice_spacing_m": 2e-6})
+    assert Profile.model_validate(data).engine.slice_gaps_m == (2e-6, 2e-6)
+    data["engine"]["slice_spacing_m"] = [1e-6, 3e-6]
+    assert Profile.model_validate(data).engine.slice_gaps_m == (1e-6, 3e-6)
+
+
 # -- wavelength or energy ---------------------------------------------------------------------
 
 

@@ -28,7 +28,8 @@ def test_engine_predicts_what_the_simulated_detector_measures(position_px):
     probes = forward.shifted_probes(
         tf.constant(truth.probe[None]), tf.constant([corner - top_left], tf.float32)
     )
-    predicted = forward.farfield_intensity(patches[:, None] * probes).numpy()[0]
+    fields = forward.farfield(patches[:, None] * probes)
+    predicted = forward.incoherent_intensity(fields).numpy()[0]
     np.testing.assert_allclose(predicted, measured, rtol=1e-3, atol=1e-6 * measured.max())
 
 
