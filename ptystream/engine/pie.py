@@ -27,6 +27,24 @@ shifted back before it is applied (the probe is kept as its spectrum, so this co
 update on top of the propagation's two); otherwise positions are rounded to whole pixels, as in
 the classic papers. With ``fresnel`` propagation the Fresnel phase is folded into the probe
 before its shift, as in the AD engine, and taken off the probe the estimate reports.
+
+Multislice (``settings.slices`` = S > 1) has the AD engine's physics
+(:mod:`ptystream.engine.model`): slices ``s = 0 .. S-1`` along the beam, each its own canvas,
+all under the same window; the probe is the wave entering slice 0, ``psi_{s+1} = AS(psi_s O_s,
+gap_s)``, and the exit wave is ``psi_{S-1} O_{S-1}`` (``AS``: the angular spectrum, evanescent
+waves cut). A ``fresnel`` geometry applies its phase to the exit wave (unshifted), not to the
+probe. The update is 3PIE (Maiden, Humphry and Rodenburg, JOSA A 29, 1606 (2012)), with
+mPIE's rPIE denominators per slice (as PtyLab's e3PIE): from the last slice back, with ``d_s``
+the change the modulus projection (or the slice behind) asks of ``psi_s O_s``,
+
+- ``O_s += beta_O conj(psi_s) d_s / ((1 - a_O)|psi_s|^2 + a_O max|psi_s|^2)``,
+- ``psi_s' = psi_s + beta_P conj(O_s) d_s / ((1 - a_P)|O_s|^2 + a_P max|O_s|^2)`` (old ``O_s``),
+- ``d_{s-1} = AS(psi_s', -gap_{s-1}) - psi_{s-1} O_{s-1}``,
+
+and ``psi_0' - psi_0`` is the probe's update (from ``probe_start_step`` on; the slices' waves
+are corrected from the first update). mPIE's momentum acts on every slice, and
+``slice_regulariser`` filters the stack along z about once per pass, as in the AD engine. The
+slice spacings are fixed (``train_slice_spacing`` is refused).
 """
 
 from __future__ import annotations
@@ -40,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from ptystream import optics
-from ptystream.config import Algorithm, EngineSettings
+from ptystream.config import Algorithm, EngineSettings, SliceRegulariser
 from ptystream.engine import canvas as canvases
 from ptystream.engine import initial
 from ptystream.engine.checkpoint import EngineState, read_state, write_state
@@ -59,18 +77,13 @@ _FLOOR = 1e-12
 
 class _Propagator:
     """Exit wave to detector and back, unitary, with zero frequency at ``[0, 0]``: the angular
-    spectrum in the near field, one FFT otherwise (the Fresnel phase travels with the probe)."""
+    spectrum in the near field, one FFT otherwise (the Fresnel phase travels with the probe, or
+    with the exit wave behind a multislice sample)."""
 
     def __init__(self, geometry: Geometry):
-        n, dx, wavelength = geometry.frame_px, geometry.object_pixel_size_m, geometry.wavelength_m
         self._kernel = None
         if geometry.propagation == NEAR_FIELD:
-            q = optics.angular_spectrum_phase(n, dx, wavelength)
-            fy, fx = optics.spatial_frequencies(n, dx)
-            band = fx**2 + fy**2 < 1.0 / wavelength**2  # evanescent waves do not propagate
-            z = geometry.propagation_distance_m
-            kernel = np.where(band, np.exp(-2j * np.pi * z * q), 0.0)
-            self._kernel = np.fft.ifftshift(kernel).astype(np.complex64)
+            self._kernel = _angular_spectrum_kernel(geometry, geometry.propagation_distance_m)
 
     def forward(self, wave: np.ndarray) -> np.ndarray:
         if self._kernel is not None:
@@ -90,7 +103,8 @@ class PIEEngine(FrameIntake):
     ----------
     setup : geometry, settings, plan, read noise, defocus, detector mask and initial probe
         (:class:`~ptystream.engine.setup.EngineSetup`). Of the settings, ``algorithm``,
-        ``pie``, ``probe_start_step``, ``subpixel``, ``canvas_margin_px`` and ``seed`` are
+        ``pie``, ``probe_start_step``, ``subpixel``, ``canvas_margin_px``, ``seed``,
+        ``slices``, ``slice_spacing_m`` and ``slice_regulariser`` (with its strength) are
         used; the AD engine's learning rates, batch size, loss kind and TV weight do not apply.
         The read noise enters the reported loss only; masked pixels keep the predicted modulus
         and never enter the loss; an initial probe (``(N, N)``) is rescaled to the measured
@@ -99,8 +113,9 @@ class PIEEngine(FrameIntake):
     Raises
     ------
     ValueError
-        For settings a PIE engine cannot honour: ``probe_modes`` > 1, ``train_distance`` and
-        ``correct_positions`` (the AD engine does all three).
+        For settings a PIE engine cannot honour: ``probe_modes`` > 1, ``train_distance``,
+        ``correct_positions``, ``distance_search_m`` and ``train_slice_spacing`` (the AD
+        engine does them all).
 
     Notes
     -----
@@ -132,7 +147,13 @@ class PIEEngine(FrameIntake):
         # Fresnel: the engine updates the probe times the Fresnel phase, the product the patterns
         # see, shifted as one (the phase is centred on the beam, which moves with the probe, as
         # in the AD engine); the estimate reports the probe with the phase taken off again.
-        self._chirp = initial.fresnel_phase(geometry) if geometry.propagation == FRESNEL else None
+        # Behind a multislice sample the phase belongs after the last slice: on the exit wave.
+        fresnel = initial.fresnel_phase(geometry) if geometry.propagation == FRESNEL else None
+        thick = settings.slices > 1
+        self._chirp = None if thick else fresnel
+        self._exit_phase = fresnel if thick else None
+        self._slices = _Slices(geometry, settings) if thick else None
+        self._since_regularised = 0
         valid = initial.check_detector_mask(detector_mask, geometry.frame_shape)
         self._valid_pixels = valid
         self._mask = self._oriented(valid)
@@ -167,9 +188,11 @@ class PIEEngine(FrameIntake):
         self._ramps = np.ones((capacity, 2, n), np.complex64)  # 1-D sub-pixel ramps (y, x)
         self._canvas = canvases.plan_canvas(plan, n, self._dx, settings.canvas_margin_px)
         shape = self._canvas.shape if self._canvas else (n, n)
-        self._object = np.ones(shape, np.complex64)
+        # one canvas per slice, slice 0 (upstream) first
+        stacked = (settings.slices, *shape) if thick else shape
+        self._object = np.ones(stacked, np.complex64)
         self._object_before = self._object.copy()  # mPIE: the object T updates ago
-        self._object_velocity = np.zeros(shape, np.complex64)
+        self._object_velocity = np.zeros(stacked, np.complex64)
         # With sub-pixel shifts the probe is kept as its (orthonormal, unshifted) spectrum: a shift
         # is then one FFT to the shifted probe and one back for its update, not two each way.
         self._spectral = settings.subpixel
@@ -216,7 +239,11 @@ class PIEEngine(FrameIntake):
             chosen.extend(picks.tolist())
         elif room > 0:  # every frame was just visited
             chosen.extend(self._rng.choice(self._n_frames, size=room).tolist())
-        return float(np.mean([self._update(j) for j in chosen]))
+        loss = float(np.mean([self._update(j) for j in chosen]))
+        self._since_regularised += n_steps
+        if self._since_regularised >= self._n_frames:  # about once per pass, as the AD engine
+            self._regularise()
+        return loss
 
     def refine(self, epochs: int, on_epoch: Callable[[int, float], None] | None = None) -> float:
         """``epochs`` passes over all frames, each in a new random order; returns the last pass's
@@ -228,12 +255,14 @@ class PIEEngine(FrameIntake):
         for epoch in range(epochs):
             order = self._rng.permutation(self._n_frames)
             loss = float(np.mean([self._update(int(j)) for j in order]))
+            self._regularise()
             if on_epoch is not None:
                 on_epoch(epoch, loss)
         return loss
 
     def estimate(self, *, final: bool = False) -> Estimate:
-        """Numpy snapshot of the current state (copies)."""
+        """Numpy snapshot of the current state (copies): the object ``(H, W)``, or ``(S, H, W)``
+        slices (slice 0, first met by the beam, first) for a multislice sample."""
         origin = self._canvas.origin_m if self._canvas else np.zeros(2)
         probe = self._probe_image()
         return Estimate(
@@ -258,8 +287,9 @@ class PIEEngine(FrameIntake):
         copies."""
         arrays, meta = self._bookkeeping()
         arrays |= {name: getattr(self, f"_{name}").copy() for name in _STATE_ARRAYS}
-        arrays["loss"] = np.asarray(self._loss, dtype=np.float64)
+        arrays["loss"] = np.array(self._loss, dtype=np.float64)  # a copy: a view pins the buffer
         meta |= {name: getattr(self, f"_{name}") for name in _STATE_VALUES}
+        meta["since_regularised"] = self._since_regularised
         return EngineState(arrays, meta)
 
     def restore(self, state: EngineState, *, source: str = "state") -> None:
@@ -270,6 +300,7 @@ class PIEEngine(FrameIntake):
             setattr(self, f"_{name}", state.arrays[name].copy())
         for name in _STATE_VALUES:
             setattr(self, f"_{name}", state.meta[name])
+        self._since_regularised = state.meta.get("since_regularised", 0)  # older states lack it
         self._restore_bookkeeping(state)
         self._loss = array.array("d", state.arrays["loss"])
 
@@ -280,6 +311,37 @@ class PIEEngine(FrameIntake):
     def load_state(self, path: str | Path) -> None:
         """Continue from a state written by :meth:`save_state` (same geometry and settings)."""
         self.restore(read_state(path), source=str(path))
+
+    def predict(self, positions_m: np.ndarray) -> np.ndarray:
+        """The frames ``(k, N, N)`` float32, in counts, that the current object and probe
+        predict for probe positions ``(k, 2)`` (y, x, metres), laid out as :meth:`add_frames`
+        takes them (far field: centred patterns) and without noise: the model the updates fit.
+
+        Raises ValueError before the first frames (they set the probe and the normalisation) or
+        when a position's window leaves the canvas.
+        """
+        if self._scale is None:
+            raise ValueError("nothing to predict from before the first frames")
+        positions_m = np.asarray(positions_m, dtype=np.float64).reshape(-1, 2)
+        top_left, frac = self._corners(positions_m)
+        n, (h, w) = self._n, self._object.shape[-2:]
+        outside = (top_left < 0).any(axis=1) | (top_left[:, 0] > h - n) | (top_left[:, 1] > w - n)
+        if outside.any():
+            raise ValueError(f"positions {positions_m[outside].tolist()} m leave the canvas")
+        ramps = np.exp(-2j * np.pi * frac[:, :, None] * self._freq).astype(np.complex64)
+        predicted = np.empty((len(positions_m), n, n), np.float32)
+        for i, ((r, c), (ramp_y, ramp_x)) in enumerate(zip(top_left, ramps, strict=True)):
+            probe = self._shifted_probe(ramp_y[:, None] * ramp_x[None, :])
+            window = self._object[..., r : r + n, c : c + n]
+            if self._slices is None:
+                wave = window * probe
+            else:
+                wave = self._slices.waves(window, probe)[1][-1]
+                if self._exit_phase is not None:
+                    wave = wave * self._exit_phase
+            field = self._propagator.forward(wave)
+            predicted[i] = (field.real**2 + field.imag**2) * self._scale
+        return predicted if self._near else np.fft.fftshift(predicted, axes=(-2, -1))
 
     def search_distance(
         self, lo_m: float, hi_m: float, passes: int = 25
@@ -294,42 +356,84 @@ class PIEEngine(FrameIntake):
 
     def _update(self, j: int) -> float:
         """One position update on frame ``j``; returns its loss before the update."""
+        if self._slices is not None:
+            return self._update_slices(j, self._slices)
         n = self._n
         r, c = self._top_left[j]
         patch = self._object[r : r + n, c : c + n]  # a view: updated in place
-        probe: np.ndarray
-        if self._spectral:
-            ramp = self._ramp(j)
-            probe = np.fft.ifft2(self._probe * ramp, norm="ortho")
-        else:
-            probe = self._probe
+        ramp = self._ramp(j) if self._spectral else None
+        probe = self._shifted_probe(ramp)
         wave = patch * probe
+        delta, loss = self._projected(wave, j)
+
+        pie = self.settings.pie
+        probe_active = self._iteration >= self.settings.probe_start_step
+        if probe_active:
+            probe_delta = (
+                pie.probe_step * np.conj(patch) * delta / _denominator(patch, self._probe_alpha)
+            )
+        patch += pie.object_step * np.conj(probe) * delta / _denominator(probe, self._object_alpha)
+        if probe_active:
+            self._add_to_probe(probe_delta, ramp)
+        return self._advance(loss)
+
+    def _update_slices(self, j: int, slices: _Slices) -> float:
+        """3PIE on frame ``j`` (see the module's notes); returns its loss before the update."""
+        n = self._n
+        r, c = self._top_left[j]
+        patches = self._object[:, r : r + n, c : c + n]  # views: updated in place
+        ramp = self._ramp(j) if self._spectral else None
+        incident, exits = slices.waves(patches, self._shifted_probe(ramp))
+        if self._exit_phase is None:
+            delta, loss = self._projected(exits[-1], j)
+        else:  # the change of the exit wave is the change behind the phase, taken off again
+            delta, loss = self._projected(exits[-1] * self._exit_phase, j)
+            delta *= np.conj(self._exit_phase)
+
+        pie = self.settings.pie
+        for s in range(len(patches) - 1, -1, -1):
+            psi, patch = incident[s], patches[s]
+            wave_delta = (
+                pie.probe_step * np.conj(patch) * delta / _denominator(patch, self._probe_alpha)
+            )
+            patch += pie.object_step * np.conj(psi) * delta / _denominator(psi, self._object_alpha)
+            if s > 0:  # the corrected incident wave, back over the gap: the target of slice s - 1
+                delta = slices.back(psi + wave_delta, s - 1) - exits[s - 1]
+        if self._iteration >= self.settings.probe_start_step:
+            self._add_to_probe(wave_delta, ramp)
+        return self._advance(loss)
+
+    def _shifted_probe(self, ramp: np.ndarray | None) -> np.ndarray:
+        """The probe at the sample, moved by ``ramp`` (sub-pixel shifts; the probe itself, not a
+        copy, without them)."""
+        if ramp is None:
+            return self._probe
+        return np.fft.ifft2(self._probe * ramp, norm="ortho")
+
+    def _projected(self, wave: np.ndarray, j: int) -> tuple[np.ndarray, float]:
+        """The modulus projection: the change of the exit ``wave`` that makes its pattern match
+        frame ``j`` (none in masked pixels), and the loss before it."""
         field = self._propagator.forward(wave)
         modulus = np.abs(field)
         loss = self._misfit(modulus, j)
         corrected = field * (self._amplitude[j] / np.maximum(modulus, _FLOOR))
         if self._masked:  # no modulus constraint where nothing was measured
             corrected = np.where(self._mask, corrected, field)
-        delta = self._propagator.backward(corrected) - wave
+        return self._propagator.backward(corrected) - wave, loss
 
-        s = self.settings
-        probe_active = self._iteration >= s.probe_start_step
-        if probe_active:
-            probe_delta = (
-                s.pie.probe_step * np.conj(patch) * delta / _denominator(patch, self._probe_alpha)
-            )
-        patch += (
-            s.pie.object_step * np.conj(probe) * delta / _denominator(probe, self._object_alpha)
-        )
-        if probe_active:
-            if self._spectral:  # shifted back to the unshifted probe
-                self._probe += np.fft.fft2(probe_delta, norm="ortho") * np.conj(ramp)
-            else:
-                self._probe += probe_delta
+    def _add_to_probe(self, delta: np.ndarray, ramp: np.ndarray | None) -> None:
+        """Add the update ``delta`` of the shifted probe, shifted back when it was shifted."""
+        if ramp is not None:
+            self._probe += np.fft.fft2(delta, norm="ortho") * np.conj(ramp)
+        else:
+            self._probe += delta
+
+    def _advance(self, loss: float) -> float:
+        """Count the update, record its loss and take the momentum step when it is due."""
         self._iteration += 1
         self._loss.append(loss)
         self._since_momentum += 1
-        if self._since_momentum >= (s.pie.momentum_every or self._n_frames):
+        if self._since_momentum >= (self.settings.pie.momentum_every or self._n_frames):
             self._momentum_step()
         return loss
 
@@ -372,6 +476,16 @@ class PIEEngine(FrameIntake):
             self._probe_velocity *= scale
         self._probe_before = self._probe.copy()
 
+    def _regularise(self) -> None:
+        """The regulariser along z on the whole stack of slices. The mPIE momentum's history
+        (the object ``T`` updates ago and the velocity) is filtered with it (the filters are
+        linear), so that the momentum carries the updates only, not the filter's change."""
+        self._since_regularised = 0
+        if self._slices is None or self._slices.regulariser is SliceRegulariser.NONE:
+            return
+        for name in ("_object", "_object_before", "_object_velocity"):
+            setattr(self, name, self._slices.regularised(getattr(self, name)))
+
     def _probe_image(self) -> np.ndarray:
         """The probe at the sample, in real space (a new array)."""
         probe = np.fft.ifft2(self._probe, norm="ortho") if self._spectral else self._probe.copy()
@@ -412,9 +526,9 @@ class PIEEngine(FrameIntake):
 
     def _resize_object(self, shape: tuple[int, int], offset: tuple[int, int]) -> None:
         """Re-allocate the object-shaped arrays at ``shape``, old content placed at ``offset``."""
-        self._object = canvases.place(self._object, shape, offset, 1.0)
-        self._object_before = canvases.place(self._object_before, shape, offset, 1.0)
-        self._object_velocity = canvases.place(self._object_velocity, shape, offset, 0.0)
+        self._object = _placed(self._object, shape, offset, 1.0)
+        self._object_before = _placed(self._object_before, shape, offset, 1.0)
+        self._object_velocity = _placed(self._object_velocity, shape, offset, 0.0)
 
     def _ensure_capacity(self, needed: int) -> None:
         capacity = len(self._amplitude)
@@ -437,9 +551,8 @@ class PIEEngine(FrameIntake):
     def _illumination(self, probe: np.ndarray) -> np.ndarray:
         """Summed probe intensity over the frames' windows (at their whole pixels), float32."""
         intensity = (np.abs(probe) ** 2).astype(np.float32)
-        return canvases.summed_windows(
-            intensity, self._top_left[: self._n_frames], self._object.shape
-        )
+        h, w = self._object.shape[-2:]
+        return canvases.summed_windows(intensity, self._top_left[: self._n_frames], (h, w))
 
 
 #: The arrays of the state, by attribute name without its underscore.
@@ -460,6 +573,85 @@ _STATE_ARRAYS = (
 _STATE_VALUES = ("offset", "probe_power", "since_momentum")
 
 
+class _Slices:
+    """A multislice sample's propagation between its slices (the gaps fixed, in metres) and
+    its regulariser along z."""
+
+    def __init__(self, geometry: Geometry, settings: EngineSettings):
+        gaps = settings.slice_gaps_m
+        n, dx = geometry.frame_px, geometry.object_pixel_size_m
+        limit = n * dx**2 / geometry.wavelength_m
+        if max(gaps) > limit:
+            logger.warning(
+                "slice gaps %s m exceed N dx^2 / lambda = %.3g m: the angular spectrum aliases "
+                "(the AD engine clips them there)",
+                gaps,
+                limit,
+            )
+        self._kernels = [_angular_spectrum_kernel(geometry, z) for z in gaps]
+        self._back_kernels = [np.conj(kernel) for kernel in self._kernels]
+        self.regulariser = SliceRegulariser(settings.slice_regulariser)
+        self._strength = settings.slice_regulariser_strength
+
+    def waves(
+        self, patches: np.ndarray, probe: np.ndarray
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The waves entering (``psi_s``) and leaving (``psi_s O_s``) each slice, for the
+        slices' windows ``patches`` ``(S, n, n)`` lit by the (shifted) ``probe``: the last
+        leaving wave is the exit wave."""
+        incident, leaving = [probe], []
+        for s, kernel in enumerate(self._kernels):
+            leaving.append(incident[s] * patches[s])
+            incident.append(_propagated(leaving[s], kernel))
+        leaving.append(incident[-1] * patches[-1])
+        return incident, leaving
+
+    def back(self, wave: np.ndarray, gap: int) -> np.ndarray:
+        """``wave`` (entering slice ``gap + 1``) propagated back over gap ``gap``."""
+        return _propagated(wave, self._back_kernels[gap])
+
+    def regularised(self, stack: np.ndarray) -> np.ndarray:
+        """``stack`` ``(S, H, W)`` filtered along z (the AD engine's filters, in numpy):
+        ``arctan`` weights its 3-D spectrum by ``1 - (2/pi) arctan((b |kz| / kr)^2)``
+        (cycles per slice and per pixel, ``kr`` plus ``1e-3 / max(H, W)``, ``b`` the
+        strength); ``gaussian`` mixes the slices by a row-normalised Gaussian of ``strength``
+        slices. Both keep what is constant along z."""
+        s, h, w = stack.shape
+        if self.regulariser is SliceRegulariser.ARCTAN:
+            kz = np.fft.fftfreq(s)[:, None, None]
+            ky, kx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+            kr = np.sqrt(kx**2 + ky**2) + 1e-3 / max(h, w)
+            weight = 1.0 - (2.0 / np.pi) * np.arctan((self._strength * np.abs(kz) / kr) ** 2)
+            return np.fft.ifftn(np.fft.fftn(stack) * weight.astype(np.float32)).astype(np.complex64)
+        z = np.arange(s)
+        kernel = np.exp(-0.5 * ((z[:, None] - z[None, :]) / self._strength) ** 2)
+        kernel /= kernel.sum(axis=1, keepdims=True)
+        return np.tensordot(kernel.astype(np.float32), stack, 1).astype(np.complex64)
+
+
+def _angular_spectrum_kernel(geometry: Geometry, distance_m: float) -> np.ndarray:
+    """Angular-spectrum propagation by ``distance_m`` on ``geometry``'s object grid: the kernel
+    ``exp(-2 pi i z q)`` (:func:`ptystream.optics.angular_spectrum_phase`) with evanescent waves
+    cut, complex64, zero frequency at ``[0, 0]``."""
+    n, dx, wavelength = geometry.frame_px, geometry.object_pixel_size_m, geometry.wavelength_m
+    q = optics.angular_spectrum_phase(n, dx, wavelength)
+    fy, fx = optics.spatial_frequencies(n, dx)
+    band = fx**2 + fy**2 < 1.0 / wavelength**2  # evanescent waves do not propagate
+    kernel = np.where(band, np.exp(-2j * np.pi * distance_m * q), 0.0)
+    return np.fft.ifftshift(kernel).astype(np.complex64)
+
+
+def _propagated(wave: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    return np.fft.ifft2(np.fft.fft2(wave) * kernel)
+
+
+def _placed(old: np.ndarray, shape: tuple[int, int], offset: tuple[int, int], fill) -> np.ndarray:
+    """:func:`~ptystream.engine.canvas.place` for one canvas ``(H, W)`` or a stack of them."""
+    if old.ndim == 2:
+        return canvases.place(old, shape, offset, fill)
+    return np.stack([canvases.place(layer, shape, offset, fill) for layer in old])
+
+
 def _denominator(field: np.ndarray, alpha: float) -> np.ndarray:
     """rPIE's ``(1 - alpha)|X|^2 + alpha max|X|^2`` (ePIE's ``max|X|^2`` at alpha = 1)."""
     power = (field.real**2 + field.imag**2).astype(np.float32)
@@ -478,6 +670,8 @@ def _check_settings(settings: EngineSettings, algorithm: Algorithm) -> None:
         unsupported.append("engine.correct_positions")
     if settings.distance_search_m is not None:
         unsupported.append("engine.distance_search_m")
+    if settings.train_slice_spacing:
+        unsupported.append("engine.train_slice_spacing (the spacings stay as given)")
     if unsupported:
         raise ValueError(
             f"the {algorithm.value} engine does not support {', '.join(unsupported)}; "
