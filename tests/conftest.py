@@ -50,6 +50,30 @@ def small_profile():
 
 
 @pytest.fixture(scope="session")
+def small_thick_profile():
+    """``small_thick_profile(**sim_overrides)``: the multislice-demo profile (two layers 600 um
+    apart, reconstructed with two slices) shrunk as ``small_profile`` shrinks the demo."""
+
+    def small_thick_profile(**sim_overrides) -> Profile:
+        thick = load_profile("multislice-demo")
+        sim = thick.sim.model_copy(
+            update={"object_px": 176, "n_points": 90, "exposure_s": 0.0, **sim_overrides}
+        )
+        return thick.model_copy(
+            update={
+                "name": "test-thick",
+                "sim": sim,
+                "engine": thick.engine.model_copy(update={"final_epochs": 60}),
+                "publish": thick.publish.model_copy(
+                    update={"cadence_s": 0.2, "raw_batch_size": 10}
+                ),
+            }
+        )
+
+    return small_thick_profile
+
+
+@pytest.fixture(scope="session")
 def planned():
     """``planned(positions)``: the ScanPlan a scan's start document announces for
     ``positions`` ``(n, 2)`` in metres."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from signal import SIGINT, SIGTERM
 
 from ptystream.config import Profile
-from ptystream.metrics import Correlation, score_against_truth
+from ptystream.metrics import Correlation, score_against_truth, score_slices
 
 __all__ = ["DemoReport", "run_demo", "wait_for_signal"]
 
@@ -36,6 +36,8 @@ class DemoReport:
     status: str
     accounting: dict
     timings_s: dict[str, float] = field(default_factory=dict)
+    slice_correlations: list[Correlation] = field(default_factory=list)
+    """Multislice: each slice against its own layer (``correlation`` is then the product's)."""
 
 
 def run_demo(
@@ -105,15 +107,21 @@ def run_demo(
             raise RuntimeError(
                 f"run {uid} ended {result.status} without a published result: {result.error}"
             )
-        estimate = result.final
         served = client[result.node_path]["final"]["object"].read()
-        score, flat = score_against_truth(dataclasses.replace(estimate, object=served), sim.truth)
+        estimate = dataclasses.replace(result.final, object=served)
+        per_slice: list[Correlation] = []
+        if estimate.n_slices > 1:  # each slice against its layer, the product against theirs
+            per_slice, score, flat = score_slices(estimate, sim.truth)
+        else:
+            score, flat = score_against_truth(estimate, sim.truth)
+        projected = dataclasses.replace(sim.truth, object=sim.truth.projected_object)
+        slices_text = "".join(f", slice {s}: {c.abs_c:.4f}" for s, c in enumerate(per_slice))
         png = write_summary(
             out_dir / f"summary-{uid[:8]}.png",
             estimate,
-            truth=sim.truth.aligned_to(estimate.object.shape, estimate.object_origin_m),
+            truth=projected.aligned_to(estimate.object.shape[-2:], estimate.object_origin_m),
             title=f"ptystream demo, run {uid[:8]}: |C| = {score.abs_c:.4f} "
-            f"(flat object {flat:.4f})",
+            f"(flat object {flat:.4f}){slices_text}",
         )
         report = DemoReport(
             tiled_uri=tiled_uri,
@@ -125,6 +133,7 @@ def run_demo(
             summary_png=png,
             correlation=score,
             flat_abs_c=flat,
+            slice_correlations=per_slice,
             status=result.status,
             accounting=result.accounting.as_dict(),
             timings_s={
@@ -175,10 +184,16 @@ def _print_report(report: DemoReport, announce: Callable[[str], None]) -> None:
     announce(f"Tiled:      {report.tiled_uri}  (API key in {report.api_key_file})")
     announce(f"raw scan:   {report.raw_path}")
     announce(f"result:     {report.processed_path}/live/..., {report.processed_path}/final/object")
+    of = " of the product of the slices" if report.slice_correlations else ""
     announce(
-        f"|C| = {c.abs_c:.4f} (flat object {report.flat_abs_c:.4f}); amplitude r = "
+        f"|C|{of} = {c.abs_c:.4f} (flat object {report.flat_abs_c:.4f}); amplitude r = "
         f"{c.amplitude:.3f}, phase r = {c.phase:.3f}"
     )
+    for s, cs in enumerate(report.slice_correlations):
+        announce(
+            f"slice {s}: |C| = {cs.abs_c:.4f}; amplitude r = {cs.amplitude:.3f}, phase r = "
+            f"{cs.phase:.3f}"
+        )
     announce(
         f"wall time: start-up {t['start_up']:.1f} s, scan {t['scan']:.1f} s, final "
         f"reconstruction {t['final_reconstruction']:.1f} s, total {t['total']:.1f} s"

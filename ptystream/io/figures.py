@@ -18,7 +18,8 @@ def write_summary(
     truth: np.ndarray | None = None,
     title: str = "",
 ) -> Path:
-    """Object amplitude and phase, probe amplitude and phase, loss against iteration.
+    """Object amplitude and phase, probe amplitude and phase, loss against iteration; for a
+    multislice object, the product of the slices and each slice's phase.
 
     Only pixels the probe lit (illumination above 5 % of its maximum) are shown for the object.
     ``truth`` (on the estimate's grid) adds the ground truth's amplitude and phase for comparison.
@@ -35,17 +36,24 @@ def write_summary(
     def masked(a: np.ndarray) -> np.ndarray:
         return np.ma.masked_where(~lit[crop], a[crop])
 
-    obj = estimate.object * np.exp(-1j * np.angle(np.sum(estimate.object[lit])))
+    projected = estimate.projected_object
+    global_phase = np.exp(-1j * np.angle(np.sum(projected[lit])))
+    obj = projected * global_phase
     probe, probe_name = estimate.probe, "probe"
     if probe.ndim == 3:  # modes, strongest first: show the first, with its share of the power
         power = np.sum(np.abs(probe) ** 2, axis=(1, 2))
         probe, probe_name = probe[0], f"probe mode 0 of {len(power)} ({power[0] / power.sum():.0%})"
+    of = " (product of the slices)" if estimate.n_slices > 1 else ""
     panels = [
-        ("object amplitude", masked(np.abs(obj)), "gray"),
-        ("object phase (rad)", masked(np.angle(obj)), "twilight"),
+        (f"object amplitude{of}", masked(np.abs(obj)), "gray"),
+        (f"object phase{of} (rad)", masked(np.angle(obj)), "twilight"),
         (f"{probe_name} amplitude", np.abs(probe), "magma"),
         (f"{probe_name} phase (rad)", np.angle(probe), "twilight"),
     ]
+    if estimate.n_slices > 1:
+        for s, layer in enumerate(estimate.object):
+            layer = layer * np.exp(-1j * np.angle(np.sum(layer[lit])))
+            panels.append((f"slice {s} phase (rad)", masked(np.angle(layer)), "twilight"))
     if truth is not None:
         panels += [
             ("true amplitude", masked(np.abs(truth)), "gray"),

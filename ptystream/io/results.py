@@ -27,9 +27,10 @@ def write_result(
     settings: dict[str, Any],
     attrs: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``object``, ``probe`` (complex64), ``positions_px``, ``loss`` (per optimiser
-    step) and the geometry, ``steps`` and settings as attributes (SI units in the names), plus
-    ``attrs`` (e.g. the ``engine`` that made it)."""
+    """Write ``object`` (complex64 ``(H, W)``, or ``(S, H, W)`` slices along the beam for a
+    multislice sample, with the ``slice_gaps_m`` attribute), ``probe`` (complex64),
+    ``positions_px``, ``loss`` (per optimiser step) and the geometry, ``steps`` and settings as
+    attributes (SI units in the names), plus ``attrs`` (e.g. the ``engine`` that made it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
@@ -49,5 +50,7 @@ def write_result(
         )
         attrs["object_origin_m"] = np.asarray(estimate.object_origin_m)
         attrs["steps"] = estimate.iteration
+        if estimate.n_slices > 1:
+            attrs["slice_gaps_m"] = np.asarray(estimate.slice_gaps_m, dtype=np.float64)
         attrs["settings"] = json.dumps(settings)
     return path

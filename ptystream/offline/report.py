@@ -96,6 +96,8 @@ def _served_thumbnail(root, path: str) -> np.ndarray | None:
 
         final = node_at(root, path)["final"]
         obj = final["object"].read()
+        if obj.ndim == 3:  # multislice: the product of the slices
+            obj = np.prod(obj, axis=0)
         md = final["object"].metadata
         positions, n = final["positions_m"].read(), final["probe"].shape[-1]
         origin, dx = np.asarray(md["object_origin_m"]), md["pixel_size_m"]

@@ -146,12 +146,14 @@ def _provenance(job: Job) -> dict[str, Any]:
 
 
 def _thumbnail(estimate) -> np.ndarray:
-    """The object's phase over the lit region (illumination above 5 % of its maximum), global
-    phase removed, NaN outside, downsampled to at most ``THUMBNAIL_PX``."""
+    """The object's phase (a multislice object's: the product of its slices) over the lit
+    region (illumination above 5 % of its maximum), global phase removed, NaN outside,
+    downsampled to at most ``THUMBNAIL_PX``."""
     lit = estimate.illumination > 0.05 * estimate.illumination.max()
     rows, cols = np.nonzero(lit)
     crop = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-    obj = estimate.object[crop] * np.exp(-1j * np.angle(np.sum(estimate.object[lit])))
+    projected = estimate.projected_object
+    obj = projected[crop] * np.exp(-1j * np.angle(np.sum(projected[lit])))
     phase = np.where(lit[crop], np.angle(obj), np.nan).astype(np.float32)
     step = max(1, -(-max(phase.shape) // THUMBNAIL_PX))
     return phase[::step, ::step]

@@ -96,16 +96,16 @@ def raw_catalog(root):
 
 def final_arrays(estimate: Estimate) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     """``final/``'s arrays as ``(key, array, metadata)``: object and probe (complex64, the
-    object with its origin and pixel size), positions_m (float64)."""
+    object ``(H, W)``, or ``(S, H, W)`` slices with their gaps, with its origin and pixel
+    size), positions_m (float64)."""
+    placed = {
+        "object_origin_m": list(estimate.object_origin_m),
+        "pixel_size_m": estimate.pixel_size_m,
+    }
+    if estimate.n_slices > 1:
+        placed |= {"slices": estimate.n_slices, "slice_gaps_m": list(estimate.slice_gaps_m)}
     return [
-        (
-            "object",
-            estimate.object.astype(np.complex64),
-            {
-                "object_origin_m": list(estimate.object_origin_m),
-                "pixel_size_m": estimate.pixel_size_m,
-            },
-        ),
+        ("object", estimate.object.astype(np.complex64), placed),
         ("probe", estimate.probe.astype(np.complex64), {}),
         ("positions_m", estimate.positions_m.astype(np.float64), {}),
     ]

@@ -70,19 +70,26 @@ class NonFiniteEstimate(ValueError):
 
 def views(estimate: Estimate) -> dict[str, np.ndarray]:
     """The float32 images of ``live/``. A mixed-state probe is shown by its total amplitude
-    (root of the summed mode intensities) and the phase of its strongest mode."""
+    (root of the summed mode intensities) and the phase of its strongest mode. A multislice
+    object is shown by the product of its slices (``object_*``, ``(H, W)``) and by its slices
+    (``slices_*``, ``(S, H, W)``, the first met by the beam first)."""
     probe = estimate.probe
     if probe.ndim == 3:
         probe_amplitude = np.sqrt(np.sum(np.abs(probe) ** 2, axis=0))
         probe_phase = np.angle(probe[0])
     else:
         probe_amplitude, probe_phase = np.abs(probe), np.angle(probe)
-    return {
-        "object_amplitude": np.abs(estimate.object).astype(np.float32),
-        "object_phase": np.angle(estimate.object).astype(np.float32),
+    obj = estimate.projected_object
+    images = {
+        "object_amplitude": np.abs(obj).astype(np.float32),
+        "object_phase": np.angle(obj).astype(np.float32),
         "probe_amplitude": probe_amplitude.astype(np.float32),
         "probe_phase": probe_phase.astype(np.float32),
     }
+    if estimate.n_slices > 1:
+        images["slices_amplitude"] = np.abs(estimate.object).astype(np.float32)
+        images["slices_phase"] = np.angle(estimate.object).astype(np.float32)
+    return images
 
 
 def run_metadata(start: RunStart, settings: dict[str, Any]) -> dict[str, Any]:
@@ -245,6 +252,8 @@ class TiledPublisher:
                     "object_origin_m": estimate.object_origin_m,
                     "pixel_size_m": estimate.pixel_size_m,
                     "distance_m": estimate.distance_m if np.isfinite(estimate.distance_m) else None,
+                    "slices": estimate.n_slices,
+                    "slice_gaps_m": list(estimate.slice_gaps_m),
                     "updated_at": now(),
                 }
             ),

@@ -144,7 +144,10 @@ def load_spooled(path: str | Path) -> tuple[Estimate | None, dict[str, Any]]:
             return None, spooled
         values = {}
         for f in dataclasses.fields(Estimate):
+            if f.name not in data:  # spooled before the field existed: its default
+                continue
             value = data[f.name]
             values[f.name] = value.item() if value.ndim == 0 else value
         values["object_origin_m"] = tuple(float(v) for v in values["object_origin_m"])
+        values["slice_gaps_m"] = tuple(float(v) for v in values.get("slice_gaps_m", ()))
     return Estimate(**values), spooled

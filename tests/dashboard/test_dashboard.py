@@ -7,13 +7,16 @@ A second Tiled app without a streaming cache serves the same storage (as a facil
 configured without ``streaming_cache`` would): a page behind it must fall back to polling.
 """
 
+import dataclasses
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import websockets.sync.client
 from bluesky import RunEngine
@@ -241,6 +244,122 @@ def test_the_api_key_never_reaches_the_browser(watched, tiled_server):
     assert any(url.startswith("ws://") for url in w.urls)
     leaked = [url for url in w.urls if key in url]
     assert leaked == []
+
+
+# -- a multislice reconstruction: the object panels show the product or one slice -----------
+
+
+def two_slice_object(shape):
+    """Slice 1 varies along x only, slice 2 along y only (amplitude and phase), so a picture of
+    either has identical rows or identical columns, and one of their product has neither."""
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    first = (0.6 + 0.3 * np.cos(2 * np.pi * x / 10)) * np.exp(0.8j * np.sin(2 * np.pi * x / 14))
+    second = (0.6 + 0.3 * np.sin(2 * np.pi * y / 9)) * np.exp(0.8j * np.cos(2 * np.pi * y / 12))
+    return np.stack([first, second]).astype(np.complex64)
+
+
+def stripes(page, element_id):
+    """Whether every row of a canvas is the same as its first row (a picture varying along x
+    only), and whether every column is the same as its first column (varying along y only)."""
+    return page.evaluate(
+        """(id) => {
+            const c = document.getElementById(id);
+            const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+            let rows = true, columns = true;
+            for (let y = 0; y < c.height; y++) {
+                for (let x = 0; x < c.width; x++) {
+                    for (let k = 0; k < 3; k++) {
+                        const v = d[4 * (y * c.width + x) + k];
+                        if (v !== d[4 * x + k]) rows = false;
+                        if (v !== d[4 * y * c.width + k]) columns = false;
+                    }
+                }
+            }
+            return {rows, columns};
+        }""",
+        element_id,
+    )
+
+
+def test_a_multislice_run_shows_product_or_one_slice(
+    browser, dashboard, tiled_client, estimate, run_start
+):
+    shape = (40, 56)
+    publisher = TiledPublisher(tiled_client)
+    thick, thin = str(uuid.uuid4()), str(uuid.uuid4())
+    for uid, scan_id in ((thick, 801), (thin, 802)):
+        publisher.begin_run(run_start(uid, scan_id=scan_id), {})
+    thick_estimate = dataclasses.replace(
+        estimate(31, shape), object=two_slice_object(shape), slice_gaps_m=(600e-6,)
+    )
+    publisher.publish_live(thick, thick_estimate)
+    publisher.publish_live(thin, estimate(32, shape))
+    w = Watched(browser, dashboard.url)
+    shown = "([key, n, s]) => window.ptystream.runKey === key && window.ptystream.iteration === n"
+    shown += " && window.ptystream.slice === s"
+    buttons = w.page.locator("#slice-buttons button")
+
+    def pressed():
+        return [b.get_attribute("aria-pressed") == "true" for b in buttons.all()]
+
+    try:
+        w.page.locator(f'#runs li[data-key="{thick}"] button').click()
+        w.wait(shown, [thick, 31, None])
+        assert w.page.locator("#slice-picker").is_visible()
+        assert buttons.all_text_contents() == ["product", "slice 1", "slice 2"]
+        assert pressed() == [True, False, False]
+        assert w.page.locator("#slices-note").text_content() == "2 slices, 600 µm apart"
+        assert "product of 2 slices" in w.page.locator("#obj-phase-extent").text_content()
+        pictures = {None: {i: w.canvas(i) for i in ("obj-amp", "obj-phase")}}
+        for picture in pictures[None].values():
+            assert (picture["height"], picture["width"]) == shape
+            assert_not_blank(picture)
+        assert stripes(w.page, "obj-phase") == {"rows": False, "columns": False}
+
+        # Each slice on its own: slice 1 varies along x only, slice 2 along y only.
+        for s, expected in (
+            (1, {"rows": True, "columns": False}),
+            (2, {"rows": False, "columns": True}),
+        ):
+            buttons.nth(s).click()
+            w.wait(shown, [thick, 31, s])
+            assert pressed() == [i == s for i in range(3)]
+            assert f"slice {s} of 2" in w.page.locator("#obj-amp-extent").text_content()
+            pictures[s] = {i: w.canvas(i) for i in ("obj-amp", "obj-phase")}
+            for element_id, picture in pictures[s].items():
+                assert (picture["height"], picture["width"]) == shape
+                assert picture["colours"] > 5, picture
+                assert stripes(w.page, element_id) == expected, (s, element_id)
+        for element_id in ("obj-amp", "obj-phase"):
+            hashes = {pictures[s][element_id]["hash"] for s in (None, 1, 2)}
+            assert len(hashes) == 3, element_id
+        # One slice is read, not the whole stack: Tiled slices it (?slice=<index>).
+        reads = [url for url in w.urls if "/slices_" in url]
+        assert reads and all("slice=" in url for url in reads), reads
+        assert any("slices_phase" in url and "slice=1" in url for url in reads), reads
+
+        # A new estimate of the run keeps the chosen slice.
+        publisher.publish_live(thick, dataclasses.replace(thick_estimate, iteration=33))
+        w.wait(shown, [thick, 33, 2])
+        assert pressed() == [False, False, True]
+        assert stripes(w.page, "obj-phase") == {"rows": False, "columns": True}
+
+        # A thin run: no picker, no slices line.
+        w.page.locator(f'#runs li[data-key="{thin}"] button').click()
+        w.wait(shown, [thin, 32, None])
+        assert w.page.locator("#slice-picker").is_hidden()
+        assert w.page.locator("#slices-note").is_hidden()
+        assert "slice" not in w.page.locator("#obj-amp-extent").text_content()
+
+        # Back to the multislice run: the choice was reset, the product is shown.
+        w.page.locator(f'#runs li[data-key="{thick}"] button').click()
+        w.wait(shown, [thick, 33, None])
+        assert pressed() == [True, False, False]
+        assert w.errors == []
+    finally:
+        w.page.close()
+        for uid in (thick, thin):
+            publisher.mark(uid, "finished", {})
 
 
 # -- a Tiled server without streaming cache: the page polls ----------------------------------

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ptystream.metrics import score_against_truth
+from ptystream.metrics import score_against_truth, score_slices
 
 
 def final_from_tiled(client, result):
@@ -24,6 +24,32 @@ def clean_run(tiled_client, small_profile, run_live_scan):
 @pytest.fixture(scope="module")
 def noisy_run(tiled_client, small_profile, run_live_scan):
     return run_live_scan(small_profile(), tiled_client, corrupt_seq=17)
+
+
+@pytest.fixture(scope="module")
+def thick_run(tiled_client, small_thick_profile, run_live_scan):
+    return run_live_scan(small_thick_profile(), tiled_client)
+
+
+def test_thick_sample_reconstructs_slice_by_slice_into_tiled(tiled_client, thick_run):
+    """Two layers 600 um apart (four depths of focus), Poisson and read noise: the live
+    pipeline reconstructs two slices and publishes them, their product and their gaps."""
+    uid, result, sim = thick_run
+    est, node = final_from_tiled(tiled_client, result)
+    assert est.object.shape[0] == 2 and est.object.dtype == np.complex64
+    per_slice, product, flat = score_slices(est, sim.truth)
+    assert min(c.abs_c for c in per_slice) >= 0.97 and product.abs_c > flat + 0.04
+    assert min(c.phase for c in per_slice) >= 0.8
+    assert node.metadata["status"] == "finished"
+    final_md = node["final"]["object"].metadata
+    assert final_md["slices"] == 2 and final_md["slice_gaps_m"] == [600e-6]
+    live = node["live"]
+    assert live.metadata["slices"] == 2 and live.metadata["slice_gaps_m"] == [600e-6]
+    h, w = est.object.shape[1:]
+    assert live["slices_phase"].shape == (2, h, w) and live["object_phase"].shape == (h, w)
+    np.testing.assert_allclose(
+        live["object_phase"].read(), np.angle(np.prod(est.object, axis=0)), atol=1e-5
+    )
 
 
 def test_clean_scan_reconstructs_from_tiled(tiled_client, clean_run):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ptystream.config import Algorithm
-from ptystream.metrics import score_against_truth
+from ptystream.metrics import score_against_truth, score_slices
 from ptystream.offline.reconstruct import reconstruct_file
 
 
@@ -63,6 +63,20 @@ def test_reconstruct_a_simulated_npz(tmp_path, small_profile, simulated_npz):
     # corners: probe centre = origin + (corner + N/2) * pixel, back in metres
     centres = np.asarray(estimate.object_origin_m) + (corners + 32) * estimate.pixel_size_m
     np.testing.assert_allclose(centres, sim.positions_m, atol=1e-12)
+
+
+def test_reconstruct_a_thick_sample(tmp_path, small_thick_profile, simulated_npz):
+    profile = small_thick_profile(photons_per_frame=None)
+    path, sim = simulated_npz(profile, tmp_path / "scan.npz")
+    estimate = reconstruct_file(path, profile, tmp_path / "out.h5", epochs=60)
+    with h5py.File(tmp_path / "out.h5") as f:
+        served = f["object"][()]
+        gaps = f.attrs["slice_gaps_m"]
+    assert served.shape[0] == 2 and served.dtype == np.complex64
+    np.testing.assert_allclose(gaps, [600e-6])
+    per_slice, product, flat = score_slices(dataclasses.replace(estimate, object=served), sim.truth)
+    assert min(c.abs_c for c in per_slice) >= 0.98 and min(c.phase for c in per_slice) >= 0.9
+    assert product.abs_c > flat + 0.04
 
 
 def test_time_budget_sets_the_number_of_passes(tmp_path, small_profile, simulated_npz):

@@ -5,7 +5,10 @@
 //   processed/ptystream/<key>        one container per reconstruction, metadata: status, scan_id ...
 //   processed/ptystream/<key>/live   metadata replaced on each publish (sequence, iteration, ...)
 //     object_amplitude, object_phase, probe_amplitude, probe_phase   float32 2-D, overwritten
+//     slices_amplitude, slices_phase   multislice runs only: float32 (S, H, W), slice 0 first met
+//                                      by the beam; object_* are then the product of the slices
 //     loss                                                           table: iteration, loss
+//   live/ metadata names the slices (slices: S, 1 for a thin object) and slice_gaps_m (S - 1).
 // Tiled's websocket events: subscribing to a container gives container-child-created and
 // container-child-metadata-updated (key, full metadata) for its children. live/ metadata is
 // written last in a publish, so its update means the arrays are ready.
@@ -40,7 +43,8 @@ const state = {
   follow: true,
   run: null,           // metadata of the shown run
   live: null,          // latest live/ metadata of the shown run
-  lastDrawn: null,     // identity (sequence / updated_at) of the estimate on screen
+  lastDrawn: null,     // identity (sequence / updated_at) and object view of what is on screen
+  slice: null,         // multislice: index of the slice in the object panels; null: their product
   lossLocal: [],       // (iteration, loss) seen in live/ metadata, when there is no live/loss table
   lossTableMissingAt: 0,
   lossDrawn: { rows: [], source: "" },
@@ -54,6 +58,7 @@ const state = {
 
 window.ptystream = {
   runKey: null, sequence: null, iteration: null, updatedAt: null, renderedAt: null, renders: 0,
+  slice: null,  // the slice drawn in the object panels (1 = first met by the beam); null: product
 };
 
 const $ = (id) => document.getElementById(id);
@@ -89,8 +94,12 @@ async function getJSON(route, path, params) {
   return (await get(route, path, params)).json();
 }
 
-async function getFloat32(path) {
-  const response = await get("array/full", path, { format: "application/octet-stream" });
+// `index`: only that plane of the first axis (Tiled slices on the server, so one slice of a
+// multislice stack costs no more than a 2-D array).
+async function getFloat32(path, index = null) {
+  const params = { format: "application/octet-stream" };
+  if (index != null) params.slice = String(index);
+  const response = await get("array/full", path, params);
   const bytes = await response.arrayBuffer();
   // Tiled sends the array's own byte order: float32 little-endian (as on every browser host).
   return new Float32Array(bytes);
@@ -322,6 +331,7 @@ function showRun(key) {
   state.run = state.runs.get(key) || null;
   state.live = null;
   state.lastDrawn = null;
+  state.slice = null;  // another run: back to the product of its slices
   state.lossLocal = [];
   state.lossTableMissingAt = 0;
   state.failures = 0;
@@ -414,10 +424,13 @@ async function renderEstimate() {
   const token = state.token;
   const key = state.shown;
   const live = state.live;
-  if (state.lastDrawn === identity(live)) return;
+  const view = state.slice;
+  const drawn = `${identity(live)}|${view}`;
+  if (state.lastDrawn === drawn) return;
   const base = `${ROOT}/${key}/live`;
+  const names = view == null ? LIVE_ARRAYS : ["slices_amplitude", "slices_phase", ...LIVE_ARRAYS.slice(2)];
   const [buffers, loss] = await Promise.all([
-    Promise.all(LIVE_ARRAYS.map((name) => getFloat32(`${base}/${name}`))),
+    Promise.all(names.map((name, i) => getFloat32(`${base}/${name}`, i < 2 ? view : null))),
     lossRows(key),
   ]);
   if (token !== state.token) return;
@@ -428,24 +441,28 @@ async function renderEstimate() {
     if (!fits(buffers, shapes)) throw new Error("array sizes changed during the read");
   }
   const pixel = live.pixel_size_m;
-  drawImage("obj-amp", buffers[0], shapes.object, "amplitude", pixel);
-  drawImage("obj-phase", buffers[1], shapes.object, "phase", pixel);
+  const n = sliceCount(live);
+  const note = view != null ? `slice ${view + 1} of ${n}` : n > 1 ? `product of ${n} slices` : "";
+  drawImage("obj-amp", buffers[0], shapes.object, "amplitude", pixel, note);
+  drawImage("obj-phase", buffers[1], shapes.object, "phase", pixel, note);
   drawImage("probe-amp", buffers[2], shapes.probe, "amplitude", pixel);
   drawImage("probe-phase", buffers[3], shapes.probe, "phase", pixel);
   drawLoss(loss);
   hidePlaceholder();
-  state.lastDrawn = identity(live);
+  state.lastDrawn = drawn;
   const p = window.ptystream;
   p.runKey = key;
   p.sequence = live.sequence ?? null;
   p.iteration = live.iteration ?? null;
   p.updatedAt = live.updated_at ?? null;
+  p.slice = view == null ? null : view + 1;
   p.renders += 1;
   p.renderedAt = Date.now();
   const body = document.body.dataset;
   body.sequence = String(p.sequence ?? "");
   body.iteration = String(p.iteration ?? "");
   body.renders = String(p.renders);
+  body.slice = String(p.slice ?? "");
   document.title = `ptystream · scan ${(state.run || {}).scan_id ?? "?"} · ${(state.run || {}).status || ""} · it ${live.iteration}`;
 }
 
@@ -544,7 +561,66 @@ function showStats(live) {
   $("frames-bar-received").style.width = total ? `${(100 * (received ?? used ?? 0)) / total}%` : "0";
   $("frames-bar-used").style.width = total ? `${(100 * (used ?? 0)) / total}%` : "0";
   $("updated-at").textContent = live.updated_at ? clock(live.updated_at) : "—";
+  showSlices(live);
   tickAge();
+}
+
+// Slices of a multislice object (1 for a thin one, and for runs published before slices were).
+function sliceCount(live) {
+  const n = Number((live || {}).slices);
+  return Number.isInteger(n) && n > 1 ? n : 1;
+}
+
+// "2 slices, 600 µm apart"; "3 slices, gaps 500 µm, 700 µm" when they differ as shown.
+function slicesText(live) {
+  const n = sliceCount(live);
+  if (n < 2) return "";
+  const gaps = (Array.isArray(live.slice_gaps_m) ? live.slice_gaps_m : []).filter(Number.isFinite);
+  const shown = gaps.map(fmtLength);
+  if (!shown.length) return `${n} slices`;
+  if (new Set(shown).size === 1) return `${n} slices, ${shown[0]} apart`;
+  return `${n} slices, gaps ${shown.join(", ")}`;
+}
+
+// The object view picker (product, slice 1 … slice S) and the slices line; hidden for a thin
+// object. The choice is kept across estimates of the run (showRun resets it).
+function showSlices(live) {
+  const n = live ? sliceCount(live) : 1;
+  if (state.slice != null && state.slice >= n) state.slice = null;
+  const text = live ? slicesText(live) : "";
+  $("slices-note").textContent = text;
+  $("slices-note").hidden = !text;
+  const picker = $("slice-picker");
+  picker.hidden = n < 2;
+  picker.dataset.slices = String(n);
+  const buttons = $("slice-buttons");
+  const wanted = n < 2 ? 0 : n + 1;
+  if (buttons.children.length !== wanted) {
+    const views = wanted ? [null, ...Array.from({ length: n }, (_, i) => i)] : [];
+    buttons.replaceChildren(...views.map(sliceButton));
+  }
+  for (const button of buttons.children) {
+    const index = button.dataset.slice === "" ? null : Number(button.dataset.slice) - 1;
+    button.setAttribute("aria-pressed", String(index === state.slice));
+  }
+}
+
+function sliceButton(index) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.dataset.slice = index == null ? "" : String(index + 1);
+  button.textContent = index == null ? "product" : `slice ${index + 1}`;
+  button.title = index == null ? "the product of the slices (what a thin model would see)"
+    : index === 0 ? "the slice first met by the beam" : "";
+  button.addEventListener("click", () => chooseSlice(index));
+  return button;
+}
+
+function chooseSlice(index) {
+  if (state.slice === index) return;
+  state.slice = index;
+  showSlices(state.live);
+  requestRender();
 }
 
 function tickAge() {
@@ -634,7 +710,7 @@ function colourScale(data, kind) {
   };
 }
 
-function drawImage(id, data, shape, kind, pixelSizeM) {
+function drawImage(id, data, shape, kind, pixelSizeM, note = "") {
   const modes = shape.length === 3 ? shape[0] : 1;
   const [h, w] = shape.slice(-2);
   const plane = modes > 1 ? data.subarray(0, h * w) : data;  // mixed-state probe: strongest mode
@@ -670,7 +746,8 @@ function drawImage(id, data, shape, kind, pixelSizeM) {
   const extent = Number.isFinite(pixelSizeM)
     ? ` · ${fmtLength(w * pixelSizeM)} × ${fmtLength(h * pixelSizeM)} · pixel ${fmtLength(pixelSizeM)}`
     : "";
-  $(`${id}-extent`).textContent = `${w} × ${h} px${extent}${modes > 1 ? ` · mode 1 of ${modes}` : ""}`;
+  const modeNote = modes > 1 ? ` · mode 1 of ${modes}` : "";
+  $(`${id}-extent`).textContent = `${w} × ${h} px${extent}${modeNote}${note ? ` · ${note}` : ""}`;
 }
 
 function drawColourBar(canvas, lut, scale) {
@@ -697,6 +774,7 @@ function clearEstimate() {
   $("timing").textContent = "";
   $("frames-bar-used").style.width = "0";
   $("frames-bar-received").style.width = "0";
+  showSlices(null);
   drawLoss({ rows: [], source: "" });
   tickAge();
 }
