@@ -22,6 +22,8 @@ COVERED_BY = {
     "ptystream/engine/initial.py": "tests/engine/test_ad.py",
     # frames into an engine: canvas growth, positions in pixels, which frames a step takes
     "ptystream/engine/intake.py": "tests/engine/test_ad.py",
+    # multislice pieces both engines share: against numpy references and in both engines
+    "ptystream/engine/slices.py": "tests/engine/test_model.py",
     # the search for the propagation distance
     "ptystream/engine/distance.py": "tests/engine/test_nearfield.py",
     # every frame source: inline, Resource/Datum files, StreamResource HDF5, fly scans

@@ -264,9 +264,12 @@ class EngineSettings(BaseModel):
     final_learning_rate_fraction: float = Field(0.1, gt=0, le=1)
     """Learning rates decay (cosine) to this fraction of their values over the final passes."""
     train_distance: bool = False
-    """Near field only: fit the propagation distance too (Adam, its own learning rate). In a
-    cone beam this fits the effective distance z1 z2 / (z1 + z2) with the pixel size kept, i.e.
-    it corrects the Fresnel number, not the magnification."""
+    """Near field only: fit the propagation distance too (Adam, its own learning rate). A
+    polish for a distance known to about a millimetre (on the paper study's scan the gradient
+    captured errors of about 1.5 mm, even with the probe known); to find a distance that is
+    further off, use ``distance_search_m``. In a cone beam this fits the effective distance
+    z1 z2 / (z1 + z2) with the pixel size kept, i.e. it corrects the Fresnel number, not the
+    magnification."""
     distance_learning_rate_m: float = Field(1e-5, gt=0)
     """Adam learning rate of the propagation distance, in metres per step."""
     distance_search_m: tuple[float, float] | None = None

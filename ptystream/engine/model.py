@@ -55,10 +55,15 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ptystream import optics
 from ptystream.config import EngineSettings, SliceRegulariser
 from ptystream.engine import forward, initial
 from ptystream.engine.adam import Adam
+from ptystream.engine.slices import (
+    angular_spectrum_constants,
+    arctan_weight,
+    gaussian_mixing,
+    max_gap_m,
+)
 from ptystream.types import FRESNEL, NEAR_FIELD, Geometry
 
 __all__ = [
@@ -302,32 +307,14 @@ class Multislice:
             return
         stack = tf.stack([c.value() for c in self.canvases])  # (S, H, W)
         if self._regulariser is SliceRegulariser.ARCTAN:
-            weight = _arctan_weight(stack.shape, self._strength)
+            weight = arctan_weight(stack.shape, self._strength).astype(np.complex64)
             stack = tf.signal.ifft3d(tf.signal.fft3d(stack) * weight)
         else:
-            stack = tf.tensordot(_gaussian_mixing(len(self.canvases), self._strength), stack, 1)
+            mixing = gaussian_mixing(len(self.canvases), self._strength)
+            stack = tf.tensordot(mixing.astype(np.complex64), stack, 1)
         for canvas, value in zip(self.canvases, tf.unstack(stack), strict=True):
             canvas.parts[0].assign(tf.math.real(value))
             canvas.parts[1].assign(tf.math.imag(value))
-
-
-def _arctan_weight(shape: Sequence[int], b: float) -> tf.Tensor:
-    """The PtychoShelves filter ``1 - (2/pi) arctan((b kz / kr)^2)`` on an ``(S, H, W)``
-    spectrum (frequencies in cycles per slice and per pixel): 1 at ``kz = 0``, falling where the
-    structure along z is finer than the in-plane structure can carry."""
-    s, h, w = shape
-    kz, ky, kx = np.meshgrid(np.fft.fftfreq(s), np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
-    kr = np.sqrt(kx**2 + ky**2) + 1e-3 / max(h, w)
-    weight = 1.0 - (2.0 / np.pi) * np.arctan((b * np.abs(kz) / kr) ** 2)
-    return tf.constant(weight.astype(np.complex64))
-
-
-def _gaussian_mixing(s: int, sigma: float) -> tf.Tensor:
-    """``(S, S)`` complex matrix blurring a stack along z by a Gaussian of ``sigma`` slices,
-    each row normalised (reflecting edges are not needed: the rows renormalise)."""
-    z = np.arange(s)
-    kernel = np.exp(-0.5 * ((z[:, None] - z[None, :]) / sigma) ** 2)
-    return tf.constant((kernel / kernel.sum(axis=1, keepdims=True)).astype(np.complex64))
 
 
 class FarField:
@@ -469,13 +456,12 @@ def build_model(
 ) -> ForwardModel:
     """Assemble the stages ``settings`` and ``geometry`` ask for: the one place a new stage is
     added."""
-    n, dx, wavelength = geometry.frame_px, geometry.object_pixel_size_m, geometry.wavelength_m
     fresnel = initial.fresnel_phase(geometry) if geometry.propagation == FRESNEL else None
     thick = settings.slices > 1
-    propagator = _angular_spectrum_constants(n, dx, wavelength)
+    propagator = tuple(tf.constant(a) for a in angular_spectrum_constants(geometry))
     illumination = Illumination(
         settings.probe_modes,
-        n,
+        geometry.frame_px,
         capacity,
         n_seen,
         fresnel=None if thick else fresnel,
@@ -489,7 +475,7 @@ def build_model(
             settings.slice_gaps_m,
             propagator,
             train_spacing=settings.train_slice_spacing,
-            max_gap_m=distance_range_m[1],
+            max_gap_m=max_gap_m(geometry),
             regulariser=settings.slice_regulariser,
             strength=settings.slice_regulariser_strength,
         )
@@ -506,17 +492,3 @@ def build_model(
         propagation = FarField(fresnel if thick else None)
     detection = Detection(str(settings.loss), offset, pixel_mask, settings.tv_weight)
     return ForwardModel(illumination, sample, propagation, detection)
-
-
-def _angular_spectrum_constants(
-    n: int, dx: float, wavelength: float
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """``q`` and the propagating band ``(n, n)``, ifftshifted (zero frequency at [0, 0]), for
-    :func:`ptystream.engine.forward.angular_spectrum`."""
-    q = optics.angular_spectrum_phase(n, dx, wavelength)
-    fy, fx = optics.spatial_frequencies(n, dx)
-    band = (fx**2 + fy**2 < 1.0 / wavelength**2).astype(np.float32)
-    return (
-        tf.constant(np.fft.ifftshift(q).astype(np.float32)),
-        tf.constant(np.fft.ifftshift(band)),  # evanescent waves do not propagate
-    )

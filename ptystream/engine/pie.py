@@ -64,6 +64,7 @@ from ptystream.engine import initial
 from ptystream.engine.checkpoint import EngineState, read_state, write_state
 from ptystream.engine.intake import FrameIntake
 from ptystream.engine.setup import EngineSetup
+from ptystream.engine.slices import SliceStack, angular_spectrum_kernel
 from ptystream.types import FRESNEL, NEAR_FIELD, Estimate, Geometry
 
 __all__ = ["PIEEngine"]
@@ -83,7 +84,7 @@ class _Propagator:
     def __init__(self, geometry: Geometry):
         self._kernel = None
         if geometry.propagation == NEAR_FIELD:
-            self._kernel = _angular_spectrum_kernel(geometry, geometry.propagation_distance_m)
+            self._kernel = angular_spectrum_kernel(geometry, geometry.propagation_distance_m)
 
     def forward(self, wave: np.ndarray) -> np.ndarray:
         if self._kernel is not None:
@@ -152,7 +153,7 @@ class PIEEngine(FrameIntake):
         thick = settings.slices > 1
         self._chirp = None if thick else fresnel
         self._exit_phase = fresnel if thick else None
-        self._slices = _Slices(geometry, settings) if thick else None
+        self._slices = SliceStack(geometry, settings) if thick else None
         self._since_regularised = 0
         valid = initial.check_detector_mask(detector_mask, geometry.frame_shape)
         self._valid_pixels = valid
@@ -377,7 +378,7 @@ class PIEEngine(FrameIntake):
             self._add_to_probe(probe_delta, ramp)
         return self._advance(loss)
 
-    def _update_slices(self, j: int, slices: _Slices) -> float:
+    def _update_slices(self, j: int, slices: SliceStack) -> float:
         """3PIE on frame ``j`` (see the module's notes); returns its loss before the update."""
         n = self._n
         r, c = self._top_left[j]
@@ -571,78 +572,6 @@ _STATE_ARRAYS = (
 )
 #: The numbers of the state besides the bookkeeping every engine keeps.
 _STATE_VALUES = ("offset", "probe_power", "since_momentum")
-
-
-class _Slices:
-    """A multislice sample's propagation between its slices (the gaps fixed, in metres) and
-    its regulariser along z."""
-
-    def __init__(self, geometry: Geometry, settings: EngineSettings):
-        gaps = settings.slice_gaps_m
-        n, dx = geometry.frame_px, geometry.object_pixel_size_m
-        limit = n * dx**2 / geometry.wavelength_m
-        if max(gaps) > limit:
-            logger.warning(
-                "slice gaps %s m exceed N dx^2 / lambda = %.3g m: the angular spectrum aliases "
-                "(the AD engine clips them there)",
-                gaps,
-                limit,
-            )
-        self._kernels = [_angular_spectrum_kernel(geometry, z) for z in gaps]
-        self._back_kernels = [np.conj(kernel) for kernel in self._kernels]
-        self.regulariser = SliceRegulariser(settings.slice_regulariser)
-        self._strength = settings.slice_regulariser_strength
-
-    def waves(
-        self, patches: np.ndarray, probe: np.ndarray
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """The waves entering (``psi_s``) and leaving (``psi_s O_s``) each slice, for the
-        slices' windows ``patches`` ``(S, n, n)`` lit by the (shifted) ``probe``: the last
-        leaving wave is the exit wave."""
-        incident, leaving = [probe], []
-        for s, kernel in enumerate(self._kernels):
-            leaving.append(incident[s] * patches[s])
-            incident.append(_propagated(leaving[s], kernel))
-        leaving.append(incident[-1] * patches[-1])
-        return incident, leaving
-
-    def back(self, wave: np.ndarray, gap: int) -> np.ndarray:
-        """``wave`` (entering slice ``gap + 1``) propagated back over gap ``gap``."""
-        return _propagated(wave, self._back_kernels[gap])
-
-    def regularised(self, stack: np.ndarray) -> np.ndarray:
-        """``stack`` ``(S, H, W)`` filtered along z (the AD engine's filters, in numpy):
-        ``arctan`` weights its 3-D spectrum by ``1 - (2/pi) arctan((b |kz| / kr)^2)``
-        (cycles per slice and per pixel, ``kr`` plus ``1e-3 / max(H, W)``, ``b`` the
-        strength); ``gaussian`` mixes the slices by a row-normalised Gaussian of ``strength``
-        slices. Both keep what is constant along z."""
-        s, h, w = stack.shape
-        if self.regulariser is SliceRegulariser.ARCTAN:
-            kz = np.fft.fftfreq(s)[:, None, None]
-            ky, kx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
-            kr = np.sqrt(kx**2 + ky**2) + 1e-3 / max(h, w)
-            weight = 1.0 - (2.0 / np.pi) * np.arctan((self._strength * np.abs(kz) / kr) ** 2)
-            return np.fft.ifftn(np.fft.fftn(stack) * weight.astype(np.float32)).astype(np.complex64)
-        z = np.arange(s)
-        kernel = np.exp(-0.5 * ((z[:, None] - z[None, :]) / self._strength) ** 2)
-        kernel /= kernel.sum(axis=1, keepdims=True)
-        return np.tensordot(kernel.astype(np.float32), stack, 1).astype(np.complex64)
-
-
-def _angular_spectrum_kernel(geometry: Geometry, distance_m: float) -> np.ndarray:
-    """Angular-spectrum propagation by ``distance_m`` on ``geometry``'s object grid: the kernel
-    ``exp(-2 pi i z q)`` (:func:`ptystream.optics.angular_spectrum_phase`) with evanescent waves
-    cut, complex64, zero frequency at ``[0, 0]``."""
-    n, dx, wavelength = geometry.frame_px, geometry.object_pixel_size_m, geometry.wavelength_m
-    q = optics.angular_spectrum_phase(n, dx, wavelength)
-    fy, fx = optics.spatial_frequencies(n, dx)
-    band = fx**2 + fy**2 < 1.0 / wavelength**2  # evanescent waves do not propagate
-    kernel = np.where(band, np.exp(-2j * np.pi * distance_m * q), 0.0)
-    return np.fft.ifftshift(kernel).astype(np.complex64)
-
-
-def _propagated(wave: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    return np.fft.ifft2(np.fft.fft2(wave) * kernel)
 
 
 def _placed(old: np.ndarray, shape: tuple[int, int], offset: tuple[int, int], fill) -> np.ndarray:
