@@ -6,6 +6,7 @@ optimization framework based on automatic differentiation", OSA Continuum 4, 121
     .venv/bin/python benchmarks/paper_study.py               # 60 s per run, all runs
     .venv/bin/python benchmarks/paper_study.py --quick       # smoke run, a few seconds per run
     .venv/bin/python benchmarks/paper_study.py --distance-lr 1e-4 3e-4 --only distance
+    .venv/bin/python benchmarks/paper_study.py --only calibrated   # the paper's Fig. 4, ~3 min
 
 A 512 x 512 complex object (amplitude: scikit-image's *camera*, phase: *astronaut*), 6.45 um pixels,
 561 nm light, 80 probe positions with 60 % overlap drawn by Poisson-disc sampling, angular-spectrum
@@ -15,13 +16,26 @@ the amplitude and phase correlations are scored against the truth during the run
 time taken off the clock. Then the propagation distance is started 15 mm wrong and fitted by the
 engine's trainable distance alone (Adam, ``--distance-lr``), and by ``ADEngine.search_distance``
 (fixed-z trials on one compiled engine, ``--search-passes`` each) followed by a reconstruction
-from the z found with z still trained (``--polish-budget`` s). The README's ``paper_study.py``
-section has the parameters (which come from the paper, which are ours) and the measured results.
+from the z found with z still trained (``--polish-budget`` s).
+
+``--only calibrated`` is the paper's Fig. 4: the probe pre-calibrated (the true probe, given as
+``EngineSetup(initial_probe=...)`` and kept fixed, ``probe_learning_rate=0``), z started 15 mm
+off and trained by Adam at ``--calibrated-lr-fraction`` of the start error per step, for
+``--calibrated-passes`` passes (one ``refine`` call, so one cosine decay); the same from the
+smaller start errors of ``--calibrated-starts-mm`` (its capture range); ``search_distance`` with
+the same probe at ``--calibrated-search-passes`` passes a trial, then z trained for the passes
+left; and the loss against a fixed z after the first and after ``--landscape-passes`` passes
+from the flat start (what the gradient sees, and what the search sees). |z - z_true| is logged
+after every pass with the wall time.
+
+The README's ``paper_study.py`` section has the parameters (which come from the paper, which are
+ours) and the measured results.
 
 The problem is ``ptystream.sim.problems.near_field_problem`` (``NearFieldStudy``), scored with
 ``ptystream.metrics.score_over`` on the well-lit region's bounding box plus 16 px.
 
-Writes ``benchmarks/results/paper_study.json`` and ``benchmarks/figures/paper_*.png`` (``--quick``:
+Writes ``benchmarks/results/paper_study.json`` (a run with ``--only`` keeps the other parts of
+the one already there) and ``benchmarks/figures/paper_*.png`` (``--quick``:
 ``benchmarks/results/paper_study_quick.json`` and its PNGs next to it, so a smoke run never
 overwrites the committed figures). ``--report JSON`` prints a saved run's table again.
 """
@@ -170,6 +184,24 @@ class _TrialClock(logging.Handler):
             self.trials.append((float(z), float(loss), time.perf_counter() - self.t0))
 
 
+def timed_search(
+    engine, lo_m: float, hi_m: float, passes: int
+) -> tuple[float, dict[float, float], _TrialClock]:
+    """``engine.search_distance(lo_m, hi_m, passes)``, with each trial's z, score and finish
+    time (seconds since the call) caught from the search's log into the returned clock."""
+    search_log = logging.getLogger("ptystream.engine.distance")
+    level = search_log.level
+    clock = _TrialClock(time.perf_counter())
+    search_log.setLevel(logging.INFO)
+    search_log.addHandler(clock)
+    try:
+        z_found, scores = engine.search_distance(lo_m, hi_m, passes)
+    finally:
+        search_log.removeHandler(clock)
+        search_log.setLevel(level)
+    return z_found, scores, clock
+
+
 def search_then_polish(
     scan: Problem,
     z_start_m: float,
@@ -192,16 +224,7 @@ def search_then_polish(
     trace = Trace(f"polish from the z found (lr {z_lr:g} m)", settings.model_dump(mode="json"))
     engine = build_engine(scan, settings, distance_m=z_start_m)
     add_and_compile(engine, scan, trace)
-    search_log = logging.getLogger("ptystream.engine.distance")
-    level = search_log.level
-    clock = _TrialClock(time.perf_counter())
-    search_log.setLevel(logging.INFO)
-    search_log.addHandler(clock)
-    try:
-        z_found, scores = engine.search_distance(z_lo_m, z_hi_m, passes)
-    finally:
-        search_log.removeHandler(clock)
-        search_log.setLevel(level)
+    z_found, scores, clock = timed_search(engine, z_lo_m, z_hi_m, passes)
     search_s = time.perf_counter() - clock.t0
     for z, loss, t in clock.trials:
         print(f"  trial z {z * 1e3:6.3f} mm, loss {loss:.5e}, at {t:5.1f} s")
@@ -230,6 +253,182 @@ def search_then_polish(
         "polished_end_s": trace.z_time_s[-1],
     }
     return search, trace
+
+
+# -- the paper's Fig. 4: z trained with a pre-calibrated probe ---------------------------------
+
+
+def calibrated_engine(scan: Problem, z_start_m: float, **changes: Any) -> tuple[Any, dict, float]:
+    """The AD engine given the true probe and keeping it fixed (``probe_learning_rate=0``), z
+    trained (``changes`` override the settings), started at ``z_start_m``, frames added and
+    compiled. Returns it, its settings (JSON) and the untimed add-and-compile seconds."""
+    from ptystream.config import EngineSettings
+    from ptystream.engine import make_engine
+
+    settings = EngineSettings(
+        subpixel=False, train_distance=True, probe_learning_rate=0.0, **changes
+    )
+    setup = _engine_runs.setup_for(scan, settings, distance_m=z_start_m)
+    engine = make_engine(setup.replace(initial_probe=scan.truth.probe))
+    t = time.perf_counter()
+    engine.add_frames(scan.frames, scan.positions_m)
+    engine.warm_up()
+    return engine, settings.model_dump(mode="json"), time.perf_counter() - t
+
+
+def _final_scores(engine, scan: Problem) -> dict[str, float]:
+    return {f"final_{k}": v for k, v in score(engine.estimate(), scan.truth).items()}
+
+
+def calibrated_adam(scan: Problem, error_mm: float, lr_fraction: float, passes: int) -> dict:
+    """Adam on z from ``error_mm`` off at ``lr_fraction * |error|`` metres per step, the object
+    trained at the default rate, the true probe fixed: one ``refine(passes)``, z and the time
+    logged after every pass (clock from after the compile), scored at the end."""
+    lr = lr_fraction * abs(error_mm) * 1e-3
+    engine, settings, compile_s = calibrated_engine(
+        scan, TRUE_Z_M + error_mm * 1e-3, distance_learning_rate_m=lr
+    )
+    run: dict[str, Any] = {
+        "name": f"Adam on z from {error_mm:+g} mm, lr {lr:.3g} m",
+        "start_error_mm": error_mm,
+        "learning_rate_m": lr,
+        "settings": settings,
+        "compile_s": compile_s,
+        "z_error_mm": [],
+        "time_s": [],
+        "loss": [],
+    }
+    t0 = time.perf_counter()
+
+    def on_epoch(_i: int, loss: float) -> None:
+        run["time_s"].append(time.perf_counter() - t0)
+        run["z_error_mm"].append((engine.distance_m - TRUE_Z_M) * 1e3)
+        run["loss"].append(loss)
+
+    engine.refine(passes, on_epoch=on_epoch)
+    run |= _final_scores(engine, scan)
+    print(
+        f"{run['name']}: |z error| {abs(run['z_error_mm'][-1]):.3f} mm after {passes} passes "
+        f"({run['time_s'][-1]:.1f} s), |C| {run['final_abs_c']:.4f}"
+    )
+    return run
+
+
+def calibrated_search(
+    scan: Problem, error_mm: float, passes: int, trial_passes: int, lo_m: float, hi_m: float
+) -> dict:
+    """``search_distance`` with the true probe fixed, ``trial_passes`` passes a trial, from
+    ``error_mm`` off; then z trained (default distance rate) for the passes left of ``passes``
+    on the same engine. After each trial the best z so far is the estimate; after each pass of
+    the polish, the engine's z."""
+    engine, settings, compile_s = calibrated_engine(scan, TRUE_Z_M + error_mm * 1e-3)
+    z_found, _, clock = timed_search(engine, lo_m, hi_m, trial_passes)
+    t_search = time.perf_counter() - clock.t0
+    best, passes_done, errors, times = float("inf"), [], [], []
+    for i, (z, loss, t) in enumerate(clock.trials):
+        if i == 0 or loss < best:
+            best, z_best = loss, z
+        passes_done.append((i + 1) * trial_passes)
+        errors.append((z_best - TRUE_Z_M) * 1e3)
+        times.append(t)
+    n_search = passes_done[-1]
+    t0 = clock.t0
+
+    def on_epoch(_i: int, _loss: float) -> None:
+        passes_done.append(passes_done[-1] + 1)
+        errors.append((engine.distance_m - TRUE_Z_M) * 1e3)
+        times.append(time.perf_counter() - t0)
+
+    if passes > n_search:
+        engine.refine(passes - n_search, on_epoch=on_epoch)
+    run = {
+        "name": f"search_distance ({trial_passes} pass/trial) + z trained",
+        "start_error_mm": error_mm,
+        "trial_passes": trial_passes,
+        "range_m": [lo_m, hi_m],
+        "settings": settings,
+        "compile_s": compile_s,
+        "trials": clock.trials,
+        "search_passes": n_search,
+        "search_s": t_search,
+        "z_found_m": z_found,
+        "passes": passes_done,
+        "z_error_mm": errors,
+        "time_s": times,
+        **_final_scores(engine, scan),
+    }
+    print(
+        f"{run['name']}: z {z_found * 1e3:.3f} mm after {len(clock.trials)} trials = {n_search} "
+        f"passes ({t_search:.1f} s); |z error| {abs(errors[-1]):.3f} mm after {passes_done[-1]} "
+        f"passes ({times[-1]:.1f} s), |C| {run['final_abs_c']:.4f}"
+    )
+    return run
+
+
+def loss_landscape(scan: Problem, z_grid_m: np.ndarray, passes: int) -> dict:
+    """With the true probe fixed and z held at each of ``z_grid_m``, ``passes`` passes from the
+    same flat start (one engine, its state restored each time): the mean loss of the first pass
+    (the object barely formed: what Adam on z sees) and of the last (what the search scores)."""
+    engine, _, _ = calibrated_engine(scan, TRUE_Z_M)
+    start = engine.snapshot()
+    engine.hold_distance = True
+    first, last = [], []
+    t = time.perf_counter()
+    for z in z_grid_m:
+        engine.restore(start)
+        engine.distance_m = float(z)
+        losses: list[float] = []
+        engine.refine(passes, on_epoch=lambda _i, loss, out=losses: out.append(loss))
+        first.append(losses[0])
+        last.append(losses[-1])
+    wall = time.perf_counter() - t
+    print(f"loss landscape: {len(z_grid_m)} distances x {passes} passes in {wall:.1f} s")
+    return {"z_m": z_grid_m, "passes": passes, "first_pass_loss": first, "last_pass_loss": last}
+
+
+def _local_minima_mm(z_m, loss) -> list[float]:
+    """The grid distances (mm) whose loss is below both neighbours' (an end counts if below its
+    one neighbour)."""
+    y = np.asarray(loss)
+    padded = np.concatenate([[np.inf], y, [np.inf]])
+    low = (y < padded[:-2]) & (y < padded[2:])
+    return [round(float(z) * 1e3, 3) for z in np.asarray(z_m)[low]]
+
+
+def run_calibrated(scan: Problem, args, quick: bool, save) -> dict:
+    """The ``calibrated`` part (module docstring); ``save(part)`` after every run."""
+    limit_m = STUDY.distance_limit_m
+    part: dict[str, Any] = {
+        "machine": _harness.machine_info(),
+        "probe": "the true probe, fixed (probe_learning_rate 0)",
+        "passes": args.calibrated_passes,
+        "lr_fraction_of_start_error_per_step": args.calibrated_lr_fraction,
+        "adam": [],
+        "search": None,
+        "landscape": None,
+    }
+    starts = [e for e in args.calibrated_starts_mm if 0 < TRUE_Z_M + e * 1e-3 <= limit_m]
+    for error_mm in starts:
+        part["adam"].append(
+            calibrated_adam(scan, error_mm, args.calibrated_lr_fraction, args.calibrated_passes)
+        )
+        save(part)
+    if starts and args.calibrated_search_passes > 0:
+        part["search"] = calibrated_search(
+            scan,
+            starts[0],
+            args.calibrated_passes,
+            args.calibrated_search_passes,
+            0.5e-3,
+            0.97 * limit_m,
+        )
+        save(part)
+    step_m = (2.0 if quick else args.landscape_step_mm) * 1e-3
+    if args.landscape_passes > 0:
+        grid = np.arange(0.5e-3, limit_m, step_m)
+        part["landscape"] = loss_landscape(scan, grid, args.landscape_passes)
+        save(part)
+    return part
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -327,6 +526,60 @@ def plot_distance(traces: list[Trace], search: dict | None, polish: Trace | None
     plt.close(fig)
 
 
+def plot_calibrated(part: dict, path: Path) -> None:
+    """|z - z_true| against passes and against seconds for each run of the ``calibrated``
+    part, and the loss against a fixed z after the first and the last landscape pass."""
+    plt = _harness.pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    for run in part["adam"]:
+        err = np.abs([run["start_error_mm"], *run["z_error_mm"]])
+        width = 2.0 if run is part["adam"][0] else 1.0
+        line = axes[0].semilogy(np.arange(len(err)), err, lw=width, label=run["name"])[0]
+        axes[1].semilogy([0.0, *run["time_s"]], err, lw=width, color=line.get_color())
+    search = part.get("search")
+    if search:
+        err = np.abs([search["start_error_mm"], *search["z_error_mm"]])
+        label = f"{search['name']} (best trial so far, then z trained)"
+        n = len(search["trials"]) + 1  # start and trials: markers; the polish: a line
+        for ax, x in ((axes[0], [0, *search["passes"]]), (axes[1], [0.0, *search["time_s"]])):
+            ax.semilogy(x[:n], err[:n], "ko:", ms=4, lw=0.8, label=label)
+            ax.semilogy(x[n - 1 :], err[n - 1 :], "k-", lw=1.5)
+            label = None
+    for ax in axes[:2]:
+        ax.axhline(1.0, color="r", ls="--", lw=0.8, label="1 mm")
+        ax.set_ylabel("|z - z_true| (mm)")
+        ax.grid(alpha=0.3)
+    axes[0].axvline(part["passes"], color="r", ls=":", lw=0.8, label=f"{part['passes']} passes")
+    axes[0].set_xlabel("passes over the 80 frames (refine epochs)")
+    axes[1].set_xlabel("wall-clock time (s), one TensorFlow thread, compile excluded")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    land = part.get("landscape")
+    if land:
+        z_mm = np.asarray(land["z_m"]) * 1e3
+        for key, label in (
+            ("first_pass_loss", "first pass (what the gradient on z sees)"),
+            ("last_pass_loss", f"pass {land['passes']} (what search_distance scores)"),
+        ):
+            y = np.asarray(land[key])
+            axes[2].plot(z_mm, y / y.min() - 1.0, ".-", label=label)
+        axes[2].axvline(TRUE_Z_M * 1e3, color="k", lw=0.8, label="true z")
+        if part["adam"]:
+            z0_mm = TRUE_Z_M * 1e3 + part["adam"][0]["start_error_mm"]
+            axes[2].axvline(z0_mm, color="C0", ls="--", lw=0.8, label="start of the first run")
+        axes[2].axvline(STUDY.distance_limit_m * 1e3, color="r", ls=":", label="N dx^2 / lambda")
+        axes[2].set_xlabel("z held at (mm)")
+        axes[2].set_ylabel("mean loss of the pass / its minimum over z - 1")
+        axes[2].grid(alpha=0.3)
+        axes[2].legend(fontsize=7)
+    fig.suptitle(
+        f"z trained with the probe pre-calibrated (true probe, fixed); true z {TRUE_Z_M * 1e3} mm"
+    )
+    fig.tight_layout(rect=(0.0, 0.12, 1.0, 1.0))  # room for the runs' legend below
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 # -- the study ---------------------------------------------------------------------------------
 
 
@@ -380,7 +633,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--probe", choices=["pinhole", "diffuser"], default="pinhole", help="illumination"
     )
-    parser.add_argument("--only", choices=["methods", "distance"], help="run one part only")
+    parser.add_argument(
+        "--only", choices=["methods", "distance", "calibrated"], help="run one part only"
+    )
+    parser.add_argument(
+        "--calibrated-starts-mm",
+        type=float,
+        nargs="+",
+        default=None,
+        help="calibrated: start errors of z in mm, the paper's first (default 15 4 2 1 -1 -2, "
+        "quick 15 1)",
+    )
+    parser.add_argument(
+        "--calibrated-lr-fraction",
+        type=float,
+        default=1 / 30,
+        help="calibrated: Adam rate of z per step as a fraction of the start error",
+    )
+    parser.add_argument(
+        "--calibrated-passes", type=int, default=35, help="calibrated: passes per run"
+    )
+    parser.add_argument(
+        "--calibrated-search-passes",
+        type=int,
+        default=1,
+        help="calibrated: passes per trial of search_distance (0: skip)",
+    )
+    parser.add_argument(
+        "--landscape-step-mm",
+        type=float,
+        default=0.5,
+        help="calibrated: grid step of the loss landscape in z (quick: 2)",
+    )
+    parser.add_argument(
+        "--landscape-passes",
+        type=int,
+        default=3,
+        help="calibrated: passes at each fixed z of the landscape (0: skip)",
+    )
     parser.add_argument(
         "--paper-probe-ratio",
         type=float,
@@ -397,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
         args.search_passes = 4 if args.quick else 25
     if args.polish_budget is None:
         args.polish_budget = 6.0 if args.quick else 30.0
+    if args.calibrated_starts_mm is None:
+        args.calibrated_starts_mm = [15.0, 1.0] if args.quick else [15.0, 4.0, 2.0, 1.0, -1.0, -2.0]
     out_dir = _harness.output_dir(args.quick)
     suffix = "_quick" if args.quick else ""
 
@@ -442,18 +734,25 @@ def main(argv: list[str] | None = None) -> int:
         "methods": [],
         "distance": [],
         "distance_search": None,
+        "calibrated": None,
     }
     json_path = _harness.json_path(args, "paper_study")
 
     def save() -> None:  # after every run: a later one may be interrupted
         _harness.write_json(result, json_path, announce=False)
 
-    if args.only == "distance" and json_path.exists():  # keep the earlier method comparison
+    if args.only and json_path.exists():  # keep the parts not run now
         earlier = _harness.read_json(json_path)
-        result["methods"] = earlier.get("methods", [])
-        result["methods_machine"] = earlier.get("methods_machine", earlier.get("machine"))
+        if args.only != "methods":
+            result["methods"] = earlier.get("methods", [])
+            result["methods_machine"] = earlier.get("methods_machine", earlier.get("machine"))
+        if args.only != "distance":
+            result["distance"] = earlier.get("distance", [])
+            result["distance_search"] = earlier.get("distance_search")
+        if args.only != "calibrated":
+            result["calibrated"] = earlier.get("calibrated")
     traces = []
-    if args.only != "distance":
+    if args.only in (None, "methods"):
         for name, settings in methods(args.paper_probe_ratio).items():
             trace = run_method(name, settings, scan, budget, TRUE_Z_M, args.scores)
             traces.append(trace)
@@ -464,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
             plot_convergence(ran, budget, out_dir / f"paper_convergence{suffix}.png")
             plot_images(ran, scan.truth, out_dir / f"paper_images{suffix}.png")
     z_traces = []
-    if args.only != "methods":
+    if args.only in (None, "distance"):
         starts = []
         for error_mm in args.distance_error_mm:
             z0 = TRUE_Z_M + error_mm * 1e-3
@@ -497,6 +796,14 @@ def main(argv: list[str] | None = None) -> int:
             save()
         if z_traces or search:
             plot_distance(z_traces, search, polish, out_dir / f"paper_distance{suffix}.png")
+    if args.only in (None, "calibrated"):
+
+        def save_part(part: dict) -> None:
+            result["calibrated"] = part
+            save()
+
+        part = run_calibrated(scan, args, args.quick, save_part)
+        plot_calibrated(part, out_dir / f"paper_calibrated{suffix}.png")
     print(format_table(result))
     _harness.write_json(result, json_path)
     print(f"figures in {out_dir}")
@@ -505,7 +812,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_table(result: dict) -> str:
     lines = []
-    lines.append(f"{'method':24s} {'|C|':>7s} {'amp r':>7s} {'phase r':>7s} {'t(|C|>=0.9)':>12s}")
+    if result["methods"]:
+        header = f"{'method':24s} {'|C|':>7s} {'amp r':>7s} {'phase r':>7s} {'t(|C|>=0.9)':>12s}"
+        lines.append(header)
     for m in result["methods"]:
         if not m["abs_c"]:
             lines.append(f"{m['name']:24s} {m['note']}")
@@ -530,7 +839,90 @@ def format_table(result: dict) -> str:
             f"(|error| {abs(search['polished_error_mm']):.3f} mm) at "
             f"{search['polished_end_s']:.1f} s"
         )
+    if result.get("calibrated"):
+        lines += [""] * bool(lines) + format_calibrated(result["calibrated"])
     return "\n".join(lines)
+
+
+def _first_within(passes, errors, times, limit_mm: float = 1.0) -> str:
+    """``pass P (T s)`` of the first |z error| under ``limit_mm``, or ``never``."""
+    for p, e, t in zip(passes, errors, times, strict=True):
+        if abs(e) < limit_mm:
+            return f"pass {p} ({t:.1f} s)"
+    return "never"
+
+
+def format_calibrated(part: dict) -> list[str]:
+    """The ``calibrated`` part: one row per run, |z error| after every pass, the landscape."""
+    n = part["passes"]
+    lines = [f"z trained with the probe pre-calibrated (true probe, fixed), {n} passes a run:"]
+    rows = []
+    for run in part["adam"]:
+        errs = run["z_error_mm"]
+        passes = range(1, len(errs) + 1)
+        rows.append(
+            [
+                run["name"],
+                _first_within(passes, errs, run["time_s"]),
+                f"{abs(errs[-1]):.3f}",
+                f"{run['time_s'][-1]:.1f}",
+                f"{run['final_abs_c']:.4f}",
+            ]
+        )
+    search = part.get("search")
+    if search:
+        rows.append(
+            [
+                f"{search['name']}, from {search['start_error_mm']:+g} mm",
+                _first_within(search["passes"], search["z_error_mm"], search["time_s"]),
+                f"{abs(search['z_error_mm'][-1]):.3f}",
+                f"{search['time_s'][-1]:.1f}",
+                f"{search['final_abs_c']:.4f}",
+            ]
+        )
+    header = ["run", "first |z error| < 1 mm", f"|z error| after {n} (mm)", "s", "|C|"]
+    lines += _harness.table(header, rows)
+    if search:
+        lines.append(
+            f"search_distance done after {len(search['trials'])} trials = "
+            f"{search['search_passes']} passes ({search['search_s']:.1f} s): z "
+            f"{search['z_found_m'] * 1e3:.3f} mm, "
+            f"{abs(search['z_found_m'] - TRUE_Z_M) * 1e3:.3f} mm off (earlier rows: its best "
+            "trial so far)"
+        )
+    if part["adam"] or search:
+        runs = part["adam"][:1]
+        header = ["pass"]
+        columns: list[dict[int, tuple[float, float]]] = []
+        for run in runs:
+            header += [f"{run['name']}: |z error| mm", "s"]
+            errs, times = run["z_error_mm"], run["time_s"]
+            columns.append(
+                {i + 1: (e, t) for i, (e, t) in enumerate(zip(errs, times, strict=True))}
+            )
+        if search:
+            header += ["search + z trained: |z error| mm", "s"]
+            z_err, times = search["z_error_mm"], search["time_s"]
+            columns.append(dict(zip(search["passes"], zip(z_err, times, strict=True), strict=True)))
+        last = max(max(c) for c in columns)
+        rows = []
+        for p in range(1, last + 1):
+            row = [str(p)]
+            for c in columns:
+                e_t = c.get(p)
+                row += ["-", "-"] if e_t is None else [f"{abs(e_t[0]):.3f}", f"{e_t[1]:.1f}"]
+            rows.append(row)
+        lines += ["", *_harness.table(header, rows)]
+    land = part.get("landscape")
+    if land:
+        first = _local_minima_mm(land["z_m"], land["first_pass_loss"])
+        last = _local_minima_mm(land["z_m"], land["last_pass_loss"])
+        lines += [
+            "",
+            f"loss with z held ({len(land['z_m'])} distances): local minima of the first pass at "
+            f"{first} mm; of pass {land['passes']} at {last} mm (true z {TRUE_Z_M * 1e3} mm)",
+        ]
+    return lines
 
 
 if __name__ == "__main__":
