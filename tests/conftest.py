@@ -27,50 +27,34 @@ from ptystream.config import Profile, load_profile  # noqa: E402
 # -- profiles and simulated scans -------------------------------------------------------------
 
 
+def _shrunk(name: str, test_name: str, **sim_overrides) -> Profile:
+    """Profile ``name`` shrunk to a fast scan (no exposure time), ``sim`` fields overridable."""
+    base = load_profile(name)
+    sim = base.sim.model_copy(
+        update={"object_px": 176, "n_points": 90, "exposure_s": 0.0, **sim_overrides}
+    )
+    return base.model_copy(
+        update={
+            "name": test_name,
+            "sim": sim,
+            "engine": base.engine.model_copy(update={"final_epochs": 60}),
+            "publish": base.publish.model_copy(update={"cadence_s": 0.2, "raw_batch_size": 10}),
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def small_profile():
     """``small_profile(**sim_overrides)``: the demo profile shrunk to a fast scan (no exposure
     time); ``sim`` fields overridable."""
-
-    def small_profile(**sim_overrides) -> Profile:
-        demo = load_profile("demo")
-        sim = demo.sim.model_copy(
-            update={"object_px": 176, "n_points": 90, "exposure_s": 0.0, **sim_overrides}
-        )
-        return demo.model_copy(
-            update={
-                "name": "test",
-                "sim": sim,
-                "engine": demo.engine.model_copy(update={"final_epochs": 60}),
-                "publish": demo.publish.model_copy(update={"cadence_s": 0.2, "raw_batch_size": 10}),
-            }
-        )
-
-    return small_profile
+    return lambda **sim_overrides: _shrunk("demo", "test", **sim_overrides)
 
 
 @pytest.fixture(scope="session")
 def small_thick_profile():
     """``small_thick_profile(**sim_overrides)``: the multislice-demo profile (two layers 600 um
     apart, reconstructed with two slices) shrunk as ``small_profile`` shrinks the demo."""
-
-    def small_thick_profile(**sim_overrides) -> Profile:
-        thick = load_profile("multislice-demo")
-        sim = thick.sim.model_copy(
-            update={"object_px": 176, "n_points": 90, "exposure_s": 0.0, **sim_overrides}
-        )
-        return thick.model_copy(
-            update={
-                "name": "test-thick",
-                "sim": sim,
-                "engine": thick.engine.model_copy(update={"final_epochs": 60}),
-                "publish": thick.publish.model_copy(
-                    update={"cadence_s": 0.2, "raw_batch_size": 10}
-                ),
-            }
-        )
-
-    return small_thick_profile
+    return lambda **sim_overrides: _shrunk("multislice-demo", "test-thick", **sim_overrides)
 
 
 @pytest.fixture(scope="session")

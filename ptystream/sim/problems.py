@@ -19,6 +19,7 @@ Each returns a :class:`Problem`. Numpy, scipy and scikit-image only; no bluesky 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,9 +133,10 @@ def far_field_problem(
     seed: int = 0,
     overlap: float = 0.6,
     jitter_px: float = 3.0,
-    peak_counts: float = 500.0,
+    peak_counts: float | None = 500.0,
     read_noise_counts: float = 10.0,
     sample: np.ndarray | None = None,
+    slice_gaps_m: Sequence[float] | None = None,
 ) -> Problem:
     """The ENGINE_NOTES test problem.
 
@@ -145,6 +147,11 @@ def far_field_problem(
     ``read_noise_counts``. ``sample``: the complex object (centred on the scan; it must cover
     it), or None for the camera/moon object of :class:`~ptystream.config.SimSettings`, sized to
     the scan plus 4 px. All randomness comes from ``seed`` (positions first, then the noise).
+    ``peak_counts`` None: the noise-free intensity times 1e6
+    (:class:`~ptystream.sim.detector.DetectorModel`). ``slice_gaps_m`` (metres, None for a thin
+    sample): a thick sample of ``len(slice_gaps_m) + 1`` layers (``sample`` ``(S, H, W)``, or
+    :func:`~ptystream.sim.thick.thick_sample` by default) diffracting by multislice; use
+    :func:`~ptystream.sim.thick.thick_far_field_problem`, which checks the gaps.
     """
     rng = np.random.default_rng(seed)
     wavelength = HC_EV_M / ENERGY_EV
@@ -158,12 +165,19 @@ def far_field_problem(
     )
     if sample is None:
         object_px = 2 * int(np.ceil(np.abs(positions).max() / dx + frame_px / 2 + 4))
-        settings = SimSettings.model_validate({})  # the defaults
-        sample = make_object(object_px, settings.amplitude_range, settings.phase_range_rad)
-    origin = -(sample.shape[0] // 2) * dx
-    truth = GroundTruth(sample, probe, dx, (origin, origin))
+        if slice_gaps_m is not None:
+            from ptystream.sim.thick import thick_sample
+
+            sample = thick_sample(object_px, len(slice_gaps_m) + 1)
+        else:
+            settings = SimSettings.model_validate({})  # the defaults
+            sample = make_object(object_px, settings.amplitude_range, settings.phase_range_rad)
+    origin = -(sample.shape[-1] // 2) * dx
+    gaps = tuple(slice_gaps_m or ())
+    truth = GroundTruth(sample, probe, dx, (origin, origin), gaps, wavelength)
     frames = np.stack([diffraction_pattern(truth, p).astype(np.float32) for p in positions])
-    detector = DetectorModel(peak_counts / float(frames.max()), read_noise_counts, None, rng)
+    flux = None if peak_counts is None else peak_counts / float(frames.max())
+    detector = DetectorModel(flux, read_noise_counts, None, rng)
     for i in range(len(frames)):  # in place, frame by frame: no float64 copy of the whole scan
         frames[i] = detector.record(frames[i])
     details = {

@@ -17,18 +17,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ptystream import optics
 from ptystream.config import HC_EV_M
-from ptystream.sim import trajectories
-from ptystream.sim.detector import DetectorModel
 from ptystream.sim.problems import (
-    DEFOCUS_M,
     DETECTOR_PIXEL_M,
     DISTANCE_M,
     ENERGY_EV,
-    NOMINAL_DEFOCUS_M,
-    SEMI_ANGLE_RAD,
     Problem,
+    far_field_problem,
 )
 from ptystream.sim.sample import GroundTruth, _normalised_image
 from ptystream.types import Geometry
@@ -286,50 +281,30 @@ def thick_far_field_problem(
         ``slice_gaps_m``, ``multislice`` (True), ``depth_of_focus_m`` (``5.4 dx²/λ``) and
         ``max_gap_m`` (``N dx²/λ``) besides far_field_problem's keys.
     """
-    rng = np.random.default_rng(seed)
     wavelength = HC_EV_M / ENERGY_EV
-    geometry = Geometry(wavelength, DISTANCE_M, DETECTOR_PIXEL_M, frame_px)
-    dx = geometry.object_pixel_size_m
+    dx = Geometry(wavelength, DISTANCE_M, DETECTOR_PIXEL_M, frame_px).object_pixel_size_m
     limit = max_gap_m(frame_px, dx, wavelength)
     gaps = _gaps(n_slices, spacing_m, limit)
     if sample is not None and (sample.ndim != 3 or sample.shape[0] != n_slices):
         raise ValueError(
             f"sample must be ({n_slices}, H, W) for {n_slices} slices, got {sample.shape}"
         )
-    probe = optics.focused_probe(frame_px, dx, wavelength, SEMI_ANGLE_RAD, DEFOCUS_M)
-    step_m = trajectories.step_from_overlap(optics.probe_diameter_m(probe, dx), overlap)
-    positions = trajectories.jittered_raster(n_points, step_m, jitter_px * dx / step_m, rng)
-    if sample is None:
-        object_px = 2 * int(np.ceil(np.abs(positions).max() / dx + frame_px / 2 + 4))
-        sample = thick_sample(object_px, n_slices)
-    origin = -(sample.shape[1] // 2) * dx
-    truth = GroundTruth(sample, probe, dx, (origin, origin), tuple(gaps), wavelength)
-    frames = np.empty((len(positions), frame_px, frame_px), np.float32)
-    for i, p in enumerate(positions):
-        frames[i] = thick_diffraction_pattern(truth, p, gaps, wavelength)
-    flux = None if peak_counts is None else peak_counts / float(frames.max())
-    detector = DetectorModel(flux, read_noise_counts, None, rng)
-    for i in range(len(frames)):
-        frames[i] = detector.record(frames[i])
-    details = {
-        "propagation": "far_field",
+    problem = far_field_problem(
+        frame_px,
+        n_points,
+        seed=seed,
+        overlap=overlap,
+        jitter_px=jitter_px,
+        peak_counts=peak_counts,
+        read_noise_counts=read_noise_counts,
+        sample=sample,
+        slice_gaps_m=gaps,
+    )
+    problem.details |= {
         "multislice": True,
         "n_slices": n_slices,
         "slice_gaps_m": gaps,
         "depth_of_focus_m": depth_of_focus_m(dx, wavelength),
         "max_gap_m": limit,
-        "overlap": overlap,
-        "jitter_px": jitter_px,
-        "peak_counts": peak_counts,
-        "probe_defocus_m": DEFOCUS_M,
     }
-    return Problem(
-        geometry,
-        truth,
-        positions,
-        frames,
-        read_noise_counts,
-        probe_defocus_m=NOMINAL_DEFOCUS_M,
-        step_px=step_m / dx,
-        details=details,
-    )
+    return problem
