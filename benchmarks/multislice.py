@@ -514,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
             result["pie_variants"].append(run.summary())
             _harness.write_json(result, json_path, announce=False)
     result["total_s"] = time.perf_counter() - t_start
-    print(f"figures in {out_dir}")
+    if args.only != "pie":
+        print(f"figures in {out_dir}")
     return _harness.finish(result, format_table, json_path)
 
 
@@ -621,6 +622,8 @@ def format_table(result: dict) -> str:
 
 
 def _targets(result: dict) -> list[str]:
+    if not (result["cases"] or result["spacing"]):
+        return []
     out = ["\ntargets:"]
     for case in result["cases"]:
         runs = {r["method"]: r for r in case["runs"]}
