@@ -143,10 +143,16 @@ class Estimate:
 
     Attributes
     ----------
-    object : complex64 ``(H, W)`` transmission on the object canvas, or ``(S, H, W)`` for a
-        multislice sample: ``S`` slices along the beam, the first met by the beam first.
+    object : complex64 ``(H, W)`` transmission on the object canvas (dimensionless: 1 is
+        empty space), or ``(S, H, W)`` for a multislice sample: ``S`` slices along the beam,
+        the first met by the beam first.
     probe : complex64 ``(N, N)`` illumination, or ``(M, N, N)`` mutually incoherent modes
-        (orthogonal, strongest first) for a mixed-state probe.
+        (orthogonal, strongest first) for a mixed-state probe, in square roots of detector
+        counts: the exit wave ``probe * object`` (through the slices for a thick sample)
+        propagated with orthonormal transforms (far field: ``fft2(..., norm="ortho")``,
+        centred) predicts the measured frames in counts, summed over modes. The overall scale
+        between object and probe, which the data cannot fix, is set by the initial probe's
+        power (the measured mean pattern's), so the object's mean transmission stays near 1.
     object_origin_m : stage position ``(y, x)`` in metres of the centre of object pixel ``[0, 0]``.
     pixel_size_m : object pixel size in metres.
     positions_m : ``(n, 2)`` probe positions ``(y, x)`` in metres of the frames used.

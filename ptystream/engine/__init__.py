@@ -63,9 +63,16 @@ class Engine(Protocol):
     def step(self, n_steps: int) -> float:
         """Run ``n_steps`` bounded optimiser steps; return their mean loss."""
 
-    def refine(self, epochs: int, on_epoch: Callable[[int, float], None] | None = None) -> float:
-        """Run ``epochs`` passes over every frame seen; return the last epoch's mean loss.
-        ``on_epoch(i, loss)`` is called after each pass."""
+    def refine(
+        self,
+        epochs: int | None = None,
+        on_epoch: Callable[[int, float], None] | None = None,
+        *,
+        seconds: float | None = None,
+    ) -> float:
+        """Run ``epochs`` passes over every frame seen, or passes until ``seconds`` of wall time
+        are spent (:class:`~ptystream.engine.schedule.PassBudget`); return the last pass's mean
+        loss. ``on_epoch(i, loss)`` is called after each pass."""
 
     def estimate(self, *, final: bool = False) -> Estimate:
         """Snapshot the current object and probe as numpy arrays."""

@@ -27,6 +27,7 @@ from ptystream.engine.checkpoint import EngineState, read_state, write_state
 from ptystream.engine.distance import search_distance
 from ptystream.engine.intake import FrameIntake
 from ptystream.engine.model import CANVAS, ELEMENTWISE, RATES, Trainable, build_model
+from ptystream.engine.schedule import PassBudget
 from ptystream.engine.setup import EngineSetup
 from ptystream.types import NEAR_FIELD, Estimate
 
@@ -186,24 +187,37 @@ class ADEngine(FrameIntake):
             self._regularise()
         return float(np.mean(losses))
 
-    def refine(self, epochs: int, on_epoch: Callable[[int, float], None] | None = None) -> float:
-        """``epochs`` passes over all frames in random order; returns the last pass's mean loss.
+    def refine(
+        self,
+        epochs: int | None = None,
+        on_epoch: Callable[[int, float], None] | None = None,
+        *,
+        seconds: float | None = None,
+    ) -> float:
+        """``epochs`` passes over all frames in random order, or passes until ``seconds`` of
+        wall time are spent (stopping between two steps, so the last pass may be partial);
+        returns the last pass's mean loss.
 
         The learning rates follow a cosine from their settings down to
-        ``settings.final_learning_rate_fraction`` of them over the passes: a constant rate leaves
-        Adam jittering around the minimum by about the rate itself. ``on_epoch(i, loss)`` is
-        called after pass ``i`` (from 0).
+        ``settings.final_learning_rate_fraction`` of them over the passes, or over the seconds:
+        a constant rate leaves Adam jittering around the minimum by about the rate itself.
+        ``on_epoch(i, loss)`` is called after pass ``i`` (from 0), a partial last one included.
         """
+        budget = PassBudget(epochs, seconds)
         self._pending.clear()
+        if self._n_frames == 0:
+            return float("nan")
         b = self.settings.batch_size
         floor = self.settings.final_learning_rate_fraction
         loss = float("nan")
-        for epoch in range(epochs):
-            progress = epoch / max(epochs - 1, 1)
-            lr_scale = floor + (1.0 - floor) * 0.5 * (1.0 + np.cos(np.pi * progress))
+        for epoch in budget.passes():
             order = self._rng.permutation(self._n_frames)
             losses = []
             for start in range(0, len(order), b):
+                if losses and budget.spent:
+                    break
+                progress = budget.progress(epoch)
+                lr_scale = floor + (1.0 - floor) * 0.5 * (1.0 + np.cos(np.pi * progress))
                 chosen = order[start : start + b]
                 idx = np.zeros(b, np.int32)
                 idx[: len(chosen)] = chosen
@@ -272,7 +286,8 @@ class ADEngine(FrameIntake):
         (first met by the beam first) for a multislice sample."""
         slices = [c.value().numpy().astype(np.complex64) for c in self._model.canvases]
         obj = slices[0] if len(slices) == 1 else np.stack(slices)
-        modes = self._model.illumination.probe.value().numpy().astype(np.complex64)
+        modes = self._model.illumination.probe.value().numpy() * np.sqrt(self._scale or 1.0)
+        modes = modes.astype(np.complex64)  # in sqrt(counts): the frames were divided by _scale
         probe = optics.orthogonalise_modes(modes) if self._modes > 1 else modes[0]
         origin = self._canvas.origin_m if self._canvas else np.zeros(2)
         return Estimate(

@@ -29,16 +29,39 @@ def write_result(
 ) -> Path:
     """Write ``object`` (complex64 ``(H, W)``, or ``(S, H, W)`` slices along the beam for a
     multislice sample, with the ``slice_gaps_m`` attribute), ``probe`` (complex64),
-    ``positions_px``, ``loss`` (per optimiser step) and the geometry, ``steps`` and settings as
-    attributes (SI units in the names), plus ``attrs`` (e.g. the ``engine`` that made it)."""
+    ``positions_px``, ``loss`` and ``loss_iteration`` (the loss of each optimiser step, and that
+    step's number: datasets, so a history of any length fits) and the geometry, ``steps`` and
+    settings as attributes (SI units in the names), plus ``attrs`` (e.g. the ``engine`` that
+    made it).
+
+    The object and probe are in the units of :class:`~ptystream.types.Estimate` (the probe in
+    square roots of counts, so that they predict the frames). The file is written next to
+    ``path`` and renamed onto it, so a failed write never leaves a half-written result.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        _write(partial, estimate, geometry, settings, attrs)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def _write(
+    path: Path,
+    estimate: Estimate,
+    geometry: Geometry,
+    settings: dict[str, Any],
+    attrs: dict[str, Any] | None,
+) -> None:
     with h5py.File(path, "w") as f:
         f["object"] = estimate.object.astype(np.complex64)
         f["probe"] = estimate.probe.astype(np.complex64)
         f["positions_px"] = corner_positions_px(estimate, geometry.frame_px)
         f["loss"] = estimate.loss[:, 1]
-        f["loss"].attrs["iteration"] = estimate.loss[:, 0].astype(np.int64)
+        f["loss_iteration"] = estimate.loss[:, 0].astype(np.int64)
         f.attrs.update(attrs or {})
         attrs = f.attrs
         attrs["object_pixel_size_m"] = estimate.pixel_size_m
@@ -53,4 +76,3 @@ def write_result(
         if estimate.n_slices > 1:
             attrs["slice_gaps_m"] = np.asarray(estimate.slice_gaps_m, dtype=np.float64)
         attrs["settings"] = json.dumps(settings)
-    return path

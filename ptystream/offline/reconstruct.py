@@ -78,13 +78,17 @@ def reconstruct_scan(
 ) -> Estimate:
     """Reconstruct a finished scan held in memory; returns the final estimate.
 
-    Exactly one of ``epochs`` (passes over all frames) and ``time_budget_s`` is given; with a
-    budget the number of passes is set from the time of the first one. ``progress(done, total,
-    loss)`` is called after every pass. ``algorithm`` overrides the profile's
+    Exactly one of ``epochs`` (passes over all frames) and ``time_budget_s`` is given. The
+    budget is wall time from this call to the end of the passes (TensorFlow's set-up, the
+    compile and a distance search included); the last pass stops part-way when the time is spent,
+    and at least one whole pass runs even when the search used the budget up (logged).
+    ``progress(done, total, loss)`` is called after every pass (with a budget, ``total`` is
+    the passes expected at the mean pass time so far). ``algorithm`` overrides the profile's
     ``engine.algorithm``. The object canvas covers the positions' extent.
     """
     if (epochs is None) == (time_budget_s is None):
         raise ValueError("give exactly one of epochs and time_budget_s")
+    start = time.perf_counter()
     pos = scan.positions_m
     extent = ((pos[:, 0].min(), pos[:, 0].max()), (pos[:, 1].min(), pos[:, 1].max()))
     setup = EngineSetup.from_profile(
@@ -101,29 +105,42 @@ def reconstruct_scan(
     engine.warm_up()  # compile before the first pass is timed
     if settings.distance_search_m is not None:
         lo, hi = settings.distance_search_m
-        start = time.perf_counter()
+        searched = time.perf_counter()
         # AD only: the baselines refuse the setting when they are built
         z, trials = engine.search_distance(lo, hi, settings.distance_search_passes)
         logger.info(
             "distance search: %.4g m after %d trials in %.0f s",
             z,
             len(trials),
+            time.perf_counter() - searched,
+        )
+    if time_budget_s is None:
+        engine.refine(epochs, _report_to(progress, lambda done: epochs))
+        return engine.estimate(final=True)
+    left = time_budget_s - (time.perf_counter() - start)
+    if left <= 0:
+        logger.warning(
+            "the time budget of %.0f s was spent before the passes (compile and distance "
+            "search took %.0f s); running one pass",
+            time_budget_s,
             time.perf_counter() - start,
         )
-    if time_budget_s is not None:
-        start = time.perf_counter()
-        loss = engine.refine(1)
-        per_epoch = time.perf_counter() - start
-        epochs = 1 + max(0, int((time_budget_s - per_epoch) / per_epoch))
-        if progress:
-            progress(1, epochs, loss)
-        remaining = epochs - 1
-        done = 1
-    else:
-        remaining, done = epochs, 0
-    if remaining:
-        engine.refine(
-            remaining,
-            on_epoch=(lambda i, loss: progress(done + i + 1, epochs, loss)) if progress else None,
-        )
+        engine.refine(1, _report_to(progress, lambda done: 1))
+        return engine.estimate(final=True)
+    passes_start = time.perf_counter()
+
+    def expected(done: int) -> int:
+        per_pass = (time.perf_counter() - passes_start) / done
+        return max(done, round(left / per_pass))
+
+    engine.refine(on_epoch=_report_to(progress, expected), seconds=left)
     return engine.estimate(final=True)
+
+
+def _report_to(
+    progress: Callable[[int, int, float], None] | None, total: Callable[[int], int]
+) -> Callable[[int, float], None] | None:
+    """An ``on_epoch(i, loss)`` that calls ``progress(done, total(done), loss)``."""
+    if progress is None:
+        return None
+    return lambda i, loss: progress(i + 1, total(i + 1), loss)

@@ -119,7 +119,7 @@ class Problem:
         corner = (self.positions_m - np.asarray(estimate.object_origin_m)) / dx - n / 2
         top_left = np.floor(corner).astype(int)
         intensity = np.abs(self.truth.probe) ** 2
-        total = np.zeros(estimate.object.shape)
+        total = np.zeros(estimate.object.shape[-2:])
         for r, c in top_left:
             total[r : r + n, c : c + n] += intensity
         return total > fraction * total.max()

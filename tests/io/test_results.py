@@ -6,6 +6,7 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 
 from ptystream.io.results import corner_positions_px, write_result
 from ptystream.types import Geometry
@@ -19,7 +20,7 @@ def test_a_far_field_result_round_trips(tmp_path, estimate):
     assert out == tmp_path / "nested" / "out.h5"  # the directory is made
     with h5py.File(out) as f:
         arrays = {key: f[key][()] for key in ("object", "probe", "positions_px", "loss")}
-        iterations = f["loss"].attrs["iteration"]
+        iterations = f["loss_iteration"][()]
         attrs = dict(f.attrs)
     assert arrays["object"].dtype == np.complex64 and arrays["probe"].dtype == np.complex64
     np.testing.assert_array_equal(arrays["object"], est.object)
@@ -57,3 +58,25 @@ def test_corner_positions_undo_the_placement(estimate):
     positions = np.array(est.object_origin_m) + (corners + 32) * est.pixel_size_m
     placed = dataclasses.replace(est, positions_m=positions)
     np.testing.assert_allclose(corner_positions_px(placed, 64), corners, rtol=0, atol=1e-9)
+
+
+def test_a_long_loss_history_is_written(tmp_path, estimate):
+    """mPIE records one loss per position: 16 passes of a 516-frame scan pass 8191 entries, the
+    most an HDF5 attribute (64 KiB) holds; the history is a dataset, so any length fits."""
+    est = estimate(3)
+    steps = np.arange(1, 200_001, dtype=np.float64)
+    est = dataclasses.replace(est, loss=np.column_stack([steps, 1 / steps]), iteration=200_000)
+    out = write_result(tmp_path / "out.h5", est, Geometry(1e-10, 2.0, 75e-6, 16), {})
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["loss_iteration"][()], steps.astype(np.int64))
+        np.testing.assert_array_equal(f["loss"][()], 1 / steps)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]  # no partial file left
+
+
+def test_a_failed_write_leaves_no_file(tmp_path, estimate):
+    """A result that cannot be written (here a settings value JSON cannot encode) raises, and
+    leaves neither a half-written file nor its partial copy behind."""
+    est = estimate(3)
+    with pytest.raises(TypeError):
+        write_result(tmp_path / "out.h5", est, Geometry(1e-10, 2.0, 75e-6, 16), {"x": object()})
+    assert list(tmp_path.iterdir()) == []

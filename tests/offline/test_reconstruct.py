@@ -4,6 +4,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from ptystream.config import Algorithm
+from ptystream.engine import prepare
 from ptystream.metrics import score_against_truth, score_slices
 from ptystream.offline.reconstruct import reconstruct_file
 
@@ -79,21 +81,29 @@ def test_reconstruct_a_thick_sample(tmp_path, small_thick_profile, simulated_npz
     assert product.abs_c > flat + 0.04
 
 
-def test_time_budget_sets_the_number_of_passes(tmp_path, small_profile, simulated_npz):
+def test_a_time_budget_is_kept(tmp_path, small_profile, simulated_npz):
+    """The budget is wall time from the engine's construction to the end of the passes; the
+    last pass stops part-way when it is spent. The bound checks the budget is obeyed, not how
+    fast anything runs: extrapolating from the first pass missed budgets by up to 30 %."""
     profile = small_profile(photons_per_frame=None, n_points=40, object_px=144)
     path, sim = simulated_npz(profile, tmp_path / "scan.npz")
     calls = []
+    prepare(profile.engine)  # TensorFlow imported and set up: the budget counts it otherwise
+    start = time.perf_counter()
     estimate = reconstruct_file(
         path,
         profile,
         tmp_path / "out.h5",
-        time_budget_s=3.0,
+        time_budget_s=5.0,
         progress=lambda done, total, loss: calls.append((done, total)),
     )
-    passes = calls[-1][1]
+    elapsed = time.perf_counter() - start
+    passes = calls[-1][0]
     assert [done for done, _ in calls] == list(range(1, passes + 1))  # one report per pass
-    assert passes >= 5  # a pass of 40 frames takes well under 0.6 s once compiled
-    assert estimate.iteration == passes * 3  # 40 frames in batches of 16: 3 steps per pass
+    assert calls[-1] == (passes, passes)  # the last report knows it is the last
+    assert passes >= 4  # a pass of 40 frames takes well under 0.5 s once compiled (2-3 s)
+    assert (passes - 1) * 3 < estimate.iteration <= passes * 3  # 3 steps a pass, last partial
+    assert 5.0 <= elapsed < 5.0 + 1.5  # reading the file and writing the result besides
 
 
 def test_the_engine_argument_overrides_the_profile_and_is_recorded(
