@@ -22,7 +22,10 @@ from the z found with z still trained (``--polish-budget`` s).
 ``EngineSetup(initial_probe=...)`` and kept fixed, ``probe_learning_rate=0``), z started 15 mm
 off and trained by Adam at ``--calibrated-lr-fraction`` of the start error per step, for
 ``--calibrated-passes`` passes (one ``refine`` call, so one cosine decay); the same from the
-smaller start errors of ``--calibrated-starts-mm`` (its capture range); ``search_distance`` with
+smaller start errors of ``--calibrated-starts-mm`` (its capture range); the same runs coarse
+to fine (``EngineSettings.distance_blur_px = --calibrated-blur-px``: the loss on intensities
+blurred by a Gaussian whose sigma falls linearly to 0 over ``--calibrated-blur-passes``
+passes); ``search_distance`` with
 the same probe at ``--calibrated-search-passes`` passes a trial, then z trained for the passes
 left; and the loss against a fixed z after the first and after ``--landscape-passes`` passes
 from the flat start (what the gradient sees, and what the search sees). |z - z_true| is logged
@@ -280,16 +283,26 @@ def _final_scores(engine, scan: Problem) -> dict[str, float]:
     return {f"final_{k}": v for k, v in score(engine.estimate(), scan.truth).items()}
 
 
-def calibrated_adam(scan: Problem, error_mm: float, lr_fraction: float, passes: int) -> dict:
+def calibrated_adam(
+    scan: Problem,
+    error_mm: float,
+    lr_fraction: float,
+    passes: int,
+    blur_px: float = 0.0,
+    blur_passes: float = 10.0,
+) -> dict:
     """Adam on z from ``error_mm`` off at ``lr_fraction * |error|`` metres per step, the object
     trained at the default rate, the true probe fixed: one ``refine(passes)``, z and the time
-    logged after every pass (clock from after the compile), scored at the end."""
+    logged after every pass (clock from after the compile), scored at the end. ``blur_px`` > 0:
+    coarse to fine (``distance_blur_px``, falling to 0 over ``blur_passes`` passes)."""
     lr = lr_fraction * abs(error_mm) * 1e-3
+    coarse = {"distance_blur_px": blur_px, "distance_blur_passes": blur_passes} if blur_px else {}
     engine, settings, compile_s = calibrated_engine(
-        scan, TRUE_Z_M + error_mm * 1e-3, distance_learning_rate_m=lr
+        scan, TRUE_Z_M + error_mm * 1e-3, distance_learning_rate_m=lr, **coarse
     )
+    how = f"coarse to fine ({blur_px:g} px to 0 in {blur_passes:g} passes) " if blur_px else ""
     run: dict[str, Any] = {
-        "name": f"Adam on z from {error_mm:+g} mm, lr {lr:.3g} m",
+        "name": f"Adam on z {how}from {error_mm:+g} mm, lr {lr:.3g} m",
         "start_error_mm": error_mm,
         "learning_rate_m": lr,
         "settings": settings,
@@ -403,7 +416,10 @@ def run_calibrated(scan: Problem, args, quick: bool, save) -> dict:
         "probe": "the true probe, fixed (probe_learning_rate 0)",
         "passes": args.calibrated_passes,
         "lr_fraction_of_start_error_per_step": args.calibrated_lr_fraction,
+        "blur_px": args.calibrated_blur_px,
+        "blur_passes": args.calibrated_blur_passes,
         "adam": [],
+        "coarse_to_fine": [],
         "search": None,
         "landscape": None,
     }
@@ -411,6 +427,18 @@ def run_calibrated(scan: Problem, args, quick: bool, save) -> dict:
     for error_mm in starts:
         part["adam"].append(
             calibrated_adam(scan, error_mm, args.calibrated_lr_fraction, args.calibrated_passes)
+        )
+        save(part)
+    for error_mm in starts if args.calibrated_blur_px > 0 else []:
+        part["coarse_to_fine"].append(
+            calibrated_adam(
+                scan,
+                error_mm,
+                args.calibrated_lr_fraction,
+                args.calibrated_passes,
+                args.calibrated_blur_px,
+                args.calibrated_blur_passes,
+            )
         )
         save(part)
     if starts and args.calibrated_search_passes > 0:
@@ -530,12 +558,18 @@ def plot_calibrated(part: dict, path: Path) -> None:
     """|z - z_true| against passes and against seconds for each run of the ``calibrated``
     part, and the loss against a fixed z after the first and the last landscape pass."""
     plt = _harness.pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.6))
     for run in part["adam"]:
         err = np.abs([run["start_error_mm"], *run["z_error_mm"]])
         width = 2.0 if run is part["adam"][0] else 1.0
         line = axes[0].semilogy(np.arange(len(err)), err, lw=width, label=run["name"])[0]
         axes[1].semilogy([0.0, *run["time_s"]], err, lw=width, color=line.get_color())
+    coarse = part.get("coarse_to_fine") or []
+    for i, run in enumerate(coarse):  # dashed, in the colour of the plain run from its start
+        err = np.abs([run["start_error_mm"], *run["z_error_mm"]])
+        style = {"ls": "--", "lw": 2.0 if i == 0 else 1.0, "color": f"C{i}"}
+        axes[0].semilogy(np.arange(len(err)), err, label=run["name"], **style)
+        axes[1].semilogy([0.0, *run["time_s"]], err, **style)
     search = part.get("search")
     if search:
         err = np.abs([search["start_error_mm"], *search["z_error_mm"]])
@@ -575,7 +609,7 @@ def plot_calibrated(part: dict, path: Path) -> None:
     fig.suptitle(
         f"z trained with the probe pre-calibrated (true probe, fixed); true z {TRUE_Z_M * 1e3} mm"
     )
-    fig.tight_layout(rect=(0.0, 0.12, 1.0, 1.0))  # room for the runs' legend below
+    fig.tight_layout(rect=(0.0, 0.17, 1.0, 1.0))  # room for the runs' legend below
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -652,6 +686,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--calibrated-passes", type=int, default=35, help="calibrated: passes per run"
+    )
+    parser.add_argument(
+        "--calibrated-blur-px",
+        type=float,
+        default=8.0,
+        help="calibrated: the coarse-to-fine runs' starting blur, detector pixels (0: skip them)",
+    )
+    parser.add_argument(
+        "--calibrated-blur-passes",
+        type=float,
+        default=10.0,
+        help="calibrated: passes over which the coarse-to-fine blur falls to 0",
     )
     parser.add_argument(
         "--calibrated-search-passes",
@@ -857,7 +903,7 @@ def format_calibrated(part: dict) -> list[str]:
     n = part["passes"]
     lines = [f"z trained with the probe pre-calibrated (true probe, fixed), {n} passes a run:"]
     rows = []
-    for run in part["adam"]:
+    for run in [*part["adam"], *part.get("coarse_to_fine", [])]:
         errs = run["z_error_mm"]
         passes = range(1, len(errs) + 1)
         rows.append(
@@ -890,8 +936,8 @@ def format_calibrated(part: dict) -> list[str]:
             f"{abs(search['z_found_m'] - TRUE_Z_M) * 1e3:.3f} mm off (earlier rows: its best "
             "trial so far)"
         )
-    if part["adam"] or search:
-        runs = part["adam"][:1]
+    if part["adam"] or part.get("coarse_to_fine") or search:
+        runs = [*part["adam"][:1], *part.get("coarse_to_fine", [])[:1]]
         header = ["pass"]
         columns: list[dict[int, tuple[float, float]]] = []
         for run in runs:

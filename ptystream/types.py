@@ -6,6 +6,7 @@ arrays are row-major ``(y, x)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +167,18 @@ class Estimate:
         the far field.
     slice_gaps_m : multislice: the ``S - 1`` distances between neighbouring slices in metres
         (fitted when trained); empty for a thin object.
+    noise : the noise model the engine fitted to the first frames and used, as plain JSON
+        types (:meth:`ptystream.engine.noise.NoiseModel.to_metadata`: the estimate, the read
+        noise used and its source, the loss, warnings); None before the first frames.
+    probe_defocus_m : far field: the defocus in metres the initial probe was built with, the
+        one the search chose (``engine.probe_defocus_search``) or the nominal one; NaN where
+        the probe was not built from a defocus (near field, a given probe) or is not known (an
+        engine resumed from a saved state).
+    training : how the last refinement went (:meth:`ptystream.engine.guard.GuardReport.
+        to_metadata`: the pass kept, whether it stopped early, restarts after a divergence, the
+        rate factor); None for an engine without the guard.
+    warnings : what the engine detected that may make the result wrong (a divergence), besides
+        the noise model's.
     """
 
     object: np.ndarray
@@ -181,6 +194,10 @@ class Estimate:
     distance_m: float = float("nan")
     frames_waiting: int = 0
     slice_gaps_m: tuple[float, ...] = ()
+    noise: Mapping[str, Any] | None = None
+    probe_defocus_m: float = float("nan")
+    training: Mapping[str, Any] | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def n_slices(self) -> int:

@@ -98,8 +98,10 @@ class InstrumentSettings(BaseModel):
     """Detector pixel pitch in metres."""
     frame_px: int = Field(gt=0)
     """Side of the square diffraction frame in pixels (after any cropping by the detector)."""
-    read_noise_counts: float = Field(0.0, ge=0)
-    """Gaussian read-noise sigma in counts; enters the variance-stabilised loss."""
+    read_noise_counts: float | None = Field(None, ge=0)
+    """Gaussian read-noise sigma in counts, which enters the variance-stabilised loss; None
+    (the default): estimated from the first frames (:mod:`ptystream.engine.noise`). Fix it
+    only when the detector's is known (0 for a photon counter)."""
     saturation_counts: float | None = Field(None, gt=0)
     """Counts at which a pixel saturates; None when the detector does not saturate."""
     probe_defocus_m: float = 0.0
@@ -158,6 +160,10 @@ class InstrumentSettings(BaseModel):
 
 
 class LossKind(StrEnum):
+    AUTO = "auto"
+    """Chosen from the data's noise model, estimated from the first frames
+    (:func:`ptystream.engine.noise.recommend_loss`): ``poisson`` for photon counts without read
+    noise, ``amplitude`` for everything else."""
     AMPLITUDE = "amplitude"
     """Variance-stabilised amplitude misfit (generalised Anscombe): robust to Poisson and read
     noise."""
@@ -238,7 +244,7 @@ class EngineSettings(BaseModel):
     probe_modes: int = Field(1, ge=1, le=16)
     """Mutually incoherent probe modes (partial coherence); 1 is a fully coherent probe."""
 
-    loss: LossKind = LossKind.AMPLITUDE
+    loss: LossKind = LossKind.AUTO
     """Misfit between measured and predicted intensities."""
     batch_size: int = Field(16, gt=0)
     """Frames per optimiser step (a fixed shape, padded with a validity mask)."""
@@ -263,21 +269,53 @@ class EngineSettings(BaseModel):
     """Passes over all frames after the scan stops, before the final result is published."""
     final_learning_rate_fraction: float = Field(0.1, gt=0, le=1)
     """Learning rates decay (cosine) to this fraction of their values over the final passes."""
+    held_out_fraction: float = Field(0.05, ge=0, le=0.5)
+    """AD engine: share of each frame's detector pixels kept out of the loss the optimiser
+    sees (a different set in each frame) and used to measure over-fitting
+    (:mod:`ptystream.engine.guard`); 0 fits every pixel and turns the early stop off."""
+    early_stop_patience: int = Field(10, ge=0)
+    """AD engine: a refinement (the final passes, ``reconstruct``, ``reprocess``) ends when the
+    held-out misfit has not improved (by 0.1 %) for this many passes, and keeps the pass where
+    it was lowest, so quality does not fall with time on noisy data; 0: run every pass."""
     train_distance: bool = False
     """Near field only: fit the propagation distance too (Adam, its own learning rate). A
     polish for a distance known to about a millimetre (on the paper study's scan the gradient
     captured errors of about 1.5 mm, even with the probe known); to find a distance that is
-    further off, use ``distance_search_m``. In a cone beam this fits the effective distance
-    z1 z2 / (z1 + z2) with the pixel size kept, i.e. it corrects the Fresnel number, not the
-    magnification."""
+    further off, use ``distance_blur_px`` with a known probe, or ``distance_search_m``. In a
+    cone beam this fits the effective distance z1 z2 / (z1 + z2) with the pixel size kept,
+    i.e. it corrects the Fresnel number, not the magnification."""
     distance_learning_rate_m: float = Field(1e-5, gt=0)
     """Adam learning rate of the propagation distance, in metres per step."""
+    distance_blur_px: float = Field(0.0, ge=0)
+    """With ``train_distance``: coarse to fine in z. The loss first compares the predicted and
+    measured intensities both blurred by a Gaussian of this sigma (detector pixels), which
+    falls linearly to 0 (the plain loss) over ``distance_blur_passes`` passes of z training.
+    The blur removes the Fresnel fringes that give the loss local minima in z, so that z is
+    found from far off when the probe is known (``initial_probe``, ``probe_learning_rate``
+    0): on the paper study's pinhole scan, 8 px over 10 passes took z from 15 mm off to
+    0.001 mm in 35 passes (benchmarks/README.md). 0: off. The loss reported while it blurs is
+    the blurred one."""
+    distance_blur_passes: float = Field(10.0, gt=0)
+    """Passes over all frames (steps times ``batch_size`` over the frames) with z trained over
+    which ``distance_blur_px`` falls to 0."""
     distance_search_m: tuple[float, float] | None = None
     """Near field, offline (``ptystream reconstruct``): before reconstructing, search this range
     ``(min, max)`` in metres for the distance whose trial reconstruction ends at the lowest loss
     (gradients alone do not move a distance that is far off; see ``engine/distance.py``)."""
     distance_search_passes: int = Field(25, gt=0)
     """Passes over all frames per trial distance of ``distance_search_m``."""
+    probe_defocus_search: bool = True
+    """Far field: choose the initial probe's defocus from the first frames (a search over
+    defocus, each candidate scored by how well it predicts held-out frames;
+    ``engine/probe_search.py``) rather than take ``instrument.probe_defocus_m`` as it is, which
+    then only widens the range searched. A nominal defocus 50 % off or of the wrong sign
+    otherwise stalls the reconstruction. Costs about 1 s once, at the first frames (128²
+    frames); skipped for a given probe (``reuse_probe``), for fewer than 8 first frames and for
+    a multislice object (``slices`` > 1: the thin-object trials find a plane inside it)."""
+    probe_defocus_search_m: tuple[float, float] | None = None
+    """``(min, max)`` defocus in metres that ``probe_defocus_search`` searches; None: from minus
+    to plus the larger of twice the nominal defocus and the defocus at which the beam (its
+    convergence angle from the mean pattern) fills the frame."""
     correct_positions: bool = False
     """Fit a correction of each frame's position (needs ``subpixel``); the mean correction is
     kept at zero, since a common shift of all positions only moves the object."""
@@ -335,6 +373,11 @@ class EngineSettings(BaseModel):
                 )
         if self.train_slice_spacing and self.slices < 2:
             raise ValueError("engine.train_slice_spacing needs engine.slices >= 2")
+        search = self.probe_defocus_search_m
+        if search is not None and not search[0] < search[1]:
+            raise ValueError(f"engine.probe_defocus_search_m must be (min, max), got {search}")
+        if self.distance_blur_px > 0 and not self.train_distance:
+            raise ValueError("engine.distance_blur_px needs engine.train_distance")
         return self
 
     @property
@@ -439,6 +482,10 @@ class SimSettings(BaseModel):
     """Raster only: random position error as a fraction of the step."""
     photons_per_frame: float | None = Field(1e6, gt=0)
     """Mean total counts per frame; None for noise-free frames."""
+    read_noise_counts: float | None = Field(None, ge=0)
+    """Gaussian read-noise sigma of the simulated detector in counts; None: the instrument's
+    ``read_noise_counts`` (0 when that is left to be estimated). Here, not in ``instrument``,
+    the engine is not told it and estimates it from the frames, as at a beamline."""
     exposure_s: float = Field(0.0, ge=0)
     """Detector exposure per point in seconds (the scan's pace)."""
     seed: int = 0

@@ -6,6 +6,9 @@ benchmarks/README.md). Yet the data fix z: the loss reached after a few dozen pa
 is smooth in z with its minimum at the truth. So each trial z is scored by that loss, from the
 same starting state and the same batch order, and the best is found by a grid then a bounded
 Brent search (scipy).
+
+With the probe known, the gradient can find z too, coarse to fine
+(``EngineSettings.distance_blur_px``); the search works whether or not the probe is known.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from scipy.optimize import minimize_scalar
 from ptystream.engine.checkpoint import EngineState
 from ptystream.types import NEAR_FIELD, Geometry
 
-__all__ = ["DistanceModel", "search_distance"]
+__all__ = ["DistanceModel", "grid_then_brent", "search_distance"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,15 +94,7 @@ def search_distance(
 
     engine.hold_distance = True
     try:
-        grid = np.linspace(lo, hi, GRID_POINTS)
-        best = int(np.argmin([score(z) for z in grid]))
-        bounds = (grid[max(best - 1, 0)], grid[min(best + 1, GRID_POINTS - 1)])
-        minimize_scalar(
-            score,
-            bounds=bounds,
-            method="bounded",
-            options={"maxiter": REFINE_EVALUATIONS, "xatol": 1e-4 * (hi - lo)},
-        )
+        grid_then_brent(score, np.linspace(lo, hi, GRID_POINTS), REFINE_EVALUATIONS)
     finally:
         engine.hold_distance = False
     z_best = min(trials, key=trials.__getitem__)
@@ -107,3 +102,17 @@ def search_distance(
     engine.distance_m = z_best
     engine.restart_probe(z_best)
     return z_best, trials
+
+
+def grid_then_brent(score: Callable[[float], float], grid: np.ndarray, evaluations: int) -> None:
+    """Minimise a scalar function by calling ``score`` on every point of the ascending ``grid``,
+    then up to ``evaluations`` times more by a bounded Brent search (scipy) between the grid
+    neighbours of its best point. ``score`` keeps its own record of what it was called with."""
+    best = int(np.argmin([score(float(x)) for x in grid]))
+    bounds = (grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)])
+    minimize_scalar(
+        score,
+        bounds=bounds,
+        method="bounded",
+        options={"maxiter": evaluations, "xatol": 1e-4 * (grid[-1] - grid[0])},
+    )

@@ -106,7 +106,8 @@ def data_loss(
 ) -> tf.Tensor:
     """Misfit between predicted and measured intensities ``(B, n, n)`` (normalised units).
 
-    Per frame, the mean over the detector pixels where ``pixel_mask`` is 1; over frames, the mean
+    Per frame, the mean over the detector pixels where ``pixel_mask`` (``(n, n)``, or
+    ``(B, n, n)``: one per frame) is 1; over frames, the mean
     weighted by ``weights`` (0 for padding). ``kind`` is a :class:`~ptystream.config.LossKind`:
 
     - ``amplitude``: ``(sqrt(I_pred + c) - sqrt(max(I_meas + c, 0)))^2`` with ``c = 3/8 +
@@ -133,7 +134,7 @@ def data_loss(
         )
     else:
         raise ValueError(f"unknown loss {kind!r}")
-    n_valid = tf.maximum(tf.reduce_sum(pixel_mask), 1.0)
+    n_valid = tf.maximum(tf.reduce_sum(pixel_mask, axis=[-2, -1]), 1.0)
     per_frame = tf.reduce_sum(per_pixel * pixel_mask, axis=[1, 2]) / n_valid
     return tf.reduce_sum(per_frame * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 

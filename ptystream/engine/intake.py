@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from ptystream.config import EngineSettings
+from ptystream.config import EngineSettings, LossKind
 from ptystream.engine import canvas as canvases
 from ptystream.engine import initial
 from ptystream.engine.checkpoint import EngineState, identity
+from ptystream.engine.noise import NoiseModel, noise_model
 from ptystream.types import Geometry
 
 __all__ = ["FrameIntake"]
@@ -41,6 +42,10 @@ class FrameIntake:
     _positions_m: np.ndarray
     _iteration: int
     _rng: np.random.Generator
+    _valid_pixels: np.ndarray
+    _read_noise_counts: float | None
+    #: The noise model fitted to the first frames (None before them).
+    noise: NoiseModel | None = None
 
     @property
     def n_frames(self) -> int:
@@ -72,6 +77,20 @@ class FrameIntake:
         self._positions_m = np.concatenate([self._positions_m, positions_m])
         self._pending.extend(range(self._n_frames, self._n_frames + k))
         self._n_frames += k
+
+    def _fit_noise(self, patterns: np.ndarray, loss: LossKind | None = None) -> float:
+        """Fit the noise model to the first ``patterns`` (counts; kept as :attr:`noise`) and
+        return the amplitude loss's variance offset in the engine's normalised units (counts
+        over ``_scale``, which must be set). ``loss``: the loss the engine uses whatever the
+        settings say (the PIE engines' modulus projection); None: the settings' (``auto``
+        resolved from the data)."""
+        self.noise = noise_model(
+            patterns,
+            self._valid_pixels,
+            read_noise_counts=self._read_noise_counts,
+            loss=self.settings.loss if loss is None else loss,
+        )
+        return self.noise.offset_counts / self._scale
 
     def _oriented(self, frames: np.ndarray) -> np.ndarray:
         """Frames (or a mask) as the engine stores them: far field with zero frequency at [0, 0]."""
@@ -113,6 +132,7 @@ class FrameIntake:
             "canvas_shape": [int(v) for v in canvas.shape] if canvas else None,
             "canvas_origin_m": canvas.origin_m.tolist() if canvas else None,
             "rng": self._rng.bit_generator.state,
+            "noise": self.noise.to_metadata() if self.noise else None,
         }
         return {"positions_m": self._positions_m.copy()}, meta
 
@@ -120,6 +140,8 @@ class FrameIntake:
         meta = state.meta
         self._positions_m = state.arrays["positions_m"].copy()
         self._scale = meta["scale"]
+        noise = meta.get("noise")  # states saved before the noise model lack it
+        self.noise = NoiseModel.from_metadata(noise) if noise else None
         self._n_frames = meta["n_frames"]
         self._pending.clear()
         self._pending.extend(meta["pending"])

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ptystream.config import EngineSettings, SliceRegulariser
+from ptystream.config import EngineSettings, LossKind, SliceRegulariser
 from ptystream.engine import forward, initial
 from ptystream.engine.adam import Adam
 from ptystream.engine.slices import (
@@ -369,15 +369,65 @@ class NearField:
 class Detection:
     """The detector: the intensity of ``M`` incoherent modes, the mask, and the loss.
 
-    ``kind`` is a :class:`~ptystream.config.LossKind`; ``offset`` (a variable, normalised
+    ``kind`` is a :class:`~ptystream.config.LossKind` (``auto``: amplitude or Poisson, set by
+    :meth:`use` once the noise model is known); ``offset`` (a variable, normalised
     units) is the variance offset ``3/8 + sigma^2`` of the amplitude loss; ``pixel_mask``
     ``(n, n)`` is 1 where a pixel enters the loss (ifftshifted like the frames). The total
     variation of each slice's windows, times ``tv_weight``, is added against over-fitting noise.
+
+    With ``coarse``, :attr:`blur_px` (a variable, detector pixels) low-passes the predicted and
+    the measured intensities alike by a Gaussian of that sigma before the loss (masked pixels
+    zeroed first); at 0 the loss is exactly the plain one. It smooths the loss in the
+    propagation distance: the fine Fresnel fringes that make its local minima are blurred away
+    (coarse to fine, ``EngineSettings.distance_blur_px``).
     """
 
-    def __init__(self, kind: str, offset: tf.Variable, pixel_mask: np.ndarray, tv_weight: float):
+    def __init__(
+        self,
+        kind: LossKind,
+        offset: tf.Variable,
+        pixel_mask: np.ndarray,
+        tv_weight: float,
+        *,
+        coarse: bool = False,
+    ):
         self._kind, self._offset, self._tv = kind, offset, tv_weight
+        # ``auto``: the kind is chosen from the first frames, after the step may have been
+        # compiled, so both candidates are in the graph and a variable picks one
+        self._poisson = tf.Variable(False, trainable=False) if kind == LossKind.AUTO else None
         self._mask = tf.constant(pixel_mask, tf.float32)
+        self.blur_px = tf.Variable(0.0, trainable=False) if coarse else None
+        n = pixel_mask.shape[-1]
+        fy, fx = np.fft.fftfreq(n), np.fft.rfftfreq(n)  # cycles per pixel, real-input FFT
+        self._f2 = (fy[:, None] ** 2 + fx[None, :] ** 2).astype(np.float32)
+
+    def use(self, kind: LossKind) -> None:
+        """Set the loss chosen for ``auto`` (``poisson`` or ``amplitude``); ValueError for a
+        fixed kind other than ``kind``."""
+        if self._poisson is not None and kind in (LossKind.POISSON, LossKind.AMPLITUDE):
+            self._poisson.assign(kind == LossKind.POISSON)
+        elif kind != self._kind:
+            raise ValueError(f"the loss is {self._kind}, not {kind}")
+
+    def _data_loss(
+        self, predicted: tf.Tensor, measured: tf.Tensor, valid: tf.Tensor, mask: tf.Tensor
+    ) -> tf.Tensor:
+        def loss(kind: LossKind) -> tf.Tensor:
+            return forward.data_loss(kind, predicted, measured, self._offset, valid, mask)
+
+        if self._poisson is None:
+            return loss(self._kind)
+        return tf.cond(
+            self._poisson, lambda: loss(LossKind.POISSON), lambda: loss(LossKind.AMPLITUDE)
+        )
+
+    def low_pass(self, intensity: tf.Tensor, sigma_px: tf.Tensor) -> tf.Tensor:
+        """``intensity`` ``(..., n, n)`` with masked pixels zeroed, convolved (circularly) with
+        a Gaussian of ``sigma_px`` pixels: a product in Fourier space (real-input FFTs)."""
+        n = intensity.shape[-1]
+        gain = tf.complex(tf.exp(-2.0 * np.pi**2 * sigma_px**2 * self._f2), 0.0)
+        spectrum = tf.signal.rfft2d(intensity * self._mask)
+        return tf.signal.irfft2d(spectrum * gain, fft_length=[n, n])
 
     def __call__(
         self,
@@ -385,13 +435,29 @@ class Detection:
         measured: tf.Tensor,
         valid: tf.Tensor,
         windows: Sequence[tf.Tensor],
-    ) -> tf.Tensor:
+        held: tf.Tensor | None = None,
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The loss the optimiser sees (data misfit plus TV), its data misfit alone, and the data
+        misfit on the held-out pixels (``held`` ``(B, n, n)``, 1 where a pixel is held out;
+        None: none, and a misfit of 0)."""
         predicted = forward.incoherent_intensity(fields)
-        loss = forward.data_loss(self._kind, predicted, measured, self._offset, valid, self._mask)
+        if self.blur_px is not None:
+            sigma = tf.convert_to_tensor(self.blur_px)
+            predicted, measured = tf.cond(
+                sigma > 0.0,
+                lambda: tuple(tf.unstack(self.low_pass(tf.stack([predicted, measured]), sigma))),
+                lambda: (predicted, measured),
+            )
+        if held is None:
+            misfit, check = self._data_loss(predicted, measured, valid, self._mask), tf.zeros(())
+        else:
+            misfit = self._data_loss(predicted, measured, valid, self._mask * (1.0 - held))
+            check = self._data_loss(predicted, measured, valid, self._mask * held)
+        loss = misfit
         if self._tv > 0:
             for window in windows:
                 loss += self._tv * forward.total_variation(window, valid)
-        return loss
+        return loss, misfit, check
 
 
 class ForwardModel:
@@ -438,9 +504,22 @@ class ForwardModel:
         """The loss of a batch: ``windows`` ``S x (B, n, n)`` complex object windows, ``frac``
         ``(B, 2)`` sub-pixel shifts, ``measured`` ``(B, n, n)`` frames (normalised, zero
         frequency at [0, 0]), ``valid`` ``(B,)`` 1 for a frame, 0 for padding."""
+        return self.losses(windows, frac, measured, valid)[0]
+
+    def losses(
+        self,
+        windows: Sequence[tf.Tensor],
+        frac: tf.Tensor,
+        measured: tf.Tensor,
+        valid: tf.Tensor,
+        held: tf.Tensor | None = None,
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """As :meth:`loss`, with ``held`` ``(B, n, n)`` (1: a pixel held out of the loss):
+        the loss without those pixels, its data misfit alone (no regulariser), and the data
+        misfit on the held-out pixels."""
         probes = self.illumination(frac)
         fields = self.propagation(self.sample(probes, windows))
-        return self.detection(fields, measured, valid, windows)
+        return self.detection(fields, measured, valid, windows, held)
 
 
 def build_model(
@@ -490,5 +569,11 @@ def build_model(
         )
     else:
         propagation = FarField(fresnel if thick else None)
-    detection = Detection(str(settings.loss), offset, pixel_mask, settings.tv_weight)
+    detection = Detection(
+        LossKind(settings.loss),
+        offset,
+        pixel_mask,
+        settings.tv_weight,
+        coarse=settings.train_distance and settings.distance_blur_px > 0,
+    )
     return ForwardModel(illumination, sample, propagation, detection)

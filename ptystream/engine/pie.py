@@ -58,9 +58,9 @@ from pathlib import Path
 import numpy as np
 
 from ptystream import optics
-from ptystream.config import Algorithm, EngineSettings, SliceRegulariser
+from ptystream.config import Algorithm, EngineSettings, LossKind, SliceRegulariser
 from ptystream.engine import canvas as canvases
-from ptystream.engine import initial
+from ptystream.engine import initial, probe_search
 from ptystream.engine.checkpoint import EngineState, read_state, write_state
 from ptystream.engine.intake import FrameIntake
 from ptystream.engine.schedule import PassBudget
@@ -161,7 +161,7 @@ class PIEEngine(FrameIntake):
         self._mask = self._oriented(valid)
         self._masked = not valid.all()
         self._n_valid = int(valid.sum())
-        self._noise_offset_counts = 0.375 + setup.read_noise_counts**2
+        self._read_noise_counts = setup.read_noise_counts
         self._offset = 0.0
         self._scale: float | None = None
 
@@ -209,6 +209,16 @@ class PIEEngine(FrameIntake):
     def iteration(self) -> int:
         """Position updates taken so far."""
         return self._iteration
+
+    _initial_defocus_m: float | None = None
+
+    @property
+    def probe_defocus_m(self) -> float:
+        """The defocus in metres the initial probe was built with (far field): the one the
+        search chose from the first frames, or the nominal one; NaN before the first frames
+        (so also in an engine that resumed from a saved state) and where no defocus applies
+        (near field, a given probe)."""
+        return float("nan") if self._initial_defocus_m is None else self._initial_defocus_m
 
     def warm_up(self) -> None:
         """Nothing to compile: numpy runs at full speed from the first update."""
@@ -295,6 +305,8 @@ class PIEEngine(FrameIntake):
             ),
             final=final,
             distance_m=self.geometry.propagation_distance_m if self._near else float("nan"),
+            noise=self.noise.to_metadata() if self.noise else None,
+            probe_defocus_m=self.probe_defocus_m,
         )
 
     def snapshot(self) -> EngineState:
@@ -537,15 +549,31 @@ class PIEEngine(FrameIntake):
     # -- state management ------------------------------------------------------------------
 
     def _initialise_from(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
-        """Normalise by the first frames' maximum and build the initial probe from their mean.
+        """Normalise by the first frames' maximum and build the initial probe from their mean,
+        with the defocus they show (:func:`~ptystream.engine.probe_search.initial_defocus`).
 
         Masked pixels are left out of the maximum and filled from their neighbours in the mean.
         """
         self._scale = float(max(patterns[:, self._valid_pixels].max(), 1e-12))
-        self._offset = self._noise_offset_counts / self._scale
+        self._offset = self._fit_noise(patterns, LossKind.AMPLITUDE)  # the modulus projection
         mean = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels) / self._scale
+        self._initial_defocus_m = probe_search.initial_defocus(
+            patterns,
+            positions_m,
+            mean,
+            self.geometry,
+            self.settings,
+            nominal_m=self._probe_defocus_m,
+            scale=self._scale,
+            valid=self._valid_pixels,
+            offset=self._offset,
+            given=self._initial_probe is not None,
+        )
         probe = initial.initial_probe(
-            mean, self.geometry, probe_defocus_m=self._probe_defocus_m, given=self._initial_probe
+            mean,
+            self.geometry,
+            probe_defocus_m=self._initial_defocus_m or 0.0,  # None: no defocus applies
+            given=self._initial_probe,
         )
         if self._chirp is not None:
             probe = probe * self._chirp

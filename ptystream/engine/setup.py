@@ -23,7 +23,8 @@ class EngineSetup:
     settings : the profile's engine settings (algorithm, batch size, learning rates, ...).
     plan : planned number of points and position extent; sizes the canvas and frame buffer so
         that a normal scan never recompiles. Unknown values are grown into.
-    read_noise_counts : Gaussian read noise in counts (the loss's variance offset).
+    read_noise_counts : Gaussian read noise in counts (the loss's variance offset); None:
+        estimated from the first frames (:func:`ptystream.engine.noise.noise_model`).
     probe_defocus_m : nominal defocus in metres, used to build the initial probe from the
         first frames' mean pattern.
     detector_mask : boolean ``(N, N)`` in the frames' orientation, True where a pixel is
@@ -36,7 +37,7 @@ class EngineSetup:
     geometry: Geometry
     settings: EngineSettings
     plan: ScanPlan = field(default_factory=ScanPlan)
-    read_noise_counts: float = 0.0
+    read_noise_counts: float | None = None
     probe_defocus_m: float = 0.0
     detector_mask: np.ndarray | None = None
     initial_probe: np.ndarray | None = None

@@ -32,7 +32,8 @@ def write_result(
     ``positions_px``, ``loss`` and ``loss_iteration`` (the loss of each optimiser step, and that
     step's number: datasets, so a history of any length fits) and the geometry, ``steps`` and
     settings as attributes (SI units in the names), plus ``attrs`` (e.g. the ``engine`` that
-    made it).
+    made it), ``noise`` (JSON: the noise model fitted and used, with any warnings) and
+    ``probe_defocus_m`` (the initial probe's defocus the search chose, far field).
 
     The object and probe are in the units of :class:`~ptystream.types.Estimate` (the probe in
     square roots of counts, so that they predict the frames). The file is written next to
@@ -76,3 +77,7 @@ def _write(
         if estimate.n_slices > 1:
             attrs["slice_gaps_m"] = np.asarray(estimate.slice_gaps_m, dtype=np.float64)
         attrs["settings"] = json.dumps(settings)
+        if estimate.noise:
+            attrs["noise"] = json.dumps(estimate.noise)
+        if np.isfinite(estimate.probe_defocus_m):
+            attrs["probe_defocus_m"] = estimate.probe_defocus_m

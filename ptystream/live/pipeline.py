@@ -31,7 +31,7 @@ from ptystream.config import Profile
 from ptystream.engine import Engine, EngineSetup, make_engine, prepare
 from ptystream.live.delivery import Delivery
 from ptystream.live.frames import FrameResolver
-from ptystream.live.pairing import FramePairer
+from ptystream.live.pairing import FramePairer, PairedFrames
 from ptystream.live.result import RunResult
 from ptystream.live.spill import FrameStore
 from ptystream.store.publisher import TiledPublisher
@@ -61,12 +61,37 @@ class _LiveRun:
         self.t_open = time.perf_counter()
         self.last_seen = time.monotonic()
         self.last_publish = 0.0
+        self._first: list[PairedFrames] = []
+
+    def ready(self, pairs: PairedFrames | None) -> PairedFrames | None:
+        """What to add to the engine now: the first :data:`_FIRST_FRAMES` frames are held back
+        and added together, because the engine fits its noise model and searches the probe's
+        defocus on the frames it is first given (fewer, and it falls back to the nominal
+        defocus). :meth:`flush` hands over what is held at the end of intake."""
+        if self.engine.n_frames or (pairs is None and not self._first):
+            return pairs
+        if pairs is not None:
+            self._first.append(pairs)
+        if sum(len(p) for p in self._first) < _FIRST_FRAMES:
+            return None
+        return self.flush()
+
+    def flush(self) -> PairedFrames | None:
+        """The held first frames as one batch (None if none are held)."""
+        held, self._first = self._first, []
+        if not held:
+            return None
+        return PairedFrames(*(np.concatenate([getattr(p, f) for p in held]) for f in _FIELDS))
 
     @property
     def uid(self) -> str:
         return self.result.run_uid
 
 
+#: Frames the engine is first given at once (its noise model and probe defocus search use
+#: them; the search needs at least 8 and uses 20).
+_FIRST_FRAMES = 20
+_FIELDS = ("seq_nums", "frames", "positions_m")
 _STATUS = {"success": "finished", "abort": "aborted", "fail": "failed"}
 _KEEP_RESULTS = 32
 #: Longest stretch (s) of catch-up steps between two looks at the inbox.
@@ -256,6 +281,7 @@ class LivePipeline:
             time.sleep(_RETRY_S)
             batches.append(pairer.take())
         batches.append(pairer.expire())
+        batches = [run.ready(pairs) for pairs in batches] + [run.flush()]
         for pairs in batches:
             if pairs is not None:
                 run.engine.add_frames(pairs.frames, pairs.positions_m)
@@ -324,7 +350,7 @@ class LivePipeline:
         inbox is still drained and estimates published between passes.
         """
         settings = self._profile.engine
-        pairs = run.pairer.take()
+        pairs = run.ready(run.pairer.take())
         if pairs is not None:
             run.engine.add_frames(pairs.frames, pairs.positions_m)
             run.engine.step(settings.steps_per_arrival)

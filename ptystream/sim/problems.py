@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ptystream import optics
-from ptystream.config import HC_EV_M, Profile, SimSettings
+from ptystream.config import HC_EV_M, Profile, SimSettings, TrajectoryKind
 from ptystream.sim import trajectories
 from ptystream.sim.detector import DetectorModel, diffraction_pattern, exit_wave
 from ptystream.sim.sample import GroundTruth, make_object
@@ -82,7 +82,8 @@ class Problem:
     truth : object and probe on the object grid.
     positions_m : ``(n, 2)`` probe positions in metres.
     frames : ``(n, N, N)`` float32 counts.
-    read_noise_counts : sigma of the Gaussian read noise in counts (what an engine is told).
+    read_noise_counts : sigma of the Gaussian read noise in counts (what an engine is told;
+        None: estimated from the frames).
     probe_defocus_m : the nominal defocus in metres an engine is told (0: none).
     step_px : the raster step in object pixels, where the scan is a raster.
     details : how the problem was built (units in the keys), for reports.
@@ -92,7 +93,7 @@ class Problem:
     truth: GroundTruth
     positions_m: np.ndarray
     frames: np.ndarray
-    read_noise_counts: float
+    read_noise_counts: float | None
     probe_defocus_m: float = 0.0
     step_px: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -137,6 +138,7 @@ def far_field_problem(
     read_noise_counts: float = 10.0,
     sample: np.ndarray | None = None,
     slice_gaps_m: Sequence[float] | None = None,
+    trajectory: TrajectoryKind | str = TrajectoryKind.RASTER,
 ) -> Problem:
     """The ENGINE_NOTES test problem.
 
@@ -152,7 +154,11 @@ def far_field_problem(
     sample): a thick sample of ``len(slice_gaps_m) + 1`` layers (``sample`` ``(S, H, W)``, or
     :func:`~ptystream.sim.thick.thick_sample` by default) diffracting by multislice; use
     :func:`~ptystream.sim.thick.thick_far_field_problem`, which checks the gaps.
+    ``trajectory``: ``raster`` (the jittered snake raster above, the default), or ``fermat`` /
+    ``rings`` (:func:`~ptystream.sim.trajectories.trajectory` at the same step, no jitter and no
+    random draws, so the noise then comes first from ``seed``).
     """
+    kind = TrajectoryKind(trajectory)
     rng = np.random.default_rng(seed)
     wavelength = HC_EV_M / ENERGY_EV
     geometry = Geometry(wavelength, DISTANCE_M, DETECTOR_PIXEL_M, frame_px)
@@ -160,9 +166,14 @@ def far_field_problem(
     probe = optics.focused_probe(frame_px, dx, wavelength, SEMI_ANGLE_RAD, DEFOCUS_M)
     step_m = trajectories.step_from_overlap(optics.probe_diameter_m(probe, dx), overlap)
     jitter = jitter_px * dx / step_m
-    positions = np.concatenate(
-        [trajectories.jittered_raster(n_points, step_m, jitter, rng) for _ in range(passes)]
-    )
+    if kind is TrajectoryKind.RASTER:
+        positions = np.concatenate(
+            [trajectories.jittered_raster(n_points, step_m, jitter, rng) for _ in range(passes)]
+        )
+    else:
+        positions = np.concatenate(
+            [trajectories.trajectory(kind, n_points, step_m) for _ in range(passes)]
+        )
     if sample is None:
         object_px = 2 * int(np.ceil(np.abs(positions).max() / dx + frame_px / 2 + 4))
         if slice_gaps_m is not None:
@@ -183,7 +194,8 @@ def far_field_problem(
     details = {
         "propagation": "far_field",
         "overlap": overlap,
-        "jitter_px": jitter_px,
+        "jitter_px": jitter_px if kind is TrajectoryKind.RASTER else 0.0,
+        "trajectory": kind.value,
         "peak_counts": peak_counts,
         "probe_defocus_m": DEFOCUS_M,
     }
@@ -194,7 +206,7 @@ def far_field_problem(
         frames,
         read_noise_counts,
         probe_defocus_m=NOMINAL_DEFOCUS_M,
-        step_px=step_m / dx,
+        step_px=step_m / dx if kind is TrajectoryKind.RASTER else None,
         details=details,
     )
 
@@ -367,14 +379,14 @@ def profile_problem(profile: Profile) -> Problem:
     """``profile``'s simulated scan (its ``sim`` section), computed as its ophyd detector would
     (same truth, trajectory and detector model, the noise drawn from ``sim.seed``), without a
     RunEngine. The engine is told the instrument's read noise and probe defocus."""
-    from ptystream.sim.scan import build_simulation
+    from ptystream.sim.scan import build_simulation, simulated_read_noise
 
     sim = build_simulation(profile)  # ValueError without a sim section
     inst, settings = profile.instrument, profile.sim
     assert settings is not None
     detector = DetectorModel(
         photons_per_frame=settings.photons_per_frame,
-        read_noise_counts=inst.read_noise_counts if settings.photons_per_frame else 0.0,
+        read_noise_counts=simulated_read_noise(profile) if settings.photons_per_frame else 0.0,
         saturation_counts=inst.saturation_counts,
         rng=np.random.default_rng(settings.seed),
     )

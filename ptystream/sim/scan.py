@@ -14,7 +14,7 @@ from ptystream.sim.devices import PtychoDetector, SampleStage, make_beamline
 from ptystream.sim.plans import ptycho_scan
 from ptystream.sim.sample import GroundTruth, make_ground_truth
 
-__all__ = ["SimulatedScan", "build_simulation"]
+__all__ = ["SimulatedScan", "build_simulation", "simulated_read_noise"]
 
 
 @dataclass
@@ -36,6 +36,15 @@ class SimulatedScan:
             motor_units_m=self.profile.instrument.motor_units_m,
             md=md,
         )
+
+
+def simulated_read_noise(profile: Profile) -> float:
+    """The simulated detector's read-noise sigma in counts: ``sim.read_noise_counts``, else the
+    instrument's, else 0."""
+    sim, inst = profile.sim, profile.instrument
+    if sim is not None and sim.read_noise_counts is not None:
+        return sim.read_noise_counts
+    return inst.read_noise_counts or 0.0
 
 
 def build_simulation(profile: Profile) -> SimulatedScan:
@@ -63,7 +72,7 @@ def build_simulation(profile: Profile) -> SimulatedScan:
         )
     detector = DetectorModel(
         photons_per_frame=sim.photons_per_frame,
-        read_noise_counts=inst.read_noise_counts if sim.photons_per_frame else 0.0,
+        read_noise_counts=simulated_read_noise(profile) if sim.photons_per_frame else 0.0,
         saturation_counts=inst.saturation_counts,
         rng=rng,
     )

@@ -29,6 +29,7 @@ __all__ = [
     "jsonable",
     "mark_ended",
     "node_at",
+    "quality_metadata",
     "now",
     "raw_catalog",
 ]
@@ -92,6 +93,26 @@ def raw_catalog(root):
     if RAW_KEY in root:
         return root[RAW_KEY]
     return root.create_container(RAW_KEY, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
+
+
+def quality_metadata(estimate: Estimate) -> dict[str, Any]:
+    """``noise`` (the noise model the engine fitted and used), ``training`` (the pass kept, an
+    early stop, restarts after a divergence), ``probe_defocus_m`` (the initial probe's defocus,
+    chosen by the search, in metres) and ``warnings`` (what may make the result wrong,
+    shown on the dashboard), for the run's and the live metadata; only what the engine
+    reported."""
+    out: dict[str, Any] = {}
+    warnings = list(estimate.warnings)
+    if estimate.noise:
+        out["noise"] = dict(estimate.noise)
+        warnings = list(estimate.noise.get("warnings", [])) + warnings
+    if estimate.training:
+        out["training"] = dict(estimate.training)
+    if np.isfinite(estimate.probe_defocus_m):
+        out["probe_defocus_m"] = float(estimate.probe_defocus_m)
+    if out or warnings:
+        out["warnings"] = warnings
+    return out
 
 
 def final_arrays(estimate: Estimate) -> list[tuple[str, np.ndarray, dict[str, Any]]]:

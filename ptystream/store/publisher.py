@@ -40,6 +40,7 @@ from ptystream.store.layout import (
     mark_ended,
     node_at,
     now,
+    quality_metadata,
 )
 from ptystream.store.spool import (
     UNREADABLE_SUFFIX,
@@ -254,6 +255,7 @@ class TiledPublisher:
                     "distance_m": estimate.distance_m if np.isfinite(estimate.distance_m) else None,
                     "slices": estimate.n_slices,
                     "slice_gaps_m": list(estimate.slice_gaps_m),
+                    **quality_metadata(estimate),
                     "updated_at": now(),
                 }
             ),
@@ -289,7 +291,11 @@ class TiledPublisher:
         if "loss" in final:
             final.delete_contents("loss", external_only=False)
         final.write_table(final_loss(estimate), key="loss")
-        self.mark(run_uid, status, {"iterations": estimate.iteration, **extra})
+        self.mark(
+            run_uid,
+            status,
+            {"iterations": estimate.iteration, **quality_metadata(estimate), **extra},
+        )
 
     def mark(self, run_uid: str, status: str, extra: dict[str, Any]) -> None:
         """Set a run's status (and bookkeeping), with its finish time."""

@@ -58,6 +58,11 @@ def spool_lock(directory: str | Path, *, wait: bool = True) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+#: Fields of an :class:`Estimate` that are not arrays: kept in the file's JSON, not as numpy
+#: object arrays (which need pickle to read back).
+_JSON_FIELDS = ("noise", "training", "warnings")
+
+
 def spooled_files(directory: str | Path) -> list[Path]:
     """The results kept in ``directory``, oldest first."""
     directory = Path(directory)
@@ -119,8 +124,11 @@ def spool_final(
     fields = {}
     if estimate is not None:
         fields = {
-            f.name: np.asarray(getattr(estimate, f.name)) for f in dataclasses.fields(Estimate)
+            f.name: np.asarray(getattr(estimate, f.name))
+            for f in dataclasses.fields(Estimate)
+            if f.name not in _JSON_FIELDS
         }
+        spooled["estimate_json"] = {name: getattr(estimate, name) for name in _JSON_FIELDS}
     _write(path, fields, spooled)
     return path
 
@@ -150,4 +158,6 @@ def load_spooled(path: str | Path) -> tuple[Estimate | None, dict[str, Any]]:
             values[f.name] = value.item() if value.ndim == 0 else value
         values["object_origin_m"] = tuple(float(v) for v in values["object_origin_m"])
         values["slice_gaps_m"] = tuple(float(v) for v in values.get("slice_gaps_m", ()))
+        values |= spooled.pop("estimate_json", {})
+        values["warnings"] = tuple(values.get("warnings", ()))
     return Estimate(**values), spooled

@@ -80,10 +80,14 @@ def test_reconstruct_with_the_mpie_engine(tmp_path, small_profile, simulated_npz
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "(mpie)" in run.stdout and "800 position updates" in run.stdout
-    assert "| numpy" in run.stderr and "| tensorflow" not in run.stderr
+    # the noise model the engine used, said on the command line and kept in the file
+    assert "noise: amplitude loss, read noise" in run.stdout and "(estimated)" in run.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()}
+    assert "numpy" in imported and "tensorflow" not in imported
     with h5py.File(out) as f:
         obj, loss, attrs = f["object"][()], f["loss"][()], dict(f.attrs)
     assert attrs["engine"] == "mpie" and json.loads(attrs["settings"])["algorithm"] == "mpie"
+    assert json.loads(attrs["noise"])["read_noise_source"] == "estimated"
     assert attrs["steps"] == len(loss) == 20 * 40
     assert obj.dtype == np.complex64 and np.isfinite(obj).all()
     assert loss[-40:].mean() < 0.05 * loss[:40].mean()

@@ -365,6 +365,43 @@ def test_a_multislice_run_shows_product_or_one_slice(
 # -- a Tiled server without streaming cache: the page polls ----------------------------------
 
 
+def test_the_noise_model_and_the_warnings_are_shown(
+    browser, dashboard, tiled_client, estimate, run_start
+):
+    """The engine's noise model under the loss, and each warning of the run in a list above
+    the images; a run without warnings shows none."""
+    publisher = TiledPublisher(tiled_client)
+    warned, clean = str(uuid.uuid4()), str(uuid.uuid4())
+    for uid, scan_id in ((warned, 811), (clean, 812)):
+        publisher.begin_run(run_start(uid, scan_id=scan_id), {})
+    warning = "engine.loss is poisson, but the frames are not photon counts: 12.5% are negative"
+    noise = {"read_noise_counts": 10.04, "read_noise_source": "estimated", "loss": "amplitude"}
+    publisher.publish_live(
+        warned,
+        dataclasses.replace(
+            estimate(41), noise={**noise, "warnings": [warning]}, probe_defocus_m=1.5e-3
+        ),
+    )
+    publisher.publish_live(
+        clean, dataclasses.replace(estimate(42), noise={**noise, "warnings": []})
+    )
+    w = Watched(browser, dashboard.url)
+    shown = "([key, n]) => window.ptystream.runKey === key && window.ptystream.iteration === n"
+    try:
+        w.page.locator(f'#runs li[data-key="{warned}"] button').click()
+        w.wait(shown, [warned, 41])
+        note = w.page.locator("#noise-note").text_content()
+        assert note == "amplitude loss · read noise 10 counts (estimated) · probe defocus 1.50 mm"
+        assert w.page.locator("#warnings").is_visible()
+        assert w.page.locator("#warnings li").all_text_contents() == [warning]
+        w.page.locator(f'#runs li[data-key="{clean}"] button').click()
+        w.wait(shown, [clean, 42])
+        assert w.page.locator("#warnings").is_hidden()
+        assert w.errors == []
+    finally:
+        w.page.close()
+
+
 def test_without_streaming_the_page_polls(browser, scans, tiled_server, tiled_without_streaming):
     with start_dashboard(tiled_without_streaming, api_key=tiled_server.api_key) as dashboard:
         w = Watched(browser, dashboard.url)

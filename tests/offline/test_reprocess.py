@@ -25,7 +25,7 @@ from ptystream.offline.task import reprocess_one
 from ptystream.sim.detector import DetectorModel
 from ptystream.sim.file_detectors import ad_hdf5_detector
 from ptystream.sim.plans import ptycho_scan
-from ptystream.sim.scan import build_simulation
+from ptystream.sim.scan import build_simulation, simulated_read_noise
 from ptystream.store.layout import raw_catalog
 from ptystream.store.runs import RunSelectionError, read_run, select_runs
 
@@ -79,7 +79,7 @@ def runs(server, root, profile, small_profile, run_live_scan):
     sim3 = build_simulation(small_profile(seed=3))
     model = DetectorModel(
         photons_per_frame=1e6,
-        read_noise_counts=profile.instrument.read_noise_counts,
+        read_noise_counts=simulated_read_noise(profile),
         saturation_counts=None,
         rng=np.random.default_rng(3),
     )

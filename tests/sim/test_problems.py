@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ptystream.config import load_profile, with_overrides
+from ptystream.sim import trajectories
 from ptystream.sim.problems import (
     NearFieldStudy,
     Problem,
@@ -81,6 +82,34 @@ def test_passes_repeat_the_raster_with_fresh_jitter():
     limit = 2 * 3.0 * p.truth.pixel_size_m + 1e-12
     assert np.abs(first - second).max() <= limit
     assert not np.array_equal(first, second)
+
+
+def test_the_default_trajectory_is_the_jittered_raster(small):
+    # the default draws the raster's jitter first from the seed, as before the keyword existed
+    raster = far_field_problem(64, 25, seed=3, trajectory="raster")
+    np.testing.assert_array_equal(raster.frames, small.frames)
+    np.testing.assert_array_equal(raster.positions_m, small.positions_m)
+    step_m = small.step_px * small.truth.pixel_size_m
+    jitter = 3.0 / small.step_px
+    expected = trajectories.jittered_raster(25, step_m, jitter, np.random.default_rng(3))
+    np.testing.assert_array_equal(small.positions_m, expected)
+    assert small.details["trajectory"] == "raster"
+
+
+def test_a_fermat_spiral_problem():
+    raster = far_field_problem(64, 25, seed=3)
+    spiral = far_field_problem(64, 25, seed=3, trajectory="fermat")
+    step_m = raster.step_px * raster.truth.pixel_size_m
+    np.testing.assert_allclose(spiral.positions_m, trajectories.fermat_spiral(25, step_m))
+    assert spiral.details["trajectory"] == "fermat"
+    assert spiral.details["jitter_px"] == 0.0
+    assert spiral.step_px is None
+    assert spiral.frames.shape == (25, 64, 64)
+    assert np.isfinite(spiral.frames).all()
+    reach_px = np.abs(spiral.positions_m).max() / spiral.truth.pixel_size_m + 32
+    assert spiral.truth.object.shape[0] / 2 >= reach_px
+    with pytest.raises(ValueError):
+        far_field_problem(64, 9, trajectory="zigzag")
 
 
 def test_a_given_sample_is_the_truth():

@@ -562,7 +562,33 @@ function showStats(live) {
   $("frames-bar-used").style.width = total ? `${(100 * (used ?? 0)) / total}%` : "0";
   $("updated-at").textContent = live.updated_at ? clock(live.updated_at) : "—";
   showSlices(live);
+  $("noise-note").textContent = noiseText(live);
+  showWarnings(live);
   tickAge();
+}
+
+// "amplitude loss · read noise 10.1 counts (estimated)": the noise model the engine fitted.
+function noiseText(live) {
+  const noise = live.noise;
+  if (!noise || typeof noise !== "object") return "";
+  const sigma = Number(noise.read_noise_counts);
+  const read = Number.isFinite(sigma)
+    ? ` · read noise ${Number(sigma.toPrecision(3))} counts (${noise.read_noise_source})` : "";
+  const defocus = Number(live.probe_defocus_m);
+  const probe = Number.isFinite(defocus) ? ` · probe defocus ${fmtLength(defocus)}` : "";
+  return `${noise.loss} loss${read}${probe}`;
+}
+
+// What may make this run's result wrong, as the engine and the pipeline said it.
+function showWarnings(live) {
+  const list = (Array.isArray(live.warnings) ? live.warnings : []).filter((w) => typeof w === "string");
+  const box = $("warnings");
+  box.replaceChildren(...list.map((text) => {
+    const item = document.createElement("li");
+    item.textContent = text;
+    return item;
+  }));
+  box.hidden = !list.length;
 }
 
 // Slices of a multislice object (1 for a thin one, and for runs published before slices were).
