@@ -199,6 +199,27 @@ class Estimate:
     training: Mapping[str, Any] | None = None
     warnings: tuple[str, ...] = ()
 
+    def notes(self) -> list[str]:
+        """One line each for the noise model used, the initial probe's defocus, an early stop
+        and every warning: what a command prints after a reconstruction."""
+        lines = []
+        noise = dict(self.noise or {})
+        if noise:
+            lines.append(
+                f"noise: {noise['loss']} loss, read noise {noise['read_noise_counts']:.3g} "
+                f"counts ({noise['read_noise_source']})"
+            )
+        if np.isfinite(self.probe_defocus_m):
+            lines.append(f"initial probe: defocus {self.probe_defocus_m * 1e3:.4g} mm")
+        training = dict(self.training or {})
+        if training.get("stopped_early"):
+            lines.append(
+                f"stopped early after pass {training['passes']}: the held-out misfit stopped "
+                f"improving; kept pass {training['best_pass']}"
+            )
+        warnings = [*noise.get("warnings", []), *self.warnings]
+        return lines + [f"warning: {w}" for w in warnings]
+
     @property
     def n_slices(self) -> int:
         """Slices of the object along the beam (1 for a thin object)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 
@@ -63,30 +62,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
         f"wrote {args.out} ({algorithm.value}): object {estimate.object.shape}, "
         f"{estimate.iteration} {steps}, final loss {estimate.last_loss:.4g}"
     )
-    for line in _quality_lines(estimate):
+    for line in estimate.notes():
         print(line)
     return 0
-
-
-def _quality_lines(estimate) -> list[str]:
-    """The noise model used, an early stop, and every warning, one line each."""
-    lines = []
-    noise = estimate.noise or {}
-    if noise:
-        lines.append(
-            f"noise: {noise['loss']} loss, read noise {noise['read_noise_counts']:.3g} counts "
-            f"({noise['read_noise_source']})"
-        )
-    if math.isfinite(estimate.probe_defocus_m):
-        lines.append(f"initial probe: defocus {estimate.probe_defocus_m * 1e3:.4g} mm")
-    training = estimate.training or {}
-    if training.get("stopped_early"):
-        lines.append(
-            f"stopped early after pass {training['passes']}: the held-out misfit stopped "
-            f"improving; kept pass {training['best_pass']}"
-        )
-    warnings = [*noise.get("warnings", []), *estimate.warnings]
-    return lines + [f"warning: {w}" for w in warnings]
 
 
 def _profiles(args: argparse.Namespace) -> int:

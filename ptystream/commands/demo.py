@@ -38,6 +38,9 @@ class DemoReport:
     timings_s: dict[str, float] = field(default_factory=dict)
     slice_correlations: list[Correlation] = field(default_factory=list)
     """Multislice: each slice against its own layer (``correlation`` is then the product's)."""
+    notes: list[str] = field(default_factory=list)
+    """The engine's noise model, probe defocus, early stop and warnings
+    (:meth:`~ptystream.types.Estimate.notes`)."""
 
 
 def run_demo(
@@ -134,6 +137,7 @@ def run_demo(
             correlation=score,
             flat_abs_c=flat,
             slice_correlations=per_slice,
+            notes=result.final.notes() if result.final is not None else [],
             status=result.status,
             accounting=result.accounting.as_dict(),
             timings_s={
@@ -198,4 +202,6 @@ def _print_report(report: DemoReport, announce: Callable[[str], None]) -> None:
         f"wall time: start-up {t['start_up']:.1f} s, scan {t['scan']:.1f} s, final "
         f"reconstruction {t['final_reconstruction']:.1f} s, total {t['total']:.1f} s"
     )
+    for note in report.notes:
+        announce(note)
     announce(f"summary:    {report.summary_png}")

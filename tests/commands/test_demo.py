@@ -30,3 +30,6 @@ def test_demo_runs_end_to_end(tmp_path, small_profile):
     png = Path(re.search(r"summary: +(\S+\.png)", text).group(1))
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "start-up" in text and "final reconstruction" in text
+    # the noise model and the probe's defocus the engine chose from the frames
+    assert re.search(r"noise: \w+ loss, read noise [0-9.e+-]+ counts \(estimated\)", text)
+    assert re.search(r"initial probe: defocus [0-9.]+ mm", text)
