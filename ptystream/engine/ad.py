@@ -127,15 +127,6 @@ class ADEngine(FrameIntake):
 
     #: While True, steps keep the propagation distance fixed even if it is trained.
     hold_distance: bool = False
-    _initial_defocus_m: float | None = None
-
-    @property
-    def probe_defocus_m(self) -> float:
-        """The defocus in metres the initial probe was built with (far field): the one the
-        search chose from the first frames, or the nominal one; NaN before the first frames
-        (so also in an engine that resumed from a saved state) and where no defocus applies
-        (near field, a given probe)."""
-        return float("nan") if self._initial_defocus_m is None else self._initial_defocus_m
 
     @property
     def distance_range_m(self) -> tuple[float, float]:

@@ -210,16 +210,6 @@ class PIEEngine(FrameIntake):
         """Position updates taken so far."""
         return self._iteration
 
-    _initial_defocus_m: float | None = None
-
-    @property
-    def probe_defocus_m(self) -> float:
-        """The defocus in metres the initial probe was built with (far field): the one the
-        search chose from the first frames, or the nominal one; NaN before the first frames
-        (so also in an engine that resumed from a saved state) and where no defocus applies
-        (near field, a given probe)."""
-        return float("nan") if self._initial_defocus_m is None else self._initial_defocus_m
-
     def warm_up(self) -> None:
         """Nothing to compile: numpy runs at full speed from the first update."""
 
