@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,7 @@ class ADEngine(FrameIntake):
         self._held: list[float] = []  # held-out misfit of each step of the current pass
         self._misfit: list[float] = []  # the data misfit (no regulariser) of each step
         self._holding = tf.Variable(1.0, trainable=False)  # 0: every pixel is fitted
+        self._searching = False
         self._report = GuardReport()
         self._last_good: dict[str, np.ndarray] | None = None
         self._step_fn = self._compile()
@@ -168,12 +170,15 @@ class ADEngine(FrameIntake):
         and run all their passes (no held-out pixels, no early stop): they are compared by
         their fit, and 5 % fewer pixels moved the chosen z by 1.2 % on a clean scan.
         """
-        holding = self._holding.numpy()
+        self._searching = True
         self._holding.assign(0.0)
+        report = dataclasses.replace(self._report, warnings=list(self._report.warnings))
         try:
             return search_distance(self, lo_m, hi_m, passes)
         finally:
-            self._holding.assign(holding)
+            self._report = report  # what the trials' guards did is not the run's
+            self._searching = False
+            self._holding.assign(self._holding_wanted())
 
     @property
     def iteration(self) -> int:
@@ -239,7 +244,8 @@ class ADEngine(FrameIntake):
             self.settings.early_stop_patience if holding else 0,
             report=self._report,
             last_good=self._last_good if self._last_good is not None else self._weights(),
-            ceiling=2.0 * self._current_loss(),
+            # coarse to fine: the misfit rises as the blur shrinks, so no ceiling from the start
+            ceiling=math.inf if self._coarse() else 2.0 * self._current_loss(),
         )
         for epoch in budget.passes():
             order = self._rng.permutation(self._n_frames)
@@ -263,7 +269,7 @@ class ADEngine(FrameIntake):
                 on_epoch(epoch, loss)
             misfit = float(np.mean(self._misfit))
             held = float(np.mean(self._held)) if holding else misfit
-            verdict = guard.after_pass(misfit, held, self._weights)
+            verdict = guard.after_pass(misfit, held, self._weights, judge=not self._coarse())
             if verdict == "diverged":
                 self._fall_back(guard.last_good)
             elif verdict == "stop":
@@ -437,6 +443,10 @@ class ADEngine(FrameIntake):
         scale = lr_scale * self._report.rate_factor  # lowered after a divergence
         return np.array([scale * rates[name] for name in RATES], np.float32)
 
+    def _coarse(self) -> bool:
+        """True while coarse to fine in z blurs the loss."""
+        return self._model.detection.blur_px is not None and self._distance_blur_px() > 0
+
     def _distance_blur_px(self) -> float:
         """The coarse-to-fine blur of the next step: ``distance_blur_px`` falling linearly to 0
         over ``distance_blur_passes`` passes of z training (z's Adam steps times the batch over
@@ -467,7 +477,13 @@ class ADEngine(FrameIntake):
         pixels were held out (per-slice |C| 0.98 against 0.993), so Poisson fits use every
         pixel and run without the early stop for now."""
         self._model.detection.use(self.noise.loss)
-        self._holding.assign(0.0 if self.noise.loss == LossKind.POISSON else 1.0)
+        self._holding.assign(self._holding_wanted())
+
+    def _holding_wanted(self) -> float:
+        """1 when pixels are held out: not during a distance search (a restore there must not
+        turn them back on), nor with the Poisson loss."""
+        poisson = self.noise is not None and self.noise.loss == LossKind.POISSON
+        return 0.0 if self._searching or poisson else 1.0
 
     def _current_loss(self) -> float:
         """The mean data misfit of the current state over every frame (the loss without its

@@ -127,12 +127,17 @@ class PassGuard:
         self._since_best = 0
         self._losses: list[float] = []
 
-    def after_pass(self, loss: float, held: float, weights) -> Verdict:
+    def after_pass(self, loss: float, held: float, weights, *, judge: bool = True) -> Verdict:
         """The verdict on the pass just run: ``loss`` its data misfit on the fitted pixels (the
-        regulariser left out: it grows as the image forms), ``held`` on the held-out ones."""
+        regulariser left out: it grows as the image forms), ``held`` on the held-out ones.
+        ``judge`` False while the loss itself changes (a blur shrinking to nothing): only a
+        non-finite loss counts, and the pass becomes the last good state."""
         self.report.passes += 1
         if not (math.isfinite(loss) and math.isfinite(held)):
             return self._diverged("not finite")
+        if not judge:  # the loss is changing its definition (coarse to fine): compare nothing
+            self.last_good = weights()
+            return "go on"
         if loss > self.ceiling:
             start = self.ceiling / 2
             return self._diverged(f"{loss:.3g} (over twice its {start:.3g} at the start)")

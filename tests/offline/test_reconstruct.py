@@ -86,6 +86,10 @@ def test_a_time_budget_is_kept(tmp_path, small_profile, simulated_npz):
     last pass stops part-way when it is spent. The bound checks the budget is obeyed, not how
     fast anything runs: extrapolating from the first pass missed budgets by up to 30 %."""
     profile = small_profile(photons_per_frame=None, n_points=40, object_px=144)
+    # no early stop: it would end the passes before the budget (that is its job)
+    profile = profile.model_copy(
+        update={"engine": profile.engine.model_copy(update={"early_stop_patience": 0})}
+    )
     path, sim = simulated_npz(profile, tmp_path / "scan.npz")
     calls = []
     prepare(profile.engine)  # TensorFlow imported and set up: the budget counts it otherwise
@@ -101,9 +105,12 @@ def test_a_time_budget_is_kept(tmp_path, small_profile, simulated_npz):
     passes = calls[-1][0]
     assert [done for done, _ in calls] == list(range(1, passes + 1))  # one report per pass
     assert calls[-1] == (passes, passes)  # the last report knows it is the last
-    assert passes >= 4  # a pass of 40 frames takes well under 0.5 s once compiled (2-3 s)
+    assert passes >= 2  # a pass of 40 frames takes well under 0.5 s once compiled
     assert (passes - 1) * 3 < estimate.iteration <= passes * 3  # 3 steps a pass, last partial
-    assert 5.0 <= elapsed < 5.0 + 1.5  # reading the file and writing the result besides
+    # never short of the budget; past it by one step, the estimate and the file (milliseconds
+    # on an idle machine; the bound leaves room for a loaded one: it checks that the budget
+    # is obeyed, not a speed)
+    assert 5.0 <= elapsed < 5.0 + 3.0
 
 
 def test_the_engine_argument_overrides_the_profile_and_is_recorded(
