@@ -5,10 +5,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Sequence
 
 import uvicorn
 
 from ptystream.dashboard._app import create_app
+from ptystream.dashboard._hosts import HostAllowlist
 
 __all__ = ["Dashboard", "start_dashboard"]
 
@@ -45,7 +47,13 @@ class Dashboard:
 
 
 def start_dashboard(
-    tiled_uri: str, *, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0
+    tiled_uri: str,
+    *,
+    api_key: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    allowed_hosts: Sequence[str] = (),
+    forward_exports: bool = False,
 ) -> Dashboard:
     """Serve the control-room page for the Tiled server at ``tiled_uri``.
 
@@ -55,6 +63,12 @@ def start_dashboard(
         it is taken out and used when ``api_key`` is None).
     api_key : the key the dashboard adds to its requests to Tiled; the browser never sees it.
     host, port : where the page is served; port 0 picks a free port.
+    allowed_hosts : names the page may also be opened under (``Host`` header), besides the
+        address it is bound to (on loopback: ``127.0.0.1``, ``localhost``, ``[::1]``; on all
+        interfaces, ``0.0.0.0``: any IP address). Other names get 403, so another site cannot
+        read the dashboard by pointing its own name at this address (DNS rebinding).
+    forward_exports : forward Tiled's exports of whole containers (``node/full``,
+        ``container/full``); off by default (403).
 
     Returns
     -------
@@ -65,7 +79,8 @@ def start_dashboard(
     -----
     The page and the proxied API share one origin, so the facility's Tiled server needs no CORS
     set-up. Serve on 127.0.0.1 (the default) unless the control-room screens are on another
-    machine: anyone who can reach the port can read what the key can read.
+    machine: anyone who can reach the port can read what the key can read. Under a name (a
+    control-room alias, the machine's host name), pass it in ``allowed_hosts``.
 
     Example
     -------
@@ -73,7 +88,8 @@ def start_dashboard(
     >>> print(dashboard.url)  # doctest: +SKIP
     http://127.0.0.1:41231/
     """
-    app = create_app(tiled_uri, api_key)
+    allowlist = HostAllowlist.for_bind(host, allowed_hosts)
+    app = create_app(tiled_uri, api_key, allowed_hosts=allowlist, forward_exports=forward_exports)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

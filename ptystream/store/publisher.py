@@ -14,7 +14,9 @@ The float32 amplitude/phase views exist because image renderers cannot decode co
 Each is a single chunk (arrays under 100 MB are not chunked), so a reader never sees a torn
 image. A live publication writes the arrays, appends the loss rows, then replaces ``live/``'s
 metadata: a reader told of a metadata update (Tiled's websockets push it to subscribers of the
-run's container) finds the arrays already written. Non-finite estimates are refused.
+run's container) finds the arrays already written. Non-finite estimates are refused. Loss rows
+are appended once each, although Tiled may apply an append it reports as failed: after such a
+failure the table is read back before the next append (:meth:`TiledPublisher._append_loss`).
 
 A final result Tiled cannot take is kept on disk (:mod:`ptystream.store.spool`) with everything
 needed to upload it later (:meth:`TiledPublisher.flush`).
@@ -127,8 +129,49 @@ class _RunNodes:
     planned: int | None = None
     arrays: dict[str, Any] = field(default_factory=dict)
     loss_table: Any = None
-    loss_sent_to: float = -1.0  # last iteration already in the live loss table
+    #: The last iteration in the live loss table; None when unknown (an append failed, so Tiled
+    #: may or may not have applied it; or the run was resumed): read the table before appending.
+    loss_sent_to: float | None = -1.0
     sequence: int = 0
+
+
+def _loss_columns(rows: np.ndarray) -> dict[str, list]:
+    """``(k, 2)`` rows of ``(iteration, loss)`` as the live loss table's columns."""
+    return {"iteration": rows[:, 0].astype(np.int64).tolist(), "loss": rows[:, 1].tolist()}
+
+
+def _new_loss_table(live):
+    """Create the (empty) appendable loss table in ``live``; returns its client."""
+    import pyarrow as pa
+
+    schema = pa.schema([(name, kind) for name, kind in _LOSS_SCHEMA])
+    return live.create_appendable_table(schema, key="loss")
+
+
+def _reconcile(nodes: _RunNodes, rows: np.ndarray) -> float:
+    """Read the live loss table back and return its last iteration, if it is a prefix of
+    ``rows`` (the finite history); otherwise (rows repeated by an append Tiled applied after
+    reporting an error, or a history the table does not match) replace it by ``rows`` and
+    return their last iteration. A missing table is created."""
+    held = nodes.loss_table.read() if "loss" in nodes.live else None
+    if held is not None:
+        n = len(held)
+        iterations, values = held["iteration"].to_numpy(), held["loss"].to_numpy()
+        prefix = rows[:n]
+        if n <= len(rows) and (iterations == prefix[:, 0]).all() and (values == prefix[:, 1]).all():
+            return float(prefix[-1, 0]) if n else -1.0
+        logger.warning(
+            "run container %s: live loss table (%d rows) is not the engine's history (%d rows): "
+            "rewritten",
+            nodes.node.item["id"],
+            n,
+            len(rows),
+        )
+        nodes.live.delete_contents("loss", external_only=False)
+    nodes.loss_table = _new_loss_table(nodes.live)
+    if len(rows):
+        nodes.loss_table.append_partition(0, _loss_columns(rows))
+    return float(rows[-1, 0]) if len(rows) else -1.0
 
 
 @dataclass(frozen=True)
@@ -204,17 +247,14 @@ class TiledPublisher:
         live = child(node, "live")
         planned = (metadata.get("plan") or {}).get("n_points")
         nodes = _RunNodes(node, live, planned=planned)
-        # resumed: the sequence and the loss table go on where they stopped
-        nodes.loss_sent_to = float(live.metadata.get("iteration", -1))
+        # resumed: the sequence goes on where it stopped; the loss table's end is read from it
+        # before the next append (``live``'s metadata is written after the rows, so it may lag)
         nodes.sequence = int(live.metadata.get("sequence", 0))
         if "loss" in live:
-            nodes.loss_table = live["loss"]
+            nodes.loss_table, nodes.loss_sent_to = live["loss"], None
         else:
             try:
-                import pyarrow as pa
-
-                schema = pa.schema([(name, kind) for name, kind in _LOSS_SCHEMA])
-                nodes.loss_table = live.create_appendable_table(schema, key="loss")
+                nodes.loss_table = _new_loss_table(live)
             except Exception as exc:  # a server without SQL storage cannot append
                 logger.warning("run %s: no live loss table (%s)", run_uid, exc)
         self._runs[run_uid] = nodes
@@ -263,15 +303,24 @@ class TiledPublisher:
         )
 
     def _append_loss(self, nodes: _RunNodes, loss: np.ndarray) -> None:
-        if nodes.loss_table is None or not len(loss):
+        """Append the rows of ``loss`` (the engine's whole history) that the table lacks.
+
+        Appending is not idempotent: a 500 or a timeout may come after Tiled applied the rows,
+        and a retry would add them twice. So when the table's end is unknown (an append failed,
+        a resumed run, the end of a run) it is read back first and only the rows beyond it are
+        sent; a table that is not a prefix of the history is rewritten (:func:`_reconcile`).
+        """
+        if nodes.loss_table is None:
             return
-        rows = loss[(loss[:, 0] > nodes.loss_sent_to) & np.isfinite(loss[:, 1])]
-        if not len(rows):
+        rows = loss[np.isfinite(loss[:, 1])] if len(loss) else np.empty((0, 2))
+        if nodes.loss_sent_to is None:
+            nodes.loss_sent_to = _reconcile(nodes, rows)
+        new = rows[rows[:, 0] > nodes.loss_sent_to]
+        if not len(new):
             return
-        nodes.loss_table.append_partition(
-            0, {"iteration": rows[:, 0].astype(np.int64).tolist(), "loss": rows[:, 1].tolist()}
-        )
-        nodes.loss_sent_to = float(rows[-1, 0])
+        nodes.loss_sent_to = None  # unknown until Tiled answers
+        nodes.loss_table.append_partition(0, _loss_columns(new))
+        nodes.loss_sent_to = float(new[-1, 0])
 
     def publish_final(
         self,
@@ -284,6 +333,7 @@ class TiledPublisher:
         (``extra``: frames, timings_s, reason, ...)."""
         self._check_finite(estimate)
         nodes = self._runs[run_uid]
+        nodes.loss_sent_to = None  # the live loss table is checked against the whole history
         self.publish_live(run_uid, estimate, extra.get("frames"))
         final = child(nodes.node, "final")
         for key, array, md in final_arrays(estimate):
