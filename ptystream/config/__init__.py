@@ -2,8 +2,9 @@
 
 A profile is parsed once at the edge (a command, a notebook) and passed down explicitly.
 ``models`` holds the models, ``loading`` the search path, YAML reading and overrides, ``errors``
-the messages that name a bad key. May import pydantic, yaml and :mod:`ptystream.types`; never
-TensorFlow, bluesky or tiled.
+the messages that name a bad key, ``plausibility`` the checks that the numbers fit the kind of
+instrument (unit slips: keV for eV, mm for m). May import pydantic, yaml and
+:mod:`ptystream.types`; never TensorFlow, bluesky or tiled.
 """
 
 from ptystream.config.errors import ProfileError, describe_errors
@@ -29,11 +30,20 @@ from ptystream.config.models import (
     SliceRegulariser,
     TrajectoryKind,
 )
+from ptystream.config.plausibility import (
+    Finding,
+    Severity,
+    check_geometry,
+    check_instrument,
+    check_profile,
+    ensure_plausible,
+)
 
 __all__ = [
     "HC_EV_M",
     "Algorithm",
     "EngineSettings",
+    "Finding",
     "IngestSettings",
     "InstrumentSettings",
     "LossKind",
@@ -42,11 +52,16 @@ __all__ = [
     "Profile",
     "ProfileError",
     "PublishSettings",
+    "Severity",
     "SimSettings",
     "SliceRegulariser",
     "TrajectoryKind",
     "available_profiles",
+    "check_geometry",
+    "check_instrument",
+    "check_profile",
     "describe_errors",
+    "ensure_plausible",
     "load_profile",
     "profile_search_path",
     "resolve_profile_path",

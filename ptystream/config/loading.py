@@ -1,5 +1,6 @@
 """Finding and reading profiles: the search path, YAML (a repeated key is an error), and
-``SECTION.KEY=VALUE`` overrides, each validated by :class:`~ptystream.config.models.Profile`."""
+``SECTION.KEY=VALUE`` overrides, each validated by :class:`~ptystream.config.models.Profile` and
+checked for implausible numbers (unit slips) by :mod:`ptystream.config.plausibility`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from ptystream.config.errors import ProfileError, describe_errors
 from ptystream.config.models import Profile
+from ptystream.config.plausibility import check_profile, ensure_plausible
 
 __all__ = [
     "available_profiles",
@@ -89,7 +91,11 @@ def load_profile(name_or_path: str | Path) -> Profile:
     ProfileError
         When the file is missing, is not YAML (or repeats a key), or does not validate. The
         message names the file and each offending key; an unknown key gets the closest
-        accepted one as a suggestion.
+        accepted one as a suggestion. Also when a number is implausible for the instrument
+        (an energy in keV given as eV, a distance in mm given as m, ...): the message names
+        the key, the value, its unit and the likely slip
+        (:func:`~ptystream.config.plausibility.check_profile`; unusual but possible numbers
+        are logged as warnings).
     """
     path = resolve_profile_path(name_or_path)
     try:
@@ -100,15 +106,25 @@ def load_profile(name_or_path: str | Path) -> Profile:
     if not isinstance(data, dict):
         raise ProfileError(f"profile {path} must be a mapping, got {type(data).__name__}")
     try:
-        return Profile.model_validate(data)
+        profile = Profile.model_validate(data)
     except ValidationError as exc:
         raise ProfileError(f"profile {path} is invalid: {describe_errors(exc)}") from exc
+    ensure_plausible(profile, source=f"profile {path}", wavelength_given=_gives_wavelength(data))
+    return profile
+
+
+def _gives_wavelength(data: dict) -> bool:
+    """Whether the raw profile ``data`` gives ``instrument.wavelength_m`` (so messages name it
+    rather than ``energy_eV``)."""
+    instrument = data.get("instrument")
+    return isinstance(instrument, dict) and "wavelength_m" in instrument
 
 
 def with_overrides(profile: Profile, assignments: list[str]) -> Profile:
     """``profile`` with ``SECTION.KEY=VALUE`` assignments applied (VALUE read as YAML), e.g.
     ``engine.probe_modes=3``; validated again, so a misspelt key or a bad value is an error
-    naming it."""
+    naming it, and an implausible number a :class:`ProfileError` naming the key, value, unit
+    and likely slip (warnings that ``profile`` already had are not logged again)."""
     data = profile.model_dump(mode="json")
     for text in assignments:
         key, sep, value = text.partition("=")
@@ -124,6 +140,13 @@ def with_overrides(profile: Profile, assignments: list[str]) -> Profile:
             node = node[part]
         node[parts[-1]] = yaml.safe_load(value)
     try:
-        return Profile.model_validate(data)
+        changed = Profile.model_validate(data)
     except ValidationError as exc:
         raise ValueError(f"--set: {describe_errors(exc)}") from exc
+    ensure_plausible(
+        changed,
+        source=f"the profile with --set {', '.join(assignments)}",
+        wavelength_given=_gives_wavelength(data),
+        known=check_profile(profile),
+    )
+    return changed

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ptystream.engine.initial import check_positions
 from ptystream.types import ScanPlan
 
 __all__ = [
@@ -48,10 +49,14 @@ def canvas_for(lo_m: np.ndarray, hi_m: np.ndarray, n: int, dx_m: float, margin_p
 
 
 def plan_canvas(plan: ScanPlan, n: int, dx_m: float, margin_px: int) -> Canvas | None:
-    """Canvas for the planned extent of a scan, or None when the extent is unknown."""
+    """Canvas for the planned extent of a scan, or None when the extent is unknown.
+
+    Raises ValueError (:func:`~ptystream.engine.initial.check_positions`) for an extent that
+    cannot be one scan (micrometres given as metres, say), before anything is allocated."""
     if plan.extent_m is None:
         return None
     (y0, y1), (x0, x1) = plan.extent_m
+    check_positions(np.array([[y0, x0], [y1, x1]], dtype=np.float64), n, dx_m)
     return canvas_for(np.array([y0, x0]), np.array([y1, x1]), n, dx_m, margin_px)
 
 

@@ -1,5 +1,6 @@
-"""What every engine takes in and starts from (numpy only): frames and positions, the
-detector mask, the initial probe."""
+"""What every engine takes in and starts from (numpy only): frames and positions (refused when
+they cannot be one scan, before any canvas is sized for them), the detector mask, the initial
+probe."""
 
 from __future__ import annotations
 
@@ -8,17 +9,46 @@ import numpy as np
 from ptystream import optics
 from ptystream.types import FRESNEL, NEAR_FIELD, Geometry
 
-__all__ = ["check_detector_mask", "checked_frames", "fresnel_phase", "initial_probe"]
+__all__ = [
+    "MAX_CANVAS_PX",
+    "MAX_SCAN_WINDOWS",
+    "MAX_STAGE_TRAVEL_M",
+    "check_detector_mask",
+    "check_positions",
+    "checked_frames",
+    "fresnel_phase",
+    "initial_probe",
+]
+
+#: Farthest a position (m) may be from the stage origin: no sample stage travels a metre.
+MAX_STAGE_TRAVEL_M = 1.0
+#: Most probe windows (frame_px object pixels) a scan may span. Real scans span up to a few
+#: hundred, and a scan of more than one window read 1000 times too large spans more than this.
+MAX_SCAN_WINDOWS = 1000
+#: Most object-canvas pixels: 2e9 complex64 pixels are 16 GB per copy, and an engine keeps
+#: several (object, gradients, optimiser moments).
+MAX_CANVAS_PX = 2e9
 
 
 def checked_frames(
-    patterns: np.ndarray, positions: np.ndarray, n: int, pixel_size_m: float, unit: str = "m"
+    patterns: np.ndarray,
+    positions: np.ndarray,
+    n: int,
+    pixel_size_m: float,
+    unit: str = "m",
+    *,
+    earlier_m: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames as float32 ``(k, n, n)`` and probe positions as float64 ``(k, 2)`` metres.
 
     ``positions`` are ``(y, x)`` of the probe's centre, in metres (``unit="m"``) or in object
     pixels of ``pixel_size_m`` from the stage origin (``unit="px"``). Raises ValueError naming
-    the problem: a wrong shape, a count mismatch, a non-finite value or an unknown unit.
+    the problem: a wrong shape, a count mismatch, a non-finite value or an unknown unit, or
+    positions that cannot be one scan (:func:`check_positions`: thousands of probe windows
+    wide, a metre from the stage origin, or a canvas too large for memory; usually micrometres
+    read as metres). ``earlier_m``: the positions already added, which the canvas covers too.
+    This runs before any canvas is sized for the positions, so a unit slip is a message rather
+    than an out-of-memory error.
     """
     if unit not in ("m", "px"):
         raise ValueError(f"position unit must be 'm' or 'px', got {unit!r}")
@@ -30,7 +60,74 @@ def checked_frames(
         raise ValueError(f"{len(patterns)} frames but {len(positions)} positions")
     if not (np.isfinite(patterns).all() and np.isfinite(positions).all()):
         raise ValueError("frames and positions must be finite")
-    return patterns, positions * pixel_size_m if unit == "px" else positions
+    positions_m = positions * pixel_size_m if unit == "px" else positions
+    check_positions(positions_m, n, pixel_size_m, earlier_m=earlier_m)
+    return patterns, positions_m
+
+
+def _positions_slip(size_m: float, low_m: float, high_m: float) -> str:
+    """What to do when positions spanning (or reaching) ``size_m`` metres look too large: each
+    unit (mm, µm, nm) that brings them between ``low_m`` and ``high_m``."""
+    units = ((1e-3, "millimetres"), (1e-6, "micrometres"), (1e-9, "nanometres"))
+    fits = [(f, name) for f, name in units if low_m <= size_m * f <= high_m]
+    if not fits:
+        return "positions must be metres (or object pixels with unit='px')"
+    settings = "; ".join(
+        f"if they are {name}, set instrument.motor_units_m: {f:.0e}".replace("e-0", "e-")
+        for f, name in fits
+    )
+    return (
+        f"they look {' or '.join(f'{1 / f:g}' for f, _ in fits)} times too large: {settings} "
+        "(metres per motor unit; divide a value set already by the same factor), or pass "
+        "positions in metres"
+    )
+
+
+def check_positions(
+    positions_m: np.ndarray,
+    frame_px: int,
+    pixel_size_m: float,
+    *,
+    earlier_m: np.ndarray | None = None,
+) -> None:
+    """Raise ValueError when probe positions (metres, ``(k, 2)``) cannot be one scan, before any
+    canvas is allocated for them.
+
+    Refused: a span of more than :data:`MAX_SCAN_WINDOWS` probe windows (``frame_px`` object
+    pixels of ``pixel_size_m``); a position further than :data:`MAX_STAGE_TRAVEL_M` from the
+    stage origin; an object canvas of more than :data:`MAX_CANVAS_PX` pixels. The message names
+    the span in metres and in windows, and the likely slip (positions in µm or mm read as
+    metres: ``instrument.motor_units_m``). ``earlier_m``: positions already placed, which the
+    canvas also covers (a stream adds a few frames at a time).
+    """
+    pos = np.asarray(positions_m, dtype=np.float64).reshape(-1, 2)
+    if earlier_m is not None:
+        pos = np.concatenate([np.asarray(earlier_m, dtype=np.float64).reshape(-1, 2), pos])
+    if len(pos) == 0:
+        return
+    window = frame_px * pixel_size_m
+    span = pos.max(axis=0) - pos.min(axis=0)
+    widest = float(span.max())
+    reach = float(np.abs(pos).max())
+    where = (
+        f"the positions span {widest:.3g} m ({widest / window:.3g} probe windows of "
+        f"{window:.3g} m; a scan spans at most ~{MAX_SCAN_WINDOWS}) and reach {reach:.3g} m "
+        "from the stage origin"
+    )
+    if widest > MAX_SCAN_WINDOWS * window:
+        # slips that leave between a pixel and a few hundred windows, as real scans span
+        slip = _positions_slip(widest, pixel_size_m, MAX_SCAN_WINDOWS * window / 3)
+        raise ValueError(f"{where}: {slip}")
+    if reach > MAX_STAGE_TRAVEL_M:
+        slip = _positions_slip(reach, pixel_size_m, 0.1 * MAX_STAGE_TRAVEL_M)
+        raise ValueError(f"{where}; no sample stage travels a metre: {slip}")
+    canvas = float(np.prod(span / pixel_size_m + frame_px + 1))
+    if canvas > MAX_CANVAS_PX:
+        raise ValueError(
+            f"{where}: their object canvas would be {canvas:.3g} pixels ({canvas * 8 / 2**30:.3g}"
+            f" GiB per complex64 copy, more than {MAX_CANVAS_PX:.0e}); reconstruct the scan in "
+            "parts"
+        )
 
 
 def check_detector_mask(mask: np.ndarray | None, frame_shape: tuple[int, int]) -> np.ndarray:
