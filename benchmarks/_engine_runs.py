@@ -27,7 +27,7 @@ import numpy as np
 from ptystream.config import EngineSettings
 from ptystream.engine import Engine, EngineSetup, configure_tensorflow, make_engine
 from ptystream.metrics import score_over
-from ptystream.sim.problems import Problem, plan_for
+from ptystream.sim.problems import Problem
 from ptystream.types import Estimate, Geometry, ScanPlan
 
 import _harness
@@ -214,7 +214,7 @@ def load_engine(
     frames, positions = data["frames"], data["positions_m"]
     wavelength, distance, pixel = (float(v) for v in data["geometry"])
     geometry = Geometry(wavelength, distance, pixel, int(data["frame_px"]))
-    plan = ScanPlan(n_points or len(positions), plan_for(positions).extent_m)
+    plan = ScanPlan(n_points or len(positions), ScanPlan.covering(positions).extent_m)
     setup = EngineSetup(
         geometry,
         settings,

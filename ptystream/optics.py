@@ -11,6 +11,7 @@ import numpy as np
 __all__ = [
     "fresnel_phase",
     "angular_spectrum",
+    "angular_spectrum_kernel",
     "angular_spectrum_phase",
     "defocus_transfer",
     "fft2c",
@@ -92,12 +93,19 @@ def angular_spectrum(
 
     Valid for ``|distance_m| <= N dx^2 / lambda``; beyond that the kernel aliases.
     """
-    n = field.shape[-1]
+    kernel = angular_spectrum_kernel(field.shape[-1], pixel_size_m, wavelength_m, distance_m)
+    return ifft2c(fft2c(field) * kernel)
+
+
+def angular_spectrum_kernel(
+    n: int, pixel_size_m: float, wavelength_m: float, distance_m: float
+) -> np.ndarray:
+    """The centred transfer function of :func:`angular_spectrum` for an ``n x n`` field:
+    ``exp(-2 pi i z q)`` (:func:`angular_spectrum_phase`), 0 for evanescent frequencies."""
     q = angular_spectrum_phase(n, pixel_size_m, wavelength_m)
     fy, fx = spatial_frequencies(n, pixel_size_m)
     propagating = fx**2 + fy**2 < 1.0 / wavelength_m**2
-    kernel = np.where(propagating, np.exp(-2j * np.pi * distance_m * q), 0.0)
-    return ifft2c(fft2c(field) * kernel)
+    return np.where(propagating, np.exp(-2j * np.pi * distance_m * q), 0.0)
 
 
 def focused_probe(

@@ -102,6 +102,14 @@ class ScanPlan:
     n_points: int | None = None
     extent_m: tuple[tuple[float, float], tuple[float, float]] | None = None
 
+    @classmethod
+    def covering(cls, positions_m: np.ndarray) -> ScanPlan:
+        """What a start document would announce for ``positions_m`` ``(n, 2)`` (metres): the
+        number of points and their extent."""
+        p = np.asarray(positions_m, dtype=np.float64)
+        extent = ((p[:, 0].min(), p[:, 0].max()), (p[:, 1].min(), p[:, 1].max()))
+        return cls(n_points=len(p), extent_m=extent)
+
 
 @dataclass(frozen=True)
 class RunStart:
@@ -177,8 +185,11 @@ class Estimate:
     training : how the last refinement went (:meth:`ptystream.engine.guard.GuardReport.
         to_metadata`: the pass kept, whether it stopped early, restarts after a divergence, the
         rate factor); None for an engine without the guard.
+    orientation : the check of the positions' axes against the first frames, as plain JSON
+        types (:meth:`ptystream.engine.orientation.OrientationCheck.to_metadata`: the verdict,
+        the choice used, the scores, a message, warnings); None when not checked.
     warnings : what the engine detected that may make the result wrong (a divergence), besides
-        the noise model's.
+        the noise model's and the orientation check's.
     """
 
     object: np.ndarray
@@ -197,11 +208,12 @@ class Estimate:
     noise: Mapping[str, Any] | None = None
     probe_defocus_m: float = float("nan")
     training: Mapping[str, Any] | None = None
+    orientation: Mapping[str, Any] | None = None
     warnings: tuple[str, ...] = ()
 
     def notes(self) -> list[str]:
-        """One line each for the noise model used, the initial probe's defocus, an early stop
-        and every warning: what a command prints after a reconstruction."""
+        """One line each for the noise model used, the initial probe's defocus, the orientation
+        check, an early stop and every warning: what a command prints after a reconstruction."""
         lines = []
         noise = dict(self.noise or {})
         if noise:
@@ -217,7 +229,10 @@ class Estimate:
                 f"stopped early after pass {training['passes']}: the held-out misfit stopped "
                 f"improving; kept pass {training['best_pass']}"
             )
-        warnings = [*noise.get("warnings", []), *self.warnings]
+        orientation = dict(self.orientation or {})
+        if orientation and not orientation["warnings"]:
+            lines.append(orientation["message"])
+        warnings = [*noise.get("warnings", []), *orientation.get("warnings", []), *self.warnings]
         return lines + [f"warning: {w}" for w in warnings]
 
     @property

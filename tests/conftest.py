@@ -181,9 +181,11 @@ def uid_prefix():
 
 @pytest.fixture(scope="session")
 def run_live_scan():
-    """``run_live_scan(profile, client, *, corrupt_seq=None) -> (uid, result, sim)``: one
-    simulated scan on a real RunEngine, saved raw by bluesky's TiledWriter and reconstructed
-    live into ``client``; ``corrupt_seq`` makes that point's frame NaN (1-based)."""
+    """``run_live_scan(profile, client, *, corrupt_seq=None, reconstruct_with=None) -> (uid,
+    result, sim)``: one simulated scan on a real RunEngine, saved raw by bluesky's TiledWriter
+    and reconstructed live into ``client``; ``corrupt_seq`` makes that point's frame NaN
+    (1-based); ``reconstruct_with``: the profile the callback and pipeline use (a user's
+    mistaken one, say), ``profile`` by default."""
     from bluesky import RunEngine
     from bluesky_tiled_plugins import TiledWriter
 
@@ -194,7 +196,7 @@ def run_live_scan():
     from ptystream.store.layout import raw_catalog
     from ptystream.store.publisher import TiledPublisher
 
-    def run_live_scan(profile, client, *, corrupt_seq=None):
+    def run_live_scan(profile, client, *, corrupt_seq=None, reconstruct_with=None):
         sim = build_simulation(profile)
         if corrupt_seq is not None:
             compute, calls = sim.detector.image._func, [0]
@@ -208,10 +210,11 @@ def run_live_scan():
         raw_writer = BackgroundCallback(
             TiledWriter(raw_catalog(client), batch_size=profile.publish.raw_batch_size)
         )
-        pipeline = LivePipeline(profile, TiledPublisher(client)).start()
+        used = reconstruct_with or profile
+        pipeline = LivePipeline(used, TiledPublisher(client)).start()
         RE = RunEngine({})
         RE.subscribe(raw_writer)
-        RE.subscribe(PtychoCallback(profile, pipeline))
+        RE.subscribe(PtychoCallback(used, pipeline))
         (uid,) = RE(sim.plan())
         result = pipeline.wait(uid, timeout=300)
         assert raw_writer.flush(timeout=120) and raw_writer.errors == 0

@@ -166,13 +166,26 @@ def _dashboard(args: argparse.Namespace) -> int:
     api_key = read_api_key(args.api_key_file) or key_in_uri
     client = _client(args)  # a wrong key or an absent server is reported now, not in a browser
     uri = str(client.context.api_uri).rstrip("/")  # "http://host:8000" -> ".../api/v1"
-    dashboard = start_dashboard(uri, api_key=api_key, host=args.host, port=args.port)
+    dashboard = start_dashboard(
+        uri,
+        api_key=api_key,
+        host=args.host,
+        port=args.port,
+        allowed_hosts=args.allow_host,
+        forward_exports=args.forward_exports,
+    )
     print(f"dashboard at {dashboard.url} (data from {uri}); Ctrl-C to stop", flush=True)
     try:
         wait_for_signal()
     finally:
         dashboard.close()
     return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from ptystream.commands.calibrate import calibrate_command
+
+    return calibrate_command(args)
 
 
 def _reprocess(args: argparse.Namespace) -> int:
@@ -242,6 +255,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--out", required=True, help="output HDF5 file")
     rec.set_defaults(func=_reconstruct)
+    cal = sub.add_parser(
+        "calibrate",
+        help="check a finished scan's position axes (and far-field defocus, near-field "
+        "distance) and print the profile lines to paste; exit status 1 if the axes are wrong",
+    )
+    cal.add_argument(
+        "input",
+        metavar="INPUT|RUN",
+        help="scan file (.cxi, .h5, .npz) or a run in --tiled (uid, uid prefix or scan id)",
+    )
+    cal.add_argument("--profile", required=True, help="profile name or YAML path")
+    cal.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a profile setting (repeatable)",
+    )
+    cal.add_argument("--tiled", metavar="URI", help="Tiled server holding the run")
+    cal.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="file holding the Tiled API key (default: the TILED_API_KEY environment variable)",
+    )
+    cal.add_argument("--catalog", default="raw", help="catalog of Bluesky runs in Tiled")
+    cal.set_defaults(func=_calibrate)
     pro = sub.add_parser("profiles", help="list, show and validate instrument profiles")
     pro_sub = pro.add_subparsers(dest="action", required=True)
     pro_sub.add_parser(
@@ -304,6 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tiled_options(das)
     das.add_argument("--host", default="127.0.0.1", help="address to listen on")
     das.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free)")
+    das.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the page may be opened under besides the bound address (repeatable); "
+        "other Host headers get 403",
+    )
+    das.add_argument(
+        "--forward-exports",
+        action="store_true",
+        help="forward Tiled's exports of whole containers (node/full, container/full)",
+    )
     das.set_defaults(func=_dashboard)
     rep = sub.add_parser(
         "reprocess",

@@ -80,6 +80,13 @@ class InstrumentSettings(BaseModel):
     rotation_deg: float = 0.0
     """Rotation in degrees of the stage axes relative to the detector's, counter-clockwise from
     x towards y (applied last)."""
+    orientation: Literal["check", "auto", "off"] = "check"
+    """Whether the positions' axes are checked against the first frames before the passes
+    (:mod:`ptystream.engine.orientation`: the eight sign and swap choices, each scored by a
+    short trial): ``check`` says so (log, ``warnings`` in Tiled, the dashboard) when another
+    choice fits clearly better, naming the values of ``swap_axes``, ``y_sign`` and ``x_sign``
+    to set; ``auto`` also uses it; ``off`` skips the check. In far field a flip of both signs
+    gives the twin image, which the data cannot tell apart: never suggested."""
     energy_eV: float = Field(gt=0)
     """Photon energy in eV. A profile may give ``wavelength_m`` (metres) instead, the natural
     unit for visible light; it is converted to this field when the profile is read, and both

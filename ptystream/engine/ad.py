@@ -23,7 +23,7 @@ import tensorflow as tf
 from ptystream import optics
 from ptystream.config import LossKind
 from ptystream.engine import canvas as canvases
-from ptystream.engine import forward, initial, probe_search
+from ptystream.engine import forward, initial
 from ptystream.engine.adam import adam_update, sparse_adam_update, values_at
 from ptystream.engine.checkpoint import EngineState, read_state, write_state
 from ptystream.engine.distance import search_distance
@@ -79,6 +79,7 @@ class ADEngine(FrameIntake):
         self._dx = geometry.object_pixel_size_m
         self._read_noise_counts = setup.read_noise_counts
         self._probe_defocus_m = setup.probe_defocus_m
+        self._orientation_setup = setup.orientation
         detector_mask = initial.check_detector_mask(detector_mask, geometry.frame_shape)
         self._valid_pixels = detector_mask
         self._near = geometry.propagation == NEAR_FIELD
@@ -357,6 +358,7 @@ class ADEngine(FrameIntake):
             slice_gaps_m=self.slice_gaps_m,
             noise=self.noise.to_metadata() if self.noise else None,
             probe_defocus_m=self.probe_defocus_m,
+            orientation=self.orientation.to_metadata() if self.orientation else None,
             training=self._report.to_metadata(),
             warnings=tuple(self._report.warnings),
         )
@@ -557,7 +559,8 @@ class ADEngine(FrameIntake):
 
     def _initialise_from(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
         """Normalise by the first frames' maximum and build the initial probe from their mean,
-        with the defocus they show (:func:`~ptystream.engine.probe_search.initial_defocus`).
+        with the defocus they show, after checking the positions' orientation
+        (:meth:`~ptystream.engine.intake.FrameIntake._first_look`).
 
         Masked pixels are left out of the maximum and filled from their neighbours in the mean.
         """
@@ -566,17 +569,8 @@ class ADEngine(FrameIntake):
         self._use_noise_model()
         self._mean_pattern = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels)
         self._mean_pattern /= self._scale
-        self._initial_defocus_m = probe_search.initial_defocus(
-            patterns,
-            positions_m,
-            self._mean_pattern,
-            self.geometry,
-            self.settings,
-            nominal_m=self._probe_defocus_m,
-            scale=self._scale,
-            valid=self._valid_pixels,
-            offset=self.noise.offset_counts / self._scale,
-            given=self._initial_probe is not None,
+        positions_m = self._first_look(
+            patterns, positions_m, self._mean_pattern, self.noise.offset_counts / self._scale
         )
         self.restart_probe(self.geometry.propagation_distance_m)
         if self._canvas is None:

@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ptystream.config import EngineSettings, LossKind
 from ptystream.engine import canvas as canvases
-from ptystream.engine import initial
+from ptystream.engine import initial, probe_search
 from ptystream.engine.checkpoint import EngineState, identity
 from ptystream.engine.noise import NoiseModel, noise_model
-from ptystream.types import Geometry
+from ptystream.engine.orientation import (
+    Orientation,
+    OrientationCheck,
+    OrientationSetup,
+    can_judge,
+    check_orientation,
+    trial_scorer,
+)
+from ptystream.engine.probe_search import DefocusSearch
+from ptystream.types import FRESNEL, Geometry
 
 __all__ = ["FrameIntake"]
 
@@ -44,8 +54,14 @@ class FrameIntake:
     _rng: np.random.Generator
     _valid_pixels: np.ndarray
     _read_noise_counts: float | None
+    _probe_defocus_m: float
+    _initial_probe: np.ndarray | None
+    _orientation_setup: OrientationSetup
     #: The noise model fitted to the first frames (None before them).
     noise: NoiseModel | None = None
+    #: The check of the positions' orientation on the first frames (None before them, or
+    #: with ``instrument.orientation: off``).
+    orientation: OrientationCheck | None = None
 
     _initial_defocus_m: float | None = None
 
@@ -74,12 +90,15 @@ class FrameIntake:
 
         Raises ValueError on a wrong shape or non-finite input (the pipeline filters these first).
         """
-        patterns, positions_m = initial.checked_frames(patterns, positions, self._n, self._dx, unit)
+        patterns, positions_m = initial.checked_frames(
+            patterns, positions, self._n, self._dx, unit, earlier_m=self._positions_m
+        )
         k = len(patterns)
         if k == 0:
             return
         if self._scale is None:
             self._initialise_from(patterns, positions_m)
+        positions_m = self._corrected(positions_m)
         self._ensure_canvas(positions_m)
         self._ensure_capacity(self._n_frames + k)
         top_left, frac = self._corners(positions_m)
@@ -101,6 +120,101 @@ class FrameIntake:
             loss=self.settings.loss if loss is None else loss,
         )
         return self.noise.offset_counts / self._scale
+
+    def _first_look(
+        self, patterns: np.ndarray, positions_m: np.ndarray, mean: np.ndarray, offset: float
+    ) -> np.ndarray:
+        """Choose the initial probe's defocus and check the positions' orientation on the
+        first ``patterns`` (counts; far field centred) and their ``positions_m``; return those
+        positions as the engine uses them (corrected where the check, in ``auto``, chose).
+
+        ``mean`` is their mean over the normalisation, masked pixels filled, ``offset`` the
+        amplitude loss's variance offset in the same units; the noise model must be fitted.
+        Sets :attr:`probe_defocus_m` and :attr:`orientation`. Where the defocus is searched,
+        it is searched for each orientation (:mod:`ptystream.engine.orientation`'s notes).
+        """
+        assert self.noise is not None and self._scale is not None
+        setup = self._orientation_setup
+        defocus = self._search_defocus(patterns, positions_m, mean, offset)
+        if setup.mode == "off" or not can_judge(positions_m):
+            self._initial_defocus_m = defocus.defocus_m if defocus else self._nominal_defocus()
+            if setup.mode != "off":
+                self.orientation = check_orientation(
+                    lambda choice: 0.0, positions_m, self.geometry, setup
+                )
+            return positions_m
+        found = {Orientation(): defocus}
+        if defocus is not None:
+
+            def score(choice: Orientation) -> float:
+                if choice not in found:
+                    moved = positions_m @ choice.transform(setup.rotation_deg).T
+                    found[choice] = self._search_defocus(patterns, moved, mean, offset)
+                return min(found[choice].trials.values())
+        else:
+            score = self._fixed_probe_scorer(patterns, positions_m, mean, offset)
+        self.orientation = check_orientation(
+            score,
+            positions_m,
+            self.geometry,
+            setup,
+            floor=0.25 * self.noise.estimate.counts_per_photon / self._scale,
+        )
+        chosen = found.get(self.orientation.used)
+        self._initial_defocus_m = chosen.defocus_m if chosen else self._nominal_defocus()
+        return self._corrected(positions_m)
+
+    def _search_defocus(
+        self, patterns: np.ndarray, positions_m: np.ndarray, mean: np.ndarray, offset: float
+    ) -> DefocusSearch | None:
+        """The defocus search on the first frames, or None where none runs."""
+        return probe_search.first_frames_search(
+            patterns,
+            positions_m,
+            mean,
+            self.geometry,
+            self.settings,
+            nominal_m=self._probe_defocus_m,
+            scale=self._scale,
+            valid=self._valid_pixels,
+            offset=offset,
+            given=self._initial_probe is not None,
+        )
+
+    def _nominal_defocus(self) -> float | None:
+        """The defocus the probe is built with where none is searched: the profile's, or None
+        where none applies (near field, a given probe)."""
+        return probe_search.nominal_defocus(
+            self.geometry, self._probe_defocus_m, given=self._initial_probe is not None
+        )
+
+    def _fixed_probe_scorer(
+        self, patterns: np.ndarray, positions_m: np.ndarray, mean: np.ndarray, offset: float
+    ) -> Callable[[Orientation], float]:
+        """The orientation score with the initial probe held fixed (no defocus search)."""
+        probe = initial.initial_probe(
+            mean,
+            self.geometry,
+            probe_defocus_m=self._nominal_defocus() or 0.0,
+            given=self._initial_probe,
+        )
+        if self.geometry.propagation == FRESNEL:  # the trial's FFT sees the phase folded in
+            probe = probe * initial.fresnel_phase(self.geometry)
+        return trial_scorer(
+            patterns / self._scale,
+            positions_m,
+            probe[0] if probe.ndim == 3 else probe,
+            mean,
+            self.geometry,
+            self._orientation_setup.rotation_deg,
+            valid=self._valid_pixels,
+            offset=offset,
+        )
+
+    def _corrected(self, positions_m: np.ndarray) -> np.ndarray:
+        """``positions_m`` ``(k, 2)`` with the orientation check's correction, if any."""
+        correction = self.orientation.correction if self.orientation else None
+        return positions_m if correction is None else positions_m @ correction.T
 
     def _oriented(self, frames: np.ndarray) -> np.ndarray:
         """Frames (or a mask) as the engine stores them: far field with zero frequency at [0, 0]."""
@@ -143,6 +257,7 @@ class FrameIntake:
             "canvas_origin_m": canvas.origin_m.tolist() if canvas else None,
             "rng": self._rng.bit_generator.state,
             "noise": self.noise.to_metadata() if self.noise else None,
+            "orientation": self.orientation.to_metadata() if self.orientation else None,
         }
         return {"positions_m": self._positions_m.copy()}, meta
 
@@ -152,6 +267,8 @@ class FrameIntake:
         self._scale = meta["scale"]
         noise = meta.get("noise")  # states saved before the noise model lack it
         self.noise = NoiseModel.from_metadata(noise) if noise else None
+        orientation = meta.get("orientation")  # states saved before the check lack it
+        self.orientation = OrientationCheck.from_metadata(orientation) if orientation else None
         self._n_frames = meta["n_frames"]
         self._pending.clear()
         self._pending.extend(meta["pending"])

@@ -60,7 +60,7 @@ import numpy as np
 from ptystream import optics
 from ptystream.config import Algorithm, EngineSettings, LossKind, SliceRegulariser
 from ptystream.engine import canvas as canvases
-from ptystream.engine import initial, probe_search
+from ptystream.engine import initial
 from ptystream.engine.checkpoint import EngineState, read_state, write_state
 from ptystream.engine.intake import FrameIntake
 from ptystream.engine.schedule import PassBudget
@@ -142,6 +142,7 @@ class PIEEngine(FrameIntake):
         self.settings = settings
         self._initial_probe = initial_probe
         self._probe_defocus_m = setup.probe_defocus_m
+        self._orientation_setup = setup.orientation
         self._n = geometry.frame_px
         self._dx = geometry.object_pixel_size_m
         self._near = geometry.propagation == NEAR_FIELD
@@ -297,6 +298,7 @@ class PIEEngine(FrameIntake):
             distance_m=self.geometry.propagation_distance_m if self._near else float("nan"),
             noise=self.noise.to_metadata() if self.noise else None,
             probe_defocus_m=self.probe_defocus_m,
+            orientation=self.orientation.to_metadata() if self.orientation else None,
         )
 
     def snapshot(self) -> EngineState:
@@ -540,25 +542,15 @@ class PIEEngine(FrameIntake):
 
     def _initialise_from(self, patterns: np.ndarray, positions_m: np.ndarray) -> None:
         """Normalise by the first frames' maximum and build the initial probe from their mean,
-        with the defocus they show (:func:`~ptystream.engine.probe_search.initial_defocus`).
+        with the defocus they show, after checking the positions' orientation
+        (:meth:`~ptystream.engine.intake.FrameIntake._first_look`).
 
         Masked pixels are left out of the maximum and filled from their neighbours in the mean.
         """
         self._scale = float(max(patterns[:, self._valid_pixels].max(), 1e-12))
         self._offset = self._fit_noise(patterns, LossKind.AMPLITUDE)  # the modulus projection
         mean = optics.fill_masked(patterns.mean(axis=0), self._valid_pixels) / self._scale
-        self._initial_defocus_m = probe_search.initial_defocus(
-            patterns,
-            positions_m,
-            mean,
-            self.geometry,
-            self.settings,
-            nominal_m=self._probe_defocus_m,
-            scale=self._scale,
-            valid=self._valid_pixels,
-            offset=self._offset,
-            given=self._initial_probe is not None,
-        )
+        positions_m = self._first_look(patterns, positions_m, mean, self._offset)
         probe = initial.initial_probe(
             mean,
             self.geometry,

@@ -5,19 +5,11 @@ The initial probe is the measured mean pattern's modulus times a defocus phase
 wrong sign, starts the reconstruction in a basin it does not leave, so the defocus is chosen by
 how well each candidate probe *predicts frames it was not fitted to*:
 
-1. The ``TRIAL_FRAMES`` frames nearest the middle of the first frames' positions are taken;
-   every ``HELD_OUT_EVERY``-th of them by distance from the middle (the most central first) is
-   held out.
-2. For each candidate defocus the probe is held fixed and a flat object is fitted to the other
-   frames by ``TRIAL_PASSES`` passes of rPIE (object step 1, alpha ``OBJECT_ALPHA``) whose
-   modulus constraint is the amplitude loss's with the noise offset ``c``: the far field
-   ``F`` becomes ``F sqrt(I + c) / sqrt(|F|^2 + c)``, so that pixels the read noise swamps
-   hardly move the object. (With the plain ``sqrt(max(I, 0))``, at 50 counts peak and read
-   noise 20 the trials fitted noise and focus, 0 mm, won; with the offset the truth did.)
-3. The score is the amplitude misfit (the AD engine's, with the noise model's variance offset)
-   of the held-out frames predicted from that object, over the bright pixels (where the mean
-   pattern exceeds ``BRIGHT_FRACTION`` of its maximum; elsewhere read noise is the same for
-   every candidate and adds only scatter).
+Each candidate probe is scored by :class:`~ptystream.engine.trial.HeldOutTrial`: a flat
+object fitted by a few rPIE passes to the frames nearest the middle of the scan with the probe
+held fixed, and the misfit of the frames held out of that fit. Its modulus constraint is the
+amplitude loss's with the noise offset (with the plain ``sqrt(max(I, 0))``, at 50 counts peak
+and read noise 20 the trials fitted noise and focus, 0 mm, won; with the offset the truth did).
 
 Why held out: the misfit of the fitted frames themselves has false minima near focus, where
 the small probe leaves neighbouring frames without overlap and the object fits each alone
@@ -50,29 +42,24 @@ import numpy as np
 from ptystream import optics
 from ptystream.config import EngineSettings
 from ptystream.engine.distance import grid_then_brent
+from ptystream.engine.trial import HeldOutTrial, nearest
 from ptystream.types import NEAR_FIELD, Geometry
 
-__all__ = ["DefocusSearch", "defocus_range_m", "initial_defocus", "search_defocus"]
+__all__ = [
+    "DefocusSearch",
+    "defocus_range_m",
+    "first_frames_search",
+    "nominal_defocus",
+    "search_defocus",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Frames a trial uses (the nearest to the middle of the first frames).
-TRIAL_FRAMES = 20
-#: Every this many of them (by distance from the middle) is held out to score the trial.
-HELD_OUT_EVERY = 4
 #: Fewer first frames than this: no search (no overlap to judge a probe by).
 MIN_FRAMES = 8
-#: rPIE passes over the fitted frames per trial.
-TRIAL_PASSES = 4
-#: rPIE's alpha of the object update (1: ePIE).
-OBJECT_ALPHA = 0.5
-#: Pixels scored: where the mean pattern exceeds this fraction of its maximum.
-BRIGHT_FRACTION = 0.01
 #: Bounds on the grid's points, and Brent evaluations after it.
 MIN_POINTS, MAX_POINTS = 9, 41
 REFINE_EVALUATIONS = 6
-#: Floor under predicted moduli (normalised units), as in the engines.
-_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -92,7 +79,13 @@ class DefocusSearch:
     seconds: float
 
 
-def initial_defocus(
+def nominal_defocus(geometry: Geometry, nominal_m: float, *, given: bool) -> float | None:
+    """The defocus (metres) a probe is built with where none is searched: ``nominal_m``, or
+    None where the probe is not built from a defocus (near field, a ``given`` probe)."""
+    return None if given or geometry.propagation == NEAR_FIELD else nominal_m
+
+
+def first_frames_search(
     patterns: np.ndarray,
     positions_m: np.ndarray,
     mean_pattern: np.ndarray,
@@ -104,22 +97,22 @@ def initial_defocus(
     valid: np.ndarray,
     offset: float,
     given: bool,
-) -> float | None:
-    """The defocus (metres) an engine builds its initial probe with, from its first frames.
+) -> DefocusSearch | None:
+    """The defocus search (:func:`search_defocus`) an engine runs on its first frames, or None
+    where none runs (then :func:`nominal_defocus` applies).
 
     ``patterns`` are those frames in counts (far field: centred), ``scale`` the engine's
     normalisation (``mean_pattern``, ``offset`` and the search are in counts over it). The
-    search (:func:`search_defocus`) runs when ``settings.probe_defocus_search`` is on and there
-    are :data:`MIN_FRAMES` frames (else ``nominal_m`` is used, with a log line saying why).
-    Not for a multislice object (``settings.slices`` > 1): the thin-object trials find a plane
-    inside the sample, not the entrance of its first slice where the probe is (measured: 2.06
-    mm for 1.5 mm, two layers 0.6 mm apart), so ``nominal_m`` is used. None where the probe is
-    not built from a defocus: near field, or a ``given`` probe.
+    search runs when ``settings.probe_defocus_search`` is on, the probe is built from a
+    defocus (far field, not ``given``) and there are :data:`MIN_FRAMES` frames (fewer: a log
+    line says so). Not for a multislice object (``settings.slices`` > 1): the thin-object
+    trials find a plane inside the sample, not the entrance of its first slice where the probe
+    is (measured: 2.06 mm for 1.5 mm, two layers 0.6 mm apart).
     """
-    if given or geometry.propagation == NEAR_FIELD:
+    if nominal_defocus(geometry, nominal_m, given=given) is None:
         return None
     if not settings.probe_defocus_search or settings.slices > 1:
-        return nominal_m
+        return None
     if len(patterns) < MIN_FRAMES:
         logger.warning(
             "probe defocus: %d first frames are too few to search (%d needed); nominal %.4g m",
@@ -127,18 +120,18 @@ def initial_defocus(
             MIN_FRAMES,
             nominal_m,
         )
-        return nominal_m
-    nearest = _nearest(positions_m)
+        return None
+    chosen = nearest(positions_m)
     return search_defocus(
-        patterns[nearest] / scale,
-        positions_m[nearest],
+        patterns[chosen] / scale,
+        positions_m[chosen],
         mean_pattern,
         geometry,
         nominal_m=nominal_m,
         valid=valid,
         offset=offset,
         range_m=settings.probe_defocus_search_m,
-    ).defocus_m
+    )
 
 
 def defocus_range_m(mean_pattern: np.ndarray, geometry: Geometry, nominal_m: float) -> float:
@@ -198,11 +191,13 @@ def search_defocus(
         raise ValueError(f"defocus search range {range_m} m is empty")
     step = 1.0 / (geometry.wavelength_m * radius**2)
     points = int(np.clip(np.ceil((hi - lo) / step) + 1, MIN_POINTS, MAX_POINTS))
-    trial = _Trial(frames, positions_m, mean_pattern, geometry, valid, offset)
+    trial = HeldOutTrial(frames, positions_m, mean_pattern, geometry, valid, offset)
     trials: dict[float, float] = {}
 
     def score(defocus_m: float) -> float:
-        trials[float(defocus_m)] = value = trial.score(defocus_m)
+        trials[float(defocus_m)] = value = trial.score(
+            _candidate(mean_pattern, geometry, defocus_m)
+        )
         return value
 
     start = time.perf_counter()
@@ -221,67 +216,6 @@ def search_defocus(
     return DefocusSearch(best, trials, seconds)
 
 
-class _Trial:
-    """The held-out score of a candidate defocus, on a fixed set of frames."""
-
-    def __init__(
-        self,
-        frames: np.ndarray,
-        positions_m: np.ndarray,
-        mean_pattern: np.ndarray,
-        geometry: Geometry,
-        valid: np.ndarray | None,
-        offset: float,
-    ):
-        n, dx = geometry.frame_px, geometry.object_pixel_size_m
-        nearest = _nearest(positions_m)
-        held = np.arange(len(nearest)) % HELD_OUT_EVERY == 0
-        corners = np.round((positions_m[nearest] - positions_m[nearest].min(axis=0)) / dx)
-        self._corners = corners.astype(int)
-        self._canvas = tuple(self._corners.max(axis=0) + n)
-        intensity = np.fft.ifftshift(frames[nearest], axes=(-2, -1))  # zero frequency at [0, 0]
-        self._amplitude = np.sqrt(np.maximum(intensity, 0.0)).astype(np.float32)
-        self._loss_amplitude = np.sqrt(np.maximum(intensity + offset, 0.0))
-        self._fitted, self._held = np.flatnonzero(~held), np.flatnonzero(held)
-        valid = np.ones((n, n), bool) if valid is None else np.asarray(valid, bool)
-        self._valid = np.fft.ifftshift(valid)
-        scored = valid & (mean_pattern > BRIGHT_FRACTION * mean_pattern.max())
-        self._scored = np.fft.ifftshift(scored)
-        self._offset = offset
-        self._mean = mean_pattern
-        self._geometry = geometry
-
-    def score(self, defocus_m: float) -> float:
-        """Held-out misfit after fitting the object with the probe of ``defocus_m`` fixed."""
-        g, n = self._geometry, self._geometry.frame_px
-        probe = optics.initial_probe_from_patterns(
-            self._mean, g.object_pixel_size_m, g.wavelength_m, defocus_m
-        )
-        power = probe.real**2 + probe.imag**2
-        step = np.conj(probe) / ((1.0 - OBJECT_ALPHA) * power + OBJECT_ALPHA * power.max())
-        obj = np.ones(self._canvas, np.complex64)
-        rng = np.random.default_rng(0)  # the same order for every candidate
-        for _ in range(TRIAL_PASSES):
-            for j in rng.permutation(self._fitted):
-                r, c = self._corners[j]
-                patch = obj[r : r + n, c : c + n]  # a view: updated in place
-                wave = patch * probe
-                field = np.fft.fft2(wave, norm="ortho")
-                # the modulus moved as the amplitude loss with offset c asks: where the counts
-                # are well above the read noise, to the measured modulus; where not, hardly
-                predicted = np.sqrt(field.real**2 + field.imag**2 + self._offset)
-                target = field * (self._loss_amplitude[j] / np.maximum(predicted, _FLOOR))
-                target = np.where(self._valid, target, field)
-                patch += step * (np.fft.ifft2(target, norm="ortho") - wave)
-        misfit = []
-        for j in self._held:
-            r, c = self._corners[j]
-            field = np.fft.fft2(obj[r : r + n, c : c + n] * probe, norm="ortho")
-            predicted = np.sqrt(field.real**2 + field.imag**2 + self._offset)
-            misfit.append(np.mean((predicted - self._loss_amplitude[j])[self._scored] ** 2))
-        return float(np.mean(misfit))
-
-
 def _disc_radius(mean_pattern: np.ndarray, geometry: Geometry) -> float:
     """Radius (1/m) of the disc about the centroid holding 90 % of the centred mean pattern's
     power: the bright-field disc of a focused beam."""
@@ -296,7 +230,8 @@ def _disc_radius(mean_pattern: np.ndarray, geometry: Geometry) -> float:
     return float(r[order][min(np.searchsorted(enclosed, 0.9), r.size - 1)]) * frequency_px
 
 
-def _nearest(positions_m: np.ndarray) -> np.ndarray:
-    """Indices of the :data:`TRIAL_FRAMES` positions nearest their median, nearest first."""
-    distance = np.hypot(*(positions_m - np.median(positions_m, axis=0)).T)
-    return np.argsort(distance, kind="stable")[:TRIAL_FRAMES]
+def _candidate(mean_pattern: np.ndarray, geometry: Geometry, defocus_m: float) -> np.ndarray:
+    """The probe the patterns see for ``defocus_m`` (a Fresnel geometry's phase included)."""
+    return optics.initial_probe_from_patterns(
+        mean_pattern, geometry.object_pixel_size_m, geometry.wavelength_m, defocus_m
+    )

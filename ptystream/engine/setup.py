@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ptystream.config import Algorithm, EngineSettings, Profile
+from ptystream.engine.orientation import Orientation, OrientationSetup
 from ptystream.types import Geometry, ScanPlan
 
 __all__ = ["EngineSetup"]
@@ -32,6 +33,9 @@ class EngineSetup:
     initial_probe : complex ``(N, N)`` probe or ``(M, N, N)`` modes to start from (a previous
         scan's, for a warm start across scans), rescaled to the power of the first frames;
         None: built from the optics.
+    orientation : how the positions' orientation is checked on the first frames
+        (``instrument.orientation``) and the profile's axes it names in its advice; a scan
+        file's positions are checked as the file gives them (``axes`` None).
     """
 
     geometry: Geometry
@@ -41,6 +45,7 @@ class EngineSetup:
     probe_defocus_m: float = 0.0
     detector_mask: np.ndarray | None = None
     initial_probe: np.ndarray | None = None
+    orientation: OrientationSetup = field(default_factory=OrientationSetup)
 
     @classmethod
     def from_profile(
@@ -66,6 +71,11 @@ class EngineSetup:
             read_noise_counts=inst.read_noise_counts,
             probe_defocus_m=inst.probe_defocus_m,
             detector_mask=detector_mask,
+            orientation=OrientationSetup(
+                inst.orientation,
+                Orientation(inst.swap_axes, inst.y_sign, inst.x_sign),
+                inst.rotation_deg,
+            ),
         )
 
     def replace(self, **changes) -> EngineSetup:

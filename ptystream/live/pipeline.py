@@ -29,6 +29,7 @@ import numpy as np
 
 from ptystream.config import Profile
 from ptystream.engine import Engine, EngineSetup, make_engine, prepare
+from ptystream.engine.orientation import can_judge
 from ptystream.live.delivery import Delivery
 from ptystream.live.frames import FrameResolver
 from ptystream.live.pairing import FramePairer, PairedFrames
@@ -62,18 +63,27 @@ class _LiveRun:
         self.last_seen = time.monotonic()
         self.last_publish = 0.0
         self._first: list[PairedFrames] = []
+        self._judge_orientation = profile.instrument.orientation != "off"
 
     def ready(self, pairs: PairedFrames | None) -> PairedFrames | None:
-        """What to add to the engine now: the first :data:`_FIRST_FRAMES` frames are held back
-        and added together, because the engine fits its noise model and searches the probe's
-        defocus on the frames it is first given (fewer, and it falls back to the nominal
-        defocus). :meth:`flush` hands over what is held at the end of intake."""
+        """What to add to the engine now: the first frames are held back and added together,
+        because the engine fits its noise model, searches the probe's defocus and checks the
+        positions' orientation on the frames it is first given. They are held until there are
+        :data:`_FIRST_FRAMES` and (unless ``instrument.orientation`` is ``off``) their
+        positions spread along both axes, which a raster's first line does not
+        (:func:`~ptystream.engine.orientation.can_judge`), or :data:`_MOST_HELD` arrived.
+        :meth:`flush` hands over what is held at the end of intake."""
         if self.engine.n_frames or (pairs is None and not self._first):
             return pairs
         if pairs is not None:
             self._first.append(pairs)
-        if sum(len(p) for p in self._first) < _FIRST_FRAMES:
+        held = sum(len(p) for p in self._first)
+        if held < _FIRST_FRAMES:
             return None
+        if self._judge_orientation and held < _MOST_HELD:
+            positions = np.concatenate([p.positions_m for p in self._first])
+            if not can_judge(positions):
+                return None
         return self.flush()
 
     def flush(self) -> PairedFrames | None:
@@ -91,6 +101,8 @@ class _LiveRun:
 #: Frames the engine is first given at once (its noise model and probe defocus search use
 #: them; the search needs at least 8 and uses 20).
 _FIRST_FRAMES = 20
+#: Most frames held for the orientation check to see both axes (then it runs on what it has).
+_MOST_HELD = 300
 _FIELDS = ("seq_nums", "frames", "positions_m")
 _STATUS = {"success": "finished", "abort": "aborted", "fail": "failed"}
 _KEEP_RESULTS = 32

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ptystream.config import Algorithm, Profile
 from ptystream.engine import EngineSetup, make_engine, prepare
+from ptystream.engine.orientation import OrientationSetup
 from ptystream.io.results import write_result
 from ptystream.io.scans import ScanFile, read_scan
 from ptystream.types import Estimate, Geometry, ScanPlan
@@ -75,6 +76,7 @@ def reconstruct_scan(
     time_budget_s: float | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     algorithm: Algorithm | str | None = None,
+    positions_from_profile: bool = False,
 ) -> Estimate:
     """Reconstruct a finished scan held in memory; returns the final estimate.
 
@@ -85,19 +87,23 @@ def reconstruct_scan(
     ``progress(done, total, loss)`` is called after every pass (with a budget, ``total`` is
     the passes expected at the mean pass time so far). ``algorithm`` overrides the profile's
     ``engine.algorithm``. The object canvas covers the positions' extent.
+    ``positions_from_profile``: the positions came through the profile's ``swap_axes``,
+    ``y_sign``, ``x_sign`` and ``rotation_deg`` (a raw run's readbacks), so the orientation
+    check names those keys; otherwise (a file's positions) it names the file.
     """
     if (epochs is None) == (time_budget_s is None):
         raise ValueError("give exactly one of epochs and time_budget_s")
     start = time.perf_counter()
     pos = scan.positions_m
-    extent = ((pos[:, 0].min(), pos[:, 0].max()), (pos[:, 1].min(), pos[:, 1].max()))
     setup = EngineSetup.from_profile(
         profile,
         geometry=geometry_for(scan, profile),
-        plan=ScanPlan(len(pos), extent),
+        plan=ScanPlan.covering(pos),
         detector_mask=scan.valid_pixels,
         algorithm=algorithm,
     )
+    if not positions_from_profile:
+        setup = setup.replace(orientation=OrientationSetup(setup.orientation.mode))
     settings = setup.settings
     prepare(settings)
     engine = make_engine(setup)

@@ -35,12 +35,16 @@ class Report:
     result: str | None = None
     """Where the result is: a node path in Tiled or an HDF5 file."""
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    """What may make the result wrong (the noise model's, the orientation check's, a
+    divergence): the estimate's, as published in Tiled."""
     thumbnail: np.ndarray | None = field(default=None, repr=False)
     """The object's phase, downsampled to at most ``THUMBNAIL_PX`` (for the contact sheet)."""
 
 
 def format_table(reports: list[Report]) -> str:
-    """The summary table: run, frames, iterations, final loss, time, status (and why)."""
+    """The summary table: run, frames, iterations, final loss, time, status (and why), then
+    one line per warning."""
     header = ("run", "frames", "iterations", "final loss", "time (s)", "status")
     rows = [
         (
@@ -59,6 +63,7 @@ def format_table(reports: list[Report]) -> str:
         for row in (header, *rows)
     ]
     lines.insert(1, "-" * len(lines[0]))
+    lines += [f"warning: {r.label}: {w}" for r in reports for w in r.warnings]
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from ptystream import __version__
 from ptystream.offline.jobs import Job, file_result, settings_record
 from ptystream.offline.report import THUMBNAIL_PX, Report
+from ptystream.store.layout import quality_metadata
 
 __all__ = ["reprocess_one"]
 
@@ -39,13 +40,16 @@ def reprocess_one(job: Job) -> Report:
     return report
 
 
-def _reconstruct(job: Job, scan, report: Report):
+def _reconstruct(job: Job, scan, report: Report, *, positions_from_profile: bool = False):
     from ptystream.offline.reconstruct import reconstruct_scan
 
-    estimate = reconstruct_scan(scan, job.profile, epochs=job.epochs)
+    estimate = reconstruct_scan(
+        scan, job.profile, epochs=job.epochs, positions_from_profile=positions_from_profile
+    )
     report.frames = len(scan.frames)
     report.iterations = estimate.iteration
     report.final_loss = float(estimate.last_loss)
+    report.warnings = quality_metadata(estimate).get("warnings", [])
     report.thumbnail = _thumbnail(estimate)
     return estimate
 
@@ -98,7 +102,7 @@ def _from_tiled(job: Job, report: Report) -> None:
     report.result = path
     try:
         t1 = time.perf_counter()
-        estimate = _reconstruct(job, data.scan, report)
+        estimate = _reconstruct(job, data.scan, report, positions_from_profile=True)
         t2 = time.perf_counter()
         write_final(node, estimate)
     except Exception as exc:
@@ -116,6 +120,7 @@ def _from_tiled(job: Job, report: Report) -> None:
             },
             "iterations": report.iterations,
             "final_loss": report.final_loss,
+            **quality_metadata(estimate),
             "timings_s": {
                 "read": read_s,
                 "reconstruct": t2 - t1,

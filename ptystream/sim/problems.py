@@ -45,7 +45,6 @@ __all__ = [
     "far_field_problem",
     "near_field_problem",
     "paper_object",
-    "plan_for",
     "poisson_disc_positions",
     "profile_problem",
 ]
@@ -60,14 +59,6 @@ SEMI_ANGLE_RAD = 6e-4
 DEFOCUS_M = 1.5e-3
 #: The defocus an engine is told (metres): 10 % off the truth, as in the demo profile.
 NOMINAL_DEFOCUS_M = 1.1 * DEFOCUS_M
-
-
-def plan_for(positions_m: np.ndarray) -> ScanPlan:
-    """What a start document would announce for ``positions_m`` ``(n, 2)`` (metres): the number
-    of points and their extent ``((y_min, y_max), (x_min, x_max))``."""
-    p = positions_m
-    extent = ((p[:, 0].min(), p[:, 0].max()), (p[:, 1].min(), p[:, 1].max()))
-    return ScanPlan(n_points=len(p), extent_m=extent)
 
 
 @dataclass
@@ -100,8 +91,8 @@ class Problem:
 
     @property
     def plan(self) -> ScanPlan:
-        """The scan plan of all positions (:func:`plan_for`)."""
-        return plan_for(self.positions_m)
+        """The scan plan of all positions (:meth:`ScanPlan.covering`)."""
+        return ScanPlan.covering(self.positions_m)
 
     def head(self, n: int | None) -> Problem:
         """The same problem with only its first ``n`` frames (all for None)."""

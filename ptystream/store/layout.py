@@ -98,7 +98,8 @@ def raw_catalog(root):
 def quality_metadata(estimate: Estimate) -> dict[str, Any]:
     """``noise`` (the noise model the engine fitted and used), ``training`` (the pass kept, an
     early stop, restarts after a divergence), ``probe_defocus_m`` (the initial probe's defocus,
-    chosen by the search, in metres) and ``warnings`` (what may make the result wrong,
+    chosen by the search, in metres), ``orientation`` (the check of the positions' axes) and
+    ``warnings`` (what may make the result wrong,
     shown on the dashboard), for the run's and the live metadata; only what the engine
     reported."""
     out: dict[str, Any] = {}
@@ -110,6 +111,9 @@ def quality_metadata(estimate: Estimate) -> dict[str, Any]:
         out["training"] = dict(estimate.training)
     if np.isfinite(estimate.probe_defocus_m):
         out["probe_defocus_m"] = float(estimate.probe_defocus_m)
+    if estimate.orientation:
+        out["orientation"] = dict(estimate.orientation)
+        warnings += list(estimate.orientation.get("warnings", []))
     if out or warnings:
         out["warnings"] = warnings
     return out

@@ -60,7 +60,7 @@ def spool_lock(directory: str | Path, *, wait: bool = True) -> Iterator[None]:
 
 #: Fields of an :class:`Estimate` that are not arrays: kept in the file's JSON, not as numpy
 #: object arrays (which need pickle to read back).
-_JSON_FIELDS = ("noise", "training", "warnings")
+_JSON_FIELDS = ("noise", "training", "orientation", "warnings")
 
 
 def spooled_files(directory: str | Path) -> list[Path]:

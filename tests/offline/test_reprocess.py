@@ -282,6 +282,33 @@ def test_file_results_go_where_the_client_says(tmp_path, profile, monkeypatch):
     assert job.out_dir == str(tmp_path / "results")
 
 
+def test_a_wrong_orientation_is_in_the_report_and_the_table(tmp_path):
+    """A scan file whose positions have y and x swapped: reprocessed (mPIE, 2 passes) it
+    finishes, and the orientation check's warning is in its report, its summary row and the
+    table printed."""
+    from ptystream.config import load_profile
+    from ptystream.sim.problems import far_field_problem
+
+    problem = far_field_problem(128, 80, seed=1)
+    g = problem.geometry
+    path = tmp_path / "swapped.npz"
+    np.savez(
+        path,
+        frames=problem.frames,
+        positions_m=problem.positions_m[:, ::-1],
+        wavelength_m=g.wavelength_m,
+        distance_m=g.distance_m,
+        detector_pixel_size_m=g.detector_pixel_size_m,
+    )
+    profile = with_overrides(load_profile("hard-xray-farfield"), ["engine.algorithm=mpie"])
+    (job,), _ = file_jobs([path], profile, epochs=2, out_dir=tmp_path / "out")
+    report = reprocess_one(job)
+    assert report.status == "finished", report.error
+    (warning,) = [w for w in report.warnings if "y and x swapped" in w]
+    assert "The positions come from the file" in warning
+    assert f"warning: {report.label}: {warning}" in format_table([report]).splitlines()
+
+
 def test_bad_input_is_named(root, runs, profile):
     scans, _ = runs
     run = root["raw"][scans[2][0]]

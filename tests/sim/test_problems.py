@@ -12,11 +12,10 @@ from ptystream.sim.problems import (
     far_field_problem,
     near_field_problem,
     paper_object,
-    plan_for,
     poisson_disc_positions,
     profile_problem,
 )
-from ptystream.types import Estimate
+from ptystream.types import Estimate, ScanPlan
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +124,7 @@ def test_plan_and_head(small):
     (y0, y1), (x0, x1) = plan.extent_m
     assert y0 == small.positions_m[:, 0].min() and y1 == small.positions_m[:, 0].max()
     assert x0 == small.positions_m[:, 1].min() and x1 == small.positions_m[:, 1].max()
-    assert plan_for(small.positions_m) == plan
+    assert ScanPlan.covering(small.positions_m) == plan
     head = small.head(10)
     assert head.frames.shape[0] == 10 and head.positions_m.shape[0] == 10
     assert head.truth is small.truth
