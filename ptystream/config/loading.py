@@ -24,9 +24,11 @@ __all__ = [
 
 
 def profile_search_path() -> list[Path]:
-    """Directories searched for ``<name>.yaml``: ./profiles, then the checkout's profiles/."""
-    here = Path(__file__).resolve().parents[2] / "profiles"
-    return [Path.cwd() / "profiles", here]
+    """Directories searched for ``<name>.yaml``: ./profiles, then the shipped profiles
+    (``ptystream/profiles``: in a checkout a link to its profiles/, in an installed wheel a copy
+    of them)."""
+    shipped = (Path(__file__).resolve().parents[1] / "profiles").resolve()
+    return [Path.cwd() / "profiles", shipped]
 
 
 def available_profiles() -> dict[str, Path]:

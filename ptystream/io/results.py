@@ -1,4 +1,5 @@
-"""Reconstruction results as HDF5 (the ``ptystream reconstruct`` output)."""
+"""Reconstruction results as HDF5 (the ``ptystream reconstruct`` output), or as CXI for other
+packages (:mod:`ptystream.io.cxi_results`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ptystream.io.cxi_results import write_cxi_layout
 from ptystream.types import Estimate, Geometry
 
 __all__ = ["corner_positions_px", "write_result"]
@@ -32,18 +34,23 @@ def write_result(
     ``positions_px``, ``loss`` and ``loss_iteration`` (the loss of each optimiser step, and that
     step's number: datasets, so a history of any length fits) and the geometry, ``steps`` and
     settings as attributes (SI units in the names), plus ``attrs`` (e.g. the ``engine`` that
-    made it), ``noise`` (JSON: the noise model fitted and used, with any warnings) and
-    ``probe_defocus_m`` (the initial probe's defocus the search chose, far field).
+    made it), ``noise`` (JSON: the noise model fitted and used, with any warnings),
+    ``orientation`` (JSON: the check of the positions' axes, with its message and any warning)
+    and ``probe_defocus_m`` (the initial probe's defocus the search chose, far field).
 
     The object and probe are in the units of :class:`~ptystream.types.Estimate` (the probe in
-    square roots of counts, so that they predict the frames). The file is written next to
+    square roots of counts, so that they predict the frames). A ``path`` ending in ``.cxi``
+    is written in the CXI layout other packages read
+    (:func:`~ptystream.io.cxi_results.write_cxi_layout`), with everything above but the object
+    and probe (which are in the CXI places) in ``entry_1/image_1/process_1``, and the positions
+    in metres (``positions_m``) there too. The file is written next to
     ``path`` and renamed onto it, so a failed write never leaves a half-written result.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        _write(partial, estimate, geometry, settings, attrs)
+        _write(partial, estimate, geometry, settings, attrs, cxi=path.suffix.lower() == ".cxi")
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
@@ -56,15 +63,22 @@ def _write(
     geometry: Geometry,
     settings: dict[str, Any],
     attrs: dict[str, Any] | None,
+    *,
+    cxi: bool = False,
 ) -> None:
     with h5py.File(path, "w") as f:
-        f["object"] = estimate.object.astype(np.complex64)
-        f["probe"] = estimate.probe.astype(np.complex64)
-        f["positions_px"] = corner_positions_px(estimate, geometry.frame_px)
-        f["loss"] = estimate.loss[:, 1]
-        f["loss_iteration"] = estimate.loss[:, 0].astype(np.int64)
-        f.attrs.update(attrs or {})
-        attrs = f.attrs
+        if cxi:
+            group = write_cxi_layout(f, estimate, geometry)
+            group["positions_m"] = estimate.positions_m.astype(np.float64)
+        else:
+            group = f
+            f["object"] = estimate.object.astype(np.complex64)
+            f["probe"] = estimate.probe.astype(np.complex64)
+        group["positions_px"] = corner_positions_px(estimate, geometry.frame_px)
+        group["loss"] = estimate.loss[:, 1]
+        group["loss_iteration"] = estimate.loss[:, 0].astype(np.int64)
+        group.attrs.update(attrs or {})
+        attrs = group.attrs
         attrs["object_pixel_size_m"] = estimate.pixel_size_m
         attrs["wavelength_m"] = geometry.wavelength_m
         attrs["distance_m"] = geometry.distance_m
@@ -79,5 +93,7 @@ def _write(
         attrs["settings"] = json.dumps(settings)
         if estimate.noise:
             attrs["noise"] = json.dumps(estimate.noise)
+        if estimate.orientation:
+            attrs["orientation"] = json.dumps(estimate.orientation)
         if np.isfinite(estimate.probe_defocus_m):
             attrs["probe_defocus_m"] = estimate.probe_defocus_m

@@ -284,8 +284,8 @@ def test_file_results_go_where_the_client_says(tmp_path, profile, monkeypatch):
 
 def test_a_wrong_orientation_is_in_the_report_and_the_table(tmp_path):
     """A scan file whose positions have y and x swapped: reprocessed (mPIE, 2 passes) it
-    finishes, and the orientation check's warning is in its report, its summary row and the
-    table printed."""
+    finishes, and the orientation check's warning is in its report, the table printed and the
+    result file."""
     from ptystream.config import load_profile
     from ptystream.sim.problems import far_field_problem
 
@@ -307,6 +307,10 @@ def test_a_wrong_orientation_is_in_the_report_and_the_table(tmp_path):
     (warning,) = [w for w in report.warnings if "y and x swapped" in w]
     assert "The positions come from the file" in warning
     assert f"warning: {report.label}: {warning}" in format_table([report]).splitlines()
+    import h5py
+
+    with h5py.File(report.result) as f:
+        assert json.loads(f.attrs["orientation"])["warnings"] == [warning]
 
 
 def test_bad_input_is_named(root, runs, profile):
