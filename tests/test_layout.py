@@ -26,6 +26,8 @@ COVERED_BY = {
     "ptystream/engine/slices.py": "tests/engine/test_model.py",
     # the search for the propagation distance
     "ptystream/engine/distance.py": "tests/engine/test_nearfield.py",
+    # the held-out trial both start-up checks score by (defocus, orientation)
+    "ptystream/engine/trial.py": "tests/engine/test_orientation.py",
     # every frame source: inline, Resource/Datum files, StreamResource HDF5, fly scans
     "ptystream/live/frames.py": "tests/live/test_live_sources.py",
     # TiledWriter kept off the RunEngine's thread, and the run's result, in a live scan
@@ -40,6 +42,8 @@ COVERED_BY = {
     "ptystream/offline/report.py": "tests/offline/test_reprocess.py",
     "ptystream/store/versions.py": "tests/offline/test_reprocess.py",
     "ptystream/commands/reprocess.py": "tests/offline/test_reprocess.py",
+    # calibrate: the computation and the command, run as a user runs it
+    "ptystream/offline/calibrate.py": "tests/commands/test_calibrate.py",
     # the layout of processed/ptystream/<uid>/
     "ptystream/store/layout.py": "tests/store/test_publisher.py",
     # the API key: from a file, never shown, refused clearly
@@ -52,6 +56,8 @@ COVERED_BY = {
     "ptystream/sim/scan.py": "tests/sim/test_file_detectors.py",
     # the web page and its proxy, in a real browser
     "ptystream/dashboard/_app.py": "tests/dashboard/test_dashboard.py",
+    # the Host allowlist against DNS rebinding, with forged Host headers
+    "ptystream/dashboard/_hosts.py": "tests/dashboard/test_dashboard_security.py",
     "ptystream/dashboard/_server.py": "tests/dashboard/test_dashboard.py",
 }
 
