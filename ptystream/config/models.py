@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -272,6 +273,13 @@ class EngineSettings(BaseModel):
     reuse_probe: bool = False
     """Start each run from the previous run's final probe (same frame size) rather than from
     the optics: a warm start across scans."""
+    initial_probe_file: Path | None = None
+    """A probe to start from instead of the one built from the optics and the first frames:
+    an NPZ with a ``probe`` array, a ptystream result (``OUT.h5`` or ``.cxi``), or a CXI file
+    holding ``entry_1/instrument_1/source_1/illumination``; ``(N, N)`` or ``(M, N, N)`` modes of
+    the frames' size, rescaled to their power. A relative path is from the working directory
+    (for ``reprocess`` on remote Dask workers, give one they can read). Live, a previous run's
+    probe (``reuse_probe``) takes its place when there is one."""
     final_epochs: int = Field(30, ge=0)
     """Passes over all frames after the scan stops, before the final result is published."""
     final_learning_rate_fraction: float = Field(0.1, gt=0, le=1)

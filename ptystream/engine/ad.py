@@ -360,7 +360,7 @@ class ADEngine(FrameIntake):
             probe_defocus_m=self.probe_defocus_m,
             orientation=self.orientation.to_metadata() if self.orientation else None,
             training=self._report.to_metadata(),
-            warnings=tuple(self._report.warnings),
+            warnings=self.input_warnings + tuple(self._report.warnings),
         )
 
     def _shifts_px(self) -> np.ndarray:

@@ -4,6 +4,8 @@ probe."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ptystream import optics
@@ -16,8 +18,10 @@ __all__ = [
     "check_detector_mask",
     "check_positions",
     "checked_frames",
+    "corner_centred",
     "fresnel_phase",
     "initial_probe",
+    "read_probe_file",
 ]
 
 #: Farthest a position (m) may be from the stage origin: no sample stage travels a metre.
@@ -192,3 +196,65 @@ def fresnel_phase(geometry: Geometry) -> np.ndarray:
         geometry.wavelength_m,
         geometry.propagation_distance_m,
     )
+
+
+#: Where a probe file holds its probe: ptystream results and NPZ files, then CXI.
+PROBE_KEYS = ("probe", "entry_1/instrument_1/source_1/illumination")
+
+
+def read_probe_file(path: str | Path, frame_px: int) -> np.ndarray:
+    """A probe to start from, complex64 ``(N, N)`` or ``(M, N, N)`` modes, read from ``path``:
+    an NPZ with key ``probe``, a ptystream result (HDF5 ``probe``, or a CXI result), or a CXI
+    file with ``entry_1/instrument_1/source_1/illumination``. Its power is rescaled to the
+    frames' when the engine starts (:func:`initial_probe`).
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file for one without
+    a probe, or a probe that is not ``frame_px`` square.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"initial probe file {path} does not exist")
+    if path.suffix.lower() == ".npz":
+        with np.load(path) as data:
+            if "probe" not in data.files:
+                raise ValueError(f"{path}: no 'probe' array (keys: {', '.join(data.files)})")
+            probe = data["probe"]
+    else:
+        import h5py
+
+        if not h5py.is_hdf5(path):
+            raise ValueError(f"{path}: not an NPZ or HDF5 file, so no probe can be read from it")
+        with h5py.File(path, "r") as f:
+            key = next((k for k in PROBE_KEYS if k in f), None)
+            if key is None:
+                raise ValueError(f"{path}: holds none of {', '.join(PROBE_KEYS)}")
+            probe = f[key][()]
+    probe = np.asarray(probe)
+    if probe.ndim not in (2, 3) or probe.shape[-2:] != (frame_px, frame_px):
+        raise ValueError(
+            f"{path}: the probe is {probe.shape}, the frames are {frame_px} x {frame_px} "
+            "(a probe of N x N, or M modes of N x N, is needed)"
+        )
+    if not np.isfinite(probe).all():
+        raise ValueError(f"{path}: the probe has non-finite values")
+    return probe.astype(np.complex64)
+
+
+#: A far-field mean pattern with this much more power about its corners than about its middle
+#: has zero frequency at the corner.
+CORNER_RATIO = 4.0
+
+
+def corner_centred(mean_pattern: np.ndarray) -> bool:
+    """True when a far-field ``mean_pattern`` ``(N, N)`` (as the profile's frames should be:
+    zero frequency in the middle) has its bright direct beam at the corners instead: frames
+    stored with zero frequency at ``[0, 0]``, as some packages write them (``np.fft.fftshift``
+    turns them around). Compares the power within N/8 of the middle with the power within N/8
+    of the corners."""
+    n = mean_pattern.shape[-1]
+    yy, xx = np.indices(mean_pattern.shape)
+    middle = np.hypot(yy - n // 2, xx - n // 2) < n / 8
+    power = np.clip(mean_pattern, 0.0, None)
+    about_middle = float(power[middle].sum())
+    about_corners = float(np.fft.fftshift(power)[middle].sum())
+    return about_corners > CORNER_RATIO * max(about_middle, 1e-30)

@@ -29,7 +29,7 @@ from ptystream.engine.orientation import (
     trial_scorer,
 )
 from ptystream.engine.probe_search import DefocusSearch
-from ptystream.types import FRESNEL, Geometry
+from ptystream.types import FRESNEL, NEAR_FIELD, Geometry
 
 __all__ = ["FrameIntake"]
 
@@ -62,6 +62,8 @@ class FrameIntake:
     #: The check of the positions' orientation on the first frames (None before them, or
     #: with ``instrument.orientation: off``).
     orientation: OrientationCheck | None = None
+    #: What the first frames look wrong for (zero frequency at the corner), for the warnings.
+    input_warnings: tuple[str, ...] = ()
 
     _initial_defocus_m: float | None = None
 
@@ -134,6 +136,13 @@ class FrameIntake:
         it is searched for each orientation (:mod:`ptystream.engine.orientation`'s notes).
         """
         assert self.noise is not None and self._scale is not None
+        if self.geometry.propagation != NEAR_FIELD and initial.corner_centred(mean):
+            self.input_warnings += (
+                "the frames' mean has its direct beam at the corners, not in the middle: zero "
+                "frequency at [0, 0], another package's convention; ptystream expects centred "
+                "patterns (np.fft.fftshift(frames, axes=(-2, -1)) turns them around)",
+            )
+            logger.warning("%s", self.input_warnings[-1])
         setup = self._orientation_setup
         defocus = self._search_defocus(patterns, positions_m, mean, offset)
         if setup.mode == "off" or not can_judge(positions_m):
@@ -258,6 +267,7 @@ class FrameIntake:
             "rng": self._rng.bit_generator.state,
             "noise": self.noise.to_metadata() if self.noise else None,
             "orientation": self.orientation.to_metadata() if self.orientation else None,
+            "input_warnings": list(self.input_warnings),
         }
         return {"positions_m": self._positions_m.copy()}, meta
 
@@ -269,6 +279,7 @@ class FrameIntake:
         self.noise = NoiseModel.from_metadata(noise) if noise else None
         orientation = meta.get("orientation")  # states saved before the check lack it
         self.orientation = OrientationCheck.from_metadata(orientation) if orientation else None
+        self.input_warnings = tuple(meta.get("input_warnings", ()))
         self._n_frames = meta["n_frames"]
         self._pending.clear()
         self._pending.extend(meta["pending"])

@@ -299,6 +299,7 @@ class PIEEngine(FrameIntake):
             noise=self.noise.to_metadata() if self.noise else None,
             probe_defocus_m=self.probe_defocus_m,
             orientation=self.orientation.to_metadata() if self.orientation else None,
+            warnings=self.input_warnings,
         )
 
     def snapshot(self) -> EngineState:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ptystream.config import Algorithm, EngineSettings, Profile
+from ptystream.engine.initial import read_probe_file
 from ptystream.engine.orientation import Orientation, OrientationSetup
 from ptystream.types import Geometry, ScanPlan
 
@@ -58,19 +59,26 @@ class EngineSetup:
         algorithm: Algorithm | str | None = None,
     ) -> EngineSetup:
         """The profile's engine settings and instrument (read noise, defocus, and the geometry
-        unless ``geometry`` is given, e.g. a scan file's); ``algorithm`` (``ad``, ``epie``,
-        ``mpie``) overrides ``engine.algorithm``."""
+        unless ``geometry`` is given, e.g. a scan file's), and the probe of
+        ``engine.initial_probe_file`` if it names one (:func:`~ptystream.engine.initial.
+        read_probe_file`); ``algorithm`` (``ad``, ``epie``, ``mpie``) overrides
+        ``engine.algorithm``."""
         settings = profile.engine
         if algorithm is not None:
             settings = settings.model_copy(update={"algorithm": Algorithm(algorithm)})
         inst = profile.instrument
+        geometry = geometry or inst.geometry()
+        probe_file = settings.initial_probe_file
         return cls(
-            geometry=geometry or inst.geometry(),
+            geometry=geometry,
             settings=settings,
             plan=plan or ScanPlan(),
             read_noise_counts=inst.read_noise_counts,
             probe_defocus_m=inst.probe_defocus_m,
             detector_mask=detector_mask,
+            initial_probe=(
+                None if probe_file is None else read_probe_file(probe_file, geometry.frame_px)
+            ),
             orientation=OrientationSetup(
                 inst.orientation,
                 Orientation(inst.swap_axes, inst.y_sign, inst.x_sign),
