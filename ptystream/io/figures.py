@@ -8,7 +8,7 @@ import numpy as np
 
 from ptystream.types import Estimate
 
-__all__ = ["write_contact_sheet", "write_summary"]
+__all__ = ["without_phase_ramp", "write_contact_sheet", "write_summary"]
 
 
 def write_summary(
@@ -18,8 +18,9 @@ def write_summary(
     truth: np.ndarray | None = None,
     title: str = "",
 ) -> Path:
-    """Object amplitude and phase, probe amplitude and phase, loss against iteration; for a
-    multislice object, the product of the slices and each slice's phase.
+    """Object amplitude (with the scan positions) and phase (its linear ramp removed), probe
+    amplitude and phase, loss against iteration; for a multislice object, the product of the
+    slices and each slice's phase.
 
     Only pixels the probe lit (illumination above 5 % of its maximum) are shown for the object.
     ``truth`` (on the estimate's grid) adds the ground truth's amplitude and phase for comparison.
@@ -36,23 +37,21 @@ def write_summary(
     def masked(a: np.ndarray) -> np.ndarray:
         return np.ma.masked_where(~lit[crop], a[crop])
 
-    projected = estimate.projected_object
-    global_phase = np.exp(-1j * np.angle(np.sum(projected[lit])))
-    obj = projected * global_phase
+    obj = without_phase_ramp(estimate.projected_object, lit)
     probe, probe_name = estimate.probe, "probe"
     if probe.ndim == 3:  # modes, strongest first: show the first, with its share of the power
         power = np.sum(np.abs(probe) ** 2, axis=(1, 2))
         probe, probe_name = probe[0], f"probe mode 0 of {len(power)} ({power[0] / power.sum():.0%})"
     of = " (product of the slices)" if estimate.n_slices > 1 else ""
     panels = [
-        (f"object amplitude{of}", masked(np.abs(obj)), "gray"),
-        (f"object phase{of} (rad)", masked(np.angle(obj)), "twilight"),
+        (f"object amplitude{of}, scan positions", masked(np.abs(obj)), "gray"),
+        (f"object phase{of} (rad), ramp removed", masked(np.angle(obj)), "twilight"),
         (f"{probe_name} amplitude", np.abs(probe), "magma"),
         (f"{probe_name} phase (rad)", np.angle(probe), "twilight"),
     ]
     if estimate.n_slices > 1:
         for s, layer in enumerate(estimate.object):
-            layer = layer * np.exp(-1j * np.angle(np.sum(layer[lit])))
+            layer = without_phase_ramp(layer, lit)
             panels.append((f"slice {s} phase (rad)", masked(np.angle(layer)), "twilight"))
     if truth is not None:
         panels += [
@@ -68,6 +67,8 @@ def write_summary(
         ax.set_title(name)
         ax.axis("off")
         fig.colorbar(shown, ax=ax, fraction=0.046)
+    at = (estimate.positions_m - np.asarray(estimate.object_origin_m)) / estimate.pixel_size_m
+    axes[0].plot(at[:, 1] - crop[1].start, at[:, 0] - crop[0].start, ".", ms=2, color="tab:orange")
     ax = axes[len(panels)]
     if len(estimate.loss):
         ax.semilogy(estimate.loss[:, 0], estimate.loss[:, 1], lw=0.6)
@@ -78,6 +79,18 @@ def write_summary(
         ax.axis("off")
     fig.suptitle(title or f"{estimate.n_frames} frames, {estimate.iteration} iterations")
     return _save(fig, path)
+
+
+def without_phase_ramp(obj: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``obj`` ``(H, W)`` complex with its global phase and linear phase ramp (the mean phase
+    step between neighbouring pixels, over ``mask``) taken off, so that a tilt of the
+    reconstruction (which the data cannot fix) does not hide the sample's phase."""
+    both = mask[:, 1:] & mask[:, :-1], mask[1:, :] & mask[:-1, :]
+    dx = np.angle(np.sum((obj[:, 1:] * np.conj(obj[:, :-1]))[both[0]]))
+    dy = np.angle(np.sum((obj[1:, :] * np.conj(obj[:-1, :]))[both[1]]))
+    yy, xx = np.indices(obj.shape)
+    flat = obj * np.exp(-1j * (dy * yy + dx * xx))
+    return flat * np.exp(-1j * np.angle(np.sum(flat[mask])))
 
 
 def write_contact_sheet(

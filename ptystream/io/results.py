@@ -13,7 +13,7 @@ import numpy as np
 from ptystream.io.cxi_results import write_cxi_layout
 from ptystream.types import Estimate, Geometry
 
-__all__ = ["corner_positions_px", "write_result"]
+__all__ = ["corner_positions_px", "illumination_of", "read_result", "write_result"]
 
 
 def corner_positions_px(estimate: Estimate, frame_px: int) -> np.ndarray:
@@ -97,3 +97,71 @@ def _write(
             attrs["orientation"] = json.dumps(estimate.orientation)
         if np.isfinite(estimate.probe_defocus_m):
             attrs["probe_defocus_m"] = estimate.probe_defocus_m
+
+
+def read_result(path: str | Path) -> Estimate:
+    """A result :func:`write_result` wrote (``OUT.h5``, or a ``.cxi`` one), back as an
+    :class:`~ptystream.types.Estimate`: object, probe, positions (metres, probe centres), loss
+    history, the noise model and orientation check, steps; the illumination recomputed from
+    the probe and the positions. For notebooks (``ptystream.read_result``) and ``ptystream
+    show``.
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file for one that is
+    not a ptystream result.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path}: not an HDF5 file, so not a ptystream result")
+    with h5py.File(path, "r") as f:
+        if "entry_1/image_1/process_1" in f:  # the CXI layout
+            group = f["entry_1/image_1/process_1"]
+            obj = f["entry_1/image_1/data"][()]
+            probe = f["entry_1/instrument_1/source_1/illumination"][()]
+        elif "object" in f and "probe" in f:
+            group, obj, probe = f, f["object"][()], f["probe"][()]
+        else:
+            raise ValueError(f"{path}: holds neither object/probe nor a CXI result")
+        attrs = dict(group.attrs)
+        corners = group["positions_px"][()]
+        loss = np.column_stack([group["loss_iteration"][()], group["loss"][()]])
+    dx = float(attrs["object_pixel_size_m"])
+    origin = np.asarray(attrs["object_origin_m"], dtype=np.float64)
+    n = probe.shape[-1]
+    positions = (corners + n / 2) * dx + origin
+    fitted = attrs.get("propagation") == "near_field"
+    return Estimate(
+        object=obj.astype(np.complex64),
+        probe=probe.astype(np.complex64),
+        object_origin_m=(float(origin[0]), float(origin[1])),
+        pixel_size_m=dx,
+        positions_m=positions,
+        illumination=illumination_of(probe, corners, obj.shape[-2:]),
+        iteration=int(attrs.get("steps", len(loss))),
+        n_frames=len(positions),
+        loss=loss.astype(np.float64).reshape(-1, 2),
+        final=True,
+        distance_m=float(attrs["propagation_distance_m"]) if fitted else float("nan"),
+        slice_gaps_m=tuple(np.atleast_1d(attrs.get("slice_gaps_m", ())).tolist()),
+        noise=json.loads(attrs["noise"]) if "noise" in attrs else None,
+        probe_defocus_m=float(attrs.get("probe_defocus_m", float("nan"))),
+        orientation=json.loads(attrs["orientation"]) if "orientation" in attrs else None,
+    )
+
+
+def illumination_of(
+    probe: np.ndarray, corners_px: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
+    """float32 ``shape`` sum of the probe's intensity (over modes) over the windows whose
+    top-left corners are ``corners_px`` ``(n, 2)`` (rounded; windows clipped to the canvas)."""
+    power = np.abs(np.asarray(probe)) ** 2
+    power = power.sum(axis=0) if power.ndim == 3 else power
+    n = power.shape[-1]
+    out = np.zeros(tuple(shape), np.float32)
+    for r, c in np.rint(corners_px).astype(int):
+        r0, c0 = max(r, 0), max(c, 0)
+        r1, c1 = min(r + n, out.shape[0]), min(c + n, out.shape[1])
+        if r1 > r0 and c1 > c0:
+            out[r0:r1, c0:c1] += power[r0 - r : r1 - r, c0 - c : c1 - c]
+    return out

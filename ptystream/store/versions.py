@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ptystream.store.layout import (
     PROCESSED_PATH,
     REPROCESSED_KEY,
@@ -33,7 +35,7 @@ from ptystream.store.layout import (
 )
 from ptystream.types import Estimate
 
-__all__ = ["create_version", "find_version", "finish_version", "write_final"]
+__all__ = ["create_version", "find_version", "finish_version", "read_final", "write_final"]
 
 
 def _run_node(root, run_uid: str, scan_id: int | None):
@@ -102,3 +104,45 @@ def finish_version(root, path: str, status: str, extra: dict[str, Any]) -> None:
     mark_ended(node_at(root, path), status, extra)
     run = node_at(root, "/".join(keys[:-2]))
     run.update_metadata({"latest_reprocess": {"version": keys[-1], "status": status, "path": path}})
+
+
+def read_final(node) -> Estimate:
+    """The estimate a run's (or a version's) ``final/`` holds, back from Tiled: object, probe,
+    positions, loss history, and the run's noise model, orientation check and warnings from
+    ``node``'s metadata; the illumination recomputed from the probe and the positions."""
+    from ptystream.io.results import illumination_of
+
+    final = node["final"]
+    obj, probe = final["object"].read(), final["probe"].read()
+    placed = final["object"].metadata
+    positions = final["positions_m"].read()
+    origin, dx = np.asarray(placed["object_origin_m"]), float(placed["pixel_size_m"])
+    loss = final["loss"].read()
+    corners = (positions - origin) / dx - probe.shape[-1] / 2
+    md = node.metadata
+    return Estimate(
+        object=obj,
+        probe=probe,
+        object_origin_m=(float(origin[0]), float(origin[1])),
+        pixel_size_m=dx,
+        positions_m=positions,
+        illumination=illumination_of(probe, corners, obj.shape[-2:]),
+        iteration=int(md.get("iterations", len(loss))),
+        n_frames=len(positions),
+        loss=np.column_stack([loss["iteration"], loss["loss"]]).astype(np.float64),
+        final=True,
+        slice_gaps_m=tuple(placed.get("slice_gaps_m", ())),
+        noise=md.get("noise"),
+        probe_defocus_m=float(md.get("probe_defocus_m", float("nan"))),
+        orientation=md.get("orientation"),
+        warnings=tuple(w for w in md.get("warnings", ()) if not _from_models(w, md)),
+    )
+
+
+def _from_models(warning: str, md) -> bool:
+    """True for a warning the noise model or the orientation check holds (kept there)."""
+    held = [
+        *(md.get("noise") or {}).get("warnings", ()),
+        *(md.get("orientation") or {}).get("warnings", ()),
+    ]
+    return warning in held

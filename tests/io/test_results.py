@@ -80,3 +80,50 @@ def test_a_failed_write_leaves_no_file(tmp_path, estimate):
     with pytest.raises(TypeError):
         write_result(tmp_path / "out.h5", est, Geometry(1e-10, 2.0, 75e-6, 16), {"x": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".cxi"])
+def test_a_written_result_reads_back(tmp_path, estimate, suffix):
+    """``read_result`` (the notebook API, and ``ptystream show``) gives back what was written,
+    the illumination recomputed from the probe over the windows."""
+    from ptystream.io.results import read_result
+
+    est = dataclasses.replace(
+        estimate(7, n_frames=5),
+        noise={"loss": "amplitude", "warnings": []},
+        orientation={"verdict": "confirmed", "warnings": []},
+        probe_defocus_m=1.5e-3,
+    )
+    geometry = Geometry(1e-10, 2.0, 75e-6, 16)
+    back = read_result(write_result(tmp_path / f"out{suffix}", est, geometry, {}))
+    np.testing.assert_array_equal(back.object, est.object)
+    np.testing.assert_array_equal(back.probe, est.probe)
+    np.testing.assert_allclose(back.positions_m, est.positions_m, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(back.loss, est.loss)
+    assert back.object_origin_m == est.object_origin_m and back.pixel_size_m == 5e-8
+    assert back.iteration == 7 and back.n_frames == 5 and back.final
+    assert back.noise == est.noise and back.orientation == est.orientation
+    assert back.probe_defocus_m == 1.5e-3
+    corners = np.rint(corner_positions_px(est, 16)).astype(int)
+    assert back.illumination.shape == est.object.shape and back.illumination.max() > 0
+    assert back.illumination.sum() == pytest.approx(
+        sum(
+            (np.abs(est.probe[max(0, -r) : max(0, 48 - r), max(0, -c) : max(0, 48 - c)]) ** 2).sum()
+            for r, c in corners
+        ),
+        rel=1e-5,
+    )
+
+
+def test_what_is_not_a_result_is_named(tmp_path):
+    from ptystream.io.results import read_result
+
+    (tmp_path / "text.h5").write_text("no")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["data"] = np.zeros(3)
+    with pytest.raises(FileNotFoundError, match="missing.h5 does not exist"):
+        read_result(tmp_path / "missing.h5")
+    with pytest.raises(ValueError, match="text.h5: not an HDF5 file"):
+        read_result(tmp_path / "text.h5")
+    with pytest.raises(ValueError, match="other.h5: holds neither object/probe nor a CXI"):
+        read_result(tmp_path / "other.h5")
