@@ -9,12 +9,19 @@ from pathlib import Path
 
 from ptystream.config import Algorithm, Profile
 from ptystream.engine import EngineSetup, make_engine, prepare
+from ptystream.engine.checkpoint import EngineState, read_state, write_state
 from ptystream.engine.orientation import OrientationSetup
 from ptystream.io.results import write_result
 from ptystream.io.scans import ScanFile, read_scan
 from ptystream.types import Estimate, Geometry, ScanPlan
 
-__all__ = ["geometry_for", "reconstruct_file", "reconstruct_scan"]
+__all__ = [
+    "Interrupted",
+    "geometry_for",
+    "reconstruct_file",
+    "reconstruct_scan",
+    "state_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,29 @@ def geometry_for(scan: ScanFile, profile: Profile) -> Geometry:
     )
 
 
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM turned into it) during the passes of a reconstruction.
+
+    Attributes
+    ----------
+    estimate : the estimate when it stopped.
+    state : the engine's whole state, with ``meta["passes_done"]``, to resume from.
+    passes_done : passes over all frames completed.
+    written : the result file written with what exists (``reconstruct_file``), or None.
+    """
+
+    def __init__(self, estimate: Estimate, state: EngineState, passes_done: int):
+        super().__init__(f"interrupted after {passes_done} passes")
+        self.estimate, self.state, self.passes_done = estimate, state, passes_done
+        self.written: Path | None = None
+
+
+def state_path(out: str | Path) -> Path:
+    """Where ``reconstruct_file`` keeps an interrupted run's engine state: ``OUT.state.npz``."""
+    out = Path(out)
+    return out.with_name(out.name + ".state.npz")
+
+
 def reconstruct_file(
     path: str | Path,
     profile: Profile,
@@ -42,29 +72,53 @@ def reconstruct_file(
     time_budget_s: float | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     algorithm: Algorithm | str | None = None,
+    resume: bool = False,
 ) -> Estimate:
     """Reconstruct ``path`` (CXI or NPZ) and write ``out`` (HDF5, see :func:`write_result`).
 
     See :func:`reconstruct_scan` for ``epochs``, ``time_budget_s``, ``progress`` and
-    ``algorithm``; the algorithm used is written as the ``engine`` attribute.
+    ``algorithm``; the algorithm used is written as the ``engine`` attribute, and ``status``
+    (``finished``). Interrupted (:class:`Interrupted`, re-raised), the
+    result so far is written with ``status`` ``incomplete`` and ``passes_done``, and the
+    engine's state beside it
+    (:func:`state_path`); ``resume`` continues from that state (the passes left of ``epochs``,
+    or a new ``time_budget_s``), and a finished run removes it. ValueError when ``resume`` has
+    no state to resume from.
     """
     scan = read_scan(path)
     settings = EngineSetup.from_profile(profile, algorithm=algorithm).settings
-    estimate = reconstruct_scan(
-        scan,
-        profile,
-        epochs=epochs,
-        time_budget_s=time_budget_s,
-        progress=progress,
-        algorithm=algorithm,
-    )
+    saved = state_path(out)
+    resume_from = None
+    if resume:
+        if not saved.is_file():
+            raise ValueError(f"--resume: no saved state {saved} (is {out} an interrupted run's?)")
+        resume_from = read_state(saved)
+    attrs = {"engine": settings.algorithm.value}
+    geometry = geometry_for(scan, profile)
+    try:
+        estimate = reconstruct_scan(
+            scan,
+            profile,
+            epochs=epochs,
+            time_budget_s=time_budget_s,
+            progress=progress,
+            algorithm=algorithm,
+            resume_from=resume_from,
+        )
+    except Interrupted as stop:
+        write_state(stop.state, saved)
+        stop.written = write_result(
+            out,
+            stop.estimate,
+            geometry,
+            settings.model_dump(mode="json"),
+            attrs | {"status": "incomplete", "passes_done": stop.passes_done},
+        )
+        raise
     write_result(
-        out,
-        estimate,
-        geometry_for(scan, profile),
-        settings.model_dump(mode="json"),
-        {"engine": settings.algorithm.value},
+        out, estimate, geometry, settings.model_dump(mode="json"), attrs | {"status": "finished"}
     )
+    saved.unlink(missing_ok=True)
     return estimate
 
 
@@ -77,6 +131,7 @@ def reconstruct_scan(
     progress: Callable[[int, int, float], None] | None = None,
     algorithm: Algorithm | str | None = None,
     positions_from_profile: bool = False,
+    resume_from: EngineState | None = None,
 ) -> Estimate:
     """Reconstruct a finished scan held in memory; returns the final estimate.
 
@@ -90,6 +145,9 @@ def reconstruct_scan(
     ``positions_from_profile``: the positions came through the profile's ``swap_axes``,
     ``y_sign``, ``x_sign`` and ``rotation_deg`` (a raw run's readbacks), so the orientation
     check names those keys; otherwise (a file's positions) it names the file.
+    ``resume_from``: an :class:`Interrupted` run's state (same scan and settings): the engine
+    continues from it, for the passes left of ``epochs``. Ctrl-C during the passes raises
+    :class:`Interrupted` with the estimate and state so far.
     """
     if (epochs is None) == (time_budget_s is None):
         raise ValueError("give exactly one of epochs and time_budget_s")
@@ -107,9 +165,15 @@ def reconstruct_scan(
     settings = setup.settings
     prepare(settings)
     engine = make_engine(setup)
-    engine.add_frames(scan.frames, pos)
+    done_before = 0
+    if resume_from is not None:
+        engine.restore(resume_from, source="the saved state")
+        done_before = int(resume_from.meta.get("passes_done", 0))
+        epochs = None if epochs is None else max(epochs - done_before, 1)
+    else:
+        engine.add_frames(scan.frames, pos)
     engine.warm_up()  # compile before the first pass is timed
-    if settings.distance_search_m is not None:
+    if settings.distance_search_m is not None and resume_from is None:
         lo, hi = settings.distance_search_m
         searched = time.perf_counter()
         # AD only: the baselines refuse the setting when they are built
@@ -120,27 +184,42 @@ def reconstruct_scan(
             len(trials),
             time.perf_counter() - searched,
         )
-    if time_budget_s is None:
-        engine.refine(epochs, _report_to(progress, lambda done: epochs))
-        return engine.estimate(final=True)
-    left = time_budget_s - (time.perf_counter() - start)
-    if left <= 0:
-        logger.warning(
-            "the time budget of %.0f s was spent before the passes (compile and distance "
-            "search took %.0f s); running one pass",
-            time_budget_s,
-            time.perf_counter() - start,
-        )
-        engine.refine(1, _report_to(progress, lambda done: 1))
-        return engine.estimate(final=True)
-    passes_start = time.perf_counter()
+    done = [done_before]
 
-    def expected(done: int) -> int:
-        per_pass = (time.perf_counter() - passes_start) / done
-        return max(done, round(left / per_pass))
+    def counted(report: Callable[[int, float], None] | None) -> Callable[[int, float], None]:
+        def on_epoch(i: int, loss: float) -> None:
+            done[0] = done_before + i + 1
+            if report is not None:
+                report(i, loss)
 
-    engine.refine(on_epoch=_report_to(progress, expected), seconds=left)
-    return engine.estimate(final=True)
+        return on_epoch
+
+    try:
+        if time_budget_s is None:
+            engine.refine(epochs, counted(_report_to(progress, lambda n: epochs)))
+            return engine.estimate(final=True)
+        left = time_budget_s - (time.perf_counter() - start)
+        if left <= 0:
+            logger.warning(
+                "the time budget of %.0f s was spent before the passes (compile and distance "
+                "search took %.0f s); running one pass",
+                time_budget_s,
+                time.perf_counter() - start,
+            )
+            engine.refine(1, counted(_report_to(progress, lambda n: 1)))
+            return engine.estimate(final=True)
+        passes_start = time.perf_counter()
+
+        def expected(n: int) -> int:
+            per_pass = (time.perf_counter() - passes_start) / n
+            return max(n, round(left / per_pass))
+
+        engine.refine(on_epoch=counted(_report_to(progress, expected)), seconds=left)
+        return engine.estimate(final=True)
+    except KeyboardInterrupt:
+        state = engine.snapshot()
+        state.meta["passes_done"] = done[0]
+        raise Interrupted(engine.estimate(final=True), state, done[0]) from None
 
 
 def _report_to(

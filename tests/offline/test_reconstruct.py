@@ -132,3 +132,44 @@ def test_the_engine_argument_overrides_the_profile_and_is_recorded(
         assert attrs["steps"] == estimate.iteration == 30 * 40  # one step per position update
         score, flat = score_against_truth(estimate, sim.truth)
         assert score.abs_c >= 0.999 and score.abs_c > flat + 0.04 and score.phase >= 0.95
+
+
+def test_an_interrupted_reconstruction_is_written_and_resumed(
+    tmp_path, small_profile, simulated_npz
+):
+    """Ctrl-C after the third of six passes (raised from the progress callback, where a
+    signal would land between two steps): the result so far is written, marked incomplete with
+    the passes done, the engine's state beside it; ``resume`` runs the three passes left from
+    that state, and the finished run removes it."""
+    from ptystream.offline.reconstruct import Interrupted, state_path
+
+    profile = small_profile()
+    scan, sim = simulated_npz(profile, tmp_path / "scan.npz")
+    out = tmp_path / "out.h5"
+
+    def stop_after_three(done, total, loss):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    mpie = Algorithm.MPIE
+    with pytest.raises(Interrupted) as stopped:
+        reconstruct_file(scan, profile, out, epochs=6, progress=stop_after_three, algorithm=mpie)
+    assert stopped.value.passes_done == 3 and stopped.value.written == out
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "incomplete" and f.attrs["passes_done"] == 3
+        assert f.attrs["steps"] == 3 * len(sim.positions_m)
+    assert state_path(out).is_file()
+    seen = []
+    est = reconstruct_file(
+        scan, profile, out, epochs=6, algorithm=mpie, resume=True,
+        progress=lambda done, total, loss: seen.append((done, total)),
+    )  # fmt: skip
+    assert seen == [(1, 3), (2, 3), (3, 3)]  # the passes left
+    assert est.iteration == 6 * len(sim.positions_m)
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "finished"
+    assert not state_path(out).exists()
+    score, flat = score_against_truth(est, sim.truth)
+    assert score.abs_c > flat + 0.02
+    with pytest.raises(ValueError, match="no saved state"):
+        reconstruct_file(scan, profile, out, epochs=6, algorithm=mpie, resume=True)
