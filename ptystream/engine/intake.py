@@ -132,8 +132,10 @@ class FrameIntake:
 
         ``mean`` is their mean over the normalisation, masked pixels filled, ``offset`` the
         amplitude loss's variance offset in the same units; the noise model must be fitted.
-        Sets :attr:`probe_defocus_m` and :attr:`orientation`. Where the defocus is searched,
-        it is searched for each orientation (:mod:`ptystream.engine.orientation`'s notes).
+        Sets :attr:`probe_defocus_m` and :attr:`orientation`. The check first holds the probe
+        chosen for the positions as given; where that does not confirm them and the defocus is
+        searched, it is searched for each orientation (:mod:`ptystream.engine.orientation`'s
+        notes).
         """
         assert self.noise is not None and self._scale is not None
         if self.geometry.propagation != NEAR_FIELD and initial.corner_centred(mean):
@@ -152,25 +154,25 @@ class FrameIntake:
                     lambda choice: 0.0, positions_m, self.geometry, setup
                 )
             return positions_m
+        floor = 0.25 * self.noise.estimate.counts_per_photon / self._scale
+        searched = defocus.defocus_m if defocus else self._nominal_defocus()
+        fixed = self._fixed_probe_scorer(patterns, positions_m, mean, offset, searched)
+        self.orientation = check_orientation(fixed, positions_m, self.geometry, setup, floor=floor)
+        self._initial_defocus_m = searched
+        if defocus is None or self.orientation.verdict == "confirmed":
+            return positions_m
+        # not confirmed with the probe chosen for the positions as given: a wrong orientation
+        # may have chosen a wrong probe, so each orientation gets its own defocus search
         found = {Orientation(): defocus}
-        if defocus is not None:
 
-            def score(choice: Orientation) -> float:
-                if choice not in found:
-                    moved = positions_m @ choice.transform(setup.rotation_deg).T
-                    found[choice] = self._search_defocus(patterns, moved, mean, offset)
-                return min(found[choice].trials.values())
-        else:
-            score = self._fixed_probe_scorer(patterns, positions_m, mean, offset)
-        self.orientation = check_orientation(
-            score,
-            positions_m,
-            self.geometry,
-            setup,
-            floor=0.25 * self.noise.estimate.counts_per_photon / self._scale,
-        )
-        chosen = found.get(self.orientation.used)
-        self._initial_defocus_m = chosen.defocus_m if chosen else self._nominal_defocus()
+        def score(choice: Orientation) -> float:
+            if choice not in found:
+                moved = positions_m @ choice.transform(setup.rotation_deg).T
+                found[choice] = self._search_defocus(patterns, moved, mean, offset)
+            return min(found[choice].trials.values())
+
+        self.orientation = check_orientation(score, positions_m, self.geometry, setup, floor=floor)
+        self._initial_defocus_m = found[self.orientation.used].defocus_m
         return self._corrected(positions_m)
 
     def _search_defocus(
@@ -198,13 +200,18 @@ class FrameIntake:
         )
 
     def _fixed_probe_scorer(
-        self, patterns: np.ndarray, positions_m: np.ndarray, mean: np.ndarray, offset: float
+        self,
+        patterns: np.ndarray,
+        positions_m: np.ndarray,
+        mean: np.ndarray,
+        offset: float,
+        defocus_m: float | None,
     ) -> Callable[[Orientation], float]:
-        """The orientation score with the initial probe held fixed (no defocus search)."""
+        """The orientation score with the initial probe of ``defocus_m`` held fixed."""
         probe = initial.initial_probe(
             mean,
             self.geometry,
-            probe_defocus_m=self._nominal_defocus() or 0.0,
+            probe_defocus_m=defocus_m or 0.0,
             given=self._initial_probe,
         )
         if self.geometry.propagation == FRESNEL:  # the trial's FFT sees the phase folded in

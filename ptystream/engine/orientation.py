@@ -22,11 +22,13 @@ of each other, and the check says it cannot tell.
 phase), the object ``conj(O(-r))`` with the probe ``conj(P(-r))`` gives the same intensities as
 ``O`` with ``P``: flipping both position signs is the twin image, which no intensity can tell
 apart. So there the candidates form four classes of two, and a flip of both signs is never
-suggested. A class is scored by a defocus search (the twin's probe is the one of opposite
-defocus, so the search over both signs covers it), which also keeps a wrong orientation's
-poorly chosen probe from hiding the right one (with one probe chosen for the positions as
-given, a swapped and flipped raster scored within 6 % of the truth, undecided); with a given
-probe, by the better of the two members. Near field has no twin (propagation over a known
+suggested. First the probe chosen (by the defocus search) for the positions as given is held
+fixed, each class scored by the better of its two members; when that confirms the positions
+(the usual case, for the cost of eight trials), it stands. Otherwise each class is scored by a
+defocus search of its own (the twin's probe is the one of opposite defocus, so the search over
+both signs covers it), so that a wrong orientation's poorly chosen probe cannot hide the right
+one (with the probe chosen for wrong positions, a swapped and flipped raster scored within 6 %
+of the truth: undecided). With a given probe the first stage is all. Near field has no twin (propagation over a known
 distance is not symmetric) and the probe is fixed: eight trials.
 """
 
