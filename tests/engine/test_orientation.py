@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ptystream.config import load_profile, with_overrides
+from ptystream.config import Algorithm, load_profile, with_overrides
 from ptystream.engine import EngineSetup, make_engine
 from ptystream.engine.checkpoint import read_state
 from ptystream.engine.orientation import (
@@ -107,7 +107,9 @@ def farfield():
 
 def checked(problem, applied: Orientation, mode="check", algorithm="mpie", axes=None):
     """An engine given ``problem``'s frames with its positions moved by ``applied``."""
-    settings = load_profile("hard-xray-farfield").engine.model_copy(update={"algorithm": algorithm})
+    settings = load_profile("hard-xray-farfield").engine.model_copy(
+        update={"algorithm": Algorithm(algorithm)}
+    )
     setup = EngineSetup(
         problem.geometry,
         settings,

@@ -98,7 +98,7 @@ def test_a_time_budget_is_kept(tmp_path, small_profile, simulated_npz):
         path,
         profile,
         tmp_path / "out.h5",
-        time_budget_s=5.0,
+        time_budget_s=8.0,
         progress=lambda done, total, loss: calls.append((done, total)),
     )
     elapsed = time.perf_counter() - start
@@ -110,7 +110,7 @@ def test_a_time_budget_is_kept(tmp_path, small_profile, simulated_npz):
     # never short of the budget; past it by one step, the estimate and the file (milliseconds
     # on an idle machine; the bound leaves room for a loaded one: it checks that the budget
     # is obeyed, not a speed)
-    assert 5.0 <= elapsed < 5.0 + 3.0
+    assert 8.0 <= elapsed < 8.0 + 3.0
 
 
 def test_the_engine_argument_overrides_the_profile_and_is_recorded(
