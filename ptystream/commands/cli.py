@@ -1,4 +1,9 @@
-"""The ``ptystream`` command."""
+"""The ``ptystream`` command.
+
+Errors the user can fix are one line on stderr, ``ptystream: <what>: <why> (<what to do>)``,
+naming the file (and, in a CXI file, the full HDF5 path of the field); no traceback. Exit status
+2 means bad input or usage (nothing was done), 1 that the command ran but something failed.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
+from ptystream import __version__
 from ptystream.config import Algorithm, ProfileError, load_profile
 from ptystream.store.access import AccessError
 
-__all__ = ["main"]
+__all__ = ["error_message", "main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -64,6 +71,13 @@ def _reconstruct(args: argparse.Namespace) -> int:
     )
     for line in estimate.notes():
         print(line)
+    if args.png:
+        from pathlib import Path
+
+        from ptystream.io.figures import write_summary
+
+        png = write_summary(Path(args.out).with_suffix(".png"), estimate, title=Path(args.out).name)
+        print(f"picture: {png}")
     return 0
 
 
@@ -94,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
         api_key=read_api_key(args.api_key_file),
         data_dir=args.data_dir,
         announce=lambda line: print(line, flush=True),
+        idle_notice_s=args.idle_notice,
     )
     return 0
 
@@ -130,13 +145,19 @@ def _flush(args: argparse.Namespace) -> int:
     from ptystream.store.publisher import TiledPublisher
     from ptystream.store.spool import SpoolBusy, spooled_files
 
+    spool = Path(args.spool)
+    if not spool.is_dir():  # a mistyped path is not an empty spool
+        raise FileNotFoundError(
+            f"{spool}: {'not a directory' if spool.exists() else 'no such directory'} (give "
+            "the spool with --spool: serve's is <data-dir>/spool, demo's <out>/spool)"
+        )
     if not spooled_files(args.spool):
         print(f"nothing to upload in {args.spool}")
         return 0
     try:
         outcomes = TiledPublisher(_client(args)).flush(args.spool, wait=False)
     except SpoolBusy as exc:
-        print(f"ptystream: {exc} (a serve uploading it?); try again later", file=sys.stderr)
+        print(f"ptystream: {exc} (a serve uploading it? try again later)", file=sys.stderr)
         return 1
     for outcome in outcomes:
         where = outcome.node_path or f"NOT uploaded ({outcome.error})"
@@ -149,7 +170,7 @@ def _flush(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from ptystream.commands.demo import wait_for_signal
+    from ptystream.commands.demo import start_with_port_fallback, wait_for_signal
     from ptystream.store.access import read_api_key, split_api_key
 
     try:
@@ -166,20 +187,39 @@ def _dashboard(args: argparse.Namespace) -> int:
     api_key = read_api_key(args.api_key_file) or key_in_uri
     client = _client(args)  # a wrong key or an absent server is reported now, not in a browser
     uri = str(client.context.api_uri).rstrip("/")  # "http://host:8000" -> ".../api/v1"
-    dashboard = start_dashboard(
-        uri,
-        api_key=api_key,
-        host=args.host,
-        port=args.port,
-        allowed_hosts=args.allow_host,
-        forward_exports=args.forward_exports,
-    )
+    try:
+        dashboard, taken = start_with_port_fallback(
+            start_dashboard,
+            args.port,
+            tiled_uri=uri,
+            api_key=api_key,
+            host=args.host,
+            allowed_hosts=args.allow_host,
+            forward_exports=args.forward_exports,
+        )
+    except OSError as exc:  # not a port another one would cure: the address is not ours
+        raise ValueError(
+            f"{args.host}:{args.port}: cannot listen there: {_lower(exc.strerror or str(exc))} "
+            "(--host must be an address of this machine, 0.0.0.0 for all)"
+        ) from exc
+    if taken is not None:
+        print(
+            f"ptystream: {args.host}:{args.port}: {_lower(taken.strerror or str(taken))} (the "
+            "dashboard took a free port instead; --port to choose another)",
+            file=sys.stderr,
+        )
     print(f"dashboard at {dashboard.url} (data from {uri}); Ctrl-C to stop", flush=True)
     try:
         wait_for_signal()
     finally:
         dashboard.close()
     return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from ptystream.commands.show import show_command
+
+    return show_command(args)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -201,6 +241,10 @@ def _add_tiled_options(parser: argparse.ArgumentParser) -> None:
         metavar="URI",
         help="Tiled server, e.g. http://127.0.0.1:8000/api/v1",
     )
+    _add_api_key_option(parser)
+
+
+def _add_api_key_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key-file",
         metavar="FILE",
@@ -218,9 +262,30 @@ def _positive(kind):
     return parse
 
 
+def _non_negative(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ptystream", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser = argparse.ArgumentParser(
+        prog="ptystream",
+        description="Streaming ptychography: live reconstruction from Bluesky into Tiled.",
+        epilog="Exit status: 0 done; 1 ran, but something failed (the output says what); 2 bad "
+        "input or usage, nothing done (one line on stderr says what to fix).",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log at INFO level, TensorFlow's start-up messages included",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo", help="run a simulated scan reconstructed live into an embedded Tiled server"
@@ -253,8 +318,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="ad (TensorFlow, automatic differentiation) or the numpy baselines epie and mpie "
         "(default: the profile's engine.algorithm)",
     )
-    rec.add_argument("--out", required=True, help="output HDF5 file")
+    rec.add_argument(
+        "--out", required=True, help="output HDF5 file (ending in .cxi: the CXI layout)"
+    )
+    rec.add_argument(
+        "--png", action="store_true", help="also write OUT.png (as ptystream show does)"
+    )
     rec.set_defaults(func=_reconstruct)
+    sho = sub.add_parser(
+        "show",
+        help="write and print the path of a PNG of a result: object with the scan positions, "
+        "phase without its ramp, probe, loss",
+    )
+    sho.add_argument(
+        "input", metavar="RESULT|RUN", help="OUT.h5 or .cxi result, or a run uid (prefix)"
+    )
+    sho.add_argument("--out", help="PNG to write (default: beside the result, or <uid>.png)")
+    sho.add_argument("--tiled", metavar="URI", help="Tiled server holding the run's result")
+    sho.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="file holding the Tiled API key (default: the TILED_API_KEY environment variable)",
+    )
+    sho.set_defaults(func=_show)
     cal = sub.add_parser(
         "calibrate",
         help="check a finished scan's position axes (and far-field defocus, near-field "
@@ -274,11 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a profile setting (repeatable)",
     )
     cal.add_argument("--tiled", metavar="URI", help="Tiled server holding the run")
-    cal.add_argument(
-        "--api-key-file",
-        metavar="FILE",
-        help="file holding the Tiled API key (default: the TILED_API_KEY environment variable)",
-    )
+    _add_api_key_option(cal)
     cal.add_argument("--catalog", default="raw", help="catalog of Bluesky runs in Tiled")
     cal.set_defaults(func=_calibrate)
     pro = sub.add_parser("profiles", help="list, show and validate instrument profiles")
@@ -309,15 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URI",
         help="Tiled server to publish to (default: an embedded one under --data-dir)",
     )
-    srv.add_argument(
-        "--api-key-file",
-        metavar="FILE",
-        help="file holding the Tiled API key (default: the TILED_API_KEY environment variable)",
-    )
+    _add_api_key_option(srv)
     srv.add_argument(
         "--data-dir",
         default="ptystream-serve",
         help="spool, spill and checkpoint directory (and the embedded server's data)",
+    )
+    srv.add_argument(
+        "--idle-notice",
+        type=_non_negative(float),
+        default=60.0,
+        metavar="S",
+        help="print 'waiting for documents on ...' after every S seconds without one "
+        "(default 60; 0: never)",
     )
     srv.set_defaults(func=_serve)
     wat = sub.add_parser("watch", help="follow a live reconstruction in the terminal")
@@ -380,11 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=_positive(int), default=100, help="passes over all frames (default 100)"
     )
     rep.add_argument("--tiled", metavar="URI", help="Tiled server holding the runs")
-    rep.add_argument(
-        "--api-key-file",
-        metavar="FILE",
-        help="file holding the Tiled API key (default: the TILED_API_KEY environment variable)",
-    )
+    _add_api_key_option(rep)
     rep.add_argument("--catalog", default="raw", help="catalog of Bluesky runs in Tiled")
     rep.add_argument(
         "--where",
@@ -410,10 +492,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Errors that mean bad input or usage (exit status 2): their message says what to fix.
+_BAD_INPUT = (
+    ProfileError,
+    AccessError,  # also ServeError
+    ValueError,  # also ScanFileError, RunSelectionError
+    KeyError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # TensorFlow's C++ start-up chatter (oneDNN, XLA banners) drowns the demo's output.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not args.verbose:
+        # TensorFlow's C++ start-up chatter (oneDNN, XLA banners) drowns the commands' output;
+        # at level 2 the engine also filters what TensorFlow prints while it is imported
+        # (ptystream.engine.import_tensorflow). A level set in the environment wins.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
@@ -424,12 +522,28 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("ptystream").setLevel(logging.INFO)  # run skips, frame rejections
     try:
         return args.func(args)
-    except (ProfileError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"ptystream: {exc}", file=sys.stderr)
+    except _BAD_INPUT as exc:
+        print(f"ptystream: {error_message(exc)}", file=sys.stderr)
         return 2
-    except AccessError as exc:  # also ServeError
-        print(f"ptystream: {exc}", file=sys.stderr)
-        return 2
+
+
+def error_message(exc: BaseException) -> str:
+    """``exc`` as the text after ``ptystream: ``, ``<what>: <why> (<what to do>)``.
+
+    ptystream's own errors are written that way already. Python's OSErrors (``[Errno 2] No
+    such file or directory: 'x'``) become ``x: no such file or directory``, and a KeyError loses
+    the quotes ``str()`` puts around its text.
+    """
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {_lower(exc.strerror)}"
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        return str(exc.args[0])
+    return str(exc)
+
+
+def _lower(text: str) -> str:
+    """``text`` with its first letter in lower case (OS messages start with a capital)."""
+    return text[:1].lower() + text[1:]
 
 
 if __name__ == "__main__":

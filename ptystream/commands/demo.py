@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import signal
 import threading
@@ -11,13 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from signal import SIGINT, SIGTERM
+from typing import Any, TypeVar
 
 from ptystream.config import Profile
 from ptystream.metrics import Correlation, score_against_truth, score_slices
 
-__all__ = ["DemoReport", "run_demo", "wait_for_signal"]
+__all__ = ["DemoReport", "run_demo", "start_with_port_fallback", "wait_for_signal"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -94,7 +98,13 @@ def run_demo(
         callback = PtychoCallback(profile, pipeline)
         RE.subscribe(raw_writer)
         RE.subscribe(wrap_callback(callback) if wrap_callback else callback)
-        dashboard = _start_dashboard(start_dashboard, tiled_uri, server.api_key, dashboard_port)
+        dashboard, taken = start_with_port_fallback(
+            start_dashboard, dashboard_port, tiled_uri=tiled_uri, api_key=server.api_key
+        )
+        if taken is not None:
+            logger.info(
+                "dashboard port %d not available (%s); using a free port", dashboard_port, taken
+            )
         t_ready = time.perf_counter()
         announce(f"Tiled server at {tiled_uri}  (API key in {key_file})")
         announce(f"dashboard at {dashboard.url}  (open it to watch the reconstruction)")
@@ -158,13 +168,26 @@ def run_demo(
         server.close()
 
 
-def _start_dashboard(start: Callable, tiled_uri: str, api_key: str, port: int):
-    """The dashboard on ``port``, or on any free port when that one is taken."""
+#: Why a port cannot be listened on that another port can cure: taken, or privileged.
+_PORT_TAKEN = (errno.EADDRINUSE, errno.EACCES)
+
+
+def start_with_port_fallback(
+    start: Callable[..., T], port: int, **kwargs: Any
+) -> tuple[T, OSError | None]:
+    """``start(port=port, **kwargs)``, or ``start(port=0, **kwargs)`` (any free port) when
+    ``port`` is in use or needs privileges; returns what started and the error that made it
+    fall back (None when ``port`` was taken up), so the caller can say so.
+
+    Other errors (an address not of this machine, say) are raised: another port would not help.
+    ``demo`` and ``dashboard`` start the dashboard through it.
+    """
     try:
-        return start(tiled_uri, api_key=api_key, port=port)
+        return start(port=port, **kwargs), None
     except OSError as exc:
-        logger.info("dashboard port %d not available (%s); using a free port", port, exc)
-        return start(tiled_uri, api_key=api_key, port=0)
+        if port == 0 or exc.errno not in _PORT_TAKEN:
+            raise
+        return start(port=0, **kwargs), exc
 
 
 def wait_for_signal() -> None:

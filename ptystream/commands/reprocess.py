@@ -19,13 +19,26 @@ __all__ = ["reprocess_command"]
 
 def reprocess_command(args: argparse.Namespace) -> int:
     """``ptystream reprocess``: select, fan out on Dask, print the table, write the contact
-    sheet and summary; exit status 1 if any input failed."""
+    sheet and summary; exit status 1 if any input failed.
+
+    Selecting nothing (no inputs, or ``--where`` matching no run) is an error (ValueError, exit
+    status 2) raised before anything runs, so the summary and contact sheet of an earlier
+    reprocessing in ``--out`` stay as they were.
+    """
     logging.getLogger("distributed").setLevel(logging.WARNING)  # one line per worker event
 
+    if not args.inputs and not args.where:
+        raise ValueError(
+            "reprocess: nothing selected (name runs by uid, uid prefix, scan id or range "
+            "40:45, pick them with --where KEY=VALUE, or give scan files)"
+        )
     profile = with_overrides(load_profile(args.profile), args.set)
     out = Path(args.out)
     files = [text for text in args.inputs if looks_like_file(text)]
     selectors = [text for text in args.inputs if text not in files]
+    for text in files:
+        if not Path(text).is_file():
+            raise FileNotFoundError(f"{text}: no such file")
     jobs, skipped = file_jobs(files, profile, epochs=args.epochs, out_dir=out, force=args.force)
     root = None
     if selectors or args.where:
@@ -50,6 +63,12 @@ def reprocess_command(args: argparse.Namespace) -> int:
         )
         jobs += more
         skipped += more_skipped
+        if not jobs and not skipped:  # selectors that match nothing raise: --where did it
+            asked = " ".join([*selectors, *(f"--where {w}" for w in args.where)])
+            raise ValueError(
+                f"{asked}: no run in catalog {args.catalog!r} matches (compare with a run's "
+                f"start document; nothing in {out} was changed)"
+            )
     print(
         f"{len(jobs)} to reprocess, {len(skipped)} skipped (profile {profile.name}, "
         f"{args.epochs} passes, settings {settings_hash(profile, args.epochs)})"

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,67 @@ class _Dispatcher:
             task.cancel()
 
 
+class _IdleNotice:
+    """Says "waiting for documents on ..." after every ``period_s`` seconds without a
+    document, so an operator can tell a quiet beamline, or a wrong proxy address, from a hung
+    service. Subscribed as a callback: it only notes the time (nothing slow on the
+    dispatcher's thread); its own daemon thread does the announcing."""
+
+    def __init__(
+        self,
+        period_s: float,
+        where: str,
+        announce: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._period_s = period_s
+        self._where = where
+        self._announce = announce
+        self._clock = clock
+        self._started = self._last = clock()
+        self._seen = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="idle-notice", daemon=True)
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self._last = self._clock()
+        self._seen = True
+
+    def start(self) -> None:
+        self._started = self._last = self._clock()
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        due = self._last + self._period_s
+        while not self._stop.wait(max(due - self._clock(), 0.05)):
+            now = self._clock()
+            quiet = now - self._last
+            if quiet < self._period_s:  # a document came meanwhile
+                due = self._last + self._period_s
+                continue
+            since = (
+                f"the last one {_duration(quiet)} ago"
+                if self._seen
+                else f"none yet, ready {_duration(now - self._started)} ago"
+            )
+            self._announce(f"ptystream serve: waiting for documents on {self._where} ({since})")
+            due = now + self._period_s
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``3 min``, ``2.5 h``: how long, to the precision a person reads."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def serve(
     profile: Profile,
     source: DocumentSource,
@@ -106,13 +168,16 @@ def serve(
     api_key: str | None,
     data_dir: str | Path,
     announce: Callable[[str], None] = print,
+    idle_notice_s: float = 60.0,
 ) -> None:
     """Reconstruct the runs arriving from ``source`` until SIGTERM/SIGINT.
 
     Results go to the Tiled server at ``tiled_uri`` (with ``api_key``), or, without one, to an
     embedded server with its data in ``data_dir/tiled`` (its API key is written to
     ``data_dir/tiled-api-key``, mode 0600, never printed). ``data_dir`` also holds the spool of
-    results Tiled could not take, the spill file and shutdown checkpoints.
+    results Tiled could not take, the spill file and shutdown checkpoints. After every
+    ``idle_notice_s`` seconds without a document (0: never) it announces that it is waiting,
+    and from where.
     """
     from ptystream.live.callback import PtychoCallback
     from ptystream.live.pipeline import LivePipeline
@@ -134,13 +199,21 @@ def serve(
         pipeline = LivePipeline(profile, TiledPublisher(client), spool_dir=data_dir / "spool")
         pipeline.start()
         dispatcher.subscribe(PtychoCallback(profile, pipeline))
+        idle = None
+        if idle_notice_s > 0:
+            idle = _IdleNotice(idle_notice_s, source.describe(), announce)
+            dispatcher.subscribe(idle)
         announce(
             f"ptystream serve: ready; profile {profile.name!r}, documents from "
             f"{source.describe()}, results to {tiled_uri.split('?')[0]}"
         )
+        if idle is not None:
+            idle.start()
         try:
             dispatcher.run_until_signal()
         finally:
+            if idle is not None:
+                idle.close()
             announce("ptystream serve: stopping (a run in progress is checkpointed)")
             pipeline.close()
         announce("ptystream serve: stopped")

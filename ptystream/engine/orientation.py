@@ -28,8 +28,8 @@ fixed, each class scored by the better of its two members; when that confirms th
 defocus search of its own (the twin's probe is the one of opposite defocus, so the search over
 both signs covers it), so that a wrong orientation's poorly chosen probe cannot hide the right
 one (with the probe chosen for wrong positions, a swapped and flipped raster scored within 6 %
-of the truth: undecided). With a given probe the first stage is all. Near field has no twin (propagation over a known
-distance is not symmetric) and the probe is fixed: eight trials.
+of the truth: undecided). With a given probe the first stage is all. Near field has no twin
+(propagation over a known distance is not symmetric) and the probe is fixed: eight trials.
 """
 
 from __future__ import annotations

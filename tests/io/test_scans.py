@@ -1,8 +1,10 @@
+import re
+
 import h5py
 import numpy as np
 import pytest
 
-from ptystream.io.scans import read_cxi, read_npz, read_scan
+from ptystream.io.scans import ScanFileError, read_cxi, read_npz, read_scan
 
 
 def test_read_the_p25_scan(p25):
@@ -20,10 +22,10 @@ def test_read_the_p25_scan(p25):
     np.testing.assert_allclose(scan.positions_m, translation[:, [1, 0]], rtol=1e-6)
 
 
-def small_cxi(path, with_basis=True):
+def small_cxi(path, with_basis=True, frames=(3, 8, 8)):
     with h5py.File(path, "w") as f:
         det = f.create_group("entry_1/instrument_1/detector_1")
-        det["data"] = np.ones((3, 8, 8), np.int32)
+        det["data"] = np.ones(frames, np.int32)
         det["distance"] = 1.0
         det["x_pixel_size"] = 1e-5
         if with_basis:
@@ -76,7 +78,59 @@ def test_npz_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"4 frames but positions of shape \(3, 2\)"):
         read_npz(tmp_path / "bad.npz")
     np.savez(tmp_path / "short.npz", frames=frames)
-    with pytest.raises(ValueError, match="missing keys"):
+    with pytest.raises(
+        ScanFileError, match="positions_m, wavelength_m, distance_m, detector_pixel_size_m are "
+    ):
         read_npz(tmp_path / "short.npz")
-    with pytest.raises(ValueError, match="unknown scan format"):
+    with pytest.raises(ScanFileError, match=r"scan.tiff: unknown scan format '\.tiff' \("):
         read_scan(tmp_path / "scan.tiff")
+
+
+def test_file_errors_name_the_file_and_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.cxi: no such file$"):
+        read_scan(tmp_path / "absent.cxi")
+    (tmp_path / "text.cxi").write_text("not HDF5")
+    with pytest.raises(ScanFileError, match=r"text.cxi: not an HDF5 file \("):
+        read_scan(tmp_path / "text.cxi")
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(ScanFileError, match=r"text.npz: not an NPZ file \("):
+        read_scan(tmp_path / "text.npz")
+    with pytest.raises(ScanFileError, match=r"frames are 8 x 9, not square \("):
+        read_scan(small_cxi(tmp_path / "wide.cxi", frames=(3, 8, 9)))
+    np.savez(
+        tmp_path / "flat.npz",
+        frames=np.ones((8, 8)),
+        positions_m=np.zeros((8, 2)),
+        wavelength_m=1,
+        distance_m=1,
+        detector_pixel_size_m=1,
+    )
+    with pytest.raises(ScanFileError, match=r"frames has shape \(8, 8\), not \(n, N, N\)"):
+        read_scan(tmp_path / "flat.npz")
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "entry_1/instrument_1/detector_1/data",
+        "entry_1/instrument_1/detector_1/distance",
+        "entry_1/instrument_1/detector_1/x_pixel_size",
+        "entry_1/instrument_1/source_1/wavelength",
+        "entry_1/sample_1/geometry_1/translation",
+    ],
+)
+def test_an_absent_cxi_field_is_named_by_its_full_path(tmp_path, field):
+    path = small_cxi(tmp_path / "s.cxi")
+    with h5py.File(path, "a") as f:
+        del f[field]
+    with pytest.raises(ScanFileError, match=f"^{re.escape(str(path))}: {field} is missing \\("):
+        read_cxi(path)
+
+
+def test_a_cxi_scalar_must_be_one_number(tmp_path):
+    path = small_cxi(tmp_path / "s.cxi")
+    with h5py.File(path, "a") as f:
+        del f["entry_1/instrument_1/detector_1/distance"]
+        f["entry_1/instrument_1/detector_1/distance"] = [1.0, 2.0]
+    with pytest.raises(ScanFileError, match="distance is float64 \\(2,\\), not one number"):
+        read_cxi(path)
