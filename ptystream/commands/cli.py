@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
-    from ptystream.offline.reconstruct import reconstruct_file
+    from ptystream.offline.reconstruct import Interrupted, reconstruct_file
 
     profile = load_profile(args.profile)
     algorithm = Algorithm(args.engine or profile.engine.algorithm)
@@ -53,15 +54,26 @@ def _reconstruct(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
             bar.set_postfix(loss=f"{loss:.3g}")
 
-    estimate = reconstruct_file(
-        args.input,
-        profile,
-        args.out,
-        epochs=args.iterations,
-        time_budget_s=args.time_budget,
-        progress=progress,
-        algorithm=algorithm,
-    )
+    try:
+        estimate = reconstruct_file(
+            args.input,
+            profile,
+            args.out,
+            epochs=args.iterations,
+            time_budget_s=args.time_budget,
+            progress=progress,
+            algorithm=algorithm,
+            resume=args.resume,
+        )
+    except Interrupted as stop:
+        if bar is not None:
+            bar.close()
+        print(
+            f"ptystream: interrupted after {stop.passes_done} passes: wrote {stop.written} "
+            "(status incomplete; the same command with --resume goes on)",
+            file=sys.stderr,
+        )
+        return 130
     if bar is not None:
         bar.close()
     steps = "optimiser steps" if algorithm is Algorithm.AD else "position updates"
@@ -324,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--png", action="store_true", help="also write OUT.png (as ptystream show does)"
     )
+    rec.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from an interrupted run of the same command (OUT.state.npz): the passes "
+        "left, or a new --time-budget",
+    )
     rec.set_defaults(func=_reconstruct)
     sho = sub.add_parser(
         "show",
@@ -520,8 +538,13 @@ def main(argv: list[str] | None = None) -> int:
         args.iterations = 100 if args.iterations is None else args.iterations
     if args.command == "serve" and not args.verbose:
         logging.getLogger("ptystream").setLevel(logging.INFO)  # run skips, frame rejections
+    if args.command == "reconstruct":  # SIGTERM ends it as Ctrl-C does: the result so far kept
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("ptystream: interrupted", file=sys.stderr)
+        return 130
     except _BAD_INPUT as exc:
         print(f"ptystream: {error_message(exc)}", file=sys.stderr)
         return 2

@@ -173,3 +173,44 @@ def test_an_interrupted_reconstruction_is_written_and_resumed(
     assert score.abs_c > flat + 0.02
     with pytest.raises(ValueError, match="no saved state"):
         reconstruct_file(scan, profile, out, epochs=6, algorithm=mpie, resume=True)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_in_reconstruct_then_resume(tmp_path, small_profile, simulated_npz, signum):
+    """The real command, interrupted (Ctrl-C or SIGTERM) during its passes (after the
+    orientation check's log line), ends with one line and no traceback, leaves the result so
+    far (incomplete) and the state; the same command with --resume finishes it."""
+    import signal as signals
+
+    path, _ = simulated_npz(small_profile(), tmp_path / "scan.npz")
+    out = tmp_path / "out.h5"
+    exe = str(Path(sys.executable).with_name("ptystream"))
+    base = ["reconstruct", str(path), "--profile", "demo", "--engine", "mpie", "--out", str(out)]
+    proc = subprocess.Popen(
+        [exe, "-v", *base, "--iterations", "400"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:
+        if "positions: the orientation" in line:
+            break
+    time.sleep(1.5)  # into the passes
+    proc.send_signal(getattr(signals, signum))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    (last,) = [x for x in err.splitlines() if x.startswith("ptystream: interrupted")]
+    assert f"wrote {out}" in last and "--resume" in last
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "incomplete" and 0 < f.attrs["passes_done"] < 400
+        done = int(f.attrs["passes_done"])
+    resumed = subprocess.run(
+        [exe, *base, "--iterations", str(done + 2), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "finished"
