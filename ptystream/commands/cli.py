@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ptystream import __version__
-from ptystream.config import Algorithm, ProfileError, load_profile
+from ptystream.config import Algorithm, ProfileError, load_profile, with_overrides
 from ptystream.store.access import AccessError
 
 __all__ = ["error_message", "main"]
@@ -40,7 +40,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _reconstruct(args: argparse.Namespace) -> int:
     from ptystream.offline.reconstruct import Interrupted, reconstruct_file
 
-    profile = load_profile(args.profile)
+    profile = with_overrides(load_profile(args.profile), args.set)
     algorithm = Algorithm(args.engine or profile.engine.algorithm)
     bar = None
     if sys.stderr.isatty():
@@ -256,6 +256,18 @@ def _add_tiled_options(parser: argparse.ArgumentParser) -> None:
     _add_api_key_option(parser)
 
 
+def _add_profile_options(parser: argparse.ArgumentParser) -> None:
+    """``--profile`` (required) and ``--set SECTION.KEY=VALUE`` (repeatable)."""
+    parser.add_argument("--profile", required=True, help="profile name or YAML path")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a profile setting, e.g. engine.probe_modes=3 (repeatable)",
+    )
+
+
 def _add_api_key_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key-file",
@@ -316,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     rec = sub.add_parser("reconstruct", help="reconstruct a finished scan file (CXI or NPZ)")
     rec.add_argument("input", help="scan file: .cxi or .npz (see README)")
-    rec.add_argument("--profile", required=True, help="profile name or YAML path")
+    _add_profile_options(rec)
     budget = rec.add_mutually_exclusive_group()
     budget.add_argument(
         "--iterations", type=_positive(int), help="passes over all frames (default 100)"
@@ -353,11 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sho.add_argument("--out", help="PNG to write (default: beside the result, or <uid>.png)")
     sho.add_argument("--tiled", metavar="URI", help="Tiled server holding the run's result")
-    sho.add_argument(
-        "--api-key-file",
-        metavar="FILE",
-        help="file holding the Tiled API key (default: the TILED_API_KEY environment variable)",
-    )
+    _add_api_key_option(sho)
     sho.set_defaults(func=_show)
     cal = sub.add_parser(
         "calibrate",
@@ -369,14 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INPUT|RUN",
         help="scan file (.cxi, .h5, .npz) or a run in --tiled (uid, uid prefix or scan id)",
     )
-    cal.add_argument("--profile", required=True, help="profile name or YAML path")
-    cal.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a profile setting (repeatable)",
-    )
+    _add_profile_options(cal)
     cal.add_argument("--tiled", metavar="URI", help="Tiled server holding the run")
     _add_api_key_option(cal)
     cal.add_argument("--catalog", default="raw", help="catalog of Bluesky runs in Tiled")
@@ -472,14 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run uid, uid prefix, scan id or scan id range (40:45) in --tiled; or a .cxi/.npz "
         "file",
     )
-    rep.add_argument("--profile", required=True, help="profile name or YAML path")
-    rep.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a profile setting, e.g. engine.probe_modes=3 (repeatable)",
-    )
+    _add_profile_options(rep)
     rep.add_argument(
         "--epochs", type=_positive(int), default=100, help="passes over all frames (default 100)"
     )

@@ -214,3 +214,24 @@ def test_a_signal_in_reconstruct_then_resume(tmp_path, small_profile, simulated_
     assert resumed.returncode == 0, resumed.stderr
     with h5py.File(out) as f:
         assert f.attrs["status"] == "finished"
+
+
+def test_reconstruct_takes_set_overrides(tmp_path, small_profile, simulated_npz):
+    """``--set SECTION.KEY=VALUE`` as ``reprocess`` takes it: applied and recorded; a misspelt
+    key is refused by name."""
+    path, _ = simulated_npz(small_profile(), tmp_path / "scan.npz")
+    exe = str(Path(sys.executable).with_name("ptystream"))
+    base = [exe, "reconstruct", str(path), "--profile", "demo", "--engine", "mpie"]
+    tv = ["--set", "engine.tv_weight=0.002"]
+    done = subprocess.run(
+        [*base, "--iterations", "1", "--out", str(tmp_path / "o.h5"), *tv],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert json.loads(f.attrs["settings"])["tv_weight"] == 0.002
+    bad = subprocess.run(
+        [*base, "--out", str(tmp_path / "b.h5"), "--set", "engine.tv_wieght=1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "did you mean 'tv_weight'" in bad.stderr
