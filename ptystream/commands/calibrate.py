@@ -41,7 +41,7 @@ def print_calibration(found: Calibration, source: str, out: Callable[[str], None
 
 
 def _read_run(args: argparse.Namespace, profile):
-    from ptystream.store.access import connect, read_api_key, split_api_key
+    from ptystream.store.access import connect_from
     from ptystream.store.runs import read_run, select_runs
 
     if args.tiled is None:
@@ -49,8 +49,7 @@ def _read_run(args: argparse.Namespace, profile):
             f"{args.input!r} is not a scan file (.cxi, .h5, .npz), so it is read as a run: give "
             "--tiled URI"
         )
-    uri, key_in_uri = split_api_key(args.tiled)
-    root = connect(uri, read_api_key(args.api_key_file) or key_in_uri)
+    root = connect_from(args.tiled, args.api_key_file)
     refs = list(select_runs(root[args.catalog], [args.input], []))
     if len(refs) != 1:
         raise ValueError(

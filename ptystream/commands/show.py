@@ -36,7 +36,7 @@ def _title(name: str, estimate: Estimate) -> str:
 
 
 def _read_run(args: argparse.Namespace) -> tuple[str, Estimate]:
-    from ptystream.store.access import connect, read_api_key, split_api_key
+    from ptystream.store.access import connect_from
     from ptystream.store.layout import PROCESSED_PATH, node_at
     from ptystream.store.versions import read_final
 
@@ -45,8 +45,7 @@ def _read_run(args: argparse.Namespace) -> tuple[str, Estimate]:
             f"{args.input!r} is not a result file (.h5, .cxi), so it is read as a run: give "
             "--tiled URI"
         )
-    uri, key_in_uri = split_api_key(args.tiled)
-    root = connect(uri, read_api_key(args.api_key_file) or key_in_uri)
+    root = connect_from(args.tiled, args.api_key_file)
     runs = node_at(root, "/".join(PROCESSED_PATH))
     matches = [uid for uid in runs if uid.startswith(args.input)]
     if len(matches) != 1:

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 __all__ = [
     "AccessError",
     "connect",
+    "connect_from",
     "hide_in_logs",
     "read_api_key",
     "split_api_key",
@@ -132,3 +133,10 @@ def connect(uri: str, api_key: str | None = None):
         raise AccessError(
             f"Tiled at {shown} requires an API key: give --api-key-file or set {API_KEY_ENV}"
         ) from None
+
+
+def connect_from(uri: str, api_key_file: str | Path | None):
+    """:func:`connect` as the commands take a server: ``uri`` (an ``?api_key=`` in it is
+    used when ``api_key_file`` is None and ``TILED_API_KEY`` is unset) and the key file."""
+    bare, key_in_uri = split_api_key(uri)
+    return connect(bare, read_api_key(api_key_file) or key_in_uri)
