@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ptystream.store.layout import PROCESSED_PATH, exists, node_at
+from ptystream.store.layout import ENDED_STATUSES, PROCESSED_PATH, exists, node_at
 
 __all__ = ["find_run", "format_progress", "watch"]
 
 #: Largest websocket message accepted: a child-metadata update carries the whole metadata.
 MAX_MESSAGE_BYTES = 64_000_000
-_ENDED = ("finished", "aborted", "failed", "incomplete")
+_ENDED = ENDED_STATUSES
 
 
 def _processed(client):
@@ -67,18 +67,32 @@ class _Update:
     metadata: dict[str, Any]
 
 
+def _missing(frames: dict[str, Any]) -> str:
+    """``" / 35 missing (41-75)"`` when frames never arrived, else ``""``."""
+    missing = frames.get("missing")
+    if not isinstance(missing, dict) or not missing.get("count"):
+        return ""
+    return f" / {missing['count']} missing ({missing.get('seq_nums', '?')})"
+
+
 def format_progress(key: str, run_md: dict[str, Any], live: dict[str, Any]) -> str:
-    """One line of progress: scan, uid, status, iteration, frames, loss, age of the estimate."""
+    """One line of progress: scan, uid, status, iteration, frames (used, received, planned,
+    missing: seq_nums that never arrived), loss, age of the estimate."""
     parts = [f"scan {run_md.get('scan_id')}", key[:8], str(run_md.get("status", "?"))]
+    frames = live.get("frames") or {}
+    if run_md.get("status") in _ENDED and isinstance(run_md.get("frames"), dict):
+        frames = run_md["frames"]  # the final count (live/ may lag behind it, or be absent)
     if live:
-        frames = live.get("frames") or {}
-        used, received = frames.get("used", "?"), frames.get("received", "?")
-        planned = live.get("planned")
         parts.append(f"iteration {live.get('iteration', '?')}")
+    if live or frames:
+        used, received = frames.get("used", "?"), frames.get("received", "?")
+        planned = live.get("planned") or (run_md.get("plan") or {}).get("n_points")
         parts.append(
             f"frames {used} used / {received} received"
             + (f" / {planned} planned" if planned else "")
+            + _missing(frames)
         )
+    if live:
         if live.get("loss") is not None:
             parts.append(f"loss {live['loss']:.3e}")
         if live.get("updated_at"):
@@ -132,6 +146,7 @@ class _Watch:
         self.updates: queue.Queue[_Update] = queue.Queue()
         self.subs: list[Any] = []
         self.pushed = True
+        self.reason = ""  # why the run followed ended as it did (its metadata's ``reason``)
 
     def on_refused(self, exc: Exception) -> None:
         self.updates.put(_Update("refused", "", {"reason": f"{type(exc).__name__}: {exc}"}))
@@ -198,6 +213,7 @@ class _Watch:
                 self.show(line)
                 last = line
             if run_md.get("status") in _ENDED:
+                self.reason = str(run_md.get("reason") or "")
                 return key, str(run_md["status"])
             try:
                 update = self.updates.get(timeout=self.poll_s)
@@ -248,5 +264,8 @@ def watch(
     finally:
         w.close()
     node_path = "/".join((*PROCESSED_PATH, key))
-    show(f"{status}: result at {node_path}/final (float32 views in {node_path}/live)")
+    line = f"{status}: result at {node_path}/final (float32 views in {node_path}/live)"
+    if status != "finished" and w.reason:
+        line += f"; {w.reason}"  # why it is not a clean finish (frames missing, a failure)
+    show(line)
     return key, status

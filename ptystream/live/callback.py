@@ -4,20 +4,33 @@ The callback parses documents and hands :mod:`ptystream.types` records to a :cla
 (the pipeline), which must only enqueue them. It imports neither TensorFlow nor tiled, and it
 never raises into the RunEngine: live reconstruction is not data saving, so an error is logged
 (with the document that caused it) and the scan goes on.
+
+Bad documents are accounted for, not dropped: a frame row without frame data, with a missing or
+non-numeric position or a seq_num below 1 reaches the pipeline as an
+:class:`~ptystream.live.frames.Unusable` and is counted in ``frames.rejected`` with its reason;
+a run whose ``ptystream`` start block is malformed is handed over as a :class:`RefusedStart`
+(published ``failed``, the reason naming the field); the stop carries the frame stream's event
+count (:class:`CountedStop`), from which the pipeline names the frames that never arrived.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import numbers
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 from event_model import DocumentRouter, RunRouter, unpack_datum_page
 
 from ptystream.config import Profile
-from ptystream.live.frames import DatumFrame, RunAssets, StreamFrame
+from ptystream.live.frames import DatumFrame, RunAssets, StreamFrame, Unusable
+from ptystream.live.ordering import DocumentOrder
 from ptystream.types import FrameRecord, RunStart, RunStop, ScanPlan
 
-__all__ = ["PtychoCallback", "RunSink", "plan_from_start"]
+__all__ = ["CountedStop", "PtychoCallback", "RefusedStart", "RunSink", "plan_from_start"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +45,32 @@ class RunSink(Protocol):
     def close_run(self, stop: RunStop) -> None: ...
 
 
+@dataclass(frozen=True)
+class CountedStop(RunStop):
+    """A :class:`~ptystream.types.RunStop` with the stop document's ``num_events`` of the frame
+    stream (None when the stop has none for it): how many frames the RunEngine emitted, the
+    best measure of how many should have arrived."""
+
+    frame_events: int | None = None
+
+
+@dataclass(frozen=True)
+class RefusedStart(RunStart):
+    """A run whose start document cannot be reconstructed from (``refusal`` says why, naming the
+    field): it is published ``failed`` at once and its frames are counted as rejected."""
+
+    refusal: str = ""
+
+
 def plan_from_start(block: dict[str, Any]) -> ScanPlan:
     """The :class:`ScanPlan` in a start document's ``ptystream`` block (missing keys are None).
 
     Raises ValueError naming the offending key when a value has the wrong form.
     """
     n_points = block.get("n_points")
-    if n_points is not None and (not isinstance(n_points, int) or n_points <= 0):
+    if n_points is not None and (
+        not isinstance(n_points, int) or isinstance(n_points, bool) or n_points <= 0
+    ):
         raise ValueError(f"ptystream.n_points must be a positive integer, got {n_points!r}")
     extent = block.get("extent_m")
     if extent is not None:
@@ -48,6 +80,8 @@ def plan_from_start(block: dict[str, Any]) -> ScanPlan:
             raise ValueError(
                 f"ptystream.extent_m must be [[y_min, y_max], [x_min, x_max]], got {extent!r}"
             ) from exc
+        if not all(math.isfinite(v) for v in (y0, y1, x0, x1)):
+            raise ValueError(f"ptystream.extent_m must be finite, got {extent!r}")
         if not (y0 <= y1 and x0 <= x1):
             raise ValueError(f"ptystream.extent_m has min > max: {extent!r}")
         extent = ((y0, y1), (x0, x1))
@@ -55,7 +89,13 @@ def plan_from_start(block: dict[str, Any]) -> ScanPlan:
 
 
 class _RunParser(DocumentRouter):
-    """Per-run state: which descriptors carry frames and positions, and the run's assets."""
+    """Per-run state: which descriptors carry frames and positions, and the run's assets.
+
+    A row it cannot use is never dropped silently: a frame row travels on as an
+    :class:`~ptystream.live.frames.Unusable` (counted in ``frames.rejected`` by the worker);
+    a position-only row (another stream) is logged, and its frame is then rejected as
+    ``no position``.
+    """
 
     def __init__(self, start: RunStart, profile: Profile, sink: RunSink):
         super().__init__()
@@ -68,6 +108,7 @@ class _RunParser(DocumentRouter):
         self._motor_keys = (self._inst.y_motor, self._inst.x_motor)
         self._roles: dict[str, tuple[bool, bool]] = {}
         self._frame_resources: set[str] = set()
+        self._refused: Counter[str] = Counter()  # position-only rows refused, by reason
         self.assets = RunAssets()
         sink.open_run(start)
 
@@ -82,21 +123,49 @@ class _RunParser(DocumentRouter):
         has_frame, has_position = self._roles.get(doc["descriptor"], (False, False))
         if not (has_frame or has_position):
             return
-        data, seqs = doc["data"], doc["seq_num"]
+        data, seqs = doc.get("data") or {}, list(doc.get("seq_num") or [])
         frames = data.get(self._frame_key) if has_frame else None
         positions = None
         if has_position:
-            positions = self._inst.positions_m(*(data[k] for k in self._motor_keys))
+            positions = _Positions(data, self._motor_keys, len(seqs), self._inst)
         for i, seq in enumerate(seqs):
-            frame = self._frame(frames[i]) if frames is not None else None
-            position = (float(positions[i, 0]), float(positions[i, 1])) if has_position else None
-            self._sink.submit(FrameRecord(self._uid, int(seq), frame, position))
+            frame = self._frame(frames, i) if has_frame else None
+            position, why = positions.row(i) if positions is not None else (None, "")
+            if not _is_seq_num(seq):
+                self._refuse(has_frame, 0, "bad seq_num", f"seq_num {seq!r} (they count from 1)")
+            elif why and not isinstance(frame, Unusable):
+                self._refuse(has_frame, int(seq), "bad position", why)
+            else:
+                self._sink.submit(FrameRecord(self._uid, int(seq), frame, position))
 
-    def _frame(self, value: Any) -> Any:
-        """An inline array as it is; a datum id as a reference resolved later on the worker."""
+    def _frame(self, frames: Any, i: int) -> Any:
+        """Row ``i``'s frame: an inline array as it is, a datum id as a reference resolved later
+        on the worker, or :class:`Unusable` when the event has none."""
+        try:
+            value = frames[i]
+        except (TypeError, IndexError, KeyError):
+            return Unusable("no frame data", f"the event has no {self._frame_key!r} row {i}")
+        if value is None:
+            return Unusable("no frame data", f"{self._frame_key} is None")
         if isinstance(value, str):
             return DatumFrame(value, self.assets)
         return value
+
+    def _refuse(self, has_frame: bool, seq: int, reason: str, detail: str) -> None:
+        """A row that cannot be paired: its frame (if any) goes on as :class:`Unusable`, to be
+        counted; a position-only row is logged (the first of each reason, then counted)."""
+        if has_frame:
+            refused: Any = Unusable(reason, detail)  # a frame reference, like DatumFrame
+            self._sink.submit(FrameRecord(self._uid, seq, refused))
+            return
+        if not self._refused[reason]:
+            logger.warning(
+                "run %s: a position row refused (%s): %s; further ones are counted",
+                self._uid,
+                reason,
+                detail,
+            )
+        self._refused[reason] += 1
 
     def resource(self, doc):
         self.assets.resources[doc["uid"]] = doc
@@ -117,37 +186,103 @@ class _RunParser(DocumentRouter):
         sres = doc["stream_resource"]
         if sres not in self._frame_resources:
             return
-        first_seq, stop_seq = doc["seq_nums"]["start"], doc["seq_nums"]["stop"]
-        first_index, stop_index = doc["indices"]["start"], doc["indices"]["stop"]
-        if stop_index - first_index != stop_seq - first_seq:
+        try:
+            first_seq, stop_seq = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
+            first_index, stop_index = int(doc["indices"]["start"]), int(doc["indices"]["stop"])
+        except (KeyError, TypeError, ValueError) as exc:
             logger.error(
-                "run %s: stream datum %s covers %d rows for %d events; only one frame per event "
-                "is supported: its frames are not used",
+                "run %s: stream datum %s has no usable seq_nums/indices (%s: %s): its frames "
+                "are not used",
                 self._uid,
-                doc["uid"],
-                stop_index - first_index,
-                stop_seq - first_seq,
+                doc.get("uid"),
+                type(exc).__name__,
+                exc,
             )
             return
-        for k, seq in enumerate(range(first_seq, stop_seq)):
+        rows = range(first_seq, stop_seq)
+        if stop_index - first_index != stop_seq - first_seq:
+            detail = (
+                f"stream datum {doc.get('uid')} covers {stop_index - first_index} rows for "
+                f"{stop_seq - first_seq} events; only one frame per event is supported"
+            )
+            for seq in rows:
+                self._sink.submit(FrameRecord(self._uid, seq, Unusable("unsupported", detail)))
+            return
+        for k, seq in enumerate(rows):
+            if seq < 1:
+                self._refuse(True, seq, "bad seq_num", f"seq_num {seq} (they count from 1)")
+                continue
             frame = StreamFrame(sres, first_index + k, self.assets)
             self._sink.submit(FrameRecord(self._uid, seq, frame, None))
 
     def stop(self, doc):
+        for reason, n in self._refused.items():
+            if n > 1:
+                logger.warning("run %s: %d position rows refused (%s)", self._uid, n, reason)
+        counts = doc.get("num_events") or {}
+        events = counts.get(self._frame_stream) if isinstance(counts, dict) else None
         self._sink.close_run(
-            RunStop(
+            CountedStop(
                 run_uid=self._uid,
                 exit_status=str(doc.get("exit_status", "success")),
                 reason=str(doc.get("reason", "")),
+                frame_events=events if _is_count(events) else None,
             )
         )
+
+
+def _is_seq_num(value: Any) -> bool:
+    """A seq_num the document model allows: an integer from 1 (bluesky counts from 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0
+
+
+class _Positions:
+    """The probe positions of an event page's rows, in metres; a row whose readback is missing
+    or not a finite number is named, not converted. Whole columns are converted at once (a
+    fly scan's page has thousands of rows); only a page with a bad value is read row by row."""
+
+    def __init__(self, data: dict[str, Any], keys: tuple[str, str], n: int, inst: Any):
+        self._data, self._keys, self._inst = data, keys, inst
+        self._rows: np.ndarray | None = None
+        try:
+            columns = [np.asarray(data[k], dtype=np.float64) for k in keys]
+            if all(c.shape == (n,) for c in columns) and all(np.isfinite(c).all() for c in columns):
+                self._rows = inst.positions_m(*columns)
+        except (KeyError, TypeError, ValueError):
+            pass
+
+    def row(self, i: int) -> tuple[tuple[float, float] | None, str]:
+        """Row ``i``'s ``(y, x)`` in metres and ``""``, or None and what is wrong with it."""
+        if self._rows is not None:
+            return (float(self._rows[i, 0]), float(self._rows[i, 1])), ""
+        values = []
+        for key in self._keys:
+            column = self._data.get(key)
+            if column is None:
+                return None, f"the event has no {key!r}"
+            try:
+                value = column[i]
+            except (TypeError, IndexError, KeyError):
+                return None, f"{key!r} has no row {i}"
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                return None, f"{key} = {value!r} is not a number"
+            if not math.isfinite(value):
+                return None, f"{key} = {value!r} is not finite"
+            values.append(float(value))
+        y, x = self._inst.positions_m(*values)
+        return (float(y), float(x)), ""
 
 
 class PtychoCallback:
     """A ``callback(name, doc)`` that routes each run's documents to a fresh parser.
 
     Runs whose start document has no ``ptystream`` block, or names another profile, are skipped
-    with one log line.
+    with one log line. A run whose block is malformed (``n_points`` not a positive integer, a
+    bad ``extent_m``) is handed over as a :class:`RefusedStart`.
 
     Parameters
     ----------
@@ -162,16 +297,31 @@ class PtychoCallback:
         self._sink = sink
         self._raise = raise_errors
         self._router = RunRouter([self._factory])
-        self._order = _Reorder()
+        self._order = DocumentOrder()
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         try:
-            for name_, doc_ in self._order(name, doc):
+            ordered = self._order(name, doc)
+        except Exception as exc:
+            self._ignored(name, exc)
+            return
+        for name_, doc_ in ordered:  # one bad document must not lose those released with it
+            try:
                 self._router(name_, doc_)
-        except Exception:
-            if self._raise:
-                raise
-            logger.exception("ptystream ignored a %r document it could not parse", name)
+            except Exception as exc:
+                self._ignored(name_, exc)
+
+    def _ignored(self, name: str, exc: Exception) -> None:
+        """A document nothing above foresaw: one error line (the traceback at DEBUG level)."""
+        if self._raise:
+            raise exc
+        logger.error(
+            "ptystream ignored a %r document it could not parse (%s: %s)",
+            name,
+            type(exc).__name__,
+            exc,
+            exc_info=logger.isEnabledFor(logging.DEBUG),
+        )
 
     def _factory(self, name: str, start_doc: dict[str, Any]):
         uid = start_doc["uid"]
@@ -188,71 +338,17 @@ class PtychoCallback:
                 self._profile.name,
             )
             return [], []
-        start = RunStart(
-            run_uid=uid,
-            geometry=self._profile.instrument.geometry(),
-            plan=plan_from_start(block),
-            scan_id=start_doc.get("scan_id"),
-            profile=self._profile.name,
-            metadata={"plan_name": start_doc.get("plan_name"), "time": start_doc.get("time")},
-        )
+        fields: dict[str, Any] = {
+            "run_uid": uid,
+            "geometry": self._profile.instrument.geometry(),
+            "scan_id": start_doc.get("scan_id"),
+            "profile": self._profile.name,
+            "metadata": {"plan_name": start_doc.get("plan_name"), "time": start_doc.get("time")},
+        }
+        try:
+            start = RunStart(plan=plan_from_start(block), **fields)
+        except ValueError as exc:
+            refusal = f"start document: {exc}"
+            logger.error("run %s: %s; it is published as failed", uid, refusal)
+            start = RefusedStart(plan=ScanPlan(), refusal=refusal, **fields)
         return [_RunParser(start, self._profile, self._sink)], []
-
-
-#: Documents that arrived before the descriptor or stream resource they refer to, held at most.
-_MAX_PARKED = 10_000
-
-
-class _Reorder:
-    """Restores the order the document model requires, for transports that do not keep it.
-
-    Duplicated start and stop documents are dropped (a repeated start would otherwise restart
-    the run). Events and event pages that arrive before their descriptor, and stream datums
-    before their stream resource, are parked (at most ``_MAX_PARKED``) and delivered right
-    after it. Duplicated events are let through: the pairer ignores repeated seq_nums.
-    """
-
-    def __init__(self) -> None:
-        self._starts: dict[str, bool] = {}  # run uid -> stopped
-        self._owner: dict[str, str] = {}  # descriptor / stream resource uid -> run uid
-        self._parked: dict[str, list[tuple[str, dict]]] = {}
-        self._n_parked = 0
-
-    def __call__(self, name: str, doc: dict[str, Any]) -> list[tuple[str, dict]]:
-        if name == "start":
-            if doc["uid"] in self._starts:
-                return []
-            self._starts[doc["uid"]] = False
-            return [(name, doc)]
-        if name == "stop":
-            run = doc.get("run_start")
-            if self._starts.get(run, True):
-                return []  # a repeated stop, or one of a run never started here
-            self._starts[run] = True
-            self._forget(run)
-            return [(name, doc)]
-        if name in ("descriptor", "stream_resource"):
-            if doc["uid"] in self._owner:
-                return []  # repeated: routing it twice would deliver each event twice
-            self._owner[doc["uid"]] = doc.get("run_start", "")
-            parked = self._parked.pop(doc["uid"], [])
-            self._n_parked -= len(parked)
-            return [(name, doc), *parked]
-        awaited = {"event": "descriptor", "event_page": "descriptor"}.get(name)
-        if name == "stream_datum":
-            awaited = "stream_resource"
-        if awaited is not None and doc[awaited] not in self._owner:
-            if self._n_parked >= _MAX_PARKED:
-                logger.error("more than %d early documents: dropping a %r", _MAX_PARKED, name)
-                return []
-            self._parked.setdefault(doc[awaited], []).append((name, doc))
-            self._n_parked += 1
-            return []
-        return [(name, doc)]
-
-    def _forget(self, run: str) -> None:
-        for uid in [u for u, owner in self._owner.items() if owner == run]:
-            del self._owner[uid]
-        if len(self._starts) > 1000:  # keep the most recent runs' uids to spot duplicates
-            for uid in list(self._starts)[:500]:
-                del self._starts[uid]

@@ -7,7 +7,8 @@ and covered by a ``stream_datum`` (ophyd-async detectors, files still being writ
 
 The callback only builds the cheap references below; :class:`FrameResolver` reads them on the
 worker thread. A reference whose data is not written yet raises :class:`FrameNotReady`, and the
-caller retries later rather than waiting.
+caller retries later rather than waiting. A row the callback cannot use (no frame data, a bad
+position or seq_num) travels as :class:`Unusable`, so the worker counts it with its reason.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "LiveAreaDetectorHDF5Handler",
     "RunAssets",
     "StreamFrame",
+    "Unusable",
     "default_handlers",
 ]
 
@@ -65,6 +67,15 @@ class StreamFrame:
     stream_resource: str
     index: int
     assets: RunAssets
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """A frame the callback had to refuse: ``reason`` is the bucket it is counted in
+    (``frames.rejected``), ``detail`` names the document's offending value for the log."""
+
+    reason: str
+    detail: str = ""
 
 
 class LiveAreaDetectorHDF5Handler:

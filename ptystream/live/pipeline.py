@@ -11,6 +11,13 @@
 The RunEngine's thread only enqueues (``open_run``, ``submit``, ``close_run`` return at once).
 The worker imports TensorFlow and compiles before frames arrive, keeps refining while it waits
 for frames, and on the stop document runs the final epochs and hands the final estimate over.
+
+At the end of intake the worker names the frames that never arrived (``frames.missing``: the
+seq_nums missing up to the stop's event count, else the plan's points, else the highest
+received); a run with missing frames is published ``incomplete`` (a stop that said success) or
+with its own status, never as a clean ``finished``, and its reason says how many and which.
+A run refused at its start (:class:`~ptystream.live.callback.RefusedStart`) is published
+``failed`` at once and its frames are counted as rejected.
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ import numpy as np
 from ptystream.config import Profile
 from ptystream.engine import Engine, EngineSetup, make_engine, prepare
 from ptystream.engine.orientation import can_judge
+from ptystream.live.callback import CountedStop, RefusedStart
 from ptystream.live.delivery import Delivery
 from ptystream.live.frames import FrameResolver
-from ptystream.live.pairing import FramePairer, PairedFrames
+from ptystream.live.pairing import Accounting, FramePairer, PairedFrames, expected_frames
 from ptystream.live.result import RunResult
 from ptystream.live.spill import FrameStore
 from ptystream.store.publisher import TiledPublisher
@@ -105,6 +113,11 @@ _FIRST_FRAMES = 20
 _MOST_HELD = 300
 _FIELDS = ("seq_nums", "frames", "positions_m")
 _STATUS = {"success": "finished", "abort": "aborted", "fail": "failed"}
+#: The status of a run that stopped with success but misses frames (also that of a run ended
+#: without its stop, or by a shutdown): the dashboard, ``watch`` and the tests know it.
+_INCOMPLETE = "incomplete"
+#: How the frames of a run refused at its start are counted in ``frames.rejected``.
+_REFUSED = "bad start document"
 _KEEP_RESULTS = 32
 #: Longest stretch (s) of catch-up steps between two looks at the inbox.
 _CATCH_UP_S = 0.25
@@ -150,6 +163,8 @@ class LivePipeline:
             self._spool_dir / "spill" if self._spool_dir is not None else None,
         )
         self._late: set[str] = set()  # worker thread only: runs closed before their documents
+        # worker thread only: runs refused at their start, and their frames counted so far
+        self._refused: OrderedDict[str, tuple[RunResult, Accounting]] = OrderedDict()
         self._spilled: Counter[str] = Counter()  # frames spilled to disk, by run uid
         self._results: OrderedDict[str, RunResult] = OrderedDict()
         self._last_probe: tuple[str, np.ndarray] | None = None  # worker thread only
@@ -251,14 +266,15 @@ class LivePipeline:
             if items:
                 run.last_seen = time.monotonic()
             elif time.monotonic() - run.last_seen > timeout:
-                self._end(run, "incomplete", f"no document for {timeout:g} s")
+                self._end(run, _INCOMPLETE, f"no document for {timeout:g} s")
                 run = None
                 continue
             run = self._guarded(run, self._advance)
 
-    def _end(self, run: _LiveRun, status: str, reason: str) -> None:
-        """Finish ``run`` (final passes, publish); its later documents are ignored."""
-        self._guarded(run, lambda r: self._finish(r, status, reason))
+    def _end(self, run: _LiveRun, status: str, reason: str, stop: RunStop | None = None) -> None:
+        """Finish ``run`` (final passes, publish); its later documents are ignored. ``stop``:
+        the run's stop, None when it ended without one."""
+        self._guarded(run, lambda r: self._finish(r, status, reason, stop))
         self._late.add(run.uid)
 
     def _warm_up(self) -> None:
@@ -298,45 +314,85 @@ class LivePipeline:
             if pairs is not None:
                 run.engine.add_frames(pairs.frames, pairs.positions_m)
 
-    def _drain(self, run: _LiveRun) -> None:
-        """Close the run's files and record its frame accounting (intake is over)."""
+    def _drain(self, run: _LiveRun, stop: RunStop | None = None) -> None:
+        """Close the run's files and record its frame accounting, the frames that never arrived
+        included (intake is over; ``stop`` is None when the run ended without one)."""
         run.resolver.close()
-        run.result.accounting = run.pairer.accounting
+        accounting = run.pairer.accounting
+        expected, source = expected_frames(
+            stop.frame_events if isinstance(stop, CountedStop) else None,
+            run.result.start.plan.n_points,
+            stop.exit_status if stop is not None else None,
+        )
+        accounting.missing = run.pairer.missing(expected, source)
+        run.result.accounting = accounting
         run.result.spilled_frames += self._spilled.pop(run.uid, 0)
+        if accounting.rejected:
+            logger.warning(
+                "run %s: %d frames rejected (%s)",
+                run.uid,
+                sum(accounting.rejected.values()),
+                ", ".join(f"{n} {why}" for why, n in accounting.rejected.items()),
+            )
 
     def _handle(self, run: _LiveRun | None, kind: str, item: Any) -> _LiveRun | None:
         if kind == "frame":
             if run is not None and item.run_uid == run.uid:
                 run.pairer.add(item)
+            elif item.run_uid in self._refused:
+                self._store.release(item.frame)
+                if item.frame is not None:
+                    accounting = self._refused[item.run_uid][1]
+                    accounting.received += 1
+                    accounting.rejected[_REFUSED] += 1
             else:
                 self._store.release(item.frame)
                 if item.run_uid not in self._late:
                     self._late.add(item.run_uid)
                     logger.warning("run %s: documents after its end are ignored", item.run_uid)
             return run
+        if kind == "close" and item.run_uid in self._refused:
+            result, counted = self._refused.pop(item.run_uid)
+            result.accounting = counted
+            self._delivery.post("final", result)  # again, with its frames counted
+            return run
         if kind == "close" and (run is None or item.run_uid != run.uid):
             return run
         if run is not None and kind in ("open", "close", "shutdown"):
             if kind == "close":
-                self._end(run, _STATUS.get(item.exit_status, item.exit_status), item.reason)
+                status = _STATUS.get(item.exit_status, item.exit_status)
+                self._end(run, status, item.reason, item)
             elif kind == "open":
-                self._end(run, "incomplete", "a new run started before this one stopped")
+                self._end(run, _INCOMPLETE, "a new run started before this one stopped")
             else:
                 self._guarded(run, self._checkpoint)
                 self._late.add(run.uid)
             run = None
         if kind == "open":
             result = self._results.get(item.run_uid) or RunResult(item)
+            if isinstance(item, RefusedStart):
+                self._refuse(result, item.refusal)
+                return None
             try:
                 return self._open(result)
             except Exception as exc:
                 self._fail(result, exc)
         return run
 
+    def _refuse(self, result: RunResult, reason: str) -> None:
+        """A run that cannot be reconstructed: its container is created and marked ``failed``
+        with ``reason`` at once (its stop may never come); its frames are then counted as
+        rejected, and published again at its stop."""
+        result.status, result.error = "failed", reason
+        self._delivery.post("final", result)
+        self._refused[result.run_uid] = (result, Accounting())
+        while len(self._refused) > _KEEP_RESULTS:
+            self._refused.popitem(last=False)
+
     def _open(self, result: RunResult) -> _LiveRun:
         t0 = time.perf_counter()
         self._delivery.post("begin", result)
-        initial_probe = None
+        initial_probe = self._setup.initial_probe  # engine.initial_probe_file, if any
         if self._profile.engine.reuse_probe and self._last_probe is not None:
             source, probe = self._last_probe
             if probe.shape[-2:] == result.start.geometry.frame_shape:
@@ -378,6 +434,9 @@ class LivePipeline:
         if run.engine.n_frames and now - run.last_publish >= self._profile.publish.cadence_s:
             run.last_publish = now
             frames = run.pairer.accounting.as_dict()
+            gaps = run.pairer.missing()  # so far: gaps below the highest seq_num received
+            if gaps.count:
+                frames["missing"] = gaps.as_dict()
             self._delivery.post("live", run.result, (run.engine.estimate(), frames))
 
     def _checkpoint(self, run: _LiveRun) -> None:
@@ -393,12 +452,14 @@ class LivePipeline:
             result.checkpoint = path
         if run.engine.n_frames:
             result.final = run.engine.estimate(final=True)
-        result.status, result.error = "incomplete", "ptystream shut down before the run stopped"
+        result.status, result.error = _with_missing(
+            result, _INCOMPLETE, "ptystream shut down before the run stopped"
+        )
         self._delivery.post("final", result)
 
-    def _finish(self, run: _LiveRun, status: str, reason: str) -> None:
+    def _finish(self, run: _LiveRun, status: str, reason: str, stop: RunStop | None) -> None:
         self._collect(run, self._profile.ingest.file_timeout_s)
-        self._drain(run)
+        self._drain(run, stop)
         result = run.result
         t0 = time.perf_counter()
         result.timings_s["scan"] = t0 - run.t_open
@@ -408,7 +469,7 @@ class LivePipeline:
             if result.final.is_finite():
                 self._last_probe = (result.run_uid, result.final.probe)
         result.timings_s["final_reconstruction"] = time.perf_counter() - t0
-        result.status = status
+        result.status, reason = _with_missing(result, status, reason)
         if reason:
             result.error = reason
         self._delivery.post("final", result)
@@ -419,3 +480,16 @@ class LivePipeline:
         result.error = f"{type(exc).__name__}: {exc}"
         result.status = "failed"
         self._delivery.post("final", result)
+
+
+def _with_missing(result: RunResult, status: str, reason: str) -> tuple[str, str]:
+    """The status and reason to publish: a run that misses frames is never a clean
+    ``finished`` (it becomes ``incomplete``), and its reason says how many and which
+    (also logged)."""
+    missing = result.missing
+    if missing is None:
+        return status, reason
+    logger.warning("run %s: %s", result.run_uid, missing.describe())
+    if status == _STATUS["success"]:
+        status = _INCOMPLETE
+    return status, "; ".join(filter(None, (reason, missing.describe())))

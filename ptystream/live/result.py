@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptystream.live.pairing import Accounting
+from ptystream.live.pairing import Accounting, MissingFrames
 from ptystream.types import Estimate, RunStart
 
 __all__ = ["RunResult"]
@@ -33,6 +33,14 @@ class RunResult:
     @property
     def run_uid(self) -> str:
         return self.start.run_uid
+
+    @property
+    def missing(self) -> MissingFrames | None:
+        """The frames this run should have had but never received, once its intake is over
+        (None: none missing, or not known yet). ``missing.seq_nums()`` are what a backfill
+        from the raw run would read; the run is then not a clean ``finished``."""
+        missing = self.accounting.missing
+        return missing if missing is not None and missing.count else None
 
     def summary(self) -> dict[str, Any]:
         """The run's bookkeeping for its published metadata."""

@@ -7,6 +7,14 @@
 
 and the small helpers every writer of it uses: walking a path, creating a container when it
 is missing, JSON-safe metadata, timestamps.
+
+A run container's ``status`` is ``running`` until the run ends, then one of
+:data:`ENDED_STATUSES`; its ``frames`` (also in ``live/``'s metadata, updated during the run)
+count ``received``, ``used``, ``rejected`` (by reason), ``duplicates_ignored`` and
+``spilled_to_disk``, and, only when frames never arrived, ``missing``: ``{"count": 35,
+"seq_nums": "41-75,80", "expected": 150, "source": "stop num_events"}`` (inclusive seq_num
+ranges, the first 100 of them; ``source`` says how ``expected`` is known: ``stop num_events``,
+``plan n_points`` or, during a run, ``seq_num gaps`` below the highest seq_num received).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import numpy as np
 from ptystream.types import Estimate
 
 __all__ = [
+    "ENDED_STATUSES",
     "PROCESSED_PATH",
     "RAW_KEY",
     "REPROCESSED_KEY",
@@ -40,6 +49,10 @@ RAW_KEY = "raw"
 PROCESSED_PATH = ("processed", "ptystream")
 #: The container of a run's reprocessed versions, inside the run's container.
 REPROCESSED_KEY = "reprocessed"
+#: The statuses of an ended reconstruction: ``finished`` (every expected frame arrived and was
+#: accounted for), ``incomplete`` (frames missing, or the run ended without its stop or by a
+#: shutdown; ``reason`` says which), ``aborted`` and ``failed`` (``reason`` says why).
+ENDED_STATUSES = ("finished", "incomplete", "aborted", "failed")
 
 
 def now() -> str:

@@ -402,6 +402,37 @@ def test_the_noise_model_and_the_warnings_are_shown(
         w.page.close()
 
 
+def test_missing_frames_are_shown(browser, dashboard, tiled_client, estimate, run_start):
+    """A run that lost frames: how many and which seq_nums, under the frame counts and in the
+    list of runs; its status is incomplete, not finished."""
+    publisher = TiledPublisher(tiled_client)
+    uid = str(uuid.uuid4())
+    publisher.begin_run(run_start(uid, scan_id=813), {})
+    missing = {
+        "count": 14,
+        "seq_nums": "21-30,45,58-60",
+        "expected": 60,
+        "source": "stop num_events",
+    }
+    frames = {"received": 46, "used": 46, "rejected": {}, "missing": missing}
+    publisher.publish_live(uid, estimate(43), frames)
+    publisher.mark(uid, "incomplete", {"frames": frames, "reason": "14 of 60 frames never arrived"})
+    w = Watched(browser, dashboard.url)
+    shown = "([key, n]) => window.ptystream.runKey === key && window.ptystream.iteration === n"
+    try:
+        w.page.locator(f'#runs li[data-key="{uid}"] button').click()
+        w.wait(shown, [uid, 43])
+        note = w.page.locator("#frames-missing-note")
+        assert note.is_visible()
+        assert note.text_content() == "14 never arrived: seq_nums 21-30,45,58-60"
+        assert note.get_attribute("title") == "14 of 60 expected (stop num_events)"
+        assert w.page.locator("#status").text_content() == "incomplete"
+        assert "14 missing" in w.page.locator(f'#runs li[data-key="{uid}"]').text_content()
+        assert w.errors == []
+    finally:
+        w.page.close()
+
+
 def test_without_streaming_the_page_polls(browser, scans, tiled_server, tiled_without_streaming):
     with start_dashboard(tiled_without_streaming, api_key=tiled_server.api_key) as dashboard:
         w = Watched(browser, dashboard.url)

@@ -7,7 +7,7 @@ import pytest
 from event_model import compose_run
 
 from ptystream.config import load_profile
-from ptystream.live.callback import PtychoCallback, plan_from_start
+from ptystream.live.callback import PtychoCallback, RefusedStart, plan_from_start
 from ptystream.types import ScanPlan
 
 
@@ -104,16 +104,31 @@ def test_each_run_gets_fresh_state(profile):
     assert [s.exit_status for s in sink.closed] == ["abort", "success"]
 
 
-def test_malformed_document_is_logged_not_raised(profile, caplog):
+def test_malformed_start_block_opens_a_refused_run_naming_the_field(profile, caplog):
+    """The run is handed over refused (the pipeline publishes it failed and counts its frames),
+    with one error line naming the field; nothing is raised into the RunEngine."""
     sink = Recorder()
     cb = PtychoCallback(profile, sink)
     _, docs = scan_documents(block={**BLOCK, "extent_m": "everywhere"})
     with caplog.at_level(logging.ERROR, logger="ptystream.live.callback"):
         for name, doc in docs:
             cb(name, doc)  # must not raise into the RunEngine
-    assert "could not parse" in caplog.text
-    assert "ptystream.extent_m must be" in caplog.text
-    assert not sink.records
+    (start,) = sink.opened
+    assert isinstance(start, RefusedStart)
+    assert start.refusal.startswith("start document: ptystream.extent_m must be")
+    assert "it is published as failed" in caplog.text and "Traceback" not in caplog.text
+    assert len(sink.records) == 3 and len(sink.closed) == 1
+
+
+def test_a_document_nothing_foresaw_is_one_log_line_without_traceback(profile, caplog):
+    sink = Recorder()
+    cb = PtychoCallback(profile, sink)
+    _, docs = scan_documents()
+    docs[1][1].pop("run_start")  # a descriptor of no run: the router cannot take it
+    with caplog.at_level(logging.ERROR, logger="ptystream.live.callback"):
+        for name, doc in docs:
+            cb(name, doc)
+    assert "could not parse" in caplog.text and "Traceback" not in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -121,6 +136,8 @@ def test_malformed_document_is_logged_not_raised(profile, caplog):
     [
         ({"n_points": 0}, "n_points must be a positive integer"),
         ({"n_points": "ten"}, "n_points must be a positive integer"),
+        ({"n_points": True}, "n_points must be a positive integer"),
+        ({"extent_m": [[0, float("nan")], [0, 1]]}, "extent_m must be finite"),
         ({"extent_m": [[1, 0], [0, 1]]}, "min > max"),
         ({"extent_m": [1, 2]}, "extent_m must be"),
     ],

@@ -1,7 +1,16 @@
 import numpy as np
+import pytest
 
-from ptystream.live.frames import FrameNotReady
-from ptystream.live.pairing import FramePairer
+from ptystream.live.frames import FrameNotReady, Unusable
+from ptystream.live.pairing import (
+    PLAN_N_POINTS,
+    SEQ_GAPS,
+    STOP_NUM_EVENTS,
+    FramePairer,
+    expected_frames,
+    format_ranges,
+    parse_ranges,
+)
 from ptystream.types import FrameRecord
 
 
@@ -116,3 +125,74 @@ def test_expire_gives_unready_frames_a_last_try_and_abandon_rejects_the_rest():
 
 def _not_ready(ref):
     raise FrameNotReady(ref)
+
+
+def test_missing_seq_nums_are_named_as_ranges_up_to_what_was_expected():
+    p = FramePairer(8)
+    for seq in [1, 2, 3, 7, 8, 10, 3]:  # 3 twice: a duplicate, not a gap filler
+        p.add(FrameRecord("r", seq, frame=frame(), position_m=(0.0, 0.0)))
+    p.add(FrameRecord("r", 12, position_m=(0.0, 0.0)))  # a position alone brings no frame
+    live = p.missing()  # during the run: gaps below the highest seq_num received
+    assert live.ranges == ((4, 6), (9, 9)) and live.count == 4
+    assert live.as_dict() == {
+        "count": 4,
+        "seq_nums": "4-6,9",
+        "expected": 10,
+        "source": SEQ_GAPS,
+    }
+    end = p.missing(*expected_frames(12, 20, "success"))  # the stop counts 12 events
+    assert end.as_dict() == {
+        "count": 6,
+        "seq_nums": "4-6,9,11-12",
+        "expected": 12,
+        "source": STOP_NUM_EVENTS,
+    }
+    assert end.seq_nums() == [4, 5, 6, 9, 11, 12]  # what a backfill would read
+    assert end.describe() == (
+        "6 of 12 frames never arrived (seq_nums 4-6,9,11-12; expected from the stop "
+        "document's num_events)"
+    )
+    assert parse_ranges(end.as_dict()["seq_nums"]) == list(end.ranges)
+    assert p.accounting.duplicates == 1
+
+
+def test_the_expected_count_comes_from_the_stop_then_the_plan_then_the_seq_nums():
+    assert expected_frames(150, 200, "abort") == (150, STOP_NUM_EVENTS)
+    assert expected_frames(None, 200, "success") == (200, PLAN_N_POINTS)
+    # an aborted run, or one that never stopped, did not take its planned points: not missing
+    assert expected_frames(None, 200, "abort") == (None, SEQ_GAPS)
+    assert expected_frames(None, 200, None) == (None, SEQ_GAPS)
+    assert expected_frames(None, None, "success") == (None, SEQ_GAPS)
+
+
+def test_a_complete_run_has_no_missing_entry_and_long_lists_are_cut():
+    p = FramePairer(8)
+    for seq in (1, 2, 3):
+        p.add(FrameRecord("r", seq, frame=frame(), position_m=(0.0, 0.0)))
+    p.accounting.missing = p.missing(3, STOP_NUM_EVENTS)
+    assert "missing" not in p.accounting.as_dict() and p.missing().count == 0
+    every_other = tuple((k, k) for k in range(2, 600, 2))
+    text = format_ranges(every_other)
+    assert text.endswith(",200 (+199 more ranges)")
+    with pytest.raises(ValueError, match="lists only the first ranges"):
+        parse_ranges(text)
+
+
+def test_refused_rows_and_bad_seq_nums_are_counted_with_their_reason():
+    p = FramePairer(8)
+    p.add(FrameRecord("r", 1, frame=Unusable("no frame data", "det_image is None")))
+    p.add(FrameRecord("r", 1, frame=Unusable("no frame data", "det_image is None")))  # again
+    p.add(FrameRecord("r", 2, frame=Unusable("bad position", "sx = 'abc' is not a number")))
+    p.add(FrameRecord("r", 2, position_m=(0.0, 0.0)))  # its position, late: ignored
+    p.add(FrameRecord("r", 0, frame=frame(), position_m=(0.0, 0.0)))
+    p.add(FrameRecord("r", -4, frame=Unusable("bad seq_num", "seq_num -4")))
+    p.add(FrameRecord("r", 3, frame=frame(), position_m=(0.0, 0.0)))
+    assert p.take().seq_nums.tolist() == [3]
+    assert p.close() is None and p.waiting == 0
+    assert p.accounting.as_dict() == {
+        "received": 5,
+        "used": 1,
+        "rejected": {"no frame data": 1, "bad position": 1, "bad seq_num": 2},
+        "duplicates_ignored": 1,
+    }
+    assert p.missing(3, STOP_NUM_EVENTS).count == 0  # refused frames arrived: not missing

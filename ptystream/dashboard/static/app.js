@@ -291,6 +291,8 @@ function runItem(key, meta) {
   if (meta.iterations != null) parts.push(`${meta.iterations} it`);
   const used = (meta.frames && meta.frames.used) ?? meta.frames_used;
   if (used != null) parts.push(`${used} frames`);
+  const missing = missingFrames(meta.frames);
+  if (missing) parts.push(`${missing.count} missing`);
   detail.append(span("uid", shortKey(key)), " · " + parts.filter((p) => p != null).join(" · "));
   button.append(scan, badge, detail);
   button.addEventListener("click", () => {
@@ -560,11 +562,29 @@ function showStats(live) {
   const total = planned || received || used || 0;
   $("frames-bar-received").style.width = total ? `${(100 * (received ?? used ?? 0)) / total}%` : "0";
   $("frames-bar-used").style.width = total ? `${(100 * (used ?? 0)) / total}%` : "0";
+  showMissing(missingFrames(frames) || (run.status !== "running" && missingFrames(run.frames)));
   $("updated-at").textContent = live.updated_at ? clock(live.updated_at) : "—";
   showSlices(live);
   $("noise-note").textContent = noiseText(live);
   showWarnings(live);
   tickAge();
+}
+
+// frames.missing of the metadata ({count, seq_nums, expected, source}) when frames never arrived.
+function missingFrames(frames) {
+  const missing = frames && frames.missing;
+  return missing && typeof missing === "object" && Number(missing.count) > 0 ? missing : null;
+}
+
+// "14 never arrived: seq_nums 21-30,45,58-60", shown only when frames are missing.
+function showMissing(missing) {
+  const note = $("frames-missing-note");
+  note.hidden = !missing;
+  if (!missing) return;
+  $("frames-missing").textContent = fmtInt(Number(missing.count));
+  $("frames-missing-seq").textContent = String(missing.seq_nums ?? "?");
+  note.title = missing.expected != null
+    ? `${missing.count} of ${missing.expected} expected (${missing.source})` : String(missing.source || "");
 }
 
 // "amplitude loss · read noise 10.1 counts (estimated)": the noise model the engine fitted.
@@ -800,6 +820,7 @@ function clearEstimate() {
   $("timing").textContent = "";
   $("frames-bar-used").style.width = "0";
   $("frames-bar-received").style.width = "0";
+  showMissing(null);
   showSlices(null);
   drawLoss({ rows: [], source: "" });
   tickAge();
