@@ -487,6 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="select runs whose start document has KEY equal to VALUE (repeatable)",
     )
+    rep.add_argument(
+        "--format",
+        choices=["h5", "cxi"],
+        default="h5",
+        help="scan files' results: ptystream's HDF5 (default) or the CXI layout",
+    )
     rep.add_argument("--force", action="store_true", help="redo inputs already reprocessed")
     rep.add_argument(
         "--workers", type=_positive(int), default=2, help="local Dask worker processes"

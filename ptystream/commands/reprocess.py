@@ -39,7 +39,14 @@ def reprocess_command(args: argparse.Namespace) -> int:
     for text in files:
         if not Path(text).is_file():
             raise FileNotFoundError(f"{text}: no such file")
-    jobs, skipped = file_jobs(files, profile, epochs=args.epochs, out_dir=out, force=args.force)
+    jobs, skipped = file_jobs(
+        files,
+        profile,
+        epochs=args.epochs,
+        out_dir=out,
+        force=args.force,
+        result_format=args.format,
+    )
     root = None
     if selectors or args.where:
         if args.tiled is None:

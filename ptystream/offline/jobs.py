@@ -17,6 +17,7 @@ __all__ = [
     "SCAN_SUFFIXES",
     "Job",
     "file_jobs",
+    "RESULT_FORMATS",
     "file_result",
     "looks_like_file",
     "settings_hash",
@@ -60,6 +61,7 @@ class Job:
     catalog: str = "raw"
     path: str | None = None
     out_dir: str | None = None
+    result_format: str = "h5"
     api_key: str | None = field(default=None, repr=False)
 
 
@@ -128,16 +130,18 @@ def file_jobs(
     epochs: int,
     out_dir: str | Path,
     force: bool = False,
+    result_format: str = "h5",
 ) -> tuple[list[Job], list[Report]]:
     """Jobs for scan files, and reports for those whose result with the same settings is
-    already in ``out_dir`` (unless ``force``)."""
+    already in ``out_dir`` (unless ``force``); ``result_format`` ``h5`` (ptystream's layout)
+    or ``cxi`` (:mod:`ptystream.io.cxi_results`)."""
     digest = settings_hash(profile, epochs)
     out_dir = Path(out_dir).resolve()  # workers may run in another directory
     jobs, skipped = [], []
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"scan file {path} does not exist")
-        out = file_result(out_dir, path, digest)
+        out = file_result(out_dir, path, digest, result_format)
         if out.is_file() and not force:
             skipped.append(
                 Report(
@@ -150,7 +154,15 @@ def file_jobs(
             )
             continue
         jobs.append(
-            Job(path.name, profile, epochs, digest, path=str(path.resolve()), out_dir=str(out_dir))
+            Job(
+                path.name,
+                profile,
+                epochs,
+                digest,
+                path=str(path.resolve()),
+                out_dir=str(out_dir),
+                result_format=result_format,
+            )
         )
     return jobs, skipped
 
@@ -164,5 +176,12 @@ def looks_like_file(text: str) -> bool:
     return Path(text).suffix.lower() in SCAN_SUFFIXES
 
 
-def file_result(out_dir: str | Path, path: Path, digest: str) -> Path:
-    return Path(out_dir) / f"{path.stem}-{digest}.h5"
+#: The file formats a scan file's result can be written in (``write_result`` by suffix).
+RESULT_FORMATS = ("h5", "cxi")
+
+
+def file_result(out_dir: str | Path, path: Path, digest: str, result_format: str = "h5") -> Path:
+    """Where a scan file's result goes: ``<out_dir>/<stem>-<settings hash>.<h5|cxi>``."""
+    if result_format not in RESULT_FORMATS:
+        raise ValueError(f"result format {result_format!r}: expected one of {RESULT_FORMATS}")
+    return Path(out_dir) / f"{path.stem}-{digest}.{result_format}"

@@ -62,8 +62,8 @@ def _from_file(job: Job, report: Report) -> None:
     assert job.path is not None and job.out_dir is not None
     scan = read_scan(job.path)
     estimate = _reconstruct(job, scan, report)
-    out = file_result(job.out_dir, Path(job.path), job.settings_hash)
-    partial = out.with_suffix(".partial.h5")
+    out = file_result(job.out_dir, Path(job.path), job.settings_hash, job.result_format)
+    partial = out.with_name(f"{out.stem}.partial{out.suffix}")  # the suffix picks the layout
     attrs = {"settings_hash": job.settings_hash, "engine": job.profile.engine.algorithm.value}
     write_result(partial, estimate, geometry_for(scan, job.profile), _provenance(job), attrs)
     partial.replace(out)  # a crash leaves no result that a rerun would skip

@@ -282,10 +282,11 @@ def test_file_results_go_where_the_client_says(tmp_path, profile, monkeypatch):
     assert job.out_dir == str(tmp_path / "results")
 
 
-def test_a_wrong_orientation_is_in_the_report_and_the_table(tmp_path):
+@pytest.mark.parametrize("result_format", ["h5", "cxi"])
+def test_a_wrong_orientation_is_in_the_report_and_the_table(tmp_path, result_format):
     """A scan file whose positions have y and x swapped: reprocessed (mPIE, 2 passes) it
     finishes, and the orientation check's warning is in its report, the table printed and the
-    result file."""
+    result file, in either format."""
     from ptystream.config import load_profile
     from ptystream.sim.problems import far_field_problem
 
@@ -301,7 +302,9 @@ def test_a_wrong_orientation_is_in_the_report_and_the_table(tmp_path):
         detector_pixel_size_m=g.detector_pixel_size_m,
     )
     profile = with_overrides(load_profile("hard-xray-farfield"), ["engine.algorithm=mpie"])
-    (job,), _ = file_jobs([path], profile, epochs=2, out_dir=tmp_path / "out")
+    (job,), _ = file_jobs(
+        [path], profile, epochs=2, out_dir=tmp_path / "out", result_format=result_format
+    )
     report = reprocess_one(job)
     assert report.status == "finished", report.error
     (warning,) = [w for w in report.warnings if "y and x swapped" in w]
@@ -309,8 +312,13 @@ def test_a_wrong_orientation_is_in_the_report_and_the_table(tmp_path):
     assert f"warning: {report.label}: {warning}" in format_table([report]).splitlines()
     import h5py
 
+    assert report.result.endswith(f".{result_format}")
     with h5py.File(report.result) as f:
-        assert json.loads(f.attrs["orientation"])["warnings"] == [warning]
+        group = f["entry_1/image_1/process_1"] if result_format == "cxi" else f
+        assert json.loads(group.attrs["orientation"])["warnings"] == [warning]
+    from ptystream.io.results import read_result
+
+    assert read_result(report.result).orientation["verdict"] == "mismatch"
 
 
 def test_bad_input_is_named(root, runs, profile):
