@@ -542,8 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("ptystream: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"ptystream: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
     except _BAD_INPUT as exc:
         print(f"ptystream: {error_message(exc)}", file=sys.stderr)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import io
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -65,6 +68,7 @@ def run_demo(
     """
     t_start = time.perf_counter()
     from bluesky import RunEngine
+    from bluesky.utils import RunEngineInterrupted
 
     from ptystream.dashboard import start_dashboard
     from ptystream.io.figures import write_summary
@@ -109,7 +113,13 @@ def run_demo(
         announce(f"Tiled server at {tiled_uri}  (API key in {key_file})")
         announce(f"dashboard at {dashboard.url}  (open it to watch the reconstruction)")
         announce(f"scanning {len(sim.positions_m)} points with live reconstruction ...")
-        (uid,) = RE(sim.plan())
+        said = io.StringIO()  # bluesky's own words on Ctrl-C (pause, options) are not for us
+        try:
+            with contextlib.redirect_stdout(said):
+                (uid,) = RE(sim.plan())
+        except (KeyboardInterrupt, RunEngineInterrupted):
+            raise KeyboardInterrupt(_aborted(RE, pipeline, raw_writer)) from None
+        sys.stdout.write(said.getvalue())
         t_scan = time.perf_counter()
         result = pipeline.wait(uid, timeout=600)
         t_final = time.perf_counter()
@@ -228,3 +238,22 @@ def _print_report(report: DemoReport, announce: Callable[[str], None]) -> None:
     for note in report.notes:
         announce(note)
     announce(f"summary:    {report.summary_png}")
+
+
+def _aborted(RE, pipeline, raw_writer) -> str:
+    """Ctrl-C during the demo's scan (the RunEngine pauses): abort the run, so that it ends
+    with a stop document and its reconstruction is published ``aborted`` rather than left
+    ``running``; wait for that (at most a minute) and say where it is."""
+    if RE.state == "idle":
+        return "before the scan started"
+    quiet = logging.getLogger("bluesky")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its traceback of the abort request
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            (uid,) = RE.abort("interrupted (Ctrl-C)")
+    finally:
+        quiet.setLevel(level)
+    result = pipeline.wait(uid, timeout=60)
+    raw_writer.flush(timeout=30)
+    return f"run {uid[:8]} ended {result.status} in Tiled"

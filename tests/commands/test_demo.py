@@ -33,3 +33,44 @@ def test_demo_runs_end_to_end(tmp_path, small_profile):
     # the noise model and the probe's defocus the engine chose from the frames
     assert re.search(r"noise: \w+ loss, read noise [0-9.e+-]+ counts \(estimated\)", text)
     assert re.search(r"initial probe: defocus [0-9.]+ mm", text)
+
+
+def test_ctrl_c_during_the_demo_marks_its_run_aborted(tmp_path, small_profile):
+    """Ctrl-C during the scan (a real SIGINT to the real command): one line, no traceback,
+    and the run ends with a stop document, its reconstruction published ``aborted`` in Tiled
+    (read back from the demo's data directory afterwards), not left ``running``."""
+    import signal
+    import time
+
+    from tiled.client import from_uri
+
+    from ptystream.store.server import start_server_process
+
+    profile = small_profile(n_points=90, exposure_s=0.2)  # an 18 s scan
+    path = tmp_path / "slow.yaml"
+    path.write_text(profile.model_dump_json())
+    exe = Path(sys.executable).with_name("ptystream")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [str(exe), "demo", "--profile", str(path), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if "scanning" in line:
+            break
+    time.sleep(5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    (said,) = [line for line in err.splitlines() if line.startswith("ptystream: interrupted")]
+    uid8 = re.search(r"run ([0-9a-f]{8}) ended aborted in Tiled", said).group(1)
+    server = start_server_process(out / "tiled")
+    try:
+        runs = from_uri(server.uri)["processed"]["ptystream"]
+        (uid,) = [u for u in runs if u.startswith(uid8)]
+        assert runs[uid].metadata["status"] == "aborted"
+    finally:
+        server.close()
