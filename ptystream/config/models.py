@@ -450,6 +450,12 @@ class PublishSettings(BaseModel):
     raw_batch_size: int = Field(50, gt=0)
     """Events per write of bluesky's TiledWriter (the raw scan): larger means fewer, bigger
     writes."""
+    checkpoint_cadence_s: float | None = Field(60.0, gt=0)
+    """Seconds between checkpoints of the run being reconstructed live (the engine's whole
+    state, frames included, written atomically to the spool's ``checkpoints/<run uid>.h5``),
+    so that a killed service loses at most this much work; the checkpoint is removed once the
+    run's final result is safe (in Tiled, or kept on disk for a later upload). None: only at
+    shutdown. Needs a spool directory (``serve`` and the demo have one)."""
 
 
 class ProbeKind(StrEnum):

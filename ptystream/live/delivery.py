@@ -143,6 +143,11 @@ class Delivery:
             result.error = f"final estimate at iteration {it} has non-finite values; not published"
         retries = self._publish_settings.retries
         self._begin_after.pop(result.run_uid, None)
+        # a periodic checkpoint of a run that ended is removed once its final result is safe;
+        # an incomplete run's (a shutdown) is kept to resume from
+        stale = result.checkpoint if result.status != "incomplete" else None
+        if stale is not None:
+            result.checkpoint = None
         lock = spool_lock(self._spool_dir) if self._spool_dir else contextlib.nullcontext()
         with lock:
             kept = self._keep_on_disk(result)
@@ -166,6 +171,8 @@ class Delivery:
                 )
             elif not done:
                 logger.error("run %s: final result not published and not kept", result.run_uid)
+        if stale is not None and (done or kept is not None):
+            stale.unlink(missing_ok=True)
         return done
 
     def _begin(self, result: RunResult) -> None:

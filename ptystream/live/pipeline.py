@@ -70,6 +70,7 @@ class _LiveRun:
         self.t_open = time.perf_counter()
         self.last_seen = time.monotonic()
         self.last_publish = 0.0
+        self.last_checkpoint = time.perf_counter()
         self._first: list[PairedFrames] = []
         self._judge_orientation = profile.instrument.orientation != "off"
 
@@ -438,6 +439,22 @@ class LivePipeline:
             if gaps.count:
                 frames["missing"] = gaps.as_dict()
             self._delivery.post("live", run.result, (run.engine.estimate(), frames))
+        cadence = self._profile.publish.checkpoint_cadence_s
+        if cadence is not None and run.engine.n_frames and now - run.last_checkpoint >= cadence:
+            run.last_checkpoint = now
+            self._save_state(run)
+
+    def _save_state(self, run: _LiveRun) -> None:
+        """Write the engine's state to ``checkpoints/<run uid>.h5`` in the spool (atomically:
+        a checkpoint is whole or the previous one), if there is a spool directory."""
+        if self._spool_dir is None or not run.engine.n_frames:
+            return
+        path = self._spool_dir / "checkpoints" / f"{run.uid}.h5"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        run.engine.save_state(path)
+        run.result.checkpoint = path
+        logger.debug("run %s: checkpoint in %.2f s", run.uid, time.perf_counter() - t0)
 
     def _checkpoint(self, run: _LiveRun) -> None:
         """Shutdown mid-run: save the engine's state and publish what exists as incomplete."""
@@ -445,11 +462,7 @@ class LivePipeline:
         self._drain(run)
         result = run.result
         result.timings_s["scan"] = time.perf_counter() - run.t_open
-        if self._spool_dir is not None and run.engine.n_frames:
-            path = self._spool_dir / "checkpoints" / f"{result.run_uid}.h5"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            run.engine.save_state(path)
-            result.checkpoint = path
+        self._save_state(run)
         if run.engine.n_frames:
             result.final = run.engine.estimate(final=True)
         result.status, result.error = _with_missing(
