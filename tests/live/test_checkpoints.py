@@ -12,6 +12,7 @@ def test_a_live_run_is_checkpointed_while_it_runs_and_cleaned_after(
 ):
     from bluesky import RunEngine
 
+    from ptystream.config import Algorithm
     from ptystream.engine import EngineSetup, make_engine
     from ptystream.engine.checkpoint import read_state
     from ptystream.live.callback import PtychoCallback
@@ -20,8 +21,11 @@ def test_a_live_run_is_checkpointed_while_it_runs_and_cleaned_after(
     from ptystream.store.publisher import TiledPublisher
 
     profile = small_profile(exposure_s=0.05)  # 90 points in about 5 s
-    profile = profile.model_copy(
-        update={"publish": profile.publish.model_copy(update={"checkpoint_cadence_s": 0.5})}
+    profile = profile.model_copy(  # mPIE: the checkpointing is the pipeline's, any engine's
+        update={
+            "publish": profile.publish.model_copy(update={"checkpoint_cadence_s": 0.5}),
+            "engine": profile.engine.model_copy(update={"algorithm": Algorithm.MPIE}),
+        }
     )
     spool = tmp_path / "spool"
     pipeline = LivePipeline(profile, TiledPublisher(tiled_client), spool_dir=spool).start()
