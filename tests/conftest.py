@@ -139,7 +139,8 @@ def tiled_without_streaming(tiled_server):
     directory = Path(tiled_server.directory)
     catalog = catalog_from_uri(
         directory / "catalog.db",
-        writable_storage=[directory / "data", f"duckdb:///{directory / 'storage.duckdb'}"],
+        # the embedded server keeps its appendable tables in SQLite (ptystream.store.server)
+        writable_storage=[directory / "data", f"sqlite:///{directory / 'tables.sqlite'}"],
     )
     # The same key: tiled keeps its authentication settings in a process-wide singleton.
     app = build_app(

@@ -57,7 +57,7 @@ def run_demo(
     keep_serving: bool = False,
     dashboard_port: int = 8765,
     wrap_callback: Callable | None = None,
-    announce: Callable[[str], None] = print,
+    announce: Callable[[str], None] | None = None,
 ) -> DemoReport:
     """Start Tiled and the dashboard, run the simulated scan with live reconstruction, score
     and summarise it.
@@ -65,8 +65,11 @@ def run_demo(
     The embedded server's API key is written to ``out_dir/tiled-api-key`` (mode 0600), never
     printed. The dashboard listens on ``dashboard_port`` (any free port if that one is taken).
     ``wrap_callback`` (for benchmarks) wraps the live callback before it is subscribed.
+    ``announce`` tells the progress (default: printed, flushed at once, so that a reader of a
+    pipe knows when the scan starts).
     """
     t_start = time.perf_counter()
+    announce = announce or _say
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
 
@@ -82,6 +85,12 @@ def run_demo(
     from ptystream.store.server import start_server_process
 
     out_dir = Path(out_dir).resolve()
+    # SIGTERM (a service manager, `kill`) ends the demo as Ctrl-C does: the run aborted
+    signals: list[int] = []
+    on_term = _as_ctrl_c(signals)
+    previous_term = None
+    if threading.current_thread() is threading.main_thread():
+        previous_term = signal.signal(SIGTERM, on_term)
     server = start_server_process(out_dir / "tiled")
     dashboard = None
     try:
@@ -98,7 +107,7 @@ def run_demo(
             profile, TiledPublisher(client), spool_dir=out_dir / "spool"
         ).start()
         sim = build_simulation(profile)
-        RE = RunEngine({})
+        RE = RunEngine({}, during_task=_waking_during_task())
         callback = PtychoCallback(profile, pipeline)
         RE.subscribe(raw_writer)
         RE.subscribe(wrap_callback(callback) if wrap_callback else callback)
@@ -118,10 +127,18 @@ def run_demo(
             with contextlib.redirect_stdout(said):
                 (uid,) = RE(sim.plan())
         except (KeyboardInterrupt, RunEngineInterrupted):
-            raise KeyboardInterrupt(_aborted(RE, pipeline, raw_writer)) from None
+            why = "SIGTERM" if SIGTERM in signals else "Ctrl-C"
+            raise KeyboardInterrupt(_aborted(RE, pipeline, raw_writer, why)) from None
         sys.stdout.write(said.getvalue())
         t_scan = time.perf_counter()
-        result = pipeline.wait(uid, timeout=600)
+        try:
+            result = pipeline.wait(uid, timeout=600)
+        except KeyboardInterrupt:  # during the final passes: publish, never leave it running
+            result = pipeline.wait(uid, timeout=60)
+            raise KeyboardInterrupt(
+                f"run {uid[:8]} ended {result.status} in Tiled (interrupted during its final "
+                "passes, which were let finish)"
+            ) from None
         t_final = time.perf_counter()
         raw_writer.flush(timeout=120)
         raw_writer.close()
@@ -176,6 +193,8 @@ def run_demo(
         if dashboard is not None:
             dashboard.close()
         server.close()
+        if previous_term is not None:
+            signal.signal(SIGTERM, previous_term)
 
 
 #: Why a port cannot be listened on that another port can cure: taken, or privileged.
@@ -240,10 +259,45 @@ def _print_report(report: DemoReport, announce: Callable[[str], None]) -> None:
     announce(f"summary:    {report.summary_png}")
 
 
-def _aborted(RE, pipeline, raw_writer) -> str:
-    """Ctrl-C during the demo's scan (the RunEngine pauses): abort the run, so that it ends
-    with a stop document and its reconstruction is published ``aborted`` rather than left
-    ``running``; wait for that (at most a minute) and say where it is."""
+def _waking_during_task():
+    """How the main thread waits while the RunEngine runs the scan: in short waits, not one
+    (bluesky's default), so that Ctrl-C or SIGTERM is handled within 0.2 s. Python runs signal
+    handlers on the main thread only, and a signal the kernel gives to another of the demo's
+    many threads did not wake it: the pause request then came only after the scan had ended."""
+    from bluesky.utils import DuringTask
+
+    class WakingDuringTask(DuringTask):
+        def block(self, blocking_event: threading.Event) -> None:
+            while not blocking_event.wait(0.2):
+                pass
+
+    return WakingDuringTask()
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _as_ctrl_c(seen: list[int]) -> Callable[[int, Any], None]:
+    """A SIGTERM handler that does what Ctrl-C would do now: call the SIGINT handler in place
+    (the RunEngine's, which pauses the scan, while it runs; else Python's, which raises
+    KeyboardInterrupt). The signal is noted in ``seen``."""
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        on_int = signal.getsignal(SIGINT)
+        if callable(on_int):
+            on_int(SIGINT, frame)
+        else:  # SIGINT ignored (a background job of a non-interactive shell): stop all the same
+            raise KeyboardInterrupt
+
+    return handler
+
+
+def _aborted(RE, pipeline, raw_writer, why: str = "Ctrl-C") -> str:
+    """Ctrl-C or SIGTERM during the demo's scan (the RunEngine pauses): abort the run, so that
+    it ends with a stop document and its reconstruction is published ``aborted`` rather than
+    left ``running``; wait for that (at most a minute) and say where it is."""
     if RE.state == "idle":
         return "before the scan started"
     quiet = logging.getLogger("bluesky")
@@ -251,7 +305,7 @@ def _aborted(RE, pipeline, raw_writer) -> str:
     quiet.setLevel(logging.CRITICAL)  # its traceback of the abort request
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            (uid,) = RE.abort("interrupted (Ctrl-C)")
+            (uid,) = RE.abort(f"interrupted ({why})")
     finally:
         quiet.setLevel(level)
     result = pipeline.wait(uid, timeout=60)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import threading
 import time
@@ -151,6 +152,44 @@ class _IdleNotice:
             due = now + self._period_s
 
 
+#: The scopes a key for ``serve`` needs (deploy/tiled/setup_facility.py gives them).
+WRITE_SCOPES = (
+    "read:metadata",
+    "read:data",
+    "write:metadata",
+    "write:data",
+    "create:node",
+    "delete:node",
+)
+
+
+def check_can_write(client, where: str) -> None:
+    """Create, then delete, a container where ``serve`` writes (``processed/ptystream``,
+    created if missing), so that a key that may not write there is found at start-up, not at
+    the first scan. Raises ServeError naming what was refused; ``where`` names the server."""
+    import httpx
+
+    from ptystream.store.layout import PROCESSED_PATH, child
+
+    path = "/".join(PROCESSED_PATH)
+    step = f"reading {path}"
+    try:
+        parent = client
+        for key in PROCESSED_PATH:
+            step = f"reading {key}" if key in parent else f"creating the container {key}"
+            parent = child(parent, key)
+        step = f"creating a container in {path}"
+        probe = parent.create_container(f"ptystream-write-check-{secrets.token_hex(4)}")
+        step = f"deleting the container {probe.item['id']} it created in {path}"
+        probe.delete()
+    except httpx.HTTPStatusError as exc:
+        code = exc.response.status_code
+        raise ServeError(
+            f"Tiled at {where}: the API key may not write where serve writes: HTTP {code} "
+            f"{step} (give serve a key with the scopes {', '.join(WRITE_SCOPES)} on {path})"
+        ) from None
+
+
 def _duration(seconds: float) -> str:
     """``45 s``, ``3 min``, ``2.5 h``: how long, to the precision a person reads."""
     if seconds < 120:
@@ -196,6 +235,7 @@ def serve(
         announce(f"embedded Tiled server at {tiled_uri} (API key in {key_file})")
     try:
         client = connect(tiled_uri, api_key)
+        check_can_write(client, tiled_uri.split("?")[0])
         pipeline = LivePipeline(profile, TiledPublisher(client), spool_dir=data_dir / "spool")
         pipeline.start()
         dispatcher.subscribe(PtychoCallback(profile, pipeline))

@@ -4,6 +4,9 @@ The run's container is subscribed to (each live publication updates ``live/``'s 
 Tiled pushes to the container's subscribers) and so is ``processed/ptystream`` (a run created,
 a status changed). Where the server has no streaming cache nothing is pushed; the metadata is
 then read every ``poll_s`` seconds instead, which is also the safety net for a dropped socket.
+A server that stops answering is said so (within seconds: the client made by
+:func:`ptystream.store.access.connect` does not wait out tiled's retries) and read again every
+``poll_s`` seconds until it answers.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ptystream.store.access import TiledUnreachable
 from ptystream.store.layout import ENDED_STATUSES, PROCESSED_PATH, exists, node_at
 
 __all__ = ["find_run", "format_progress", "watch"]
@@ -147,6 +151,22 @@ class _Watch:
         self.subs: list[Any] = []
         self.pushed = True
         self.reason = ""  # why the run followed ended as it did (its metadata's ``reason``)
+        self.down = False  # Tiled did not answer the last read
+
+    def read(self, what: Callable[[], Any], otherwise: Any = None) -> Any:
+        """``what()``; while Tiled is down, ``otherwise`` (said once, and said again when Tiled
+        answers again): a watch outlives a restart of the server."""
+        try:
+            value = what()
+        except TiledUnreachable as exc:
+            if not self.down:
+                self.down = True
+                self.show(f"({exc}; reading again every {self.poll_s:g} s)")
+            return otherwise
+        if self.down:
+            self.down = False
+            self.show("(Tiled answers again)")
+        return value
 
     def on_refused(self, exc: Exception) -> None:
         self.updates.put(_Update("refused", "", {"reason": f"{type(exc).__name__}: {exc}"}))
@@ -177,11 +197,11 @@ class _Watch:
             self.show(f"waiting for {'a run' if self.run is None else repr(self.run)} to start ...")
         subscribed = False
         while key is None:
-            processed = None if subscribed else _processed(self.client)
+            processed = None if subscribed else self.read(lambda: _processed(self.client))
             if processed is not None:
                 self.subscribe(processed, self.on_processed)
                 subscribed = True
-                key = find_run(self.client, self.run)  # created while subscribing
+                key = self.read(lambda: find_run(self.client, self.run))  # created meanwhile
                 continue
             # until processed/ptystream exists (a new server) there is nothing to subscribe to
             wait = self.poll_s if subscribed else min(self.poll_s, _CONNECT_S / 5)
@@ -192,7 +212,7 @@ class _Watch:
                 elif update.kind == "refused":
                     self.note_refused(update)
             except queue.Empty:
-                key = find_run(self.client, self.run)
+                key = self.read(lambda: find_run(self.client, self.run))
             if stop.is_set():
                 raise KeyboardInterrupt
         if not subscribed:
@@ -218,8 +238,7 @@ class _Watch:
             try:
                 update = self.updates.get(timeout=self.poll_s)
             except queue.Empty:  # nothing pushed: read it (no streaming cache, socket lost)
-                node.refresh()
-                run_md, live_md = dict(node.metadata), self._live(node)
+                run_md, live_md = self.read(lambda: self._current(node), (run_md, live_md))
                 continue
             finally:
                 if stop.is_set():
@@ -233,6 +252,10 @@ class _Watch:
                 return self.follow(update.key, stop)
             elif update.kind == "refused":
                 self.note_refused(update)
+
+    def _current(self, node) -> tuple[dict[str, Any], dict[str, Any]]:
+        node.refresh()
+        return dict(node.metadata), self._live(node)
 
     @staticmethod
     def _live(node) -> dict[str, Any]:

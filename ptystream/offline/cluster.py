@@ -3,6 +3,7 @@ an existing scheduler, each worker with TensorFlow imported and pinned before it
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 
@@ -12,11 +13,37 @@ from ptystream.offline.jobs import Job
 from ptystream.offline.report import Report
 from ptystream.offline.task import reprocess_one
 
-__all__ = ["TensorFlowSetup", "run_jobs"]
+__all__ = ["IgnoreCtrlC", "JobsInterrupted", "TensorFlowSetup", "run_jobs"]
 
 #: Times a task whose worker died (e.g. past its memory limit) is tried again on another
 #: worker of the local cluster before it is reported failed (Dask's default is 3).
 _RETRIES_AFTER_DEATH = 1
+
+
+class JobsInterrupted(KeyboardInterrupt):
+    """:func:`run_jobs` was interrupted (Ctrl-C, or SIGTERM turned into one): ``reports`` has
+    the report of each job that ended before, in the order of the jobs, None for the others
+    (cancelled: whatever they were writing is left unfinished, never reported done)."""
+
+    def __init__(self, reports: list[Report | None]):
+        super().__init__()
+        self.reports = reports
+
+
+class IgnoreCtrlC(WorkerPlugin):
+    """Dask worker plugin for local workers: Ctrl-C in a terminal reaches the whole process
+    group, workers included; they ignore it and leave the stopping to the client, which
+    closes them (a worker interrupted on its own dies with a traceback, and its nanny logs
+    another)."""
+
+    name = "ptystream-ignore-ctrl-c"
+
+    def setup(self, worker) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # the worker's event loop
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class TensorFlowSetup(WorkerPlugin):
@@ -54,11 +81,15 @@ def run_jobs(
     started on 127.0.0.1 and closed at the end; with it, the existing cluster at that address
     is used. Either way each worker gets :class:`TensorFlowSetup`. ``on_report`` is called as
     each task finishes (for a progress bar). A worker that dies fails only its own task.
+
+    A KeyboardInterrupt while they run drops the jobs not yet done (the scheduler cancels
+    them when the client goes; local workers are stopped) and raises :class:`JobsInterrupted`
+    with the reports of those done. Local workers ignore Ctrl-C (:class:`IgnoreCtrlC`).
     """
     if not jobs:
         return []
     import dask
-    from dask.distributed import Client, KilledWorker, LocalCluster, as_completed
+    from dask.distributed import Client, LocalCluster
 
     cluster = None
     if scheduler is None:
@@ -72,34 +103,66 @@ def run_jobs(
                 dashboard_address="127.0.0.1:0",
                 memory_limit=memory_limit or _default_memory_limit(workers),
             )
+    reports: list[Report | None] = [None] * len(jobs)
     try:
         with Client(cluster or scheduler) as client:
+            if cluster is not None:
+                client.register_plugin(IgnoreCtrlC())
             client.register_plugin(TensorFlowSetup(tf_threads))
             futures = {
                 client.submit(reprocess_one, job, pure=False): i for i, job in enumerate(jobs)
             }
-            reports: list[Report | None] = [None] * len(jobs)
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    report = future.result()
-                except Exception as exc:  # the task never ran to its end on a worker
-                    job = jobs[i]
-                    why = "worker lost" if isinstance(exc, KilledWorker) else "not run by Dask"
-                    report = Report(
-                        job.label,
-                        "failed",
-                        job.run_uid or job.path or "?",
-                        job.scan_id,
-                        error=f"{why}: {type(exc).__name__}: {exc}",
-                    )
-                reports[i] = report
-                if on_report is not None:
-                    on_report(report)
+            try:
+                _gather(futures, jobs, reports, on_report)
+            except KeyboardInterrupt:
+                # the jobs not done are dropped with the client: the scheduler cancels them
+                # (a local cluster's workers are stopped with it)
+                _silence_distributed()
+                if cluster is not None:  # and in the local workers, stopped with a task
+                    with contextlib.suppress(Exception):
+                        client.run(_silence_distributed)
+                raise JobsInterrupted(reports) from None
     finally:
         if cluster is not None:
             cluster.close()
     return [r for r in reports if r is not None]
+
+
+def _gather(
+    futures: dict,
+    jobs: list[Job],
+    reports: list[Report | None],
+    on_report: Callable[[Report], None] | None,
+) -> None:
+    """Fill ``reports`` (by job index, which ``futures`` map to) as the futures finish."""
+    from dask.distributed import KilledWorker, as_completed
+
+    for future in as_completed(futures):
+        i = futures[future]
+        try:
+            report = future.result()
+        except Exception as exc:  # the task never ran to its end on a worker
+            job = jobs[i]
+            why = "worker lost" if isinstance(exc, KilledWorker) else "not run by Dask"
+            report = Report(
+                job.label,
+                "failed",
+                job.run_uid or job.path or "?",
+                job.scan_id,
+                error=f"{why}: {type(exc).__name__}: {exc}",
+            )
+        reports[i] = report
+        if on_report is not None:
+            on_report(report)
+
+
+def _silence_distributed() -> None:
+    """After an interrupt, the local cluster is stopped with its tasks running: its warnings
+    about the workers it kills and their tasks cancelled are expected, not news."""
+    import logging
+
+    for name in ("distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _default_memory_limit(workers: int) -> int:

@@ -4,17 +4,27 @@ Every command that talks to Tiled (``serve``, ``watch``, ``flush``, ``dashboard`
 through :func:`connect`, so a wrong key, a missing key or an absent server gives the same clear
 message everywhere, and :func:`hide_in_logs` keeps the key out of every log record (httpx logs
 request URLs at INFO level, and a URI may carry ``?api_key=``).
+
+A server that is down is said so within seconds: the tiled client retries a refused connection
+for 25-45 s on every request, so the clients made here give up on it at once
+(:class:`TiledUnreachable`, which tiled does not retry) and, for a few seconds after, fail
+without trying again; the callers (the publisher thread's retries, the spool) decide when to try
+again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
+    "CONNECT_TIMEOUT_S",
     "AccessError",
+    "TiledUnreachable",
     "connect",
     "connect_from",
     "hide_in_logs",
@@ -27,8 +37,71 @@ __all__ = [
 API_KEY_ENV = "TILED_API_KEY"
 
 
+#: Seconds a client waits for Tiled to accept a connection before it says the server is down.
+CONNECT_TIMEOUT_S = 3.0
+#: After a connection Tiled did not accept, requests fail at once for this long (s) rather than
+#: each paying the connect timeout again.
+DOWN_HOLD_S = 3.0
+
+
 class AccessError(RuntimeError):
     """A set-up problem the operator must fix (the message says which, never the key)."""
+
+
+class TiledUnreachable(ConnectionError):
+    """Tiled did not accept a connection (refused, or not within ``CONNECT_TIMEOUT_S``).
+
+    An OSError, not an httpx error, so the tiled client raises it at once instead of retrying
+    it for up to 45 s.
+    """
+
+
+class _FailFast:
+    """A tiled client's transport, wrapped: a connection the server refuses (or does not accept
+    in time) raises :class:`TiledUnreachable`, and for ``hold_s`` after that every request does,
+    at once. Other errors (a 5xx answer, a connection lost mid-request) are left to tiled's
+    own retries: the server is up."""
+
+    def __init__(self, inner, where: str, hold_s: float = DOWN_HOLD_S):
+        self._inner = inner
+        self._where = where
+        self._hold_s = hold_s
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._why = ""
+
+    @property
+    def cache(self):  # tiled's Context reads and sets its transport's cache
+        return self._inner.cache
+
+    @cache.setter
+    def cache(self, cache) -> None:
+        self._inner.cache = cache
+
+    def handle_request(self, request):
+        import httpx
+
+        with self._lock:
+            if time.monotonic() < self._down_until:
+                raise TiledUnreachable(f"cannot reach Tiled at {self._where}: {self._why}")
+        try:
+            return self._inner.handle_request(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            why = str(exc) or type(exc).__name__
+            with self._lock:
+                self._why = why
+                self._down_until = time.monotonic() + self._hold_s
+            raise TiledUnreachable(f"cannot reach Tiled at {self._where}: {why}") from None
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self):
+        self._inner.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._inner.__exit__(*exc)
 
 
 def split_api_key(uri: str) -> tuple[str, str | None]:
@@ -96,6 +169,10 @@ def connect(uri: str, api_key: str | None = None):
     A key in the URI's query is taken out of it (and used unless ``api_key`` is given), so
     messages can show the URI. Raises AccessError naming the cause: server absent, key
     refused, key missing.
+
+    The client gives up on a server that is down within seconds (``CONNECT_TIMEOUT_S``)
+    rather than after tiled's 25-45 s of retries, on every request it makes later too: such a
+    request raises :class:`TiledUnreachable` (an OSError).
     """
     import httpx
     from tiled.client import from_uri
@@ -104,8 +181,13 @@ def connect(uri: str, api_key: str | None = None):
     shown, key_in_uri = split_api_key(uri)
     api_key = api_key or key_in_uri
     hide_in_logs(api_key)
+    timeout = httpx.Timeout(30.0, connect=CONNECT_TIMEOUT_S, pool=5.0)  # tiled's, but connect
     try:
-        client = from_uri(shown, api_key=api_key)
+        _probe(shown, timeout)  # tiled's own first request retries a refusal for 25-45 s
+        client = from_uri(shown, api_key=api_key, timeout=timeout)
+        http = client.context.http_client
+        # tiled wraps the transport of its ASGI test client the same way
+        http._transport = _FailFast(http._transport, shown)
         client.keys()[:1]  # an authorised request: a wrong key fails here, not mid-run
         return client
     except httpx.HTTPStatusError as exc:
@@ -118,7 +200,11 @@ def connect(uri: str, api_key: str | None = None):
         raise AccessError(f"Tiled at {shown} answered HTTP {code}") from None
     except (httpx.TransportError, OSError) as exc:
         reason = str(exc).replace(api_key, "***") if api_key else str(exc)
-        raise AccessError(f"cannot reach Tiled at {shown}: {reason}") from None
+        if reason.startswith("cannot reach Tiled"):
+            raise AccessError(f"{reason} (is the server running?)") from None
+        raise AccessError(
+            f"cannot reach Tiled at {shown}: {reason} (is the server running?)"
+        ) from None
     except (RuntimeError, CannotPrompt) as exc:
         # tiled: "This server requires API key authentication." (single-user server), or,
         # from a server with login providers that refused the key, an attempt to prompt for
@@ -132,6 +218,18 @@ def connect(uri: str, api_key: str | None = None):
             ) from None
         raise AccessError(
             f"Tiled at {shown} requires an API key: give --api-key-file or set {API_KEY_ENV}"
+        ) from None
+
+
+def _probe(uri: str, timeout) -> None:
+    """One request to ``uri`` without retries: TiledUnreachable if nothing answers."""
+    import httpx
+
+    try:
+        httpx.get(uri, timeout=timeout, follow_redirects=False)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise TiledUnreachable(
+            f"cannot reach Tiled at {uri}: {str(exc) or type(exc).__name__}"
         ) from None
 
 

@@ -1,14 +1,28 @@
 """The embedded Tiled server of the default set-up.
 
-``ptystream demo`` and ``ptystream serve`` (without ``--tiled``) run Tiled's
-``SimpleTiledServer`` in a child process (:func:`start_server_process`): its request handling
-is Python, and in the reconstruction's own process it competed with the engine's threads for
-the GIL and slowed the reconstruction by ~12 % at the default cadence (benchmarks/README.md,
-"Live publishing"). :func:`start_embedded_server` runs it in this process, for tests.
+``ptystream demo`` and ``ptystream serve`` (without ``--tiled``) run an embedded Tiled server
+in a child process (:func:`start_server_process`): its request handling is Python, and in the
+reconstruction's own process it competed with the engine's threads for the GIL and slowed the
+reconstruction by ~12 % at the default cadence (benchmarks/README.md, "Live publishing").
+:func:`start_embedded_server` runs it in this process, for tests.
+
+The server is Tiled's ``SimpleTiledServer`` set-up (SQLite catalog, zarr arrays, an in-memory
+streaming cache, one API key, 127.0.0.1 only) with its appendable tables made safe to append
+to from several writers at once (TiledWriter's event tables and the live loss table, say):
+
+- tiled 0.2.20 shares one DuckDB connection between all requests; appends from two clients at
+  once made it fail ("No active transaction, cannot rollback") and then abort the whole server
+  process (a C++ ``std::system_error``). The tables are kept in SQLite instead
+  (``tables.sqlite``), a connection per request;
+- SQLite without a busy timeout answers a second writer "database is locked" (HTTP 500, and an
+  append is not retried), so the requests that may touch the tables' database take turns
+  (:class:`_TablesInTurn`): table reads and writes, node creation, deletion and metadata
+  changes. Array writes, the bulk of live publishing, do not wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -22,6 +36,7 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 __all__ = [
+    "EmbeddedTiledServer",
     "ServerProcess",
     "ServerStartError",
     "start_embedded_server",
@@ -36,22 +51,156 @@ PROCESS_LOG = "server-process.log"
 _READY = "ptystream-tiled-ready"
 
 
-def start_embedded_server(directory: str | Path, *, port: int = 0, api_key: str | None = None):
-    """Start ``tiled.server.SimpleTiledServer`` on 127.0.0.1 in this process, with its data in
-    ``directory``.
+#: The SQLite database of the appendable tables, in the server's directory.
+TABLES_DB = "tables.sqlite"
+#: Where ``SimpleTiledServer`` kept them (DuckDB): still read when an older directory has it.
+_DUCKDB_TABLES = "storage.duckdb"
+#: Seconds to wait for the server to answer once it listens.
+_READY_TIMEOUT_S = 60.0
+
+
+class EmbeddedTiledServer:
+    """A Tiled server on 127.0.0.1, on a thread of this process, with its data in
+    ``directory`` (see :func:`start_embedded_server`).
+
+    Attributes as tiled's ``SimpleTiledServer``: ``uri`` (``http://127.0.0.1:PORT/api/v1
+    ?api_key=KEY``), ``web_ui_link``, ``api_key``, ``port``, ``directory``, ``catalog``.
+    ``close()`` stops it; it is also a context manager.
+    """
+
+    def __init__(self, directory: Path, *, port: int, api_key: str):
+        import copy
+
+        import uvicorn
+        from tiled.catalog import from_uri as catalog_from_uri
+        from tiled.config import Authentication, StreamingCacheConfig
+        from tiled.server.app import build_app
+        from tiled.server.logging_config import LOGGING_CONFIG
+        from tiled.server.simple import ThreadedServer
+
+        directory = Path(directory).resolve()
+        (directory / "data").mkdir(parents=True, exist_ok=True)
+        self._tables_uri = f"sqlite:///{directory / TABLES_DB}"
+        readable = []
+        if (directory / _DUCKDB_TABLES).exists():  # tables written by an earlier version
+            readable.append(f"duckdb:///{directory / _DUCKDB_TABLES}")
+        # its logs to files in the directory, as SimpleTiledServer's
+        log_config = copy.deepcopy(LOGGING_CONFIG)
+        for handler, name in (("access", "access.log"), ("default", "error.log")):
+            log_config["handlers"][handler]["class"] = "logging.FileHandler"
+            del log_config["handlers"][handler]["stream"]
+            log_config["handlers"][handler]["filename"] = str(directory / name)
+        self.catalog = catalog_from_uri(
+            directory / "catalog.db",
+            writable_storage=[directory / "data", self._tables_uri],
+            readable_storage=readable or None,
+            init_if_not_exists=True,
+            cache_config=StreamingCacheConfig(uri="memory").model_dump(),
+        )
+        app = _TablesInTurn(
+            build_app(self.catalog, authentication=Authentication(single_user_api_key=api_key))
+        )
+        self._server = ThreadedServer(
+            uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", log_config=log_config)
+        )
+        self._running = self._server.run_in_thread()
+        base = self._running.__enter__()
+        try:
+            _wait_until_healthy(base, self._server.thread, directory)
+        except BaseException:
+            self._running.__exit__(None, None, None)
+            raise
+        self.port = int(base.rsplit(":", 1)[1])
+        self.directory = directory
+        self.api_key = api_key
+        self.uri = f"{base}/api/v1?api_key={quote_plus(api_key)}"
+        self.web_ui_link = f"{base}?api_key={quote_plus(api_key)}"
+
+    def close(self) -> None:
+        """Stop serving. Idempotent."""
+        if self._running is None:
+            return
+        running, self._running = self._running, None
+        running.__exit__(None, None, None)  # the app's shutdown closes the tables' connections
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} at http://127.0.0.1:{self.port}>"
+
+    def __enter__(self) -> EmbeddedTiledServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _TablesInTurn:
+    """ASGI middleware: the requests that may touch the appendable tables' SQL database are
+    handled one at a time (each to the end of its response); the others as they come.
+
+    Those are any request under ``table/`` or ``container/`` (reads of tables included: a
+    SQLite reader is refused while another connection writes), and every request that changes
+    something (node creation, deletion, metadata) but array writes.
+    """
+
+    _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+    _TABLES = ("/api/v1/table/", "/api/v1/container/")
+    _ARRAYS = "/api/v1/array/"
+
+    def __init__(self, app):
+        self.app = app
+        self._turn = asyncio.Lock()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not self._may_touch_tables(scope):
+            await self.app(scope, receive, send)
+            return
+        async with self._turn:
+            await self.app(scope, receive, send)
+
+    @classmethod
+    def _may_touch_tables(cls, scope) -> bool:
+        path = scope.get("path", "")
+        if path.startswith(cls._TABLES):
+            return True
+        return scope.get("method") not in cls._READS and not path.startswith(cls._ARRAYS)
+
+
+def _wait_until_healthy(base: str, thread, directory: Path) -> None:
+    """Until ``base``/healthz answers 200 (uvicorn listens before the app has started)."""
+    import httpx
+
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    with httpx.Client(trust_env=False) as http:
+        while True:
+            if not thread.is_alive():
+                raise RuntimeError(f"the Tiled server thread ended (its logs are in {directory})")
+            try:
+                if http.get(f"{base}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.RequestError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Tiled did not answer within {_READY_TIMEOUT_S:g} s")
+            time.sleep(0.1)
+
+
+def start_embedded_server(
+    directory: str | Path, *, port: int = 0, api_key: str | None = None
+) -> EmbeddedTiledServer:
+    """Start a Tiled server on 127.0.0.1 in this process, with its data in ``directory``.
 
     The directory is kept (re-opening it keeps earlier runs); without ``api_key`` a fresh random
     key is made for each start. It has an in-memory streaming cache, so websocket subscribers
-    get live updates. Returns the server (``.uri`` includes the key; ``.close()`` when done).
+    get live updates, and keeps appendable tables in SQLite (``tables.sqlite``), which takes
+    appends from concurrent writers. Returns the server (``.uri`` includes the key;
+    ``.close()`` when done).
 
     Its requests are handled on a thread of this process: use :func:`start_server_process`
     next to a reconstruction.
     """
-    from tiled.server import SimpleTiledServer
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    return SimpleTiledServer(directory, api_key=api_key or secrets.token_hex(8), port=port)
+    return EmbeddedTiledServer(directory, api_key=api_key or secrets.token_hex(8), port=port)
 
 
 def stop_child(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
@@ -73,9 +222,9 @@ class ServerStartError(RuntimeError):
 
 
 class ServerProcess:
-    """A ``SimpleTiledServer`` running in a child process (see :func:`start_server_process`).
+    """The embedded Tiled server running in a child process (see :func:`start_server_process`).
 
-    Attributes as ``SimpleTiledServer``'s: ``uri`` (``http://127.0.0.1:PORT/api/v1?api_key=``),
+    Attributes as :class:`EmbeddedTiledServer`'s: ``uri`` (``http://127.0.0.1:PORT/api/v1?api_key=``),
     ``api_key``, ``port``, ``directory``; and ``pid``, ``log_path``. ``close()`` stops the
     child; it is also a context manager.
     """
@@ -123,8 +272,8 @@ def start_server_process(
     api_key: str | None = None,
     timeout_s: float = 120.0,
 ) -> ServerProcess:
-    """Start ``tiled.server.SimpleTiledServer`` on 127.0.0.1 in a child Python process, with its
-    data in ``directory``; return once it answers requests.
+    """Start the embedded Tiled server (:func:`start_embedded_server`) on 127.0.0.1 in a child
+    Python process, with its data in ``directory``; return once it answers requests.
 
     The same server as :func:`start_embedded_server` (the directory is kept; a fresh random key
     without ``api_key``; websocket subscriptions), but its request handling no longer shares
@@ -134,7 +283,7 @@ def start_server_process(
       and the child logs it nowhere. (Its ``access.log`` records request URLs: clients should
       send the key in a header, as :func:`ptystream.store.access.connect` does, not as
       ``?api_key=``.)
-      It must be ASCII letters and digits (a ``SimpleTiledServer`` rule).
+      It must be ASCII letters and digits (tiled's rule for a single-user key).
     - The child keeps reading its stdin, a pipe from this process, and stops its server and
       exits at end-of-file: when this process exits or dies, even by SIGKILL. It runs in a
       session of its own, so Ctrl-C in a terminal (or a signal to this process group) reaches

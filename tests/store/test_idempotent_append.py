@@ -1,6 +1,6 @@
 """The live loss table equals the engine's loss history, whatever the appends' errors said.
 
-Against a real Tiled server (SimpleTiledServer: its appendable tables live in DuckDB). The one
+Against a real Tiled server (the embedded one: its appendable tables live in SQLite). The one
 thing injected is the failure: httpx event hooks on a real tiled client, so every request still
 reaches the real server. ``after`` turns the real answer to an append into a 500 once the server
 has applied it (the hook sees the response, so the rows are in): that is the issue's failure,

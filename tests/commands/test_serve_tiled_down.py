@@ -1,0 +1,132 @@
+"""`ptystream serve` (a real subprocess behind a real `bluesky-0MQ-proxy`) whose Tiled server (a
+real one, in its own process) is stopped in the middle of a run: SIGTERM still stops the
+service within seconds, the run's checkpoint kept and its end kept in the spool."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+import zmq
+from bluesky import RunEngine
+from bluesky.callbacks.zmq import Publisher
+
+from ptystream.sim.scan import build_simulation
+from ptystream.store.server import start_server_process
+from ptystream.store.spool import load_spooled, spooled_files
+
+BIN = Path(sys.executable).parent
+
+
+class Process:
+    """A subprocess whose output lines are collected by a thread (so pipes never fill)."""
+
+    def __init__(self, args, **kwargs):
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [str(a) for a in args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            **kwargs,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_for(self, text, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            assert self.proc.poll() is None, "\n".join(self.lines)
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not seen; output:\n" + "\n".join(self.lines))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_sigterm_with_tiled_down_stops_within_seconds(
+    tmp_path, small_profile, free_port, wait_for_status
+):
+    from tiled.client import from_uri
+
+    profile = small_profile(photons_per_frame=None, n_points=40, object_px=144)
+    profile_file = tmp_path / "test.yaml"
+    profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
+    tiled = start_server_process(tmp_path / "tiled")
+    key_file = tmp_path / "api-key"
+    key_file.write_text(tiled.api_key + "\n")
+    data_dir = tmp_path / "data"
+    port_in, port_out = free_port(), free_port()
+    proxy = Process(
+        [
+            BIN / "bluesky-0MQ-proxy",
+            "--in-address",
+            f"127.0.0.1:{port_in}",
+            "--out-address",
+            f"127.0.0.1:{port_out}",
+        ]
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TILED_API_KEY", None)
+    serve = Process(
+        [
+            BIN / "ptystream",
+            "serve",
+            "--profile",
+            profile_file,
+            "--zmq",
+            f"127.0.0.1:{port_out}",
+            "--tiled",
+            tiled.uri.split("?")[0],
+            "--api-key-file",
+            key_file,
+            "--data-dir",
+            data_dir,
+        ],
+        env=env,
+    )
+    publish = Publisher(f"127.0.0.1:{port_in}")
+    try:
+        serve.wait_for("ptystream serve: ready", timeout=180)
+        time.sleep(1.0)  # PUB/SUB: let the subscription reach the proxy before publishing
+        docs = []
+        RunEngine({})(build_simulation(profile).plan(), lambda name, doc: docs.append((name, doc)))
+        for name, doc in docs[:-1]:  # the run never stops
+            publish(name, doc)
+        uid = docs[0][1]["uid"]
+        wait_for_status(from_uri(tiled.uri), uid, statuses=("running",))
+        time.sleep(3.0)  # let the frames reach the engine
+        tiled.close()  # Tiled goes down in the middle of the run
+        time.sleep(2.0)  # a live publication or two fails meanwhile
+
+        t0 = time.monotonic()
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(timeout=120) == 0, "\n".join(serve.lines)
+        stop_s = time.monotonic() - t0
+        assert stop_s < 20, f"stopped {stop_s:.1f} s after SIGTERM"  # not 6 x 45 s of retries
+        assert "ptystream serve: stopped" in serve.lines
+        assert not any("Traceback" in line for line in serve.lines), "\n".join(serve.lines)
+
+        spool = data_dir / "spool"
+        assert (spool / "checkpoints" / f"{uid}.h5").is_file()  # to resume from
+        (kept,) = spooled_files(spool)  # the run's end, for `ptystream flush`
+        estimate, spooled = load_spooled(kept)
+        assert spooled["run_uid"] == uid and spooled["status"] == "incomplete"
+        assert estimate is not None and spooled["node_path"].endswith(uid)
+    finally:
+        publish._socket.setsockopt(zmq.LINGER, 0)
+        publish.close()
+        serve.stop()
+        proxy.stop()
+        tiled.close()
