@@ -8,7 +8,17 @@ import numpy as np
 
 from ptystream.types import Estimate
 
-__all__ = ["without_phase_ramp", "write_contact_sheet", "write_summary"]
+__all__ = [
+    "SCANNED_FRACTION",
+    "scanned_area",
+    "without_phase_ramp",
+    "write_contact_sheet",
+    "write_summary",
+]
+
+#: Pixels whose summed probe intensity is above this fraction of its maximum count as scanned
+#: (shown); the rest of the canvas is masked in figures and on the dashboard.
+SCANNED_FRACTION = 0.05
 
 
 def write_summary(
@@ -22,7 +32,7 @@ def write_summary(
     amplitude and phase, loss against iteration; for a multislice object, the product of the
     slices and each slice's phase.
 
-    Only pixels the probe lit (illumination above 5 % of its maximum) are shown for the object.
+    Only pixels the probe lit (:func:`scanned_area`) are shown for the object.
     ``truth`` (on the estimate's grid) adds the ground truth's amplitude and phase for comparison.
     """
     import matplotlib
@@ -30,7 +40,7 @@ def write_summary(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lit = estimate.illumination > 0.05 * estimate.illumination.max()
+    lit = scanned_area(estimate.illumination)
     rows, cols = np.nonzero(lit)
     crop = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
 
@@ -79,6 +89,21 @@ def write_summary(
         ax.axis("off")
     fig.suptitle(title or f"{estimate.n_frames} frames, {estimate.iteration} iterations")
     return _save(fig, path)
+
+
+def scanned_area(illumination: np.ndarray, fraction: float = SCANNED_FRACTION) -> np.ndarray:
+    """bool mask of the pixels the probe lit: ``illumination`` (the summed probe intensity
+    over the positions used, :attr:`ptystream.types.Estimate.illumination`) above ``fraction``
+    of its maximum. All False before any frame (no illumination).
+
+    Example
+    -------
+    >>> scanned_area(np.array([[0.0, 0.01, 1.0]])).tolist()
+    [[False, False, True]]
+    """
+    illumination = np.asarray(illumination)
+    top = float(illumination.max()) if illumination.size else 0.0
+    return illumination > fraction * top if top > 0 else np.zeros(illumination.shape, bool)
 
 
 def without_phase_ramp(obj: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -6,7 +6,9 @@
         reprocessed/v1, v2, ...                       (:mod:`ptystream.store.versions`)
 
 and the small helpers every writer of it uses: walking a path, creating a container when it
-is missing, JSON-safe metadata, timestamps.
+is missing, JSON-safe metadata, timestamps; and what an estimate is written as: the float32
+views and overlays of ``live/`` (:func:`views`, :func:`overlays`, :func:`diffraction_view`),
+``final/``'s arrays and loss table.
 
 A run container's ``status`` is ``running`` until the run ends, then one of
 :data:`ENDED_STATUSES`; its ``frames`` (also in ``live/``'s metadata, updated during the run)
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ptystream.io.figures import scanned_area, without_phase_ramp
 from ptystream.types import Estimate
 
 __all__ = [
@@ -32,15 +35,18 @@ __all__ = [
     "RAW_KEY",
     "REPROCESSED_KEY",
     "child",
+    "diffraction_view",
     "exists",
     "final_arrays",
     "final_loss",
     "jsonable",
     "mark_ended",
     "node_at",
+    "overlays",
     "quality_metadata",
     "now",
     "raw_catalog",
+    "views",
 ]
 
 #: Container (under the root) where bluesky's TiledWriter saves raw runs.
@@ -130,6 +136,65 @@ def quality_metadata(estimate: Estimate) -> dict[str, Any]:
     if out or warnings:
         out["warnings"] = warnings
     return out
+
+
+def _scanned(estimate: Estimate) -> np.ndarray:
+    """The scanned area of the object's canvas (all of it when the illumination does not
+    match the canvas)."""
+    shape = estimate.object.shape[-2:]
+    if np.shape(estimate.illumination) != shape:
+        return np.ones(shape, bool)
+    return scanned_area(estimate.illumination)
+
+
+def views(estimate: Estimate) -> dict[str, np.ndarray]:
+    """The float32 images of ``live/``. A mixed-state probe is shown by its total amplitude
+    (root of the summed mode intensities) and the phase of its strongest mode. A multislice
+    object is shown by the product of its slices (``object_*``, ``(H, W)``) and by its slices
+    (``slices_*``, ``(S, H, W)``, the first met by the beam first).
+    ``object_phase_ramp_removed`` is the phase of the object (the product) with its global
+    phase and linear ramp over the scanned area taken off
+    (:func:`~ptystream.io.figures.without_phase_ramp`): a tilt the data cannot fix."""
+    probe = estimate.probe
+    if probe.ndim == 3:
+        probe_amplitude = np.sqrt(np.sum(np.abs(probe) ** 2, axis=0))
+        probe_phase = np.angle(probe[0])
+    else:
+        probe_amplitude, probe_phase = np.abs(probe), np.angle(probe)
+    obj = estimate.projected_object
+    flat = without_phase_ramp(obj, _scanned(estimate))
+    images = {
+        "object_amplitude": np.abs(obj).astype(np.float32),
+        "object_phase": np.angle(obj).astype(np.float32),
+        "object_phase_ramp_removed": np.angle(flat).astype(np.float32),
+        "probe_amplitude": probe_amplitude.astype(np.float32),
+        "probe_phase": probe_phase.astype(np.float32),
+    }
+    if estimate.n_slices > 1:
+        images["slices_amplitude"] = np.abs(estimate.object).astype(np.float32)
+        images["slices_phase"] = np.angle(estimate.object).astype(np.float32)
+    return images
+
+
+def overlays(estimate: Estimate) -> dict[str, np.ndarray]:
+    """What ``live/`` shows over the object images: ``scanned`` (uint8 ``(H, W)``, 1 where the
+    probe lit the object: illumination above
+    :data:`~ptystream.io.figures.SCANNED_FRACTION` of its maximum) and ``positions_m``
+    (float64 ``(n, 2)``, the probe positions (y, x) of the frames used so far; absent before
+    any frame)."""
+    out: dict[str, np.ndarray] = {"scanned": _scanned(estimate).astype(np.uint8)}
+    positions = np.asarray(estimate.positions_m, np.float64).reshape(-1, 2)
+    if len(positions):
+        out["positions_m"] = positions
+    return out
+
+
+def diffraction_view(frame: np.ndarray) -> np.ndarray:
+    """A frame as ``live/diffraction``: float32 counts, non-finite pixels as 0."""
+    frame = np.asarray(frame, np.float32)
+    if frame.ndim != 2:
+        raise ValueError(f"a diffraction frame is 2-D, not {frame.shape}")
+    return np.where(np.isfinite(frame), frame, np.float32(0))
 
 
 def final_arrays(estimate: Estimate) -> list[tuple[str, np.ndarray, dict[str, Any]]]:

@@ -7,6 +7,10 @@
                                             iterations, reason
         live/          metadata: sequence, iteration, loss, frames, planned, shapes, updated_at
         live/object_amplitude, object_phase, probe_amplitude, probe_phase    float32, overwritten
+        live/object_phase_ramp_removed   float32, the phase with its linear ramp taken off
+        live/scanned   uint8 (H, W), 1 where the probe lit the object (the rest is unscanned)
+        live/positions_m   float64 (n, 2), probe positions (y, x) of the frames used so far
+        live/diffraction   float32 (N, N), a recent frame in counts, as the engine was given it
         live/loss      appendable table (iteration, loss), grows during the run
         final/object, final/probe (complex64), final/positions_m (float64), final/loss (table)
 
@@ -32,9 +36,11 @@ from typing import Any
 import numpy as np
 
 from ptystream import __version__
+from ptystream.io.figures import SCANNED_FRACTION
 from ptystream.store.layout import (
     PROCESSED_PATH,
     child,
+    diffraction_view,
     exists,
     final_arrays,
     final_loss,
@@ -42,7 +48,9 @@ from ptystream.store.layout import (
     mark_ended,
     node_at,
     now,
+    overlays,
     quality_metadata,
+    views,
 )
 from ptystream.store.spool import (
     UNREADABLE_SUFFIX,
@@ -57,6 +65,7 @@ __all__ = [
     "NonFiniteEstimate",
     "SpooledResult",
     "TiledPublisher",
+    "overlays",
     "run_metadata",
     "views",
 ]
@@ -71,45 +80,25 @@ class NonFiniteEstimate(ValueError):
     """An estimate with NaN or infinite values; it is never published."""
 
 
-def views(estimate: Estimate) -> dict[str, np.ndarray]:
-    """The float32 images of ``live/``. A mixed-state probe is shown by its total amplitude
-    (root of the summed mode intensities) and the phase of its strongest mode. A multislice
-    object is shown by the product of its slices (``object_*``, ``(H, W)``) and by its slices
-    (``slices_*``, ``(S, H, W)``, the first met by the beam first)."""
-    probe = estimate.probe
-    if probe.ndim == 3:
-        probe_amplitude = np.sqrt(np.sum(np.abs(probe) ** 2, axis=0))
-        probe_phase = np.angle(probe[0])
-    else:
-        probe_amplitude, probe_phase = np.abs(probe), np.angle(probe)
-    obj = estimate.projected_object
-    images = {
-        "object_amplitude": np.abs(obj).astype(np.float32),
-        "object_phase": np.angle(obj).astype(np.float32),
-        "probe_amplitude": probe_amplitude.astype(np.float32),
-        "probe_phase": probe_phase.astype(np.float32),
-    }
-    if estimate.n_slices > 1:
-        images["slices_amplitude"] = np.abs(estimate.object).astype(np.float32)
-        images["slices_phase"] = np.angle(estimate.object).astype(np.float32)
-    return images
-
-
 def run_metadata(start: RunStart, settings: dict[str, Any]) -> dict[str, Any]:
-    """The metadata a run's container is created with (status ``running``)."""
+    """The metadata a run's container is created with (status ``running``); ``geometry`` is
+    None while the frame size is not known (it comes from the detector's frames)."""
     g = start.geometry
+    geometry = None
+    if g is not None:
+        geometry = {
+            "wavelength_m": g.wavelength_m,
+            "distance_m": g.distance_m,
+            "detector_pixel_size_m": g.detector_pixel_size_m,
+            "frame_px": g.frame_px,
+            "object_pixel_size_m": g.object_pixel_size_m,
+        }
     return jsonable(
         {
             "raw_uid": start.run_uid,
             "scan_id": start.scan_id,
             "profile": start.profile,
-            "geometry": {
-                "wavelength_m": g.wavelength_m,
-                "distance_m": g.distance_m,
-                "detector_pixel_size_m": g.detector_pixel_size_m,
-                "frame_px": g.frame_px,
-                "object_pixel_size_m": g.object_pixel_size_m,
-            },
+            "geometry": geometry,
             "plan": {"n_points": start.plan.n_points, "extent_m": start.plan.extent_m},
             "engine": settings,
             "status": "running",
@@ -133,6 +122,11 @@ class _RunNodes:
     #: may or may not have applied it; or the run was resumed): read the table before appending.
     loss_sent_to: float | None = -1.0
     sequence: int = 0
+    #: Shape of the ``live/diffraction`` last written (None: none yet).
+    diffraction_shape: tuple[int, ...] | None = None
+    #: The overlays and diffraction frame last written, by key: not written again unchanged
+    #: (after the scan, while the engine refines, they stay the same).
+    written: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _loss_columns(rows: np.ndarray) -> dict[str, list]:
@@ -207,6 +201,11 @@ class TiledPublisher:
 
         return cls(connect(uri, api_key))
 
+    @property
+    def root(self):
+        """The Tiled node this publisher writes under (its ``raw`` catalog holds the raw runs)."""
+        return self._root
+
     def _processed_node(self):
         if self._processed is None:
             node = self._root
@@ -250,6 +249,8 @@ class TiledPublisher:
         # resumed: the sequence goes on where it stopped; the loss table's end is read from it
         # before the next append (``live``'s metadata is written after the rows, so it may lag)
         nodes.sequence = int(live.metadata.get("sequence", 0))
+        shape = live.metadata.get("diffraction_shape")
+        nodes.diffraction_shape = tuple(shape) if shape else None
         if "loss" in live:
             nodes.loss_table, nodes.loss_sent_to = live["loss"], None
         else:
@@ -261,24 +262,46 @@ class TiledPublisher:
         return nodes
 
     def publish_live(
-        self, run_uid: str, estimate: Estimate, frames: dict[str, Any] | None = None
+        self,
+        run_uid: str,
+        estimate: Estimate,
+        frames: dict[str, Any] | None = None,
+        diffraction: np.ndarray | None = None,
     ) -> None:
-        """Overwrite ``live/`` with the estimate's views, append its new loss rows, then
-        replace ``live/``'s metadata (progress, and ``frames``: the run's frame accounting)."""
+        """Overwrite ``live/`` with the estimate's views and overlays (and ``diffraction``, a
+        recent frame ``(N, N)`` in counts, when given; the last one written stays otherwise),
+        append its new loss rows, then replace ``live/``'s metadata (progress, and ``frames``:
+        the run's frame accounting)."""
         self._check_finite(estimate)
         nodes = self._runs[run_uid]
         images = views(estimate)
+        extras = overlays(estimate)
+        if diffraction is not None:
+            extras["diffraction"] = diffraction_view(diffraction)
         try:
             for key, array in images.items():
                 nodes.arrays[key] = self._overwrite(nodes.live, nodes.arrays.get(key), key, array)
+            for key, array in extras.items():
+                held = nodes.written.get(key)
+                if held is None or held.shape != array.shape or not np.array_equal(held, array):
+                    nodes.written.pop(key, None)
+                    nodes.arrays[key] = self._overwrite(
+                        nodes.live, nodes.arrays.get(key), key, array
+                    )
+                    nodes.written[key] = array
         except Exception:
             nodes.arrays.clear()  # a handle may name a deleted array: look them up again
+            nodes.written.clear()
             raise
+        if diffraction is not None:
+            nodes.diffraction_shape = extras["diffraction"].shape
         self._append_loss(nodes, estimate.loss)
         nodes.sequence += 1
         frames = dict(frames or {})
         frames.setdefault("used", estimate.n_frames)
         frames["waiting"] = estimate.frames_waiting
+        # Tiled merges metadata updates: a gap filled since the last publication is cleared
+        frames.setdefault("missing", None)
         nodes.live.update_metadata(
             jsonable(
                 {
@@ -290,6 +313,11 @@ class TiledPublisher:
                     "final": estimate.final,
                     "object_shape": images["object_amplitude"].shape,
                     "probe_shape": images["probe_amplitude"].shape,
+                    # what live/ holds besides the four views (the dashboard reads these)
+                    "phase_ramp_removed": True,
+                    "scanned_fraction": SCANNED_FRACTION,
+                    "positions": len(extras.get("positions_m", ())),
+                    "diffraction_shape": nodes.diffraction_shape,
                     "object_origin_m": estimate.object_origin_m,
                     "pixel_size_m": estimate.pixel_size_m,
                     "distance_m": estimate.distance_m if np.isfinite(estimate.distance_m) else None,
@@ -328,13 +356,15 @@ class TiledPublisher:
         estimate: Estimate,
         status: str,
         extra: dict[str, Any],
+        diffraction: np.ndarray | None = None,
     ) -> None:
-        """Write ``final/``, refresh ``live/`` from it and set the run's status and bookkeeping
-        (``extra``: frames, timings_s, reason, ...)."""
+        """Write ``final/``, refresh ``live/`` from it (and ``diffraction``, a recent frame,
+        when given) and set the run's status and bookkeeping (``extra``: frames, timings_s,
+        reason, ...)."""
         self._check_finite(estimate)
         nodes = self._runs[run_uid]
         nodes.loss_sent_to = None  # the live loss table is checked against the whole history
-        self.publish_live(run_uid, estimate, extra.get("frames"))
+        self.publish_live(run_uid, estimate, extra.get("frames"), diffraction)
         final = child(nodes.node, "final")
         for key, array, md in final_arrays(estimate):
             self._overwrite(final, final[key] if key in final else None, key, array, md)

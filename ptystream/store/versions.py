@@ -69,8 +69,10 @@ def create_version(
     root, run_uid: str, scan_id: int | None, metadata: dict[str, Any]
 ) -> tuple[str, Any]:
     """Create the next version ``v<n>`` of ``run_uid`` with ``metadata`` and status
-    ``running``; returns its path under the root and its node."""
-    versions = child(_run_node(root, run_uid, scan_id), REPROCESSED_KEY)
+    ``running``, recorded as the run's ``latest_reprocess`` (so readers of the run, the
+    dashboard's list, learn of it); returns its path under the root and its node."""
+    run = _run_node(root, run_uid, scan_id)
+    versions = child(run, REPROCESSED_KEY)
     n = len(versions) + 1
     while True:
         key = f"v{n}"
@@ -84,7 +86,9 @@ def create_version(
                 if key not in versions:  # not a lost race with another worker: a real error
                     raise
         n += 1
-    return "/".join((*PROCESSED_PATH, run_uid, REPROCESSED_KEY, key)), node
+    path = "/".join((*PROCESSED_PATH, run_uid, REPROCESSED_KEY, key))
+    run.update_metadata({"latest_reprocess": {"version": key, "status": "running", "path": path}})
+    return path, node
 
 
 def write_final(node, estimate: Estimate) -> None:

@@ -42,7 +42,7 @@ def test_live_views_overwritten_in_place_and_loss_appended(
     live.refresh()
     md = live.metadata
     assert md["sequence"] == 3 and md["iteration"] == 9 and md["final"] is False
-    assert md["frames"] == {"received": 25, "used": 20, "waiting": 0}
+    assert md["frames"] == {"received": 25, "used": 20, "waiting": 0, "missing": None}
     assert md["planned"] == 100 and md["object_shape"] == [48, 48]
     assert md["loss"] == pytest.approx(0.1)
     # every loss row once, in order, although each estimate carries the whole history

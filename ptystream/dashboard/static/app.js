@@ -8,7 +8,15 @@
 //     slices_amplitude, slices_phase   multislice runs only: float32 (S, H, W), slice 0 first met
 //                                      by the beam; object_* are then the product of the slices
 //     loss                                                           table: iteration, loss
-//   live/ metadata names the slices (slices: S, 1 for a thin object) and slice_gaps_m (S - 1).
+//     object_phase_ramp_removed   float32, the phase with its linear ramp taken off
+//     scanned        uint8 (H, W), 1 where the probe lit the object (the rest is drawn grey)
+//     positions_m    float64 (n, 2), probe positions (y, x) of the frames used so far
+//     diffraction    float32 (N, N), a recent frame in counts (drawn on a log scale)
+//   live/ metadata names the slices (slices: S, 1 for a thin object) and slice_gaps_m (S - 1),
+//   and what of the above it holds (phase_ramp_removed, scanned_fraction, positions,
+//   diffraction_shape); object_origin_m and pixel_size_m place the positions on the object.
+//   processed/ptystream/<key>/reprocessed/v1, v2, ...: reprocessed versions (latest_reprocess in
+//   the run's metadata names the latest), listed under their run.
 // Tiled's websocket events: subscribing to a container gives container-child-created and
 // container-child-metadata-updated (key, full metadata) for its children. live/ metadata is
 // written last in a publish, so its update means the arrays are ready.
@@ -30,7 +38,7 @@ function parseLut(hex) {
   for (let i = 0; i < 256 * 3; i++) lut[i] = parseInt(hex.substr(2 * i, 2), 16);
   return lut;
 }
-const LUTS = { amplitude: parseLut(VIRIDIS), phase: parseLut(TWILIGHT) };
+const LUTS = { amplitude: parseLut(VIRIDIS), phase: parseLut(TWILIGHT), counts: parseLut(VIRIDIS) };
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -54,6 +62,8 @@ const state = {
   listStream: null,
   runStream: null,
   error: null,
+  positions: null,     // the positions drawn over the object amplitude, to redraw on resize
+  versions: new Map(), // key -> { sign, list } of the run's reprocessed versions
 };
 
 window.ptystream = {
@@ -94,15 +104,16 @@ async function getJSON(route, path, params) {
   return (await get(route, path, params)).json();
 }
 
-// `index`: only that plane of the first axis (Tiled slices on the server, so one slice of a
-// multislice stack costs no more than a 2-D array).
-async function getFloat32(path, index = null) {
+// The array at `path` as a typed array of `Type` (its dtype: Float32Array for float32, Uint8Array
+// for uint8, Float64Array for float64). `index`: only that plane of the first axis (Tiled slices
+// on the server, so one slice of a multislice stack costs no more than a 2-D array).
+async function getArray(path, Type = Float32Array, index = null) {
   const params = { format: "application/octet-stream" };
   if (index != null) params.slice = String(index);
   const response = await get("array/full", path, params);
   const bytes = await response.arrayBuffer();
-  // Tiled sends the array's own byte order: float32 little-endian (as on every browser host).
-  return new Float32Array(bytes);
+  // Tiled sends the array's own byte order: little-endian (as on every browser host).
+  return new Type(bytes);
 }
 
 async function metadataOf(path) {
@@ -217,7 +228,10 @@ async function refreshRuns() {
     throw e;
   }
   const keys = body.data.map((item) => item.id);
-  for (const item of body.data) state.runs.set(item.id, item.attributes.metadata || {});
+  for (const item of body.data) {
+    state.runs.set(item.id, item.attributes.metadata || {});
+    refreshVersions(item.id);
+  }
   // Keep runs the websocket announced after the newest one the search knows.
   const firstKnown = state.order.findIndex((k) => keys.includes(k));
   const newer = firstKnown < 0 ? [] : state.order.slice(0, firstKnown);
@@ -239,6 +253,7 @@ function onRunsEvent(message) {
   } else {
     return;
   }
+  refreshVersions(key);
   renderRuns();
   if (key === state.shown) {
     state.run = state.runs.get(key);
@@ -300,7 +315,60 @@ function runItem(key, meta) {
     showRun(key);
   });
   li.append(button);
+  const versions = (state.versions.get(key) || {}).list || [];
+  if (versions.length) li.append(versionList(versions));
   return li;
+}
+
+// The run's reprocessed versions (processed/ptystream/<key>/reprocessed/v1, v2, ...), read when
+// its metadata names one (latest_reprocess, set when a version starts and when it ends) and again
+// whenever that changes.
+function refreshVersions(key) {
+  const latest = (state.runs.get(key) || {}).latest_reprocess;
+  if (!latest) return;
+  const sign = JSON.stringify(latest);
+  const known = state.versions.get(key);
+  if (known && known.sign === sign) return;
+  state.versions.set(key, { sign, list: known ? known.list : [] });
+  getJSON("search", `${ROOT}/${key}/reprocessed`, {
+    fields: "metadata", omit_links: "true", "page[limit]": "100",
+  }).then((body) => {
+    const number = (v) => Number(/^v(\d+)$/.exec(v.key)?.[1] ?? Infinity);
+    const list = body.data.map((item) => ({ key: item.id, ...(item.attributes.metadata || {}) }));
+    list.sort((a, b) => number(a) - number(b));
+    state.versions.set(key, { sign, list });
+    renderRuns();
+  }).catch((e) => {
+    state.versions.delete(key);  // tried again at the next look at the runs
+    console.warn("versions", e);
+  });
+}
+
+function versionList(versions) {
+  const list = document.createElement("ol");
+  list.className = "versions";
+  list.setAttribute("aria-label", "reprocessed versions");
+  list.dataset.count = String(versions.length);
+  list.replaceChildren(...versions.map((v) => {
+    const item = document.createElement("li");
+    item.dataset.version = v.key;
+    item.dataset.status = v.status || "";
+    const badge = span("badge", v.status || "?");
+    badge.dataset.status = v.status || "";
+    const parts = [];
+    const started = (v.timings || {}).started_at;
+    if (started) parts.push(clock(started, true));
+    const profile = (v.provenance || {}).profile;
+    if (profile) parts.push(String(profile));
+    if (v.iterations != null) parts.push(`${fmtInt(v.iterations)} it`);
+    const used = (v.frames || {}).used;
+    if (used != null) parts.push(`${fmtInt(used)} frames`);
+    if (Number.isFinite(v.final_loss)) parts.push(`loss ${v.final_loss.toExponential(2)}`);
+    item.append(span("version", `reprocessed ${v.key}`), badge, span("detail", parts.join(" · ")));
+    item.title = v.reason ? `${v.key}: ${v.reason}` : `processed/ptystream/…/reprocessed/${v.key}`;
+    return item;
+  }));
+  return list;
 }
 
 function span(className, text) {
@@ -430,10 +498,15 @@ async function renderEstimate() {
   const drawn = `${identity(live)}|${view}`;
   if (state.lastDrawn === drawn) return;
   const base = `${ROOT}/${key}/live`;
-  const names = view == null ? LIVE_ARRAYS : ["slices_amplitude", "slices_phase", ...LIVE_ARRAYS.slice(2)];
-  const [buffers, loss] = await Promise.all([
-    Promise.all(names.map((name, i) => getFloat32(`${base}/${name}`, i < 2 ? view : null))),
+  // The phase with its linear ramp removed where the publisher wrote it (runs since it does).
+  const rampFree = view == null && live.phase_ramp_removed === true;
+  const objectNames = view != null ? ["slices_amplitude", "slices_phase"]
+    : ["object_amplitude", rampFree ? "object_phase_ramp_removed" : "object_phase"];
+  const names = [...objectNames, ...LIVE_ARRAYS.slice(2)];
+  const [buffers, loss, extras] = await Promise.all([
+    Promise.all(names.map((name, i) => getArray(`${base}/${name}`, Float32Array, i < 2 ? view : null))),
     lossRows(key),
+    liveExtras(base, live),
   ]);
   if (token !== state.token) return;
   let shapes = shapesFromMetadata(live);
@@ -445,10 +518,16 @@ async function renderEstimate() {
   const pixel = live.pixel_size_m;
   const n = sliceCount(live);
   const note = view != null ? `slice ${view + 1} of ${n}` : n > 1 ? `product of ${n} slices` : "";
-  drawImage("obj-amp", buffers[0], shapes.object, "amplitude", pixel, note);
-  drawImage("obj-phase", buffers[1], shapes.object, "phase", pixel, note);
+  const mask = extras.scanned;
+  drawImage("obj-amp", buffers[0], shapes.object, "amplitude", pixel, note, { mask });
+  drawImage("obj-phase", buffers[1], shapes.object, "phase", pixel, note, { mask });
   drawImage("probe-amp", buffers[2], shapes.probe, "amplitude", pixel);
   drawImage("probe-phase", buffers[3], shapes.probe, "phase", pixel);
+  $("obj-phase-ramp").hidden = !rampFree;
+  // positions_m is replaced when it grows: one read in between misses it, keep the last ones
+  const previous = state.positions && state.positions.key === key ? state.positions.positions : null;
+  drawPositions(extras.positions || previous, live.object_origin_m, pixel, shapes.object, key);
+  drawDiffraction(extras.diffraction, live.diffraction_shape);
   drawLoss(loss);
   hidePlaceholder();
   state.lastDrawn = drawn;
@@ -466,6 +545,21 @@ async function renderEstimate() {
   body.renders = String(p.renders);
   body.slice = String(p.slice ?? "");
   document.title = `ptystream · scan ${(state.run || {}).scan_id ?? "?"} · ${(state.run || {}).status || ""} · it ${live.iteration}`;
+}
+
+// What live/ holds besides the four views, where the metadata says it does (older runs lack
+// them): the scanned area, the positions used so far, a recent diffraction pattern. One that
+// cannot be read now (replaced mid-read) is left out of this drawing.
+async function liveExtras(base, live) {
+  const optional = (wanted, name, Type) => (wanted
+    ? getArray(`${base}/${name}`, Type).catch((e) => { console.warn(name, e); return null; })
+    : Promise.resolve(null));
+  const [scanned, positions, diffraction] = await Promise.all([
+    optional(live.scanned_fraction != null, "scanned", Uint8Array),
+    optional(Number(live.positions) > 0, "positions_m", Float64Array),
+    optional(Array.isArray(live.diffraction_shape), "diffraction", Float32Array),
+  ]);
+  return { scanned, positions, diffraction };
 }
 
 function shapesFromMetadata(live) {
@@ -729,11 +823,14 @@ function hidePlaceholder() {
 // ---------------------------------------------------------------------------------------------
 // Drawing
 
-// 1st and 99th percentiles of the finite values (of at most 65536 evenly spaced samples).
-function percentiles(data) {
+// 1st and 99th percentiles of the finite values (of at most 65536 evenly spaced samples), only
+// where `mask` (when given) is non-zero: the unscanned area does not set the colours.
+function percentiles(data, mask = null) {
   const step = Math.max(1, Math.floor(data.length / 65536));
   const sample = [];
-  for (let i = 0; i < data.length; i += step) if (Number.isFinite(data[i])) sample.push(data[i]);
+  for (let i = 0; i < data.length; i += step) {
+    if (Number.isFinite(data[i]) && (!mask || mask[i])) sample.push(data[i]);
+  }
   if (!sample.length) return [0, 1];
   const sorted = Float32Array.from(sample).sort();
   const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * (sorted.length - 1)))];
@@ -743,39 +840,120 @@ function percentiles(data) {
 // Amplitude: viridis over [p1, p99]. Phase: twilight (cyclic) over -pi..pi when the values span
 // more than pi (wrapping matters, e.g. a probe); else [p1, p99] over the half of twilight that
 // runs dark to light, so a weak phase object keeps its contrast and low never looks like high.
-function colourScale(data, kind) {
-  let [lo, hi] = percentiles(data);
+// Counts (a diffraction pattern): viridis over log10(1 + counts), from the lowest to the highest
+// value (nothing clipped). `ticks`: [{t (0..1 along the bar), text}].
+function colourScale(data, kind, mask = null) {
+  if (kind === "counts") return countsScale(data);
+  let [lo, hi] = percentiles(data, mask);
   if (kind === "phase" && hi - lo > Math.PI) {
-    return { lo: -Math.PI, hi: Math.PI, t0: 0, t1: 1, wrap: true, label: "−π … π rad (cyclic)" };
+    const ticks = [{ t: 0, text: "−π" }, { t: 0.5, text: "0" }, { t: 1, text: "π" }];
+    return { lo: -Math.PI, hi: Math.PI, t0: 0, t1: 1, wrap: true, label: "−π … π rad (cyclic)", ticks };
   }
   if (!(hi > lo)) hi = lo + (Math.abs(lo) * 1e-6 || 1e-6);
   const unit = kind === "phase" ? " rad" : "";
   return {
     lo, hi, t0: kind === "phase" ? 0.5 : 0, t1: 1, wrap: false,
     label: `${fmtValue(lo)} … ${fmtValue(hi)}${unit} (1–99 %)`,
+    ticks: linearTicks(lo, hi),
   };
 }
 
-function drawImage(id, data, shape, kind, pixelSizeM, note = "") {
+// The values of `data` (counts) as log10(1 + counts) (negative counts as 0), with their scale.
+function logCounts(data) {
+  const out = new Float32Array(data.length);
+  for (let i = 0; i < data.length; i++) {
+    out[i] = Number.isFinite(data[i]) ? Math.log10(1 + Math.max(0, data[i])) : NaN;
+  }
+  return out;
+}
+
+function countsScale(logged) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const v of logged) {
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  if (!Number.isFinite(lo)) { lo = 0; hi = 1; }
+  if (!(hi > lo)) hi = lo + 1;
+  const counts = (v) => 10 ** v - 1;
+  // Ticks at 0, 1, 10, 100, ... counts inside the range; every other decade when there are many.
+  let values = [0];
+  for (let k = 0; 10 ** k <= counts(hi) * (1 + 1e-6); k++) values.push(10 ** k);
+  values = values.filter((c) => Math.log10(1 + c) >= lo - 1e-9);
+  while (values.length > 5) values = values.filter((_, i) => i % 2 === (values.length - 1) % 2);
+  const ticks = values.map((c) => ({ t: (Math.log10(1 + c) - lo) / (hi - lo), text: fmtCount(c) }));
+  return {
+    lo, hi, t0: 0, t1: 1, wrap: false, ticks,
+    label: `${fmtValue(Math.max(0, counts(lo)))} … ${fmtValue(counts(hi))} counts (log)`,
+  };
+}
+
+function fmtCount(c) {
+  return c < 1e4 ? String(Math.round(c)) : `1e${Math.round(Math.log10(c))}`;
+}
+
+// 2 to 4 round values between lo and hi (steps of 1, 2, 2.5 or 5 times a power of ten).
+function linearTicks(lo, hi) {
+  const span = hi - lo;
+  const magnitude = 10 ** Math.floor(Math.log10(span / 3));
+  let step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= span / 3);
+  const between = () => {
+    const out = [];
+    for (let i = Math.ceil(lo / step - 1e-9); i * step <= hi + step * 1e-9; i++) out.push(i * step);
+    return out;
+  };
+  let values = between();
+  for (let tries = 0; tries < 3 && values.length < 2; tries++) {
+    step /= 2;
+    values = between();
+  }
+  let digits = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+  while (digits < 12 && Math.abs(step * 10 ** digits - Math.round(step * 10 ** digits)) > 1e-6) digits++;
+  const text = (v) => {
+    const a = Math.abs(step);
+    if (a >= 1e-3 && a < 1e5) return (Math.abs(v) < step * 1e-6 ? 0 : v).toFixed(digits).replace("-", "−");
+    const top = Math.max(Math.abs(lo), Math.abs(hi));
+    const precision = Math.min(4, Math.max(1, Math.ceil(Math.log10(top / step))));
+    return v.toExponential(precision).replace("-", "−");
+  };
+  return values.map((v) => ({ t: (v - lo) / span, text: text(v) }));
+}
+
+// Per panel (canvas id): what is drawn over or under the image and follows the page's layout
+// (scale bar, colour bar ticks; the positions over the object amplitude).
+const panels = {};
+
+// `options.mask`: Uint8Array, 0 for an unscanned pixel (drawn grey, left out of the colour
+// scale); `options.log`: data are counts, shown on a log scale.
+function drawImage(id, data, shape, kind, pixelSizeM, note = "", options = {}) {
   const modes = shape.length === 3 ? shape[0] : 1;
   const [h, w] = shape.slice(-2);
-  const plane = modes > 1 ? data.subarray(0, h * w) : data;  // mixed-state probe: strongest mode
+  let plane = modes > 1 ? data.subarray(0, h * w) : data;  // mixed-state probe: strongest mode
+  if (kind === "counts") plane = logCounts(plane);
+  const mask = options.mask && options.mask.length === h * w ? options.mask : null;
   const canvas = $(id);
   if (canvas.width !== w || canvas.height !== h) {
     canvas.width = w;
     canvas.height = h;
   }
-  const scale = colourScale(plane, kind);
+  const scale = colourScale(plane, kind, mask);
   const lut = LUTS[kind];
   const ctx = canvas.getContext("2d");
   const image = ctx.createImageData(w, h);
   const px = image.data;
   const span = scale.hi - scale.lo;
   const tSpan = scale.t1 - scale.t0;
+  let masked = 0;
   for (let i = 0; i < plane.length; i++) {
     const v = plane[i];
     const o = 4 * i;
     px[o + 3] = 255;
+    if (mask && !mask[i]) {  // not scanned: flat grey
+      px[o] = px[o + 1] = px[o + 2] = 58;
+      masked += 1;
+      continue;
+    }
     if (!Number.isFinite(v)) continue;  // black
     let t = (v - scale.lo) / span;
     t = scale.wrap ? t - Math.floor(t) : Math.min(1, Math.max(0, t));
@@ -787,13 +965,19 @@ function drawImage(id, data, shape, kind, pixelSizeM, note = "") {
   ctx.putImageData(image, 0, 0);
   canvas.dataset.width = String(w);
   canvas.dataset.height = String(h);
+  canvas.dataset.masked = String(masked);
   drawColourBar($(`${id}-cbar`), lut, scale);
   $(`${id}-range`).textContent = scale.label;
   const extent = Number.isFinite(pixelSizeM)
     ? ` · ${fmtLength(w * pixelSizeM)} × ${fmtLength(h * pixelSizeM)} · pixel ${fmtLength(pixelSizeM)}`
     : "";
   const modeNote = modes > 1 ? ` · mode 1 of ${modes}` : "";
-  $(`${id}-extent`).textContent = `${w} × ${h} px${extent}${modeNote}${note ? ` · ${note}` : ""}`;
+  const maskNote = masked ? ` · ${Math.round((100 * masked) / plane.length)} % not scanned (grey)` : "";
+  $(`${id}-extent`).textContent = `${w} × ${h} px${extent}${modeNote}${maskNote}${note ? ` · ${note}` : ""}`;
+  const panel = panels[id] || (panels[id] = {});
+  Object.assign(panel, { w, h, ticks: scale.ticks, bar: scaleBar(w, pixelSizeM) });
+  showTicks(id, scale.ticks);
+  layoutPanel(id);
 }
 
 function drawColourBar(canvas, lut, scale) {
@@ -806,14 +990,168 @@ function drawColourBar(canvas, lut, scale) {
   ctx.putImageData(image, 0, 0);
 }
 
-function clearEstimate() {
-  for (const id of ["obj-amp", "obj-phase", "probe-amp", "probe-phase"]) {
-    const canvas = $(id);
-    canvas.width = 1;
-    canvas.height = 1;
-    $(`${id}-range`).textContent = "";
-    $(`${id}-extent`).textContent = "";
+function showTicks(id, ticks) {
+  const box = $(`${id}-ticks`);
+  box.replaceChildren(...(ticks || []).flatMap(({ t, text }) => {
+    const mark = document.createElement("i");
+    mark.className = "mark";
+    mark.style.left = `${(100 * t).toFixed(2)}%`;
+    const label = document.createElement("span");
+    label.textContent = text;
+    label.dataset.t = String(t);
+    return [mark, label];
+  }));
+  box.dataset.count = String((ticks || []).length);
+}
+
+// Each tick label centred under its tick, moved in to stay inside the bar, and hidden where it
+// would overlap the one before (the last one is kept: the end of the scale).
+function placeTicks(id) {
+  const box = $(`${id}-ticks`);
+  const width = box.clientWidth;
+  const labels = [...box.querySelectorAll("span")];
+  let right = -Infinity;
+  labels.forEach((label, n) => {
+    const w = label.offsetWidth;
+    const left = Math.min(Math.max(0, Number(label.dataset.t) * width - w / 2), Math.max(0, width - w));
+    label.style.left = `${left}px`;
+    const last = n === labels.length - 1;
+    const hide = left < right + 4 && !last;
+    label.style.visibility = hide ? "hidden" : "";
+    if (last && left < right + 4 && n > 0) labels[n - 1].style.visibility = "hidden";
+    if (!hide) right = left + w;
+  });
+}
+
+// A scale bar of 1, 2 or 5 times a power of ten metres, an eighth to a quarter of the width.
+function scaleBar(w, pixelSizeM) {
+  if (!Number.isFinite(pixelSizeM) || !(pixelSizeM > 0) || !(w > 0)) return null;
+  const target = 0.25 * w * pixelSizeM;
+  const magnitude = 10 ** Math.floor(Math.log10(target));
+  const lengthM = [5, 2, 1].map((m) => m * magnitude).find((l) => l <= target * (1 + 1e-9));
+  return { lengthM, px: lengthM / pixelSizeM, label: fmtBar(lengthM) };
+}
+
+function fmtBar(m) {
+  const [unit, name] = m >= 1e-3 ? [1e-3, "mm"] : m >= 1e-6 ? [1e-6, "µm"] : [1e-9, "nm"];
+  return `${Number((m / unit).toPrecision(3))} ${name}`;
+}
+
+// Where the image lies in its canvas element (object-fit: contain): scale (CSS px per image
+// pixel) and offsets.
+function fitted(canvas, w, h) {
+  const cw = canvas.clientWidth;
+  const ch = canvas.clientHeight;
+  const scale = Math.min(cw / w, ch / h);
+  return { scale, x: (cw - w * scale) / 2, y: (ch - h * scale) / 2, cw, ch };
+}
+
+function layoutPanel(id) {
+  const panel = panels[id];
+  if (!panel) return;
+  placeTicks(id);
+  const bar = $(`${id}-scalebar`);
+  if (!bar) return;
+  const fit = fitted($(id), panel.w, panel.h);
+  const px = panel.bar ? panel.bar.px * fit.scale : 0;
+  bar.hidden = !(px >= 8);
+  if (bar.hidden) return;
+  bar.style.left = `${fit.x + 8}px`;
+  bar.style.bottom = `${fit.y + 6}px`;
+  bar.style.width = `${px}px`;
+  bar.dataset.barPx = String(panel.bar.px);
+  bar.dataset.lengthM = String(panel.bar.lengthM);
+  bar.dataset.cssPx = px.toFixed(2);
+  bar.querySelector(".scalebar-label").textContent = panel.bar.label;
+}
+
+// The probe positions of the frames used so far, over the object amplitude (the latest ringed).
+// `positions`: Float64Array of (y, x) pairs in metres; `origin`: (y, x) of pixel [0, 0]'s centre.
+function drawPositions(positions, origin, pixelSizeM, shape, key = null) {
+  const canvas = $("obj-amp-positions");
+  const usable = positions && Array.isArray(origin) && Number.isFinite(pixelSizeM) && pixelSizeM > 0;
+  state.positions = usable ? { positions, origin, pixelSizeM, shape, key } : null;
+  const dpr = window.devicePixelRatio || 1;
+  const base = $("obj-amp");
+  const cw = base.clientWidth;
+  const ch = base.clientHeight;
+  canvas.width = Math.max(1, Math.round(cw * dpr));
+  canvas.height = Math.max(1, Math.round(ch * dpr));
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, cw, ch);
+  if (!usable) {
+    canvas.dataset.points = "0";
+    return;
   }
+  const [h, w] = shape.slice(-2);
+  const fit = fitted(base, w, h);
+  const n = Math.floor(positions.length / 2);
+  const at = (k) => [
+    fit.x + ((positions[2 * k + 1] - origin[1]) / pixelSizeM + 0.5) * fit.scale,
+    fit.y + ((positions[2 * k] - origin[0]) / pixelSizeM + 0.5) * fit.scale,
+  ];
+  let drawn = 0;
+  ctx.fillStyle = "#ff9f1c";
+  ctx.strokeStyle = "rgba(0, 0, 0, 0.7)";
+  ctx.lineWidth = 1;
+  const r = Math.max(1.5, Math.min(3, fit.scale * 0.6));
+  for (let k = 0; k < n; k++) {
+    const [x, y] = at(k);
+    if (!Number.isFinite(x) || !Number.isFinite(y)) continue;
+    ctx.beginPath();
+    ctx.arc(x, y, r, 0, 2 * Math.PI);
+    ctx.fill();
+    ctx.stroke();
+    drawn += 1;
+  }
+  if (n) {
+    const [x, y] = at(n - 1);
+    ctx.strokeStyle = "#ffffff";
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    ctx.arc(x, y, r + 4, 0, 2 * Math.PI);
+    ctx.stroke();
+  }
+  canvas.dataset.points = String(drawn);
+}
+
+// Everything placed over or under the images, again (the page was resized or laid out anew).
+function layoutOverlays() {
+  for (const id of Object.keys(panels)) layoutPanel(id);
+  const p = state.positions;
+  if (p) drawPositions(p.positions, p.origin, p.pixelSizeM, p.shape, p.key);
+}
+
+function drawDiffraction(data, shape) {
+  const canvas = $("diffraction");
+  const fits = data && Array.isArray(shape) && shape.length === 2 && data.length === shape[0] * shape[1];
+  if (!fits) {
+    clearPanel("diffraction");
+    $("diffraction-extent").textContent = "no frame published";
+    return;
+  }
+  drawImage("diffraction", data, shape, "counts", NaN, "a recent frame");
+  canvas.dataset.drawn = "true";
+}
+
+function clearPanel(id) {
+  const canvas = $(id);
+  canvas.width = 1;
+  canvas.height = 1;
+  delete canvas.dataset.drawn;
+  $(`${id}-range`).textContent = "";
+  $(`${id}-extent`).textContent = "";
+  $(`${id}-ticks`).replaceChildren();
+  const bar = $(`${id}-scalebar`);
+  if (bar) bar.hidden = true;
+  delete panels[id];
+}
+
+function clearEstimate() {
+  for (const id of ["obj-amp", "obj-phase", "probe-amp", "probe-phase", "diffraction"]) clearPanel(id);
+  drawPositions(null);
+  $("obj-phase-ramp").hidden = true;
   for (const id of ["iteration", "loss", "frames-used", "frames-received", "frames-planned",
     "frames-waiting", "frames-rejected", "updated-at"]) $(id).textContent = "—";
   $("estimate-note").textContent = "";
@@ -900,6 +1238,9 @@ function start() {
     if ((!listLive && ticks % 3 === 0) || ticks % 30 === 0) refreshRuns().catch(console.warn);
   }, POLL_MS);
   window.addEventListener("resize", () => drawLoss(state.lossDrawn));
+  // Scale bars, ticks and positions follow the size the images are shown at.
+  const observer = new ResizeObserver(() => layoutOverlays());
+  for (const frame of document.querySelectorAll(".frame, .cbar-box")) observer.observe(frame);
   clearEstimate();
 }
 
