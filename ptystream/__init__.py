@@ -13,8 +13,10 @@ server nor bluesky; the engine imports TensorFlow when it is built.
   off the RunEngine's thread, e.g. bluesky's TiledWriter);
 - Tiled: :class:`TiledPublisher`, :func:`connect`, :func:`raw_catalog`,
   :func:`start_embedded_server` (this process) and :func:`start_server_process` (a child);
-- finished scans: :func:`read_scan`, :func:`reconstruct_file`, :func:`reconstruct_scan` (its
-  ``progress`` is called after every pass), and a written result back: :func:`read_result`;
+- finished scans: :func:`read_scan`, :func:`reconstruct` (arrays in memory, pre-processed as
+  the profile says, with a progress bar, a notebook widget in Jupyter, or a callback per pass),
+  :func:`reconstruct_file`, :func:`reconstruct_scan`, and a written result back:
+  :func:`read_result`;
 - the engine: :func:`make_engine` with an :class:`EngineSetup`;
 - simulation and scoring: :func:`build_simulation`, :func:`score_against_truth`;
 - the vocabulary: :class:`Geometry`, :class:`ScanPlan`, :class:`Estimate`.
@@ -43,6 +45,7 @@ _WHERE = {
     "start_server_process": "ptystream.store.server",
     "read_scan": "ptystream.io.scans",
     "read_result": "ptystream.io.results",
+    "reconstruct": "ptystream.offline.reconstruct",
     "reconstruct_file": "ptystream.offline.reconstruct",
     "reconstruct_scan": "ptystream.offline.reconstruct",
     "EngineSetup": "ptystream.engine",

@@ -87,6 +87,16 @@ class Geometry:
     def frame_shape(self) -> tuple[int, int]:
         return (self.frame_px, self.frame_px)
 
+    def describe(self) -> dict[str, float | int]:
+        """The numbers a result's metadata records (``geometry``), in SI units."""
+        return {
+            "wavelength_m": self.wavelength_m,
+            "distance_m": self.distance_m,
+            "detector_pixel_size_m": self.detector_pixel_size_m,
+            "frame_px": self.frame_px,
+            "object_pixel_size_m": self.object_pixel_size_m,
+        }
+
 
 @dataclass(frozen=True)
 class ScanPlan:
@@ -116,7 +126,8 @@ class RunStart:
     """A run accepted for reconstruction."""
 
     run_uid: str
-    geometry: Geometry
+    geometry: Geometry | None
+    """None while the frame size is not known (it comes from the detector's frames)."""
     plan: ScanPlan
     scan_id: int | None = None
     profile: str = ""
@@ -129,12 +140,14 @@ class FrameRecord:
 
     ``frame`` is the detector image as delivered (not yet validated); ``position_m`` is the probe
     position on the sample ``(y, x)`` in metres, or None when it travels in another record.
+    ``dark``: a frame of the dark stream (``preprocess.dark_stream``), not an acquisition point.
     """
 
     run_uid: str
     seq_num: int
     frame: np.ndarray | None = None
     position_m: tuple[float, float] | None = None
+    dark: bool = False
 
 
 @dataclass(frozen=True)

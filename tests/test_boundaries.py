@@ -73,9 +73,15 @@ ROOMS: dict[str, Room] = {
         forbidden=frozenset({"bluesky", "event_model", "ophyd", "tiled", "dask", "distributed"}),
         not_at_import=frozenset({"tiled", "bluesky", "event_model"}),
     ),
+    "preprocess/": Room(
+        _folder("preprocess"),
+        uses=frozenset({"types", "config"}),
+        third_party=frozenset({"numpy", "scipy", "h5py", "tifffile"}),
+        not_at_import=HEAVY,
+    ),
     "live/": Room(
         _folder("live"),
-        uses=frozenset({"types", "config"}),
+        uses=frozenset({"types", "config", "preprocess"}),
         forbidden=frozenset({"tensorflow", "tiled"}),
         not_at_import=frozenset({"tensorflow", "tiled"}),
         exceptions=(
@@ -91,7 +97,7 @@ ROOMS: dict[str, Room] = {
     ),
     "offline/": Room(
         _folder("offline"),
-        uses=frozenset({"types", "config", "engine", "store", "io"}),
+        uses=frozenset({"types", "config", "engine", "store", "io", "preprocess"}),
         forbidden=frozenset({"tensorflow", "bluesky", "ophyd", "event_model"}),
         not_at_import=frozenset({"tensorflow", "bluesky"}),
     ),
@@ -126,6 +132,7 @@ ROOMS: dict[str, Room] = {
                 "store",
                 "offline",
                 "io",
+                "preprocess",
                 "sim",
                 "dashboard",
             }

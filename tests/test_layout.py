@@ -33,6 +33,9 @@ COVERED_BY = {
     # TiledWriter kept off the RunEngine's thread, and the run's result, in a live scan
     "ptystream/live/background.py": "tests/live/test_pipeline.py",
     "ptystream/live/result.py": "tests/live/test_pipeline.py",
+    # frames the document stream lost, read from the raw run; a stop closed from the raw run's
+    "ptystream/live/reconcile.py": "tests/live/test_backfill.py",
+    "ptystream/store/raw.py": "tests/live/test_backfill.py",
     # the publisher thread with Tiled down, a failed scan, a failed engine
     "ptystream/live/delivery.py": "tests/live/test_pipeline_failures.py",
     # reprocessing: jobs, the Dask task and cluster, the report, versions, and the command

@@ -21,11 +21,11 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if looks_like_file(args.input):
         from ptystream.io.scans import read_scan
 
-        scan, from_profile, source = read_scan(args.input), False, args.input
+        scan, from_profile, source, dark = read_scan(args.input), False, args.input, None
     else:
-        scan, source = _read_run(args, profile)
+        scan, dark, source = _read_run(args, profile)
         from_profile = True
-    found = calibrate_scan(scan, profile, positions_from_profile=from_profile)
+    found = calibrate_scan(scan, profile, positions_from_profile=from_profile, dark=dark)
     print_calibration(found, source, print)
     return 1 if found.orientation.verdict in ("mismatch", "corrected") else 0
 
@@ -56,4 +56,4 @@ def _read_run(args: argparse.Namespace, profile):
             f"{args.input!r} selects {len(refs)} runs in {args.catalog!r}; calibrate takes one"
         )
     data = read_run(root[args.catalog][refs[0].uid], profile)
-    return data.scan, f"run {refs[0].uid[:8]}"
+    return data.scan, data.dark, f"run {refs[0].uid[:8]}"

@@ -26,6 +26,7 @@ __all__ = [
     "InstrumentSettings",
     "LossKind",
     "PieSettings",
+    "PreprocessSettings",
     "ProbeKind",
     "Profile",
     "PublishSettings",
@@ -104,8 +105,11 @@ class InstrumentSettings(BaseModel):
     in the data), for the Fresnel scaling theorem; None for a plane wave."""
     detector_pixel_size_m: float = Field(gt=0)
     """Detector pixel pitch in metres."""
-    frame_px: int = Field(gt=0)
-    """Side of the square diffraction frame in pixels (after any cropping by the detector)."""
+    frame_px: int | None = Field(None, gt=0)
+    """Side of the detector's (square) frames in pixels, needed only by a simulated instrument
+    (``sim``), whose detector it sizes. For real data leave it out: the frame size the engine
+    reconstructs comes from the detector's frames and ``preprocess`` (``size_px``, ``bin``);
+    if given, frames of another size are rejected as ``wrong shape``."""
     read_noise_counts: float | None = Field(None, ge=0)
     """Gaussian read-noise sigma in counts, which enters the variance-stabilised loss; None
     (the default): estimated from the first frames (:mod:`ptystream.engine.noise`). Fix it
@@ -156,12 +160,20 @@ class InstrumentSettings(BaseModel):
             y, x = s * x + c * y, c * x - s * y
         return np.stack([y, x], axis=-1)
 
-    def geometry(self) -> Geometry:
+    def geometry(self, frame_px: int | None = None, *, binning: int = 1) -> Geometry:
+        """The geometry of frames ``frame_px`` square (default: the profile's ``frame_px``)
+        made of ``binning`` x ``binning`` detector pixels each."""
+        frame_px = frame_px or self.frame_px
+        if frame_px is None:
+            raise ValueError(
+                "the frame size is not known yet: it comes from the detector's frames "
+                "(instrument.frame_px is not set)"
+            )
         return Geometry(
             wavelength_m=self.wavelength_m,
             distance_m=self.distance_m,
-            detector_pixel_size_m=self.detector_pixel_size_m,
-            frame_px=self.frame_px,
+            detector_pixel_size_m=self.detector_pixel_size_m * binning,
+            frame_px=frame_px,
             propagation=self.propagation,
             focus_to_sample_m=self.focus_to_sample_m,
         )
@@ -407,6 +419,66 @@ class EngineSettings(BaseModel):
         return (float(spacing),) * (self.slices - 1)
 
 
+class PreprocessSettings(BaseModel):
+    """Detector pre-processing, applied to every frame before the engine sees it, the same way
+    live, offline and in reprocessing (:mod:`ptystream.preprocess`), in this order: dark
+    subtraction, flat-field division, bad pixels masked (the mask file, pixels saturated in the
+    first frames, and, where asked, hot and dead pixels), the window cut around the pattern's
+    centre, binning. The frame size the engine reconstructs is ``size_px / bin`` (or the
+    detector's side over ``bin``): never a number to keep in sync with the detector."""
+
+    model_config = _STRICT
+
+    size_px: int | None = Field(None, gt=0)
+    """Side in detector pixels of the square window cut from each frame (before binning), a
+    multiple of ``bin``; None: the whole detector, whose frames must then be square."""
+    centre: Literal["centre_of_mass", "detector"] | tuple[float, float] = "centre_of_mass"
+    """Where the window is centred (the pattern's zero frequency): ``centre_of_mass`` of the
+    first frames' mean pattern (dark-subtracted, masked), ``detector`` (its middle pixel), or
+    ``[y, x]`` in detector pixels (rows, columns from 0)."""
+    bin: int = Field(1, ge=1)
+    """Detector pixels summed along each axis into one pixel the engine sees: the effective
+    pixel is ``bin * instrument.detector_pixel_size_m``, the object pixel (lambda z over the
+    window's width) is unchanged and the probe window is ``bin`` times narrower (fewer, larger
+    frames: faster, for a probe that fits). A binned pixel with a masked part is masked."""
+    dark_file: Path | None = None
+    """Dark frames (HDF5, NPY/NPZ or TIFF; a stack is averaged) subtracted from every frame.
+    An HDF5 file with more than one dataset names it: ``darks.h5:/entry/data/data``."""
+    dark_stream: str | None = None
+    """Name of a stream of the same run holding dark frames of the detector (e.g. ``dark``):
+    live they come with the run's documents (frames are held until they have, at most
+    300 frames); reprocessing reads them from the raw run in Tiled."""
+    flat_file: Path | None = None
+    """Flat field (same formats): frames are divided by it, normalised to a mean of 1; pixels
+    where it is not positive are masked."""
+    mask_file: Path | None = None
+    """Bad-pixel mask (same formats), the detector's shape: non-zero marks a bad pixel (the CXI
+    and Eiger convention)."""
+    hot_pixel_sigma: float | None = Field(None, gt=0)
+    """Mask pixels brighter than all eight neighbours by more than this many robust standard
+    deviations in the first frames' mean (a speckle of oversampled data is wider than one
+    pixel, a hot pixel is not); None: no search."""
+    dead_pixels: bool = False
+    """Mask pixels that read the same value in every one of the first frames where their
+    neighbours vary (by a count or more, or collect 15 counts over those frames)."""
+
+    @model_validator(mode="after")
+    def _window_bins(self) -> PreprocessSettings:
+        if self.size_px is not None and self.size_px % self.bin:
+            raise ValueError(
+                f"preprocess.size_px ({self.size_px}) must be a multiple of preprocess.bin "
+                f"({self.bin})"
+            )
+        if self.dark_file is not None and self.dark_stream is not None:
+            raise ValueError("give one of preprocess.dark_file and preprocess.dark_stream")
+        return self
+
+    @property
+    def frame_px(self) -> int | None:
+        """Side of the frames the engine sees, when the profile fixes it (``size_px``)."""
+        return None if self.size_px is None else self.size_px // self.bin
+
+
 class IngestSettings(BaseModel):
     """How frames get from documents to the engine: files, memory, run endings."""
 
@@ -420,14 +492,22 @@ class IngestSettings(BaseModel):
     """A run that sends no document for this many seconds is closed as ``incomplete`` and
     published (a lost stop document, a crashed RunEngine). Pauses longer than this end the live
     reconstruction too, so set it above the longest expected pause."""
+    backfill_after_s: float | None = Field(5.0, gt=0)
+    """Where the raw run is in Tiled (bluesky's ``TiledWriter`` saves it), frames the document
+    stream lost are read from it: a gap in the seq_nums this many seconds old, during the run,
+    and what is still missing at the stop, before the final passes. A run that sends nothing for
+    this long is also looked up there: if its stop document is saved, the run is closed from it
+    (its own stop was lost). None: neither (frames that never arrived are only named)."""
     file_timeout_s: float = Field(30.0, gt=0)
     """How long after a run's stop a frame may stay unreadable (its file, datum or HDF5 row not
     written yet, or the file still locked by a detector writing without SWMR) before it is
     rejected as ``unreadable``. During the run such frames are retried without a limit and
     without blocking."""
     max_saturated_px: int = Field(0, ge=0)
-    """With ``instrument.saturation_counts`` set, frames with more pixels at or above it are
-    rejected as ``saturated`` (a saturated pixel misreports the intensity the model fits)."""
+    """With ``instrument.saturation_counts`` set, pixels at or above it in the first frames are
+    masked for the run (:mod:`ptystream.preprocess`), and later frames with more than this many
+    other pixels at or above it are rejected as ``saturated`` (a saturated pixel misreports the
+    intensity the model fits)."""
     handlers: dict[str, str] = {}
     """Extra ``event_model.Filler`` handlers for Resource/Datum frames, ``SPEC: module:Class``
     (NPY_SEQ and AD_HDF5 are built in)."""
@@ -537,6 +617,7 @@ class Profile(BaseModel):
     """One line saying what the profile is for (shown by ``ptystream profiles list``)."""
     instrument: InstrumentSettings
     engine: EngineSettings = EngineSettings()
+    preprocess: PreprocessSettings = PreprocessSettings()
     ingest: IngestSettings = IngestSettings()
     publish: PublishSettings = PublishSettings()
     sim: SimSettings | None = None
@@ -544,6 +625,8 @@ class Profile(BaseModel):
 
     @model_validator(mode="after")
     def _object_covers_probe(self) -> Profile:
+        if self.sim is not None and self.instrument.frame_px is None:
+            raise ValueError("a simulated instrument (sim) needs instrument.frame_px")
         if self.sim is not None and self.sim.object_px < self.instrument.frame_px:
             raise ValueError(
                 f"sim.object_px ({self.sim.object_px}) is smaller than instrument.frame_px "
@@ -563,4 +646,29 @@ class Profile(BaseModel):
             self.instrument.propagation != NEAR_FIELD
         ):
             raise ValueError("instrument.focus_to_sample_m applies to the near field only")
+        prep, frame_px = self.preprocess, self.instrument.frame_px
+        if frame_px is not None and prep.size_px is not None and prep.size_px > frame_px:
+            raise ValueError(
+                f"preprocess.size_px ({prep.size_px}) is larger than the detector "
+                f"(instrument.frame_px: {frame_px})"
+            )
+        if frame_px is not None and prep.size_px is None and frame_px % prep.bin:
+            raise ValueError(
+                f"instrument.frame_px ({frame_px}) is not a multiple of preprocess.bin "
+                f"({prep.bin}): set preprocess.size_px"
+            )
         return self
+
+    @property
+    def frame_px(self) -> int | None:
+        """Side of the frames the engine sees when the profile alone fixes it (a window size,
+        or a simulated detector's side), over the binning; None: known from the frames."""
+        prep = self.preprocess
+        side = prep.size_px or self.instrument.frame_px
+        return None if side is None else side // prep.bin
+
+    def geometry(self) -> Geometry:
+        """The geometry the engine reconstructs in, when the profile fixes the frame size
+        (:attr:`frame_px`); otherwise :func:`ptystream.preprocess.Preprocessor.geometry` gives
+        it once the detector's frames are known."""
+        return self.instrument.geometry(self.frame_px, binning=self.preprocess.bin)

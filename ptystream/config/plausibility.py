@@ -239,13 +239,17 @@ def _frame(key: str, frame_px: int) -> list[Finding]:
     return [Finding(key, frame_px, "pixels", severity, problem, slip)]
 
 
-def _inputs(g: Geometry, prefix: str, wavelength_given: bool) -> list[Finding]:
-    """Findings on each number of ``g`` by itself (and the energy with the detector)."""
+def _inputs(
+    g: Geometry, prefix: str, wavelength_given: bool, frame_known: bool = True
+) -> list[Finding]:
+    """Findings on each number of ``g`` by itself (and the energy with the detector); the frame
+    size only if ``frame_known``."""
     found = _wavelength(g, prefix, wavelength_given)
     what = "sample-to-detector distance"
     found += _distance("distance_m", f"{prefix}distance_m", g.distance_m, what, LONG_DISTANCE_M)
     found += _pixel(f"{prefix}detector_pixel_size_m", g.detector_pixel_size_m)
-    found += _frame(f"{prefix}frame_px", g.frame_px)
+    if frame_known:
+        found += _frame(f"{prefix}frame_px", g.frame_px)
     if (z1 := g.focus_to_sample_m) is not None:
         key, what = f"{prefix}focus_to_sample_m", "focus-to-sample distance"
         found += _distance("focus_to_sample_m", key, z1, what, 10.0)
@@ -315,7 +319,11 @@ def _fresnel(g: Geometry, prefix: str, wavelength_given: bool) -> list[Finding]:
 
 
 def check_geometry(
-    geometry: Geometry, *, prefix: str = "instrument.", wavelength_given: bool = False
+    geometry: Geometry,
+    *,
+    prefix: str = "instrument.",
+    wavelength_given: bool = False,
+    frame_known: bool = True,
 ) -> list[Finding]:
     """Findings on a geometry's numbers: wavelength (against the detector's kind), distance,
     detector pixel, frame size, focus-to-sample distance, then the object pixel against the
@@ -323,19 +331,31 @@ def check_geometry(
 
     ``prefix`` is put before each key (a profile's are under ``instrument.``);
     ``wavelength_given``: name ``wavelength_m`` (metres) rather than ``energy_eV`` (eV), the
-    key the user wrote.
+    key the user wrote. ``frame_known`` False: the frame size comes from the detector's frames
+    (not yet seen), so neither it nor the object pixel (which depends on it) is checked.
     """
-    found = _inputs(geometry, prefix, wavelength_given)
-    if _refused(found):
+    found = _inputs(geometry, prefix, wavelength_given, frame_known)
+    if _refused(found) or not frame_known:
         return found
     return found + _sampling(geometry, prefix, wavelength_given)
 
 
 def check_instrument(
-    instrument: InstrumentSettings, *, wavelength_given: bool = False
+    instrument: InstrumentSettings,
+    *,
+    wavelength_given: bool = False,
+    frame_px: int | None = None,
+    binning: int = 1,
 ) -> list[Finding]:
-    """:func:`check_geometry` of the instrument's geometry, plus its probe defocus."""
-    found = check_geometry(instrument.geometry(), wavelength_given=wavelength_given)
+    """:func:`check_geometry` of the instrument's geometry, plus its probe defocus. The frames
+    are ``frame_px`` of ``binning``² detector pixels (default the instrument's ``frame_px``);
+    with no frame size known, what depends on it is not checked."""
+    frame_px = frame_px or instrument.frame_px
+    found = check_geometry(
+        instrument.geometry(frame_px or 1, binning=binning),
+        wavelength_given=wavelength_given,
+        frame_known=frame_px is not None,
+    )
     defocus = abs(instrument.probe_defocus_m)
     if defocus > LARGE_DEFOCUS_M:
         name = "probe_defocus_m"
@@ -346,7 +366,12 @@ def check_instrument(
 def check_profile(profile: Profile, *, wavelength_given: bool = False) -> list[Finding]:
     """Findings on a profile's instrument (:func:`check_instrument`). Pure and cheap: call it
     again wherever the warnings should be recorded (a result's metadata)."""
-    return check_instrument(profile.instrument, wavelength_given=wavelength_given)
+    return check_instrument(
+        profile.instrument,
+        wavelength_given=wavelength_given,
+        frame_px=profile.frame_px,
+        binning=profile.preprocess.bin,
+    )
 
 
 def ensure_plausible(

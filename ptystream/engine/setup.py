@@ -37,9 +37,12 @@ class EngineSetup:
     orientation : how the positions' orientation is checked on the first frames
         (``instrument.orientation``) and the profile's axes it names in its advice; a scan
         file's positions are checked as the file gives them (``axes`` None).
+
+    ``geometry`` is None only in a set-up made before the detector's frames were seen (a
+    profile without a fixed frame size); an engine needs it given (:meth:`replace`).
     """
 
-    geometry: Geometry
+    geometry: Geometry | None
     settings: EngineSettings
     plan: ScanPlan = field(default_factory=ScanPlan)
     read_noise_counts: float | None = None
@@ -67,8 +70,9 @@ class EngineSetup:
         if algorithm is not None:
             settings = settings.model_copy(update={"algorithm": Algorithm(algorithm)})
         inst = profile.instrument
-        geometry = geometry or inst.geometry()
-        probe_file = settings.initial_probe_file
+        if geometry is None and profile.frame_px is not None:
+            geometry = profile.geometry()
+        probe_file = settings.initial_probe_file if geometry is not None else None
         return cls(
             geometry=geometry,
             settings=settings,

@@ -29,10 +29,10 @@ class ScanFile:
 
     Attributes
     ----------
-    frames : ``(n, N, N)`` float32 counts, as the detector recorded them.
+    frames : ``(n, H, W)`` float32 counts, as the detector recorded them.
     positions_m : ``(n, 2)`` probe positions on the sample ``(y, x)`` in metres, in the frames'
         row/column orientation.
-    valid_pixels : ``(N, N)`` bool, True where a detector pixel is usable.
+    valid_pixels : ``(H, W)`` bool, True where a detector pixel is usable.
     wavelength_m, distance_m, detector_pixel_size_m : as recorded in the file.
     """
 
@@ -51,7 +51,8 @@ def read_cxi(path: str | Path) -> ScanFile:
     in the frames' orientation by projecting their negative (the sample moves, the beam stays)
     on the detector's ``basis_vectors`` (rows, columns). The mask follows CXI: nonzero = bad.
     A missing file, one that is not HDF5, an absent field (named by its full HDF5 path) or
-    frames that are not square raise :class:`ScanFileError` (FileNotFoundError for the first).
+    frames that are not a stack of images raise :class:`ScanFileError` (FileNotFoundError for
+    the first).
     """
     path = _existing(path)
     if not h5py.is_hdf5(path):
@@ -164,14 +165,11 @@ def _scalar(path: Path, name: str, value: object) -> float:
 
 
 def _check_frame_shape(path: Path, name: str, shape: tuple[int, ...]) -> None:
-    """Frames must be a stack of square images: ``(n, N, N)`` with n and N positive."""
+    """Frames must be a stack of images ``(n, H, W)``, none of them empty (a window is cut
+    from them by the profile's ``preprocess``, which also refuses non-square frames without
+    one)."""
     if len(shape) != 3:
-        raise ScanFileError(f"{path}: {name} has shape {shape}, not (n, N, N): a stack of frames")
-    if shape[1] != shape[2]:
-        raise ScanFileError(
-            f"{path}: frames are {shape[1]} x {shape[2]}, not square (crop them to N x N "
-            "around the beam centre)"
-        )
+        raise ScanFileError(f"{path}: {name} has shape {shape}, not (n, H, W): a stack of frames")
     if 0 in shape:
         raise ScanFileError(f"{path}: {name} is empty (shape {shape})")
 

@@ -106,7 +106,9 @@ class _RunParser(DocumentRouter):
         self._position_stream = self._inst.position_stream or self._inst.stream
         self._frame_key = self._inst.detector_key
         self._motor_keys = (self._inst.y_motor, self._inst.x_motor)
+        self._dark_stream = profile.preprocess.dark_stream
         self._roles: dict[str, tuple[bool, bool]] = {}
+        self._dark_descriptors: set[str] = set()
         self._frame_resources: set[str] = set()
         self._refused: Counter[str] = Counter()  # position-only rows refused, by reason
         self.assets = RunAssets()
@@ -117,9 +119,16 @@ class _RunParser(DocumentRouter):
         has_frame = name == self._frame_stream and self._frame_key in keys
         has_position = name == self._position_stream and all(k in keys for k in self._motor_keys)
         self._roles[doc["uid"]] = (has_frame, has_position)
+        if name is not None and name == self._dark_stream and self._frame_key in keys:
+            self._dark_descriptors.add(doc["uid"])
 
     def event_page(self, doc):
         # RunRouter hands every event over as a one-row page, so this is the only event path.
+        if doc["descriptor"] in self._dark_descriptors:
+            frames = (doc.get("data") or {}).get(self._frame_key)
+            for i, seq in enumerate(doc.get("seq_num") or []):
+                self._dark(int(seq), self._frame(frames, i))
+            return
         has_frame, has_position = self._roles.get(doc["descriptor"], (False, False))
         if not (has_frame or has_position):
             return
@@ -150,6 +159,13 @@ class _RunParser(DocumentRouter):
         if isinstance(value, str):
             return DatumFrame(value, self.assets)
         return value
+
+    def _dark(self, seq: int, frame: Any) -> None:
+        """A frame of the dark stream (``preprocess.dark_stream``), for the pre-processing."""
+        if isinstance(frame, Unusable):
+            logger.warning("run %s: dark frame %d: %s", self._uid, seq, frame.detail)
+            return
+        self._sink.submit(FrameRecord(self._uid, seq, frame, None, dark=True))
 
     def _refuse(self, has_frame: bool, seq: int, reason: str, detail: str) -> None:
         """A row that cannot be paired: its frame (if any) goes on as :class:`Unusable`, to be
@@ -183,8 +199,11 @@ class _RunParser(DocumentRouter):
             self._frame_resources.add(doc["uid"])
 
     def stream_datum(self, doc):
-        sres = doc["stream_resource"]
-        if sres not in self._frame_resources:
+        sres, descriptor = doc["stream_resource"], doc.get("descriptor")
+        dark = descriptor in self._dark_descriptors
+        if sres not in self._frame_resources or (
+            descriptor in self._roles and not dark and not self._roles[descriptor][0]
+        ):
             return
         try:
             first_seq, stop_seq = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
@@ -213,7 +232,10 @@ class _RunParser(DocumentRouter):
                 self._refuse(True, seq, "bad seq_num", f"seq_num {seq} (they count from 1)")
                 continue
             frame = StreamFrame(sres, first_index + k, self.assets)
-            self._sink.submit(FrameRecord(self._uid, seq, frame, None))
+            if dark:
+                self._dark(seq, frame)
+            else:
+                self._sink.submit(FrameRecord(self._uid, seq, frame, None))
 
     def stop(self, doc):
         for reason, n in self._refused.items():
@@ -340,7 +362,8 @@ class PtychoCallback:
             return [], []
         fields: dict[str, Any] = {
             "run_uid": uid,
-            "geometry": self._profile.instrument.geometry(),
+            # None: the frame size comes from the detector's first frames
+            "geometry": self._profile.geometry() if self._profile.frame_px else None,
             "scan_id": start_doc.get("scan_id"),
             "profile": self._profile.name,
             "metadata": {"plan_name": start_doc.get("plan_name"), "time": start_doc.get("time")},

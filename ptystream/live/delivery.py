@@ -19,16 +19,21 @@ from typing import Any
 
 from ptystream.config import PublishSettings
 from ptystream.live.result import RunResult
+from ptystream.store.access import TiledUnreachable
 from ptystream.store.publisher import TiledPublisher, run_metadata
 from ptystream.store.spool import SpoolBusy, set_node_path, spool_final, spool_lock, spooled_files
 from ptystream.types import Estimate
 
 __all__ = ["Delivery"]
 
+#: What a live publication carries: the estimate, the frame accounting and, optionally, a recent
+#: diffraction frame (the arguments of ``TiledPublisher.publish_live`` after the run uid).
+_Live = tuple[Estimate, dict] | tuple[Estimate, dict, Any]
+
 logger = logging.getLogger(__name__)
 
 #: After a failed attempt to create a run's node, live publications wait this long (s) before
-#: trying again; tiled's client already retries each request for up to 45 s.
+#: trying again.
 _BEGIN_RETRY_INTERVAL_S = 10.0
 #: After an upload of kept results that left some behind, the next attempt waits this long (s).
 _FLUSH_RETRY_S = 30.0
@@ -61,6 +66,7 @@ class Delivery:
         self._outbox: deque[tuple[str, RunResult, Any]] = deque()
         self._out_cond = threading.Condition()
         self._closing = False
+        self._closing_now = threading.Event()  # wakes a back-off sleep at close
         self._begin_after: dict[str, float] = {}  # publisher thread only
         self._spool_pending = spool_dir is not None and bool(spooled_files(spool_dir))
         self._flush_after = 0.0  # publisher thread only
@@ -73,13 +79,15 @@ class Delivery:
         """Deliver what is queued, then end the thread."""
         with self._out_cond:
             self._closing = True
+            self._closing_now.set()
             self._out_cond.notify()
         if self._thread.is_alive():
             self._thread.join()
 
-    def post(self, kind: str, result: RunResult, live: tuple[Estimate, dict] | None = None) -> None:
-        """Queue ``kind`` (``begin``, ``live`` with ``(estimate, frames)``, ``final``) of
-        ``result``; a newer live estimate or a final replaces a live one still queued."""
+    def post(self, kind: str, result: RunResult, live: _Live | None = None) -> None:
+        """Queue ``kind`` (``begin``, ``live`` with ``(estimate, frames[, recent frame])``,
+        ``final``) of ``result``; a newer live estimate or a final replaces a live one still
+        queued."""
         with self._out_cond:
             if kind in ("live", "final"):
                 stale = [c for c in self._outbox if c[0] == "live" and c[1] is result]
@@ -115,7 +123,7 @@ class Delivery:
                     )
                     result.done.set()
 
-    def _deliver(self, kind: str, result: RunResult, live: tuple[Estimate, dict] | None) -> bool:
+    def _deliver(self, kind: str, result: RunResult, live: _Live | None) -> bool:
         """Create the run's node if needed, then write; True if Tiled took the write. A live
         estimate is best effort (a newer one follows within ``cadence_s``); see
         :meth:`_deliver_final` for the end of a run."""
@@ -128,8 +136,9 @@ class Delivery:
                 self._begin_after[result.run_uid] = time.monotonic() + _BEGIN_RETRY_INTERVAL_S
                 return False
         if kind == "live" and live is not None:
-            estimate, frames = live
-            write = lambda: self._publisher.publish_live(result.run_uid, estimate, frames)  # noqa: E731
+            estimate, frames, *recent = live  # recent: [a diffraction frame or None], if sent
+            args = (result.run_uid, estimate, frames, *recent)
+            write = lambda: self._publisher.publish_live(*args)  # noqa: E731
             return self._attempt(write, kind, result, 0)
         return True
 
@@ -184,20 +193,28 @@ class Delivery:
             self._publisher.mark(result.run_uid, result.status, result.summary())
         else:
             self._publisher.publish_final(
-                result.run_uid, result.final, result.status, result.summary()
+                result.run_uid,
+                result.final,
+                result.status,
+                result.summary(),
+                diffraction=result.recent_frame,
             )
 
     def _attempt(
         self, write: Callable[[], None], kind: str, result: RunResult, retries: int
     ) -> bool:
-        """``write()`` with up to ``retries`` retries and exponential back-off; True if done."""
+        """``write()`` with up to ``retries`` retries and exponential back-off; True if done.
+
+        While closing, a Tiled that is down (:class:`TiledUnreachable`) is not retried: the
+        caller keeps the result in the spool, and the process stops within seconds.
+        """
         delay = self._publish_settings.retry_backoff_s
         for attempt in range(retries + 1):
             try:
                 write()
                 return True
             except Exception as exc:
-                if attempt == retries:
+                if attempt == retries or (self._closing and isinstance(exc, TiledUnreachable)):
                     logger.error("publishing %s of run %s failed: %s", kind, result.run_uid, exc)
                     return False
                 logger.warning(
@@ -207,7 +224,7 @@ class Delivery:
                     exc,
                     delay,
                 )
-                time.sleep(delay)
+                self._closing_now.wait(delay)
                 delay = min(2 * delay, 8.0)
         return False
 

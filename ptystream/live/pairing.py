@@ -143,6 +143,8 @@ class Accounting:
     when frames are missing."""
 
     received: int = 0
+    backfilled: int = 0
+    """Frames read from the raw run in Tiled because the document stream lost them."""
     used: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
@@ -155,6 +157,8 @@ class Accounting:
             "rejected": dict(self.rejected),
             "duplicates_ignored": self.duplicates,
         }
+        if self.backfilled:
+            out["backfilled"] = self.backfilled
         if self.missing is not None and self.missing.count:
             out["missing"] = self.missing.as_dict()
         return out
@@ -193,13 +197,12 @@ class FramePairer:
 
     Parameters
     ----------
-    frame_px : expected side of the square frames; a leading dimension of 1 is squeezed.
+    frame_shape : the detector's frame shape ``(H, W)``; None: that of the first valid frame
+        (a leading dimension of 1 is squeezed); frames of another shape are 'wrong shape'.
     resolve : turns a record's frame (an array or a reference) into an array; raises
         :class:`~ptystream.live.frames.FrameNotReady` while its data is not written yet.
     discard : called once with every record frame that leaves the pairer (used, rejected or a
         duplicate), so a memory budget can be released.
-    saturation_counts, max_saturated_px : frames with more than ``max_saturated_px`` pixels at
-        or above ``saturation_counts`` are rejected as saturated (None: no check).
     file_timeout_s : how long after the run's end (:meth:`close`) a frame may stay not ready
         before it is rejected as unreadable; while the run goes on, a detector may keep its
         file locked, so frames are retried (every ``_RETRY_S``) without a limit.
@@ -207,20 +210,16 @@ class FramePairer:
 
     def __init__(
         self,
-        frame_px: int,
+        frame_shape: tuple[int, int] | None = None,
         *,
         resolve: Callable[[Any], Any] = _as_is,
         discard: Callable[[Any], None] = _ignore,
-        saturation_counts: float | None = None,
-        max_saturated_px: int = 0,
         file_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self._shape = (frame_px, frame_px)
+        self._shape = frame_shape
         self._resolve = resolve
         self._discard = discard
-        self._saturation = saturation_counts
-        self._max_saturated = max_saturated_px
         self._timeout = file_timeout_s
         self._clock = clock
         self._frames: dict[int, Any] = {}
@@ -238,12 +237,13 @@ class FramePairer:
         """Frames received but not yet used or rejected."""
         return len(self._frames) + len(self._paired)
 
-    def add(self, record: FrameRecord) -> None:
+    def add(self, record: FrameRecord, *, backfilled: bool = False) -> None:
         """Take one record's frame and/or position (bookkeeping only: nothing is read here).
 
         A frame the callback refused (:class:`~ptystream.live.frames.Unusable`) is counted as
         received and rejected with its reason; a seq_num below 1 cannot be paired and is
-        rejected as ``bad seq_num``."""
+        rejected as ``bad seq_num``. ``backfilled``: the frame was read from the raw run (counted
+        as ``backfilled``, not ``received``)."""
         seq, frame = record.seq_num, record.frame
         if seq < 1:
             if frame is not None:
@@ -263,6 +263,9 @@ class FramePairer:
                 self._done.add(seq)
                 self._positions.pop(seq, None)
                 return
+            elif backfilled:
+                self.accounting.backfilled += 1
+                self._frames[seq] = frame
             else:
                 self.accounting.received += 1
                 self._frames[seq] = frame
@@ -372,14 +375,23 @@ class FramePairer:
         if not isinstance(frame, np.ndarray) or frame.dtype.kind not in "uif":
             return "not an array"
         frame = _squeezed(frame)
-        if frame.shape != self._shape:
+        if frame.ndim != 2 or (self._shape is not None and frame.shape != self._shape):
             return "wrong shape"
         if not np.isfinite(frame).all():
             return "not finite"
-        if self._saturation is not None:
-            if np.count_nonzero(frame >= self._saturation) > self._max_saturated:
-                return "saturated"
+        if self._shape is None:
+            self._shape = frame.shape
         return None
+
+    @property
+    def frame_shape(self) -> tuple[int, int] | None:
+        """The detector's frame shape (None until a valid frame was read)."""
+        return self._shape
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` frames released by :meth:`take` and then found unusable (e.g.
+        ``saturated`` by the pre-processing)."""
+        self.accounting.rejected[reason] += count
 
     def _reject(self, frame: Any, reason: str, detail: str = "") -> None:
         if not self.accounting.rejected[reason]:

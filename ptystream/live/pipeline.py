@@ -22,6 +22,7 @@ A run refused at its start (:class:`~ptystream.live.callback.RefusedStart`) is p
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import queue
@@ -36,15 +37,19 @@ import numpy as np
 
 from ptystream.config import Profile
 from ptystream.engine import Engine, EngineSetup, make_engine, prepare
+from ptystream.engine.initial import read_probe_file
 from ptystream.engine.orientation import can_judge
 from ptystream.live.callback import CountedStop, RefusedStart
 from ptystream.live.delivery import Delivery
 from ptystream.live.frames import FrameResolver
 from ptystream.live.pairing import Accounting, FramePairer, PairedFrames, expected_frames
+from ptystream.live.reconcile import Reconciler
 from ptystream.live.result import RunResult
 from ptystream.live.spill import FrameStore
+from ptystream.preprocess import Preprocessor
 from ptystream.store.publisher import TiledPublisher
-from ptystream.types import FrameRecord, RunStart, RunStop, ScanPlan
+from ptystream.store.raw import RawRun
+from ptystream.types import FrameRecord, Geometry, RunStart, RunStop, ScanPlan
 
 __all__ = ["LivePipeline"]
 
@@ -54,25 +59,38 @@ logger = logging.getLogger(__name__)
 class _LiveRun:
     """Worker-side state of the run being reconstructed."""
 
-    def __init__(self, engine: Engine, result: RunResult, profile: Profile, store: FrameStore):
+    def __init__(
+        self,
+        result: RunResult,
+        profile: Profile,
+        store: FrameStore,
+        prep: Preprocessor,
+        build: Callable[[Geometry, np.ndarray | None], Engine],
+        engine: Engine | None,
+    ):
         self.engine = engine
         self.result = result
+        self.prep = prep
+        self._build = build
+        self._instrument = profile.instrument
+        self._store = store
         ingest = profile.ingest
         self.resolver = FrameResolver(ingest.handlers, ingest.root_map)
         self.pairer = FramePairer(
-            result.start.geometry.frame_px,
-            resolve=lambda frame: self.resolver.resolve(store.load(frame)),
+            resolve=self._resolved,
             discard=store.release,
-            saturation_counts=profile.instrument.saturation_counts,
-            max_saturated_px=ingest.max_saturated_px,
             file_timeout_s=ingest.file_timeout_s,
         )
+        self._darks: list[Any] = []  # the dark stream's frames (arrays or references)
+        self.reconciler: Reconciler | None = None  # the raw run in Tiled, where it is saved
         self.t_open = time.perf_counter()
         self.last_seen = time.monotonic()
         self.last_publish = 0.0
         self.last_checkpoint = time.perf_counter()
         self._first: list[PairedFrames] = []
         self._judge_orientation = profile.instrument.orientation != "off"
+        #: The last frame paired for the engine, as it is given it (counts), for the dashboard.
+        self.recent_frame: np.ndarray | None = None
 
     def ready(self, pairs: PairedFrames | None) -> PairedFrames | None:
         """What to add to the engine now: the first frames are held back and added together,
@@ -82,18 +100,80 @@ class _LiveRun:
         positions spread along both axes, which a raster's first line does not
         (:func:`~ptystream.engine.orientation.can_judge`), or :data:`_MOST_HELD` arrived.
         :meth:`flush` hands over what is held at the end of intake."""
-        if self.engine.n_frames or (pairs is None and not self._first):
+        if self.n_frames or (pairs is None and not self._first):
             return pairs
         if pairs is not None:
             self._first.append(pairs)
         held = sum(len(p) for p in self._first)
         if held < _FIRST_FRAMES:
             return None
+        if held < _MOST_HELD and self.prep.needs_dark and not self._darks:
+            return None
         if self._judge_orientation and held < _MOST_HELD:
             positions = np.concatenate([p.positions_m for p in self._first])
             if not can_judge(positions):
                 return None
         return self.flush()
+
+    @property
+    def n_frames(self) -> int:
+        """Frames the engine holds (0 before it is built)."""
+        return 0 if self.engine is None else self.engine.n_frames
+
+    def add_dark(self, frame: Any) -> None:
+        """A frame of the profile's ``preprocess.dark_stream``."""
+        self._darks.append(frame)
+
+    def add(self, pairs: PairedFrames | None) -> None:
+        """Pre-process ``pairs`` (the first ones fit the pre-processing and build the engine
+        for the frame size and mask it gives) and add them to the engine; frames with too many
+        saturated pixels are counted as rejected."""
+        if pairs is None:
+            return
+        if not self.prep.fitted:
+            self._start(pairs.frames)
+        prepared = self.prep.apply(pairs.frames)
+        keep = ~prepared.saturated
+        if not keep.all():
+            self.pairer.reject("saturated", int(np.count_nonzero(~keep)))
+        if keep.any():
+            self.engine.add_frames(prepared.frames[keep], pairs.positions_m[keep])
+            #: the last frame as the engine was given it (counts), for the dashboard
+            self.recent_frame = np.array(prepared.frames[keep][-1])
+
+    def _start(self, frames: np.ndarray) -> None:
+        prep, result = self.prep, self.result
+        if prep.needs_dark:
+            darks = [d for d in (self._resolved_dark(f) for f in self._darks) if d is not None]
+            if darks:
+                prep.set_dark(np.stack(darks))
+            else:
+                prep.warnings.append(
+                    f"preprocess: no dark frame of stream {prep.settings.dark_stream!r} came "
+                    f"before the first {len(frames)} frames: the dark is not subtracted"
+                )
+        prep.fit(frames)
+        for warning in prep.warnings:
+            logger.warning("run %s: %s", self.uid, warning)
+        geometry, mask = prep.geometry(self._instrument), prep.valid_pixels
+        if self.engine is None or geometry != result.start.geometry or not mask.all():
+            self.engine = self._build(geometry, None if mask.all() else mask)
+        # said with the engine's own warnings: in the run's and live metadata, on the dashboard
+        self.engine.input_warnings += tuple(prep.warnings)
+        result.start = dataclasses.replace(result.start, geometry=geometry)
+        result.preprocess = prep.report()
+
+    def _resolved(self, frame: Any) -> Any:
+        return self.resolver.resolve(self._store.load(frame))
+
+    def _resolved_dark(self, frame: Any) -> np.ndarray | None:
+        try:
+            return np.asarray(self._resolved(frame), dtype=np.float64).squeeze()
+        except Exception as exc:  # a dark not written yet, or unreadable: named, not fatal
+            logger.warning("run %s: a dark frame could not be read (%s)", self.uid, exc)
+            return None
+        finally:
+            self._store.release(frame)
 
     def flush(self) -> PairedFrames | None:
         """The held first frames as one batch (None if none are held)."""
@@ -157,7 +237,13 @@ class LivePipeline:
         self._profile = profile
         self._spool_dir = Path(spool_dir) if spool_dir is not None else None
         self._engine_factory = engine_factory
-        self._setup = EngineSetup.from_profile(profile)
+        # the dark, flat and mask files are read (and any error said) before the first run
+        self._prep = Preprocessor.from_profile(profile)
+        self._find_raw = None
+        if publisher is not None and profile.ingest.backfill_after_s is not None:
+            self._find_raw = lambda uid: RawRun.find(publisher.root, uid, profile)
+        geometry = profile.geometry() if profile.frame_px is not None else None
+        self._setup = EngineSetup.from_profile(profile, geometry=geometry)
         self._inbox: queue.Queue = queue.Queue()
         self._store = FrameStore(
             int(profile.ingest.memory_budget_mb * 2**20),
@@ -244,7 +330,7 @@ class LivePipeline:
         self._ready.set()
         run: _LiveRun | None = None
         while True:
-            if run is not None and run.engine.n_frames:
+            if run is not None and run.n_frames:
                 wait = 0.0  # refine between arrivals
             elif run is not None and run.pairer.waiting:
                 wait = _RETRY_S  # frames waiting for a position or a file
@@ -271,6 +357,9 @@ class LivePipeline:
                 run = None
                 continue
             run = self._guarded(run, self._advance)
+            rec = run.reconciler if run is not None else None
+            if rec is not None and time.monotonic() >= rec.next_look:
+                run = self._reconcile(run)
 
     def _end(self, run: _LiveRun, status: str, reason: str, stop: RunStop | None = None) -> None:
         """Finish ``run`` (final passes, publish); its later documents are ignored. ``stop``:
@@ -282,7 +371,10 @@ class LivePipeline:
         """Trace and compile the step for the profile's shapes on a throw-away engine, before
         any run: TensorFlow's and XLA's one-time start-up is then paid here, and a run's set-up
         only traces the step for its canvas (1.5-3.8 s for the demo profile on 2 busy cores,
-        benchmarks/live_pipeline.py; 2.4 s against 1.0 s on a quiet machine)."""
+        benchmarks/live_pipeline.py; 2.4 s against 1.0 s on a quiet machine). Skipped when the
+        frame size comes from the detector's frames (each run compiles at its first frames)."""
+        if self._setup.geometry is None:
+            return
         plan = ScanPlan(self._profile.engine.batch_size, ((0.0, 0.0), (0.0, 0.0)))
         try:
             self._engine_factory(self._setup.replace(plan=plan)).warm_up()
@@ -310,21 +402,15 @@ class LivePipeline:
             time.sleep(_RETRY_S)
             batches.append(pairer.take())
         batches.append(pairer.expire())
-        batches = [run.ready(pairs) for pairs in batches] + [run.flush()]
-        for pairs in batches:
-            if pairs is not None:
-                run.engine.add_frames(pairs.frames, pairs.positions_m)
+        for pairs in [run.ready(pairs) for pairs in batches] + [run.flush()]:
+            run.add(pairs)
 
     def _drain(self, run: _LiveRun, stop: RunStop | None = None) -> None:
         """Close the run's files and record its frame accounting, the frames that never arrived
         included (intake is over; ``stop`` is None when the run ended without one)."""
         run.resolver.close()
         accounting = run.pairer.accounting
-        expected, source = expected_frames(
-            stop.frame_events if isinstance(stop, CountedStop) else None,
-            run.result.start.plan.n_points,
-            stop.exit_status if stop is not None else None,
-        )
+        expected, source = self._expected(run, stop)
         accounting.missing = run.pairer.missing(expected, source)
         run.result.accounting = accounting
         run.result.spilled_frames += self._spilled.pop(run.uid, 0)
@@ -336,9 +422,19 @@ class LivePipeline:
                 ", ".join(f"{n} {why}" for why, n in accounting.rejected.items()),
             )
 
+    @staticmethod
+    def _expected(run: _LiveRun, stop: RunStop | None) -> tuple[int | None, str]:
+        return expected_frames(
+            stop.frame_events if isinstance(stop, CountedStop) else None,
+            run.result.start.plan.n_points,
+            stop.exit_status if stop is not None else None,
+        )
+
     def _handle(self, run: _LiveRun | None, kind: str, item: Any) -> _LiveRun | None:
         if kind == "frame":
-            if run is not None and item.run_uid == run.uid:
+            if run is not None and item.run_uid == run.uid and item.dark:
+                run.add_dark(item.frame)
+            elif run is not None and item.run_uid == run.uid:
                 run.pairer.add(item)
             elif item.run_uid in self._refused:
                 self._store.release(item.frame)
@@ -391,24 +487,108 @@ class LivePipeline:
             self._refused.popitem(last=False)
 
     def _open(self, result: RunResult) -> _LiveRun:
-        t0 = time.perf_counter()
+        """Create the run's container; build its engine now if the profile fixes the frame size
+        (else at its first frames, when the pre-processing has seen the detector)."""
         self._delivery.post("begin", result)
-        initial_probe = self._setup.initial_probe  # engine.initial_probe_file, if any
+        geometry = result.start.geometry
+
+        def build(geometry: Geometry, mask: np.ndarray | None) -> Engine:
+            return self._build(result, geometry, mask)
+
+        engine = build(geometry, None) if geometry is not None else None
+        logger.info("run %s (scan %s): reconstructing", result.run_uid, result.start.scan_id)
+        run = _LiveRun(result, self._profile, self._store, self._prep.unfitted(), build, engine)
+        if self._find_raw is not None:
+            ingest = self._profile.ingest
+            run.reconciler = Reconciler(
+                result.run_uid,
+                self._find_raw,
+                ingest.backfill_after_s,
+                self._profile.instrument.stream,
+            )
+        return run
+
+    # -- reconciliation with the raw run in Tiled ---------------------------------------------
+
+    def _reconcile(self, run: _LiveRun) -> _LiveRun | None:
+        """Fill the run's gaps older than ``ingest.backfill_after_s`` from its raw run; close a
+        run silent that long whose stop the raw run holds (its own was lost). A raw run that
+        cannot be read is logged and tried again; it never fails the run."""
+        rec = run.reconciler
+        rec.next_look = time.monotonic() + min(1.0, rec.after_s)
+        try:
+            self._backfill(run, rec.overdue(run.pairer.missing()))
+            if time.monotonic() - run.last_seen >= rec.after_s:
+                rec.next_look = time.monotonic() + rec.after_s
+                stop = rec.stop()
+                if stop is not None:
+                    logger.warning("run %s: %s", run.uid, stop.reason)
+                    status = _STATUS.get(stop.exit_status, stop.exit_status)
+                    self._end(run, status, stop.reason, stop)
+                    return None
+        except Exception as exc:
+            logger.warning("run %s: the raw run in Tiled could not be read (%s)", run.uid, exc)
+        return run
+
+    def _backfill(self, run: _LiveRun, seq_nums: list[int]) -> None:
+        """Read ``seq_nums`` from the raw run and hand them to the engine like any frame."""
+        records = run.reconciler.fetch(seq_nums) if seq_nums else []
+        for record in records:
+            run.pairer.add(record, backfilled=True)
+        if records:
+            logger.info("run %s: %d frames read from the raw run in Tiled", run.uid, len(records))
+            run.add(run.ready(run.pairer.take()))
+
+    def _backfill_at_stop(self, run: _LiveRun, stop: RunStop | None) -> None:
+        """Before the final passes: the frames still missing, from the raw run (waiting up to
+        ``ingest.file_timeout_s`` for its writer to save the run's end)."""
+        rec = run.reconciler
+        expected, source = self._expected(run, stop)
+        missing = run.pairer.missing(expected, source).seq_nums()
+        if rec is None or not missing:
+            return
+        deadline = time.monotonic() + self._profile.ingest.file_timeout_s
+        try:
+            if rec.source() is None:
+                logger.warning(
+                    "run %s: %d frames missing, and no raw run in Tiled to read them from",
+                    run.uid,
+                    len(missing),
+                )
+                return
+            while rec.stop() is None and time.monotonic() < deadline:
+                time.sleep(_RETRY_S * 10)
+            self._backfill(run, missing)
+        except Exception as exc:
+            logger.warning("run %s: the raw run in Tiled could not be read (%s)", run.uid, exc)
+        run.add(run.flush())
+
+    def _build(self, result: RunResult, geometry: Geometry, mask: np.ndarray | None) -> Engine:
+        """An engine for the run's frames of ``geometry`` (``mask``: their valid pixels)."""
+        t0 = time.perf_counter()
+        probe_file = self._profile.engine.initial_probe_file
+        initial_probe = self._setup.initial_probe  # read from probe_file, if the size was known
+        if initial_probe is None and probe_file is not None:
+            initial_probe = read_probe_file(probe_file, geometry.frame_px)
+        if initial_probe is not None:
+            result.initial_probe_from = str(probe_file)
         if self._profile.engine.reuse_probe and self._last_probe is not None:
             source, probe = self._last_probe
-            if probe.shape[-2:] == result.start.geometry.frame_shape:
+            if probe.shape[-2:] == geometry.frame_shape:
                 initial_probe, result.initial_probe_from = probe, source
         engine = self._engine_factory(
             self._setup.replace(
-                geometry=result.start.geometry,
+                geometry=geometry,
                 plan=result.start.plan,
                 initial_probe=initial_probe,
+                detector_mask=mask,
             )
         )
         engine.warm_up()
-        result.timings_s["engine_setup"] = time.perf_counter() - t0
-        logger.info("run %s (scan %s): reconstructing", result.run_uid, result.start.scan_id)
-        return _LiveRun(engine, result, self._profile, self._store)
+        result.timings_s["engine_setup"] = (
+            result.timings_s.get("engine_setup", 0.0) + time.perf_counter() - t0
+        )
+        return engine
 
     def _advance(self, run: _LiveRun) -> None:
         """Add the frames paired since the last call and step; refine while none arrive.
@@ -421,33 +601,35 @@ class LivePipeline:
         settings = self._profile.engine
         pairs = run.ready(run.pairer.take())
         if pairs is not None:
-            run.engine.add_frames(pairs.frames, pairs.positions_m)
+            run.add(pairs)
+        if pairs is not None and run.n_frames:
             run.engine.step(settings.steps_per_arrival)
             deadline = time.perf_counter() + _CATCH_UP_S
             while run.engine.frames_waiting and time.perf_counter() < deadline:
                 run.engine.step(1)
-        elif run.engine.n_frames:
+        elif run.n_frames:
             run.engine.step(1)
         self._maybe_publish(run)
 
     def _maybe_publish(self, run: _LiveRun) -> None:
         now = time.perf_counter()
-        if run.engine.n_frames and now - run.last_publish >= self._profile.publish.cadence_s:
+        if run.n_frames and now - run.last_publish >= self._profile.publish.cadence_s:
             run.last_publish = now
             frames = run.pairer.accounting.as_dict()
             gaps = run.pairer.missing()  # so far: gaps below the highest seq_num received
             if gaps.count:
                 frames["missing"] = gaps.as_dict()
-            self._delivery.post("live", run.result, (run.engine.estimate(), frames))
+            live = (run.engine.estimate(), frames, run.recent_frame)
+            self._delivery.post("live", run.result, live)
         cadence = self._profile.publish.checkpoint_cadence_s
-        if cadence is not None and run.engine.n_frames and now - run.last_checkpoint >= cadence:
+        if cadence is not None and run.n_frames and now - run.last_checkpoint >= cadence:
             run.last_checkpoint = now
             self._save_state(run)
 
     def _save_state(self, run: _LiveRun) -> None:
         """Write the engine's state to ``checkpoints/<run uid>.h5`` in the spool (atomically:
         a checkpoint is whole or the previous one), if there is a spool directory."""
-        if self._spool_dir is None or not run.engine.n_frames:
+        if self._spool_dir is None or not run.n_frames:
             return
         path = self._spool_dir / "checkpoints" / f"{run.uid}.h5"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -462,8 +644,9 @@ class LivePipeline:
         self._drain(run)
         result = run.result
         result.timings_s["scan"] = time.perf_counter() - run.t_open
+        result.recent_frame = run.recent_frame
         self._save_state(run)
-        if run.engine.n_frames:
+        if run.n_frames:
             result.final = run.engine.estimate(final=True)
         result.status, result.error = _with_missing(
             result, _INCOMPLETE, "ptystream shut down before the run stopped"
@@ -472,11 +655,13 @@ class LivePipeline:
 
     def _finish(self, run: _LiveRun, status: str, reason: str, stop: RunStop | None) -> None:
         self._collect(run, self._profile.ingest.file_timeout_s)
+        self._backfill_at_stop(run, stop)
         self._drain(run, stop)
         result = run.result
         t0 = time.perf_counter()
         result.timings_s["scan"] = t0 - run.t_open
-        if run.engine.n_frames:
+        result.recent_frame = run.recent_frame
+        if run.n_frames:
             run.engine.refine(self._profile.engine.final_epochs)
             result.final = run.engine.estimate(final=True)
             if result.final.is_finite():

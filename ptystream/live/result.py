@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ptystream.live.pairing import Accounting, MissingFrames
 from ptystream.types import Estimate, RunStart
 
@@ -28,6 +30,10 @@ class RunResult:
     checkpoint: Path | None = None
     spilled_frames: int = 0
     initial_probe_from: str | None = None
+    recent_frame: np.ndarray | None = field(default=None, repr=False)
+    """The last frame the engine was given (counts, pre-processed), for the dashboard."""
+    preprocess: dict[str, Any] | None = None
+    """What the detector pre-processing did (:meth:`ptystream.preprocess.Preprocessor.report`)."""
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -50,6 +56,10 @@ class RunResult:
             out["checkpoint"] = str(self.checkpoint)
         if self.initial_probe_from:
             out["initial_probe_from"] = self.initial_probe_from
+        if self.preprocess is not None:
+            out["preprocess"] = self.preprocess
+        if self.start.geometry is not None:
+            out["geometry"] = self.start.geometry.describe()
         if self.error:
             out["reason"] = self.error
         return out

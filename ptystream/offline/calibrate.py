@@ -15,11 +15,13 @@ import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ptystream.config import Algorithm, Profile
 from ptystream.engine import EngineSetup, make_engine, prepare
 from ptystream.engine.orientation import Orientation, OrientationCheck, OrientationSetup
 from ptystream.io.scans import ScanFile
-from ptystream.offline.reconstruct import geometry_for
+from ptystream.offline.reconstruct import geometry_for, preprocess_scan
 from ptystream.types import NEAR_FIELD, ScanPlan
 
 __all__ = ["Calibration", "calibrate_scan"]
@@ -86,11 +88,17 @@ class Calibration:
 
 
 def calibrate_scan(
-    scan: ScanFile, profile: Profile, *, positions_from_profile: bool = False
+    scan: ScanFile,
+    profile: Profile,
+    *,
+    positions_from_profile: bool = False,
+    dark: np.ndarray | None = None,
 ) -> Calibration:
     """Check ``scan``'s orientation and, in far field, its probe defocus, in near field its
-    distance. ``positions_from_profile``: the positions came through the profile's axes (a raw
-    run's readbacks), so the result names the values of those keys."""
+    distance, on its frames pre-processed as the profile says (``dark``: a dark stream's).
+    ``positions_from_profile``: the positions came through the profile's axes (a raw run's
+    readbacks), so the result names the values of those keys."""
+    scan, _ = preprocess_scan(scan, profile, dark=dark)
     geometry = geometry_for(scan, profile)
     near = geometry.propagation == NEAR_FIELD
     setup = EngineSetup.from_profile(

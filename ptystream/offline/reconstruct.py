@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ptystream.config import Algorithm, Profile
 from ptystream.engine import EngineSetup, make_engine, prepare
 from ptystream.engine.checkpoint import EngineState, read_state, write_state
 from ptystream.engine.orientation import OrientationSetup
 from ptystream.io.results import write_result
-from ptystream.io.scans import ScanFile, read_scan
+from ptystream.io.scans import ScanFile, ScanFileError, read_scan
+from ptystream.preprocess import PreprocessError, Preprocessor
 from ptystream.types import Estimate, Geometry, ScanPlan
 
 __all__ = [
     "Interrupted",
     "geometry_for",
+    "preprocess_scan",
+    "reconstruct",
     "reconstruct_file",
     "reconstruct_scan",
     "state_path",
@@ -38,6 +45,54 @@ def geometry_for(scan: ScanFile, profile: Profile) -> Geometry:
         propagation=inst.propagation,
         focus_to_sample_m=inst.focus_to_sample_m,
     )
+
+
+#: Frames the pre-processing learns the detector from (its centre, bad pixels) offline; live,
+#: the first frames held back for the engine's start-up checks (20 to 300).
+FIT_FRAMES = 100
+
+
+def preprocess_scan(
+    scan: ScanFile, profile: Profile, *, dark: np.ndarray | None = None
+) -> tuple[ScanFile, dict[str, Any]]:
+    """The scan as the engine sees it after the profile's ``preprocess`` (the steps the live
+    pipeline takes, fitted on the first :data:`FIT_FRAMES` frames), and what was done
+    (:meth:`~ptystream.preprocess.Preprocessor.report`, with ``rejected_saturated``).
+
+    The file's own mask is kept; ``dark`` is the dark of a ``preprocess.dark_stream`` (read
+    from the raw run). Raises :class:`~ptystream.preprocess.PreprocessError` (a ValueError)
+    naming the shapes and keys when the frames do not fit the profile.
+    """
+    prep = Preprocessor.from_profile(profile, of_file=True)
+    prep.mask_also(~np.asarray(scan.valid_pixels, dtype=bool), "the scan's mask")
+    if prep.needs_dark:
+        if dark is not None:
+            prep.set_dark(dark)
+        else:
+            stream = profile.preprocess.dark_stream
+            prep.warnings.append(
+                f"preprocess: no dark frame of stream {stream!r}: the dark is not subtracted"
+            )
+    prep.fit(scan.frames[:FIT_FRAMES])
+    prepared = prep.apply(scan.frames)
+    keep = ~prepared.saturated
+    report = prep.report() | {"rejected_saturated": int(np.count_nonzero(~keep))}
+    for warning in prep.warnings:
+        logger.warning("%s", warning)
+    if not keep.any():
+        raise ValueError(
+            f"every frame has more than ingest.max_saturated_px "
+            f"({profile.ingest.max_saturated_px}) saturated pixels outside the mask"
+        )
+    prepared_scan = ScanFile(
+        frames=prepared.frames[keep],
+        positions_m=scan.positions_m[keep],
+        valid_pixels=prep.valid_pixels,
+        wavelength_m=scan.wavelength_m,
+        distance_m=scan.distance_m,
+        detector_pixel_size_m=scan.detector_pixel_size_m * profile.preprocess.bin,
+    )
+    return prepared_scan, report
 
 
 class Interrupted(Exception):
@@ -85,7 +140,10 @@ def reconstruct_file(
     or a new ``time_budget_s``), and a finished run removes it. ValueError when ``resume`` has
     no state to resume from.
     """
-    scan = read_scan(path)
+    try:
+        scan, done = preprocess_scan(read_scan(path), profile)
+    except PreprocessError as exc:
+        raise ScanFileError(f"{path}: {exc}") from None
     settings = EngineSetup.from_profile(profile, algorithm=algorithm).settings
     saved = state_path(out)
     resume_from = None
@@ -93,7 +151,7 @@ def reconstruct_file(
         if not saved.is_file():
             raise ValueError(f"--resume: no saved state {saved} (is {out} an interrupted run's?)")
         resume_from = read_state(saved)
-    attrs = {"engine": settings.algorithm.value}
+    attrs = {"engine": settings.algorithm.value, "preprocess": json.dumps(done)}
     geometry = geometry_for(scan, profile)
     try:
         estimate = reconstruct_scan(
@@ -104,6 +162,7 @@ def reconstruct_file(
             progress=progress,
             algorithm=algorithm,
             resume_from=resume_from,
+            input_warnings=tuple(done["warnings"]),
         )
     except Interrupted as stop:
         write_state(stop.state, saved)
@@ -132,8 +191,10 @@ def reconstruct_scan(
     algorithm: Algorithm | str | None = None,
     positions_from_profile: bool = False,
     resume_from: EngineState | None = None,
+    input_warnings: tuple[str, ...] = (),
 ) -> Estimate:
-    """Reconstruct a finished scan held in memory; returns the final estimate.
+    """Reconstruct a finished scan held in memory, already pre-processed
+    (:func:`preprocess_scan`); returns the final estimate.
 
     Exactly one of ``epochs`` (passes over all frames) and ``time_budget_s`` is given. The
     budget is wall time from this call to the end of the passes (TensorFlow's set-up, the
@@ -147,7 +208,8 @@ def reconstruct_scan(
     check names those keys; otherwise (a file's positions) it names the file.
     ``resume_from``: an :class:`Interrupted` run's state (same scan and settings): the engine
     continues from it, for the passes left of ``epochs``. Ctrl-C during the passes raises
-    :class:`Interrupted` with the estimate and state so far.
+    :class:`Interrupted` with the estimate and state so far. ``input_warnings`` (e.g. the
+    pre-processing's) are carried in the estimate's warnings.
     """
     if (epochs is None) == (time_budget_s is None):
         raise ValueError("give exactly one of epochs and time_budget_s")
@@ -165,6 +227,7 @@ def reconstruct_scan(
     settings = setup.settings
     prepare(settings)
     engine = make_engine(setup)
+    engine.input_warnings += tuple(input_warnings)
     done_before = 0
     if resume_from is not None:
         engine.restore(resume_from, source="the saved state")
@@ -229,3 +292,45 @@ def _report_to(
     if progress is None:
         return None
     return lambda i, loss: progress(i + 1, total(i + 1), loss)
+
+
+def reconstruct(
+    scan: ScanFile,
+    profile: Profile,
+    *,
+    epochs: int | None = None,
+    time_budget_s: float | None = None,
+    progress: bool | Callable[[int, int, float], None] = True,
+    dark: np.ndarray | None = None,
+) -> Estimate:
+    """Reconstruct a scan held in memory (a notebook's arrays in a
+    :class:`~ptystream.io.scans.ScanFile`, the detector's frames as recorded): pre-processed as
+    the profile says (:func:`preprocess_scan`), then :func:`reconstruct_scan`.
+
+    ``progress``: True shows a bar (``tqdm.auto``: a widget in Jupyter, text elsewhere),
+    a callable is called ``progress(done, total, loss)`` after every pass, False shows nothing.
+    """
+    prepared, done = preprocess_scan(scan, profile, dark=dark)
+    bar, report = None, progress if callable(progress) else None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, unit="pass", desc="reconstruct")
+
+        def report(n: int, total: int, loss: float) -> None:
+            bar.total = total
+            bar.update(n - bar.n)
+            bar.set_postfix(loss=f"{loss:.3g}")
+
+    try:
+        return reconstruct_scan(
+            prepared,
+            profile,
+            epochs=epochs,
+            time_budget_s=time_budget_s,
+            progress=report,
+            input_warnings=tuple(done["warnings"]),
+        )
+    finally:
+        if bar is not None:
+            bar.close()

@@ -7,6 +7,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,8 @@ class Report:
 
     label: str
     status: str
-    """``finished``, ``failed`` or ``skipped`` (already reprocessed with these settings)."""
+    """``finished``, ``failed``, ``skipped`` (already reprocessed with these settings) or
+    ``interrupted`` (not done: the command was stopped first)."""
     source: str
     scan_id: int | None = None
     frames: int = 0
@@ -38,7 +40,10 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     """What may make the result wrong (the noise model's, the orientation check's, a
     divergence): the estimate's, as published in Tiled."""
+    preprocess: dict[str, Any] | None = None
+    """What the detector pre-processing did (the window, binning, masked pixels)."""
     thumbnail: np.ndarray | None = field(default=None, repr=False)
+
     """The object's phase, downsampled to at most ``THUMBNAIL_PX`` (for the contact sheet)."""
 
 
@@ -70,7 +75,10 @@ def format_table(reports: list[Report]) -> str:
 def write_outputs(out_dir: str | Path, reports: list[Report], root=None) -> Path:
     """Write ``summary.json`` (the table, with errors and result paths) and
     ``contact-sheet.png`` into ``out_dir``; returns the sheet's path. Skipped inputs whose
-    result is in Tiled are drawn from it when ``root`` (a tiled client) is given."""
+    result is in Tiled are drawn from it when ``root`` (a tiled client) is given.
+
+    Each file is written under a temporary name and renamed: an interrupted write leaves the
+    earlier file whole, never half of one."""
     from ptystream.io.figures import write_contact_sheet
 
     out_dir = Path(out_dir)
@@ -80,7 +88,9 @@ def write_outputs(out_dir: str | Path, reports: list[Report], root=None) -> Path
         | {"final_loss": r.final_loss if np.isfinite(r.final_loss) else None}
         for r in reports
     ]
-    (out_dir / "summary.json").write_text(json.dumps(rows, indent=1))
+    partial = out_dir / ".summary.partial.json"
+    partial.write_text(json.dumps(rows, indent=1))
+    partial.replace(out_dir / "summary.json")
     tiles = []
     for r in reports:
         phase = r.thumbnail
@@ -90,7 +100,9 @@ def write_outputs(out_dir: str | Path, reports: list[Report], root=None) -> Path
         if np.isfinite(r.final_loss):
             caption += f", loss {r.final_loss:.3g}"
         tiles.append((caption, phase))
-    return write_contact_sheet(out_dir / "contact-sheet.png", tiles, title="ptystream reprocess")
+    partial = out_dir / ".contact-sheet.partial.png"  # the suffix tells matplotlib the format
+    write_contact_sheet(partial, tiles, title="ptystream reprocess")
+    return partial.replace(out_dir / "contact-sheet.png")
 
 
 def _served_thumbnail(root, path: str) -> np.ndarray | None:

@@ -4,6 +4,7 @@ Tiled, or an HDF5 file). A task never raises: a failure is a report with status 
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -40,18 +41,30 @@ def reprocess_one(job: Job) -> Report:
     return report
 
 
-def _reconstruct(job: Job, scan, report: Report, *, positions_from_profile: bool = False):
-    from ptystream.offline.reconstruct import reconstruct_scan
+def _reconstruct(
+    job: Job, scan, report: Report, *, positions_from_profile: bool = False, dark=None
+):
+    """Pre-process ``scan`` and reconstruct it; returns the estimate and the pre-processed
+    scan (whose geometry the result records)."""
+    from ptystream.offline.reconstruct import preprocess_scan, reconstruct_scan
 
+    scan, done = preprocess_scan(scan, job.profile, dark=dark)
+    report.preprocess = done
+    if done["rejected_saturated"]:
+        report.rejected["saturated"] = done["rejected_saturated"]
     estimate = reconstruct_scan(
-        scan, job.profile, epochs=job.epochs, positions_from_profile=positions_from_profile
+        scan,
+        job.profile,
+        epochs=job.epochs,
+        positions_from_profile=positions_from_profile,
+        input_warnings=tuple(done["warnings"]),
     )
     report.frames = len(scan.frames)
     report.iterations = estimate.iteration
     report.final_loss = float(estimate.last_loss)
     report.warnings = quality_metadata(estimate).get("warnings", [])
     report.thumbnail = _thumbnail(estimate)
-    return estimate
+    return estimate, scan
 
 
 def _from_file(job: Job, report: Report) -> None:
@@ -60,11 +73,14 @@ def _from_file(job: Job, report: Report) -> None:
     from ptystream.offline.reconstruct import geometry_for
 
     assert job.path is not None and job.out_dir is not None
-    scan = read_scan(job.path)
-    estimate = _reconstruct(job, scan, report)
+    estimate, scan = _reconstruct(job, read_scan(job.path), report)
     out = file_result(job.out_dir, Path(job.path), job.settings_hash, job.result_format)
     partial = out.with_name(f"{out.stem}.partial{out.suffix}")  # the suffix picks the layout
-    attrs = {"settings_hash": job.settings_hash, "engine": job.profile.engine.algorithm.value}
+    attrs = {
+        "settings_hash": job.settings_hash,
+        "engine": job.profile.engine.algorithm.value,
+        "preprocess": json.dumps(report.preprocess),
+    }
     write_result(partial, estimate, geometry_for(scan, job.profile), _provenance(job), attrs)
     partial.replace(out)  # a crash leaves no result that a rerun would skip
     report.result = str(out)
@@ -102,7 +118,9 @@ def _from_tiled(job: Job, report: Report) -> None:
     report.result = path
     try:
         t1 = time.perf_counter()
-        estimate = _reconstruct(job, data.scan, report, positions_from_profile=True)
+        estimate, _ = _reconstruct(
+            job, data.scan, report, positions_from_profile=True, dark=data.dark
+        )
         t2 = time.perf_counter()
         write_final(node, estimate)
     except Exception as exc:
@@ -114,12 +132,13 @@ def _from_tiled(job: Job, report: Report) -> None:
         "finished",
         {
             "frames": {
-                "read": report.frames + sum(data.rejected.values()),
+                "read": report.frames + sum(report.rejected.values()),
                 "used": report.frames,
-                "rejected": data.rejected,
+                "rejected": report.rejected,
             },
             "iterations": report.iterations,
             "final_loss": report.final_loss,
+            "preprocess": report.preprocess,
             **quality_metadata(estimate),
             "timings_s": {
                 "read": read_s,

@@ -9,7 +9,7 @@ import numpy as np
 from ptystream import optics
 from ptystream.sim.sample import GroundTruth
 
-__all__ = ["DetectorModel", "diffraction_pattern", "exit_wave"]
+__all__ = ["DetectorModel", "RawDetector", "diffraction_pattern", "exit_wave"]
 
 
 def exit_wave(truth: GroundTruth, position_m: tuple[float, float]) -> np.ndarray:
@@ -78,3 +78,73 @@ class DetectorModel:
         if self.saturation_counts is not None:
             counts = np.minimum(counts, self.saturation_counts)
         return counts.astype(np.float32)
+
+
+@dataclass
+class RawDetector:
+    """A camera larger than the reconstruction window, as a beamline's is: the window's
+    pattern (counts from :class:`DetectorModel`) lands off-centre on it, every pixel adds its
+    own dark current and read noise, dead pixels read 0 and hot pixels read high.
+
+    Attributes
+    ----------
+    shape : the camera's ``(H, W)`` in pixels.
+    centre_px : the camera pixel ``(y, x)`` the pattern's zero frequency falls on.
+    dark_counts : ``(H, W)`` dark current per pixel and frame (counts).
+    dead, hot : ``(H, W)`` bool, the dead and the hot pixels.
+    hot_counts : the mean a hot pixel adds to every frame (with its shot noise, so a dark
+        subtracted leaves it noisy).
+    read_noise_counts : sigma of the Gaussian read noise of every pixel (dark frames too).
+    rng : the generator all noise is drawn from.
+    """
+
+    shape: tuple[int, int]
+    centre_px: tuple[int, int]
+    dark_counts: np.ndarray
+    dead: np.ndarray
+    hot: np.ndarray
+    hot_counts: float
+    read_noise_counts: float
+    rng: np.random.Generator
+
+    @classmethod
+    def make(
+        cls,
+        shape: tuple[int, int],
+        centre_px: tuple[int, int],
+        *,
+        dark_level: float = 100.0,
+        dark_spread: float = 10.0,
+        n_dead: int = 20,
+        n_hot: int = 5,
+        hot_counts: float = 5000.0,
+        read_noise_counts: float = 2.0,
+        rng: np.random.Generator,
+    ) -> RawDetector:
+        """A camera with a dark current of ``dark_level`` +- ``dark_spread`` counts and
+        ``n_dead`` dead and ``n_hot`` hot pixels at random places."""
+        dark = rng.normal(dark_level, dark_spread, shape).clip(0)
+        picked = rng.choice(shape[0] * shape[1], n_dead + n_hot, replace=False)
+        dead, hot = np.zeros(shape, bool), np.zeros(shape, bool)
+        dead.flat[picked[:n_dead]] = True
+        hot.flat[picked[n_dead:]] = True
+        return cls(shape, centre_px, dark, dead, hot, hot_counts, read_noise_counts, rng)
+
+    def record(self, window: np.ndarray) -> np.ndarray:
+        """The camera's frame (float32 counts) for the window's counts ``(N, N)`` (zero
+        frequency at ``N // 2``); light falling beyond the camera is lost."""
+        frame = self.dark()
+        n = window.shape[-1]
+        y0, x0 = self.centre_px[0] - n // 2, self.centre_px[1] - n // 2
+        h, w = self.shape
+        ys, xs = slice(max(y0, 0), min(y0 + n, h)), slice(max(x0, 0), min(x0 + n, w))
+        frame[ys, xs] += window[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+        frame[self.dead] = 0.0
+        return frame
+
+    def dark(self) -> np.ndarray:
+        """A frame with the shutter closed (float32 counts)."""
+        frame = self.dark_counts + self.rng.normal(0.0, self.read_noise_counts, self.shape)
+        frame[self.hot] += self.rng.poisson(self.hot_counts, int(self.hot.sum()))
+        frame[self.dead] = 0.0
+        return frame.astype(np.float32)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device
+from ophyd import Device, Signal
 from ophyd.sim import SynAxis, SynSignal
 
 from ptystream.sim.detector import DetectorModel, diffraction_pattern
@@ -34,24 +34,37 @@ class _FrameSignal(SynSignal):
     Without ``dtype_numpy`` TiledWriter stores float32 frames as float64 (STACK_NOTES §5).
     """
 
-    frame_px: int = 0
+    frame_shape: tuple[int, int] = (0, 0)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         desc = super().describe()
-        desc[self.name].update(
-            dtype="array", dtype_numpy="<f4", shape=[self.frame_px, self.frame_px]
-        )
+        desc[self.name].update(dtype="array", dtype_numpy="<f4", shape=list(self.frame_shape))
         return desc
 
 
 class PtychoDetector(Device):
-    """A detector whose ``image`` is the far-field pattern at the stage's position."""
+    """A detector whose ``image`` is the far-field pattern at the stage's position, or a dark
+    frame while ``shutter`` is ``closed``."""
 
     image = Cpt(_FrameSignal, kind="hinted")
+    shutter = Cpt(Signal, value="open", kind="omitted")
 
-    def configure_frames(self, func: Callable[[], np.ndarray], frame_px: int, exposure_s: float):
-        self.image._func = func
-        self.image.frame_px = frame_px
+    def configure_frames(
+        self,
+        func: Callable[[], np.ndarray],
+        frame_shape: int | tuple[int, int],
+        exposure_s: float,
+        dark: Callable[[], np.ndarray] | None = None,
+    ):
+        """Frames of ``frame_shape`` (a side, or ``(H, W)``) from ``func``, or from ``dark``
+        while the shutter is closed."""
+        if dark is None:
+            self.image._func = func
+        else:
+            self.image._func = lambda: dark() if self.shutter.get() == "closed" else func()
+        if isinstance(frame_shape, int):
+            frame_shape = (frame_shape, frame_shape)
+        self.image.frame_shape = tuple(frame_shape)
         self.image.exposure_time = exposure_s
 
     def trigger(self):

@@ -124,6 +124,8 @@ class RunData:
     scan: ScanFile
     start: dict[str, Any]
     rejected: dict[str, int] = field(default_factory=dict)
+    dark: np.ndarray | None = None
+    """The mean frame of ``preprocess.dark_stream`` (None: no such stream, or none asked)."""
 
 
 def read_run(run, profile: Profile) -> RunData:
@@ -132,8 +134,10 @@ def read_run(run, profile: Profile) -> RunData:
     The frames come from ``instrument.stream``'s ``detector_key`` (a leading axis of length 1
     per frame, as ophyd-async writes, is dropped); the stage readbacks from the same stream or
     ``instrument.position_stream``, paired by row (seq_num order), converted to metres by
-    :meth:`InstrumentSettings.positions_m`. Frames of the wrong shape or with non-finite
-    values, and positions that are not finite, are left out and counted in ``rejected``.
+    :meth:`InstrumentSettings.positions_m`. Frames with non-finite values, and positions
+    that are not finite, are left out and counted in ``rejected``. The frames are the
+    detector's, not pre-processed (:func:`ptystream.offline.reconstruct.preprocess_scan`); the
+    mean of ``preprocess.dark_stream``'s frames comes with them, if the run has that stream.
 
     Raises ValueError naming the run and the missing stream or key, or when no frame is left.
     """
@@ -143,13 +147,11 @@ def read_run(run, profile: Profile) -> RunData:
     pos_stream = inst.position_stream or inst.stream
     y = _column(run, uid, pos_stream, inst.y_motor)
     x = _column(run, uid, pos_stream, inst.x_motor)
-    if frames.ndim == 4 and frames.shape[1] == 1:
-        frames = frames[:, 0]
-    n_px = inst.frame_px
-    if frames.ndim != 3 or frames.shape[1:] != (n_px, n_px):
+    frames = _stack(frames)
+    if frames.ndim != 3:
         raise ValueError(
-            f"run {uid}: {inst.stream}/{inst.detector_key} has shape {frames.shape}; the "
-            f"profile {profile.name!r} expects (n, {n_px}, {n_px})"
+            f"run {uid}: {inst.stream}/{inst.detector_key} has shape {frames.shape}, not a "
+            "stack of images (n, H, W)"
         )
     positions = inst.positions_m(y.reshape(-1), x.reshape(-1))
     rejected: dict[str, int] = {}
@@ -171,12 +173,23 @@ def read_run(run, profile: Profile) -> RunData:
     scan = ScanFile(
         frames=frames[keep],
         positions_m=positions[keep],
-        valid_pixels=np.ones((n_px, n_px), bool),
+        valid_pixels=np.ones(frames.shape[1:], bool),
         wavelength_m=inst.wavelength_m,
         distance_m=inst.distance_m,
         detector_pixel_size_m=inst.detector_pixel_size_m,
     )
-    return RunData(scan, dict(run.metadata["start"]), rejected)
+    dark = None
+    if (name := profile.preprocess.dark_stream) is not None and name in run:
+        darks = _stack(_column(run, uid, name, inst.detector_key))
+        dark = darks.reshape(-1, *darks.shape[-2:]).mean(axis=0)
+    elif name is not None:
+        logger.warning("run %s has no stream %r (preprocess.dark_stream)", uid, name)
+    return RunData(scan, dict(run.metadata["start"]), rejected, dark)
+
+
+def _stack(frames: np.ndarray) -> np.ndarray:
+    """Frames ``(n, H, W)``: a leading axis of length 1 per frame (ophyd-async's) dropped."""
+    return frames[:, 0] if frames.ndim == 4 and frames.shape[1] == 1 else frames
 
 
 def _column(run, uid: str, stream: str, key: str) -> np.ndarray:

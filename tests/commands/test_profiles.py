@@ -61,10 +61,11 @@ def test_the_profiles_of_the_issue_are_shipped():
 
 
 def test_the_paper_and_beamline_profiles_say_what_the_issue_says():
-    sim = load_profile("seifert2021-sim").instrument
+    paper_sim = load_profile("seifert2021-sim")
+    sim = paper_sim.instrument
     assert sim.wavelength_m == pytest.approx(561e-9, rel=1e-12)
     assert sim.detector_pixel_size_m == 6.45e-6 and sim.propagation == "near_field"
-    assert sim.distance_m <= sim.frame_px * sim.detector_pixel_size_m**2 / sim.wavelength_m
+    assert sim.distance_m <= paper_sim.frame_px * sim.detector_pixel_size_m**2 / sim.wavelength_m
     vis = load_profile("seifert2021-visible").instrument
     assert vis.wavelength_m == pytest.approx(708.9e-9, rel=1e-12)
     assert (vis.distance_m, vis.detector_pixel_size_m) == (34.95e-3, 4.54e-6)
@@ -234,7 +235,7 @@ def test_the_near_field_paper_profile_reconstructs_a_simulated_scan(planned):
     Measured: |C| 0.9984 (flat 0.945), amplitude r 0.995, phase r 0.90, distance 3.484 mm.
     """
     profile = load_profile("seifert2021-sim")
-    geometry = profile.instrument.geometry()
+    geometry = profile.geometry()  # the 128 px crop preprocess.size_px cuts from the camera
     n, dx, wavelength, z = (
         geometry.frame_px,
         geometry.object_pixel_size_m,

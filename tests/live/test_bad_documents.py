@@ -27,7 +27,7 @@ class PairingSink:
     """A RunSink that pairs what it is given at once, as the pipeline's worker would."""
 
     def __init__(self, frame_px=64):
-        self.pairer = FramePairer(frame_px)
+        self.pairer = FramePairer((frame_px, frame_px))
         self.opened, self.closed, self.used = [], [], []
 
     def open_run(self, start):

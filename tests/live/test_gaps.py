@@ -5,7 +5,8 @@ it) and the real pipeline reconstructs live into a real embedded Tiled server. B
 RunEngine and ptystream's callback sits :class:`LossyLink`, which drops chosen events: the loss
 is injected here, standing in for a 0MQ proxy restarted mid-run (which lost 35 of 150 frames at
 a beamline). The tail of the scan is lost too, which only the stop document's ``num_events``
-can reveal.
+can reveal. The backfill from the raw run is off here (``ingest.backfill_after_s: null``), so
+the lost frames stay lost and must be named; tests/live/test_backfill.py has it on.
 """
 
 import threading
@@ -52,6 +53,8 @@ class LossyLink:
 def lossy_run(tiled_client, small_profile):
     """``(uid, result, live frames seen mid-run)`` of a 60-point scan that lost ``LOST``."""
     profile = small_profile(photons_per_frame=None, n_points=N_POINTS, object_px=144)
+    ingest = profile.ingest.model_copy(update={"backfill_after_s": None})
+    profile = profile.model_copy(update={"ingest": ingest})
     sim = build_simulation(profile)
     raw_writer = BackgroundCallback(
         TiledWriter(raw_catalog(tiled_client), batch_size=profile.publish.raw_batch_size)

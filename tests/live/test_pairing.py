@@ -19,7 +19,7 @@ def frame(value=1.0, n=8):
 
 
 def test_pairs_in_any_order_and_ignores_duplicates():
-    p = FramePairer(8)
+    p = FramePairer((8, 8))
     p.add(FrameRecord("r", 2, position_m=(2e-6, 0.0)))
     p.add(FrameRecord("r", 1, frame=frame(1)))
     p.add(FrameRecord("r", 1, frame=frame(99)))  # duplicate frame: ignored
@@ -41,7 +41,7 @@ def test_pairs_in_any_order_and_ignores_duplicates():
 
 
 def test_bad_frames_are_rejected_with_reasons():
-    p = FramePairer(8)
+    p = FramePairer((8, 8))
     nan = frame()
     nan[3, 3] = np.nan
     p.add(FrameRecord("r", 1, frame=nan, position_m=(0.0, 0.0)))
@@ -59,17 +59,6 @@ def test_bad_frames_are_rejected_with_reasons():
         "rejected": {"not finite": 1, "wrong shape": 1, "not an array": 1, "no position": 1},
         "duplicates_ignored": 0,
     }
-
-
-def test_saturated_frames_are_rejected_beyond_the_allowed_pixels():
-    p = FramePairer(8, saturation_counts=100.0, max_saturated_px=1)
-    one, two = frame(), frame()
-    one[0, 0] = 100.0
-    two[0, :2] = 150.0
-    p.add(FrameRecord("r", 1, frame=one, position_m=(0.0, 0.0)))
-    p.add(FrameRecord("r", 2, frame=two, position_m=(0.0, 0.0)))
-    assert p.take().seq_nums.tolist() == [1]
-    assert p.accounting.rejected == {"saturated": 1}
 
 
 class Clock:
@@ -90,7 +79,9 @@ def test_frames_not_yet_written_are_retried_until_a_timeout_after_the_stop():
 
     released = []
     clock = Clock()
-    p = FramePairer(8, resolve=resolve, discard=released.append, file_timeout_s=5.0, clock=clock)
+    p = FramePairer(
+        (8, 8), resolve=resolve, discard=released.append, file_timeout_s=5.0, clock=clock
+    )
     p.add(FrameRecord("r", 1, frame="a", position_m=(0.0, 0.0)))
     p.add(FrameRecord("r", 2, frame="b", position_m=(0.0, 0.0)))
     assert p.take() is None and p.waiting == 2
@@ -110,13 +101,13 @@ def test_frames_not_yet_written_are_retried_until_a_timeout_after_the_stop():
 
 def test_expire_gives_unready_frames_a_last_try_and_abandon_rejects_the_rest():
     written = {"a": frame(1.0)}
-    p = FramePairer(8, resolve=lambda ref: written[ref] if ref in written else _not_ready(ref))
+    p = FramePairer((8, 8), resolve=lambda ref: written[ref] if ref in written else _not_ready(ref))
     p.add(FrameRecord("r", 1, frame="a", position_m=(0.0, 0.0)))
     p.add(FrameRecord("r", 2, frame="b", position_m=(0.0, 0.0)))
     assert p.close().seq_nums.tolist() == [1]
     assert p.expire() is None
     assert p.accounting.as_dict()["rejected"] == {"unreadable": 1}
-    q = FramePairer(8)
+    q = FramePairer((8, 8))
     q.add(FrameRecord("r", 1, frame=frame(), position_m=(0.0, 0.0)))
     q.add(FrameRecord("r", 2, frame=frame()))
     q.abandon("run failed")
@@ -128,7 +119,7 @@ def _not_ready(ref):
 
 
 def test_missing_seq_nums_are_named_as_ranges_up_to_what_was_expected():
-    p = FramePairer(8)
+    p = FramePairer((8, 8))
     for seq in [1, 2, 3, 7, 8, 10, 3]:  # 3 twice: a duplicate, not a gap filler
         p.add(FrameRecord("r", seq, frame=frame(), position_m=(0.0, 0.0)))
     p.add(FrameRecord("r", 12, position_m=(0.0, 0.0)))  # a position alone brings no frame
@@ -166,7 +157,7 @@ def test_the_expected_count_comes_from_the_stop_then_the_plan_then_the_seq_nums(
 
 
 def test_a_complete_run_has_no_missing_entry_and_long_lists_are_cut():
-    p = FramePairer(8)
+    p = FramePairer((8, 8))
     for seq in (1, 2, 3):
         p.add(FrameRecord("r", seq, frame=frame(), position_m=(0.0, 0.0)))
     p.accounting.missing = p.missing(3, STOP_NUM_EVENTS)
@@ -179,7 +170,7 @@ def test_a_complete_run_has_no_missing_entry_and_long_lists_are_cut():
 
 
 def test_refused_rows_and_bad_seq_nums_are_counted_with_their_reason():
-    p = FramePairer(8)
+    p = FramePairer((8, 8))
     p.add(FrameRecord("r", 1, frame=Unusable("no frame data", "det_image is None")))
     p.add(FrameRecord("r", 1, frame=Unusable("no frame data", "det_image is None")))  # again
     p.add(FrameRecord("r", 2, frame=Unusable("bad position", "sx = 'abc' is not a number")))

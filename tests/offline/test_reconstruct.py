@@ -14,7 +14,7 @@ import pytest
 from ptystream.config import Algorithm
 from ptystream.engine import prepare
 from ptystream.metrics import score_against_truth, score_slices
-from ptystream.offline.reconstruct import reconstruct_file
+from ptystream.offline.reconstruct import reconstruct, reconstruct_file
 
 
 def test_reconstruct_the_p25_scan_from_the_command_line(tmp_path, p25):
@@ -235,3 +235,31 @@ def test_reconstruct_takes_set_overrides(tmp_path, small_profile, simulated_npz)
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert bad.returncode == 2 and "did you mean 'tv_weight'" in bad.stderr
+
+
+def test_reconstruct_arrays_from_a_larger_camera_with_a_callback_and_a_bar(
+    tmp_path, small_profile, simulated_npz, capsys
+):
+    """The notebook path: a scan's arrays as a 80 x 100 camera records them (pattern centre off
+    the middle, dark current, dead pixels), the profile's preprocess cutting the 64 px window
+    and subtracting a dark file; a callback per pass, then tqdm's bar (text outside Jupyter)."""
+    from ptystream.config import PreprocessSettings
+    from ptystream.io.scans import read_scan
+    from ptystream.sim.detector import RawDetector
+
+    profile = small_profile(photons_per_frame=None)
+    path, sim = simulated_npz(profile, tmp_path / "scan.npz")
+    window = read_scan(path)
+    camera = RawDetector.make((80, 100), (37, 58), n_hot=0, rng=np.random.default_rng(2))
+    frames = np.stack([camera.record(f) for f in window.frames])
+    np.save(tmp_path / "dark.npy", np.stack([camera.dark() for _ in range(10)]))
+    scan = dataclasses.replace(window, frames=frames, valid_pixels=np.ones(frames.shape[1:], bool))
+    prep = PreprocessSettings(size_px=64, dark_file=tmp_path / "dark.npy", dead_pixels=True)
+    profile = profile.model_copy(update={"preprocess": prep})
+    passes = []
+    estimate = reconstruct(scan, profile, epochs=60, progress=lambda *a: passes.append(a))
+    assert [p[0] for p in passes] == list(range(1, 61)) and passes[-1][1] == 60
+    score, flat = score_against_truth(estimate, sim.truth)
+    assert score.abs_c >= 0.98 and score.abs_c > flat + 0.04, (score, flat)
+    reconstruct(scan, profile, epochs=2)
+    assert "reconstruct: 100%" in capsys.readouterr().err
