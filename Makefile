@@ -31,7 +31,7 @@ browser:
 # The facility test (tests/deploy/test_facility.py: PostgreSQL, tiled serve config, the 0MQ
 # proxy, ptystream serve, about 45 s) is part of `make test`; `make test-deploy` runs it alone.
 test: $(STAMP) browser postgresql
-	$(VENV)/bin/python -m pytest -ra --durations=30
+	$(VENV)/bin/python -m pytest -ra -n 2 --dist loadfile --durations=30
 
 # Debian's PostgreSQL for the facility test, installed once like chromium above.
 postgresql:

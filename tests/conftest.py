@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -149,6 +151,50 @@ def tiled_without_streaming(tiled_server):
     server = ThreadedServer(uvicorn.Config(app, port=0, loop="asyncio", log_config=None))
     with server.run_in_thread() as url:
         yield f"{url}/api/v1"
+
+
+class _Process:
+    """A subprocess whose output lines (stdout and stderr) a thread collects in ``lines``, so
+    its pipes never fill."""
+
+    def __init__(self, args, **kwargs):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [str(a) for a in args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            **kwargs,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_for(self, text, timeout):
+        """Until a line contains ``text``; fails with the output if it exits or times out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not seen; output:\n" + "\n".join(self.lines))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def spawn():
+    """``spawn(args, **popen_kwargs)``: a subprocess whose output lines are collected in
+    ``.lines``, with ``.wait_for(text, timeout)`` and ``.stop()`` (kill); ``.proc`` is the
+    ``Popen``."""
+    return _Process
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,8 @@ COVERED_BY = {
     "ptystream/store/layout.py": "tests/store/test_publisher.py",
     # the API key: from a file, never shown, refused clearly
     "ptystream/store/access.py": "tests/store/test_server.py",
+    # the lease two services race for, with the recovery it guards
+    "ptystream/store/lease.py": "tests/offline/test_recover.py",
     # the simulated beamline: ophyd and ophyd-async devices, step and fly plans, a whole scan
     "ptystream/sim/devices.py": "tests/sim/test_file_detectors.py",
     "ptystream/sim/async_detector.py": "tests/sim/test_file_detectors.py",

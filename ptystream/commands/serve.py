@@ -4,7 +4,9 @@ At a facility the RunEngine publishes its documents to a bluesky 0MQ proxy (or t
 process subscribes, reconstructs every run its profile matches and publishes to Tiled. It
 imports TensorFlow and compiles for the profile's shapes before it says it is ready, takes runs
 one after another, and on SIGTERM or SIGINT checkpoints the run in progress, publishes it as
-``incomplete`` and exits.
+``incomplete`` and exits. Once ready, it completes in the background the runs an earlier
+service on this host and data directory left ``running`` or ``incomplete``
+(:mod:`ptystream.offline.recover`), between the live runs' work.
 """
 
 from __future__ import annotations
@@ -98,6 +100,36 @@ class _Dispatcher:
         logger.info("signal received: finishing")
         for task in asyncio.all_tasks(loop):
             task.cancel()
+
+
+class _Recovery:
+    """The background thread that completes the runs an earlier service left unfinished
+    (:func:`~ptystream.offline.recover.recover_unfinished`), yielding to live runs
+    (``busy``); :meth:`close` stops it between two passes."""
+
+    def __init__(self, announce: Callable[[str], None], **kwargs: Any):
+        self._announce = announce
+        self._kwargs = kwargs
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recovery", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop between two passes (a pass in progress ends first), waiting ``timeout_s`` at
+        most: a run not completed is left as it was, for the next start."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        from ptystream.offline.recover import recover_unfinished
+
+        try:
+            recover_unfinished(announce=self._announce, stopping=self._stopping, **self._kwargs)
+        except Exception as exc:  # Tiled away: said in one line, the next start tries again
+            self._announce(f"ptystream serve: unfinished runs not recovered ({exc})")
 
 
 class _IdleNotice:
@@ -208,6 +240,7 @@ def serve(
     data_dir: str | Path,
     announce: Callable[[str], None] = print,
     idle_notice_s: float = 60.0,
+    recover: bool = True,
 ) -> None:
     """Reconstruct the runs arriving from ``source`` until SIGTERM/SIGINT.
 
@@ -216,10 +249,14 @@ def serve(
     ``data_dir/tiled-api-key``, mode 0600, never printed). ``data_dir`` also holds the spool of
     results Tiled could not take, the spill file and shutdown checkpoints. After every
     ``idle_notice_s`` seconds without a document (0: never) it announces that it is waiting,
-    and from where.
+    and from where. With ``recover``, the runs a service of this host and ``data_dir`` left
+    ``running`` or ``incomplete`` (a crash, a kill, a shutdown mid-run) are completed in the
+    background once it is ready, live runs first (:mod:`ptystream.offline.recover`); each run
+    container records its owner (``service``) for that.
     """
     from ptystream.live.callback import PtychoCallback
     from ptystream.live.pipeline import LivePipeline
+    from ptystream.offline.recover import new_instance, owner_record
     from ptystream.store.publisher import TiledPublisher
 
     dispatcher = _Dispatcher(source)
@@ -236,7 +273,9 @@ def serve(
     try:
         client = connect(tiled_uri, api_key)
         check_can_write(client, tiled_uri.split("?")[0])
-        pipeline = LivePipeline(profile, TiledPublisher(client), spool_dir=data_dir / "spool")
+        owner = owner_record(data_dir, new_instance())
+        publisher = TiledPublisher(client, owner=owner)
+        pipeline = LivePipeline(profile, publisher, spool_dir=data_dir / "spool")
         pipeline.start()
         dispatcher.subscribe(PtychoCallback(profile, pipeline))
         idle = None
@@ -249,12 +288,25 @@ def serve(
         )
         if idle is not None:
             idle.start()
+        recovery = None
+        if recover:
+            recovery = _Recovery(
+                announce,
+                root=connect(tiled_uri, api_key),  # its own client: no shared connection pool
+                profile=profile,
+                owner=owner,
+                spool_dir=data_dir / "spool",
+                busy=lambda: pipeline.busy,
+            )
+            recovery.start()
         try:
             dispatcher.run_until_signal()
         finally:
             if idle is not None:
                 idle.close()
             announce("ptystream serve: stopping (a run in progress is checkpointed)")
+            if recovery is not None:
+                recovery.close()
             pipeline.close()
         announce("ptystream serve: stopped")
     finally:

@@ -264,6 +264,12 @@ class LivePipeline:
             self._spool_dir,
         )
 
+    @property
+    def busy(self) -> bool:
+        """Whether a run is open (started, its final result not yet delivered): work in the
+        background, such as ``serve``'s recovery of runs after a restart, waits while it is."""
+        return any(not result.done.is_set() for result in list(self._results.values()))
+
     # -- RunSink: called on the RunEngine's thread; enqueue only ----------------------------
 
     def open_run(self, start: RunStart) -> None:

@@ -80,9 +80,13 @@ class NonFiniteEstimate(ValueError):
     """An estimate with NaN or infinite values; it is never published."""
 
 
-def run_metadata(start: RunStart, settings: dict[str, Any]) -> dict[str, Any]:
+def run_metadata(
+    start: RunStart, settings: dict[str, Any], owner: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The metadata a run's container is created with (status ``running``); ``geometry`` is
-    None while the frame size is not known (it comes from the detector's frames)."""
+    None while the frame size is not known (it comes from the detector's frames). ``owner``
+    (``service``: the host, data directory and process of ``ptystream serve``) lets a restarted
+    service recognise the runs it left unfinished (:mod:`ptystream.offline.recover`)."""
     g = start.geometry
     geometry = None
     if g is not None:
@@ -93,8 +97,10 @@ def run_metadata(start: RunStart, settings: dict[str, Any]) -> dict[str, Any]:
             "frame_px": g.frame_px,
             "object_pixel_size_m": g.object_pixel_size_m,
         }
+    service = {"service": owner} if owner else {}
     return jsonable(
         {
+            **service,
             "raw_uid": start.run_uid,
             "scan_id": start.scan_id,
             "profile": start.profile,
@@ -186,10 +192,13 @@ class TiledPublisher:
     Parameters
     ----------
     root : a writable tiled client container (the server's root).
+    owner : recorded as ``service`` in the metadata of each run container it creates
+        (:func:`run_metadata`); None records none.
     """
 
-    def __init__(self, root):
+    def __init__(self, root, *, owner: dict[str, Any] | None = None):
         self._root = root
+        self._owner = owner
         self._processed = None
         self._runs: dict[str, _RunNodes] = {}
         self._created: dict[str, str] = {}  # run uid -> key of a container not yet complete
@@ -223,7 +232,7 @@ class TiledPublisher:
 
         A second reconstruction of the same run gets the key ``<uid>-2``, ``<uid>-3``, ...
         """
-        return self.create_run(start.run_uid, run_metadata(start, settings))
+        return self.create_run(start.run_uid, run_metadata(start, settings, self._owner))
 
     def create_run(self, run_uid: str, metadata: dict[str, Any]) -> str:
         """Create a container for ``run_uid`` with ``metadata``, its ``live/`` container and

@@ -2,9 +2,13 @@
 Tiled server, with the dashboard, end to end."""
 
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 
 def ptystream(*args, timeout=600):
@@ -35,18 +39,18 @@ def test_demo_runs_end_to_end(tmp_path, small_profile):
     assert re.search(r"initial probe: defocus [0-9.]+ mm", text)
 
 
-def test_ctrl_c_during_the_demo_marks_its_run_aborted(tmp_path, small_profile):
-    """Ctrl-C during the scan (a real SIGINT to the real command): one line, no traceback,
-    and the run ends with a stop document, its reconstruction published ``aborted`` in Tiled
-    (read back from the demo's data directory afterwards), not left ``running``."""
-    import signal
-    import time
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_during_the_demo_marks_its_run_aborted(tmp_path, small_profile, signum):
+    """Ctrl-C or SIGTERM during the scan (a real signal to the real command): one line, no
+    traceback, exit status 130, and the run ends with a stop document (``abort`` in the raw
+    run), its reconstruction published ``aborted`` in Tiled (read back from the demo's data
+    directory afterwards), not left ``running``."""
 
     from tiled.client import from_uri
 
     from ptystream.store.server import start_server_process
 
-    profile = small_profile(n_points=90, exposure_s=0.2)  # an 18 s scan
+    profile = small_profile(n_points=90, exposure_s=0.1)  # a 9 s scan
     path = tmp_path / "slow.yaml"
     path.write_text(profile.model_dump_json())
     exe = Path(sys.executable).with_name("ptystream")
@@ -60,8 +64,8 @@ def test_ctrl_c_during_the_demo_marks_its_run_aborted(tmp_path, small_profile):
     for line in proc.stdout:
         if "scanning" in line:
             break
-    time.sleep(5)
-    proc.send_signal(signal.SIGINT)
+    time.sleep(3)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
@@ -72,5 +76,6 @@ def test_ctrl_c_during_the_demo_marks_its_run_aborted(tmp_path, small_profile):
         runs = from_uri(server.uri)["processed"]["ptystream"]
         (uid,) = [u for u in runs if u.startswith(uid8)]
         assert runs[uid].metadata["status"] == "aborted"
+        assert from_uri(server.uri)["raw"][uid8].stop["exit_status"] == "abort"
     finally:
         server.close()

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,36 +31,6 @@ N_POINTS = 40
 BIN = Path(sys.executable).parent
 
 
-class Process:
-    """A subprocess whose output lines are collected by a thread (so pipes never fill)."""
-
-    def __init__(self, args, **kwargs):
-        self.lines = []
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-
-    def wait_for(self, text, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in line for line in self.lines):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not seen; output:\n" + "\n".join(self.lines))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def profile(small_profile):
     profile = small_profile(photons_per_frame=None, n_points=N_POINTS, object_px=144)
@@ -70,7 +39,7 @@ def profile(small_profile):
 
 
 @pytest.fixture(scope="module")
-def service(profile, tiled_server, tmp_path_factory, free_port):
+def service(profile, tiled_server, tmp_path_factory, free_port, spawn):
     """proxy + `ptystream serve` subprocesses and a RunEngine publishing to the proxy."""
     tmp = tmp_path_factory.mktemp("serve")
     profile_file = tmp / "test.yaml"
@@ -78,7 +47,7 @@ def service(profile, tiled_server, tmp_path_factory, free_port):
     key_file = tmp / "api-key"
     key_file.write_text(tiled_server.api_key + "\n")
     port_in, port_out = free_port(), free_port()
-    proxy = Process(
+    proxy = spawn(
         [
             BIN / "bluesky-0MQ-proxy",
             "--in-address",
@@ -89,7 +58,7 @@ def service(profile, tiled_server, tmp_path_factory, free_port):
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("TILED_API_KEY", None)
-    serve = Process(
+    serve = spawn(
         [
             BIN / "ptystream",
             "serve",
@@ -262,10 +231,12 @@ def test_sigterm_checkpoints_the_run_in_progress_and_exits(
     assert "ptystream serve: stopped" in serve.lines
 
 
-def test_without_tiled_an_embedded_server_is_started_and_sigint_stops_it(tmp_path, free_port):
+def test_without_tiled_an_embedded_server_is_started_and_sigint_stops_it(
+    tmp_path, free_port, spawn
+):
     port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    serve = Process(
+    serve = spawn(
         [
             BIN / "ptystream",
             "serve",

@@ -4,9 +4,7 @@ service within seconds, the run's checkpoint kept and its end kept in the spool.
 
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,41 +20,8 @@ from ptystream.store.spool import load_spooled, spooled_files
 BIN = Path(sys.executable).parent
 
 
-class Process:
-    """A subprocess whose output lines are collected by a thread (so pipes never fill)."""
-
-    def __init__(self, args, **kwargs):
-        self.lines = []
-        self.proc = subprocess.Popen(
-            [str(a) for a in args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            **kwargs,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-
-    def wait_for(self, text, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in line for line in self.lines):
-                return
-            assert self.proc.poll() is None, "\n".join(self.lines)
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not seen; output:\n" + "\n".join(self.lines))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def test_sigterm_with_tiled_down_stops_within_seconds(
-    tmp_path, small_profile, free_port, wait_for_status
+    tmp_path, small_profile, free_port, wait_for_status, spawn
 ):
     from tiled.client import from_uri
 
@@ -68,7 +33,7 @@ def test_sigterm_with_tiled_down_stops_within_seconds(
     key_file.write_text(tiled.api_key + "\n")
     data_dir = tmp_path / "data"
     port_in, port_out = free_port(), free_port()
-    proxy = Process(
+    proxy = spawn(
         [
             BIN / "bluesky-0MQ-proxy",
             "--in-address",
@@ -79,7 +44,7 @@ def test_sigterm_with_tiled_down_stops_within_seconds(
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("TILED_API_KEY", None)
-    serve = Process(
+    serve = spawn(
         [
             BIN / "ptystream",
             "serve",
