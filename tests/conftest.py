@@ -198,6 +198,38 @@ def spawn():
 
 
 @pytest.fixture(scope="session")
+def zmq_proxy(spawn, free_port):
+    """``zmq_proxy() -> (process, in_port, out_port)``: a real ``bluesky-0MQ-proxy`` on two free
+    ports of 127.0.0.1 (publishers connect to ``in_port``, ``serve`` to ``out_port``)."""
+    import sys
+
+    def start():
+        port_in, port_out = free_port(), free_port()
+        proxy = Path(sys.executable).parent / "bluesky-0MQ-proxy"
+        args = [proxy, "--in-address", f"127.0.0.1:{port_in}"]
+        return spawn([*args, "--out-address", f"127.0.0.1:{port_out}"]), port_in, port_out
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def serve_process(spawn):
+    """``serve_process(profile_file, out_port, tiled_uri, key_file, data_dir)``: a real
+    ``ptystream serve`` subprocess on the proxy's ``out_port``, writing to ``tiled_uri`` with the
+    key in ``key_file`` (TensorFlow's start-up lines and any TILED_API_KEY left out)."""
+    import sys
+
+    def start(profile_file, out_port, tiled_uri, key_file, data_dir):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env.pop("TILED_API_KEY", None)
+        args = [Path(sys.executable).parent / "ptystream", "serve", "--profile", profile_file]
+        args += ["--zmq", f"127.0.0.1:{out_port}", "--tiled", tiled_uri.split("?")[0]]
+        return spawn([*args, "--api-key-file", key_file, "--data-dir", data_dir], env=env)
+
+    return start
+
+
+@pytest.fixture(scope="session")
 def free_port():
     """``free_port()``: a TCP port on 127.0.0.1 nothing listens on (now)."""
 

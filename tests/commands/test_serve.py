@@ -39,42 +39,15 @@ def profile(small_profile):
 
 
 @pytest.fixture(scope="module")
-def service(profile, tiled_server, tmp_path_factory, free_port, spawn):
+def service(profile, tiled_server, tmp_path_factory, zmq_proxy, serve_process):
     """proxy + `ptystream serve` subprocesses and a RunEngine publishing to the proxy."""
     tmp = tmp_path_factory.mktemp("serve")
     profile_file = tmp / "test.yaml"
     profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
     key_file = tmp / "api-key"
     key_file.write_text(tiled_server.api_key + "\n")
-    port_in, port_out = free_port(), free_port()
-    proxy = spawn(
-        [
-            BIN / "bluesky-0MQ-proxy",
-            "--in-address",
-            f"127.0.0.1:{port_in}",
-            "--out-address",
-            f"127.0.0.1:{port_out}",
-        ]
-    )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("TILED_API_KEY", None)
-    serve = spawn(
-        [
-            BIN / "ptystream",
-            "serve",
-            "--profile",
-            profile_file,
-            "--zmq",
-            f"127.0.0.1:{port_out}",
-            "--tiled",
-            tiled_server.uri.split("?")[0],
-            "--api-key-file",
-            key_file,
-            "--data-dir",
-            tmp / "data",
-        ],
-        env=env,
-    )
+    proxy, port_in, port_out = zmq_proxy()
+    serve = serve_process(profile_file, port_out, tiled_server.uri, key_file, tmp / "data")
     publisher = Publisher(f"127.0.0.1:{port_in}")
     try:
         serve.wait_for("ptystream serve: ready", timeout=180)

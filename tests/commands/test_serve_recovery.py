@@ -9,7 +9,6 @@ data race for its recovery: one completes it from the checkpoint (fewer passes t
 scratch, the same quality), the other leaves it alone.
 """
 
-import os
 import signal
 import sys
 import time
@@ -44,7 +43,7 @@ def profile(small_profile):
 
 
 @pytest.fixture(scope="module")
-def site(profile, tiled_server, tmp_path_factory, free_port, spawn):
+def site(profile, tiled_server, tmp_path_factory, zmq_proxy, serve_process):
     """The proxy, the data directory every service shares, a function starting a service,
     and a 0MQ Publisher to the proxy."""
     tmp = tmp_path_factory.mktemp("serve-recovery")
@@ -52,25 +51,13 @@ def site(profile, tiled_server, tmp_path_factory, free_port, spawn):
     profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
     key_file = tmp / "api-key"
     key_file.write_text(tiled_server.api_key + "\n")
-    port_in, port_out = free_port(), free_port()
-    proxy = spawn(
-        [
-            BIN / "bluesky-0MQ-proxy",
-            "--in-address",
-            f"127.0.0.1:{port_in}",
-            "--out-address",
-            f"127.0.0.1:{port_out}",
-        ]
-    )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("TILED_API_KEY", None)
+    proxy, port_in, port_out = zmq_proxy()
     started = []
 
     def start_serve():
-        args = [BIN / "ptystream", "serve", "--profile", profile_file]
-        args += ["--zmq", f"127.0.0.1:{port_out}", "--tiled", tiled_server.uri.split("?")[0]]
-        args += ["--api-key-file", key_file, "--data-dir", tmp / "data"]
-        started.append(spawn(args, env=env))
+        started.append(
+            serve_process(profile_file, port_out, tiled_server.uri, key_file, tmp / "data")
+        )
         return started[-1]
 
     publisher = Publisher(f"127.0.0.1:{port_in}")

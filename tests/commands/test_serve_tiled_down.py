@@ -2,7 +2,6 @@
 real one, in its own process) is stopped in the middle of a run: SIGTERM still stops the
 service within seconds, the run's checkpoint kept and its end kept in the spool."""
 
-import os
 import signal
 import sys
 import time
@@ -21,7 +20,7 @@ BIN = Path(sys.executable).parent
 
 
 def test_sigterm_with_tiled_down_stops_within_seconds(
-    tmp_path, small_profile, free_port, wait_for_status, spawn
+    tmp_path, small_profile, wait_for_status, zmq_proxy, serve_process
 ):
     from tiled.client import from_uri
 
@@ -32,35 +31,8 @@ def test_sigterm_with_tiled_down_stops_within_seconds(
     key_file = tmp_path / "api-key"
     key_file.write_text(tiled.api_key + "\n")
     data_dir = tmp_path / "data"
-    port_in, port_out = free_port(), free_port()
-    proxy = spawn(
-        [
-            BIN / "bluesky-0MQ-proxy",
-            "--in-address",
-            f"127.0.0.1:{port_in}",
-            "--out-address",
-            f"127.0.0.1:{port_out}",
-        ]
-    )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("TILED_API_KEY", None)
-    serve = spawn(
-        [
-            BIN / "ptystream",
-            "serve",
-            "--profile",
-            profile_file,
-            "--zmq",
-            f"127.0.0.1:{port_out}",
-            "--tiled",
-            tiled.uri.split("?")[0],
-            "--api-key-file",
-            key_file,
-            "--data-dir",
-            data_dir,
-        ],
-        env=env,
-    )
+    proxy, port_in, port_out = zmq_proxy()
+    serve = serve_process(profile_file, port_out, tiled.uri, key_file, data_dir)
     publish = Publisher(f"127.0.0.1:{port_in}")
     try:
         serve.wait_for("ptystream serve: ready", timeout=180)
