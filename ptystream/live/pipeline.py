@@ -144,7 +144,8 @@ class _LiveRun:
     def _start(self, frames: np.ndarray) -> None:
         prep, result = self.prep, self.result
         if prep.needs_dark:
-            darks = [d for d in (self._resolved_dark(f) for f in self._darks) if d is not None]
+            held, self._darks = self._darks, []
+            darks = [d for d in (self._resolved_dark(f) for f in held) if d is not None]
             if darks:
                 prep.set_dark(np.stack(darks))
             else:
@@ -162,6 +163,12 @@ class _LiveRun:
         self.engine.input_warnings += tuple(prep.warnings)
         result.start = dataclasses.replace(result.start, geometry=geometry)
         result.preprocess = prep.report()
+
+    def release_darks(self) -> None:
+        """Give back the memory of dark frames never used (the run ended before its frames)."""
+        for frame in self._darks:
+            self._store.release(frame)
+        self._darks = []
 
     def _resolved(self, frame: Any) -> Any:
         return self.resolver.resolve(self._store.load(frame))
@@ -415,6 +422,7 @@ class LivePipeline:
         """Close the run's files and record its frame accounting, the frames that never arrived
         included (intake is over; ``stop`` is None when the run ended without one)."""
         run.resolver.close()
+        run.release_darks()
         accounting = run.pairer.accounting
         expected, source = self._expected(run, stop)
         accounting.missing = run.pairer.missing(expected, source)
