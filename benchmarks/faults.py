@@ -7,17 +7,24 @@ real ``LivePipeline`` into the same server. Between the RunEngine and ptystream'
 link drops documents: the injected fault. Cases:
 
 - ``none``: nothing lost (the reference);
-- ``proxy restart``: events 41-75 lost (35 of 150: what a 0MQ proxy restarted for ~3 s lost at
+- ``gap 41-75``: events 41-75 lost (35 of 150: what a 0MQ proxy restarted for ~3 s lost at
   a beamline);
 - ``tail lost``: the last 10 events lost (only the stop's ``num_events`` reveals them);
 - ``stop lost``: the stop document lost (without the raw run: 30 minutes of ``stop_timeout_s``);
-- ``no raw run``: events 41-75 lost and no TiledWriter (nothing to backfill from).
+- ``no raw run``: events 41-75 lost and no TiledWriter (nothing to backfill from);
+
+and with ``ptystream serve`` as a process behind a real ``bluesky-0MQ-proxy``
+(:mod:`_service_faults`, which says how): ``proxy restarted`` (SIGTERM, 3 s down, from event
+41), ``serve SIGKILL`` and ``serve SIGTERM`` (at event 100, a new service 1 s later, which
+completes the run). For a recovered run, ``received`` is what the recovery took from the
+checkpoint and ``backfilled`` what it read from the raw run.
 
 Measured per case: frames sent (events the RunEngine emitted), received (through the link),
 backfilled (read from the raw run), used, missing (named in the metadata), the final status,
-and the time from the fault (the first document dropped) to the final result being published
-(``RunResult.done``). ``ingest.backfill_after_s`` is the profile's (5 s). ``--quick``: 60
-points, and the ``stop lost`` and ``no raw run`` cases only.
+and the time from the fault (the first document dropped, the proxy or service stopped) to the
+final result being published. ``ingest.backfill_after_s`` is the profile's (5 s). ``--quick``: 60
+points, and the ``stop lost`` and ``no raw run`` cases only. ``--case NAME`` (repeatable): those
+cases only.
 """
 
 from __future__ import annotations
@@ -29,15 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import _harness
+import _service_faults
 
 N_POINTS, QUICK_POINTS = 150, 60
 CASES = {
     "none": {"lost": set()},
-    "proxy restart": {"lost": set(range(41, 76))},
+    "gap 41-75": {"lost": set(range(41, 76))},
     "tail lost": {"lost": "tail"},
     "stop lost": {"lost": set(), "drop_stop": True},
     "no raw run": {"lost": set(range(41, 76)), "raw": False},
 }
+SERVICE_CASES = tuple(_service_faults.CASES)
 QUICK_CASES = ("stop lost", "no raw run")
 
 
@@ -141,17 +150,20 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _harness.parser(__doc__, quick="60 points, two cases").parse_args(argv)
+    parser = _harness.parser(__doc__, quick="60 points, two cases")
+    parser.add_argument("--case", action="append", choices=[*CASES, *SERVICE_CASES], help="these")
+    args = parser.parse_args(argv)
     if args.report:
         return _harness.report(args.report, format_table)
     n_points = QUICK_POINTS if args.quick else N_POINTS
-    names = QUICK_CASES if args.quick else tuple(CASES)
+    names = args.case or (QUICK_CASES if args.quick else (*CASES, *SERVICE_CASES))
     results: dict[str, Any] = {"quick": args.quick, "machine": _harness.machine_info()}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         results["cases"] = []
         for name in names:
-            results["cases"].append(run_case(name, n_points, Path(tmp)))
+            run = _service_faults.run_service_case if name in SERVICE_CASES else run_case
+            results["cases"].append(run(name, n_points, Path(tmp)))
             print(format_table(results), flush=True)
     results["total_s"] = time.monotonic() - t0
     return _harness.finish(results, format_table, _harness.json_path(args, "faults"))

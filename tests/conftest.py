@@ -199,12 +199,13 @@ def spawn():
 
 @pytest.fixture(scope="session")
 def zmq_proxy(spawn, free_port):
-    """``zmq_proxy() -> (process, in_port, out_port)``: a real ``bluesky-0MQ-proxy`` on two free
-    ports of 127.0.0.1 (publishers connect to ``in_port``, ``serve`` to ``out_port``)."""
+    """``zmq_proxy(port_in=None, port_out=None) -> (process, in_port, out_port)``: a real
+    ``bluesky-0MQ-proxy`` on two ports of 127.0.0.1, free ones unless given (to restart it where
+    it was); publishers connect to ``in_port``, ``serve`` to ``out_port``."""
     import sys
 
-    def start():
-        port_in, port_out = free_port(), free_port()
+    def start(port_in: int | None = None, port_out: int | None = None):
+        port_in, port_out = port_in or free_port(), port_out or free_port()
         proxy = Path(sys.executable).parent / "bluesky-0MQ-proxy"
         args = [proxy, "--in-address", f"127.0.0.1:{port_in}"]
         return spawn([*args, "--out-address", f"127.0.0.1:{port_out}"]), port_in, port_out
