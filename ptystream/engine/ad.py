@@ -124,7 +124,7 @@ class ADEngine(FrameIntake):
         self._searching = False
         self._report = GuardReport()
         self._last_good: dict[str, np.ndarray] | None = None
-        self._step_fn = self._compile()
+        self._step_fns: dict[LossKind, Any] = {}  # compiled steps by loss kind
 
     # -- public API -----------------------------------------------------------------------
 
@@ -186,9 +186,13 @@ class ADEngine(FrameIntake):
         return self._iteration
 
     def warm_up(self) -> None:
-        """Compile the step for the current shapes with an all-padding batch (changes nothing)."""
+        """Compile the step for the current shapes with an all-padding batch (changes nothing):
+        for each loss it may still use (an ``auto`` loss before the frames chose one: both)."""
         b = self.settings.batch_size
-        self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), tf.zeros((len(RATES),)))
+        detection = self._model.detection
+        for kind in detection.choices:
+            with detection.using(kind):
+                self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), tf.zeros((len(RATES),)))
 
     def _store(
         self, first: int, frames: np.ndarray, top_left: np.ndarray, frac: np.ndarray
@@ -308,7 +312,7 @@ class ADEngine(FrameIntake):
             self._use_noise_model()
         self._loss = [(int(i), float(v)) for i, v in state.arrays["loss"]]
         if reshaped:
-            self._step_fn = self._compile()
+            self._step_fns.clear()
 
     def save_state(self, path: str | Path) -> None:
         """Write :meth:`snapshot` to ``path`` (NPZ, atomically)."""
@@ -368,6 +372,15 @@ class ADEngine(FrameIntake):
         return self._model.illumination.shift.parts[0].numpy().astype(np.float64)
 
     # -- compiled step ---------------------------------------------------------------------
+
+    @property
+    def _step_fn(self):
+        """The compiled step for the shapes and the loss kind in use, compiled when first
+        asked for (one XLA function per configuration)."""
+        kind = self._model.detection.kind
+        if kind not in self._step_fns:
+            self._step_fns[kind] = self._compile()
+        return self._step_fns[kind]
 
     def _compile(self):
         """The training step for the current shapes: it gathers the batch's windows of every
@@ -429,7 +442,9 @@ class ADEngine(FrameIntake):
             tf.TensorSpec((b,), tf.float32),
             tf.TensorSpec((len(RATES),), tf.float32),
         ]
-        return tf.function(train_step, input_signature=signature, jit_compile=settings.jit_compile)
+        step = tf.function(train_step, input_signature=signature, jit_compile=settings.jit_compile)
+        step.get_concrete_function()  # traced now, for the model as it is (its loss kind)
+        return step
 
     def _rates(self, lr_scale: float) -> np.ndarray:
         """The learning rate of each name of :data:`~ptystream.engine.model.RATES` for the next
@@ -626,7 +641,7 @@ class ADEngine(FrameIntake):
             for adam in canvas.adam:
                 adam.m = moved(adam.m, 0.0)
                 adam.v = moved(adam.v, 0.0)
-        self._step_fn = self._compile()
+        self._step_fns.clear()
 
     def _ensure_capacity(self, needed: int) -> None:
         capacity = self._frames.shape[0]
@@ -651,7 +666,7 @@ class ADEngine(FrameIntake):
                 for adam in trainable.adam:
                     adam.m = grown(adam.m)
                     adam.v = grown(adam.v)
-        self._step_fn = self._compile()
+        self._step_fns.clear()
 
     def _illumination(self, probe: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """Summed probe intensity over the frames' windows (at the whole pixel of each corrected

@@ -49,7 +49,8 @@ optimiser for free; the gradient with respect to the spacings comes from TensorF
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -392,34 +393,52 @@ class Detection:
         coarse: bool = False,
     ):
         self._kind, self._offset, self._tv = kind, offset, tv_weight
-        # ``auto``: the kind is chosen from the first frames, after the step may have been
-        # compiled, so both candidates are in the graph and a variable picks one
-        self._poisson = tf.Variable(False, trainable=False) if kind == LossKind.AUTO else None
+        self._chosen: LossKind | None = None  # for ``auto``, once the frames have said
         self._mask = tf.constant(pixel_mask, tf.float32)
         self.blur_px = tf.Variable(0.0, trainable=False) if coarse else None
         n = pixel_mask.shape[-1]
         fy, fx = np.fft.fftfreq(n), np.fft.rfftfreq(n)  # cycles per pixel, real-input FFT
         self._f2 = (fy[:, None] ** 2 + fx[None, :] ** 2).astype(np.float32)
 
+    @property
+    def kind(self) -> LossKind:
+        """The loss a step traced now computes: the fixed kind, or for ``auto`` the one
+        :meth:`use` chose (amplitude until then). Read when the step is traced, so the engine
+        keeps one compiled step per kind (a ``tf.cond`` between the two in one step cost about
+        3 % of a 128^2 step)."""
+        if self._kind != LossKind.AUTO:
+            return self._kind
+        return self._chosen or LossKind.AMPLITUDE
+
+    @property
+    def choices(self) -> tuple[LossKind, ...]:
+        """The kinds this detection may still compute: both for ``auto`` before :meth:`use`."""
+        if self._kind == LossKind.AUTO and self._chosen is None:
+            return (LossKind.AMPLITUDE, LossKind.POISSON)
+        return (self.kind,)
+
     def use(self, kind: LossKind) -> None:
         """Set the loss chosen for ``auto`` (``poisson`` or ``amplitude``); ValueError for a
         fixed kind other than ``kind``."""
-        if self._poisson is not None and kind in (LossKind.POISSON, LossKind.AMPLITUDE):
-            self._poisson.assign(kind == LossKind.POISSON)
+        if self._kind == LossKind.AUTO and kind in (LossKind.POISSON, LossKind.AMPLITUDE):
+            self._chosen = kind
         elif kind != self._kind:
             raise ValueError(f"the loss is {self._kind}, not {kind}")
+
+    @contextlib.contextmanager
+    def using(self, kind: LossKind) -> Iterator[None]:
+        """:attr:`kind` is ``kind`` inside (to trace the step for each of :attr:`choices`)."""
+        chosen = self._chosen
+        self.use(kind)
+        try:
+            yield
+        finally:
+            self._chosen = chosen
 
     def _data_loss(
         self, predicted: tf.Tensor, measured: tf.Tensor, valid: tf.Tensor, mask: tf.Tensor
     ) -> tf.Tensor:
-        def loss(kind: LossKind) -> tf.Tensor:
-            return forward.data_loss(kind, predicted, measured, self._offset, valid, mask)
-
-        if self._poisson is None:
-            return loss(self._kind)
-        return tf.cond(
-            self._poisson, lambda: loss(LossKind.POISSON), lambda: loss(LossKind.AMPLITUDE)
-        )
+        return forward.data_loss(self.kind, predicted, measured, self._offset, valid, mask)
 
     def low_pass(self, intensity: tf.Tensor, sigma_px: tf.Tensor) -> tf.Tensor:
         """``intensity`` ``(..., n, n)`` with masked pixels zeroed, convolved (circularly) with
