@@ -186,13 +186,12 @@ class ADEngine(FrameIntake):
         return self._iteration
 
     def warm_up(self) -> None:
-        """Compile the step for the current shapes with an all-padding batch (changes nothing):
-        for each loss it may still use (an ``auto`` loss before the frames chose one: both)."""
+        """Compile the step for the current shapes with an all-padding batch (changes nothing).
+        An ``auto`` loss the frames have not chosen yet compiles the amplitude loss's step;
+        frames that choose the Poisson deviance compile its step when they arrive (about as
+        long again, once), which spares data with read noise a compile they never use."""
         b = self.settings.batch_size
-        detection = self._model.detection
-        for kind in detection.choices:
-            with detection.using(kind):
-                self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), tf.zeros((len(RATES),)))
+        self._step_fn(tf.zeros((b,), tf.int32), tf.zeros((b,)), tf.zeros((len(RATES),)))
 
     def _store(
         self, first: int, frames: np.ndarray, top_left: np.ndarray, frac: np.ndarray

@@ -49,8 +49,7 @@ optimiser for free; the gradient with respect to the spacings comes from TensorF
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -410,13 +409,6 @@ class Detection:
             return self._kind
         return self._chosen or LossKind.AMPLITUDE
 
-    @property
-    def choices(self) -> tuple[LossKind, ...]:
-        """The kinds this detection may still compute: both for ``auto`` before :meth:`use`."""
-        if self._kind == LossKind.AUTO and self._chosen is None:
-            return (LossKind.AMPLITUDE, LossKind.POISSON)
-        return (self.kind,)
-
     def use(self, kind: LossKind) -> None:
         """Set the loss chosen for ``auto`` (``poisson`` or ``amplitude``); ValueError for a
         fixed kind other than ``kind``."""
@@ -424,16 +416,6 @@ class Detection:
             self._chosen = kind
         elif kind != self._kind:
             raise ValueError(f"the loss is {self._kind}, not {kind}")
-
-    @contextlib.contextmanager
-    def using(self, kind: LossKind) -> Iterator[None]:
-        """:attr:`kind` is ``kind`` inside (to trace the step for each of :attr:`choices`)."""
-        chosen = self._chosen
-        self.use(kind)
-        try:
-            yield
-        finally:
-            self._chosen = chosen
 
     def _data_loss(
         self, predicted: tf.Tensor, measured: tf.Tensor, valid: tf.Tensor, mask: tf.Tensor
