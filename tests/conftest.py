@@ -215,17 +215,27 @@ def zmq_proxy(spawn, free_port):
 
 @pytest.fixture(scope="session")
 def serve_process(spawn):
-    """``serve_process(profile_file, out_port, tiled_uri, key_file, data_dir)``: a real
-    ``ptystream serve`` subprocess on the proxy's ``out_port``, writing to ``tiled_uri`` with the
-    key in ``key_file`` (TensorFlow's start-up lines and any TILED_API_KEY left out)."""
+    """``serve_process(profile, out_port, server, directory)``: a real ``ptystream serve``
+    subprocess on the proxy's ``out_port``, writing to the Tiled ``server`` (``.uri``,
+    ``.api_key``) with ``profile``; its profile and key files and its ``--data-dir``
+    (``data``) are in ``directory`` (TensorFlow's start-up lines and any TILED_API_KEY left
+    out)."""
     import sys
 
-    def start(profile_file, out_port, tiled_uri, key_file, data_dir):
+    import yaml
+
+    def start(profile, out_port, server, directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        profile_file = directory / "profile.yaml"
+        profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
+        key_file = directory / "api-key"
+        key_file.write_text(server.api_key + "\n")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         env.pop("TILED_API_KEY", None)
         args = [Path(sys.executable).parent / "ptystream", "serve", "--profile", profile_file]
-        args += ["--zmq", f"127.0.0.1:{out_port}", "--tiled", tiled_uri.split("?")[0]]
-        return spawn([*args, "--api-key-file", key_file, "--data-dir", data_dir], env=env)
+        args += ["--zmq", f"127.0.0.1:{out_port}", "--tiled", server.uri.split("?")[0]]
+        args += ["--api-key-file", key_file, "--data-dir", directory / "data"]
+        return spawn(args, env=env)
 
     return start
 

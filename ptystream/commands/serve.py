@@ -54,6 +54,7 @@ class _Dispatcher:
 
     def __init__(self, source: DocumentSource):
         self._stopping = threading.Event()
+        self._previous: dict[int, Any] = {}  # Kafka: the signal handlers replaced by arm()
         if source.zmq is not None:
             from bluesky.callbacks.zmq import RemoteDispatcher
 
@@ -75,22 +76,29 @@ class _Dispatcher:
     def subscribe(self, callback: Callable[[str, dict], Any]) -> None:
         self._remote.subscribe(callback)
 
-    def run_until_signal(self) -> None:
-        """Dispatch documents until SIGTERM or SIGINT."""
+    def arm(self) -> None:
+        """Handle SIGTERM and SIGINT from now on (called before ``ready`` is said, so that a
+        signal sent as soon as it is read stops the service cleanly, not by a
+        KeyboardInterrupt); :meth:`run_until_signal` then returns on the first."""
         if self._kafka:
-            previous = {
+            self._previous = {
                 sig: signal.signal(sig, lambda *_: self._stopping.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)
             }
+            return
+        loop = self._remote.loop  # a signal before the loop runs is delivered when it starts
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._cancel_all, loop)
+
+    def run_until_signal(self) -> None:
+        """Dispatch documents until SIGTERM or SIGINT (:meth:`arm` first)."""
+        if self._kafka:
             try:
                 self._remote.start(continue_polling=lambda: not self._stopping.is_set())
             finally:
-                for sig, handler in previous.items():
+                for sig, handler in self._previous.items():
                     signal.signal(sig, handler)
             return
-        loop = self._remote.loop
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._cancel_all, loop)
         try:
             self._remote.start()
         except asyncio.CancelledError:
@@ -282,6 +290,7 @@ def serve(
         if idle_notice_s > 0:
             idle = _IdleNotice(idle_notice_s, source.describe(), announce)
             dispatcher.subscribe(idle)
+        dispatcher.arm()
         announce(
             f"ptystream serve: ready; profile {profile.name!r}, documents from "
             f"{source.describe()}, results to {tiled_uri.split('?')[0]}"

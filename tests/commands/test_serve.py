@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zmq
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
@@ -42,12 +41,8 @@ def profile(small_profile):
 def service(profile, tiled_server, tmp_path_factory, zmq_proxy, serve_process):
     """proxy + `ptystream serve` subprocesses and a RunEngine publishing to the proxy."""
     tmp = tmp_path_factory.mktemp("serve")
-    profile_file = tmp / "test.yaml"
-    profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
-    key_file = tmp / "api-key"
-    key_file.write_text(tiled_server.api_key + "\n")
     proxy, port_in, port_out = zmq_proxy()
-    serve = serve_process(profile_file, port_out, tiled_server.uri, key_file, tmp / "data")
+    serve = serve_process(profile, port_out, tiled_server, tmp)
     publisher = Publisher(f"127.0.0.1:{port_in}")
     try:
         serve.wait_for("ptystream serve: ready", timeout=180)

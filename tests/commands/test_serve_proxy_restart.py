@@ -19,7 +19,6 @@ import threading
 import time
 
 import pytest
-import yaml
 import zmq
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
@@ -72,12 +71,8 @@ class _ProxyRestarts:
 def test_frames_lost_by_a_restarted_proxy_are_backfilled_from_the_raw_run(
     profile, tiled_server, tiled_client, tmp_path, zmq_proxy, serve_process, wait_for_status
 ):
-    profile_file = tmp_path / "test.yaml"
-    profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
-    key_file = tmp_path / "api-key"
-    key_file.write_text(tiled_server.api_key + "\n")
     proxy, port_in, port_out = zmq_proxy()
-    serve = serve_process(profile_file, port_out, tiled_server.uri, key_file, tmp_path / "data")
+    serve = serve_process(profile, port_out, tiled_server, tmp_path)
     publisher = Publisher(f"127.0.0.1:{port_in}")
     publisher._socket.disconnect(publisher.address)
     publisher._socket.setsockopt(zmq.IMMEDIATE, 1)

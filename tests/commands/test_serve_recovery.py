@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 import zmq
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
@@ -47,17 +46,11 @@ def site(profile, tiled_server, tmp_path_factory, zmq_proxy, serve_process):
     """The proxy, the data directory every service shares, a function starting a service,
     and a 0MQ Publisher to the proxy."""
     tmp = tmp_path_factory.mktemp("serve-recovery")
-    profile_file = tmp / "test.yaml"
-    profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
-    key_file = tmp / "api-key"
-    key_file.write_text(tiled_server.api_key + "\n")
     proxy, port_in, port_out = zmq_proxy()
     started = []
 
     def start_serve():
-        started.append(
-            serve_process(profile_file, port_out, tiled_server.uri, key_file, tmp / "data")
-        )
+        started.append(serve_process(profile, port_out, tiled_server, tmp))
         return started[-1]
 
     publisher = Publisher(f"127.0.0.1:{port_in}")

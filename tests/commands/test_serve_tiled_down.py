@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 import zmq
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
@@ -25,14 +24,10 @@ def test_sigterm_with_tiled_down_stops_within_seconds(
     from tiled.client import from_uri
 
     profile = small_profile(photons_per_frame=None, n_points=40, object_px=144)
-    profile_file = tmp_path / "test.yaml"
-    profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
     tiled = start_server_process(tmp_path / "tiled")
-    key_file = tmp_path / "api-key"
-    key_file.write_text(tiled.api_key + "\n")
     data_dir = tmp_path / "data"
     proxy, port_in, port_out = zmq_proxy()
-    serve = serve_process(profile_file, port_out, tiled.uri, key_file, data_dir)
+    serve = serve_process(profile, port_out, tiled, tmp_path)
     publish = Publisher(f"127.0.0.1:{port_in}")
     try:
         serve.wait_for("ptystream serve: ready", timeout=180)
