@@ -70,9 +70,8 @@ class FrameIntake:
     @property
     def probe_defocus_m(self) -> float:
         """The defocus in metres the initial probe was built with (far field): the one the
-        search chose from the first frames, or the nominal one; NaN before the first frames
-        (so also in an engine that resumed from a saved state) and where no defocus applies
-        (near field, a given probe)."""
+        search chose from the first frames, or the nominal one (kept in a saved state); NaN
+        before the first frames and where no defocus applies (near field, a given probe)."""
         return float("nan") if self._initial_defocus_m is None else self._initial_defocus_m
 
     @property
@@ -275,6 +274,7 @@ class FrameIntake:
             "noise": self.noise.to_metadata() if self.noise else None,
             "orientation": self.orientation.to_metadata() if self.orientation else None,
             "input_warnings": list(self.input_warnings),
+            "initial_defocus_m": self._initial_defocus_m,
         }
         return {"positions_m": self._positions_m.copy()}, meta
 
@@ -287,6 +287,7 @@ class FrameIntake:
         orientation = meta.get("orientation")  # states saved before the check lack it
         self.orientation = OrientationCheck.from_metadata(orientation) if orientation else None
         self.input_warnings = tuple(meta.get("input_warnings", ()))
+        self._initial_defocus_m = meta.get("initial_defocus_m")  # older states lack it: NaN
         self._n_frames = meta["n_frames"]
         self._pending.clear()
         self._pending.extend(meta["pending"])
