@@ -7,6 +7,7 @@ told the truth, and against our mPIE.
     .venv/bin/python benchmarks/robustness.py --only farfield  # one propagation
     .venv/bin/python benchmarks/robustness.py --case ff-spiral --case nf-noise-0
     .venv/bin/python benchmarks/robustness.py --report benchmarks/results/robustness.json
+    .venv/bin/python benchmarks/robustness.py --case ff-base --budget 300 --every 5  # |C| curve
 
 Issue 16, point 5. Two base scans, and around each one factor changed at a time (:data:`CASES`,
 every seed kept here, so one command regenerates every case):
@@ -52,6 +53,13 @@ every run of a problem), bounding box plus 16 px, and the flat object's |C| on t
 
 Targets (issue 16): shipped |C| >= 0.9 x oracle |C| at 30, 60 and 120 s; shipped |C| above
 the flat object's; shipped at 30 s >= mPIE at 120 s.
+
+``--budget S`` runs ``refine(seconds=S)`` instead (marks 30, 60, 120 s up to S, and S), and
+``--every S`` also keeps an estimate every S seconds, scored after the run into each run's
+``curve`` (time, passes, |C|), ``drop`` (its best |C| minus the lowest after it; issue 16
+point 3: at most 0.005 over 300 s) and ``dip`` (the largest fall below the best so far, a
+passing one too), plotted against time in ``robustness_curve.png`` (named as
+the JSON file).
 
 Writes ``benchmarks/results/robustness.json`` and ``benchmarks/figures/robustness.png``
 (``--quick``: ``results/robustness_quick.json`` and ``results/robustness_quick.png``; with
@@ -267,7 +275,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     start_estimate = engine.estimate()
 
     marks = list(spec["marks_s"])
+    every = spec.get("every_s")
     kept: list[tuple[float, int, Any]] = []  # (time, passes, estimate)
+    sampled: list[tuple[float, int, Any]] = []  # every ``every`` seconds, for the curve
     passes = [0]
     t0 = time.perf_counter()
 
@@ -276,6 +286,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         elapsed = time.perf_counter() - t0
         while len(kept) < len(marks) - 1 and elapsed >= marks[len(kept)]:
             kept.append((elapsed, i + 1, engine.estimate()))
+        if every and elapsed >= every * (len(sampled) + 1):
+            sampled.append((elapsed, i + 1, engine.estimate()))
 
     cpu0 = time.process_time()
     engine.refine(seconds=spec["budget_s"], on_epoch=on_epoch)
@@ -290,6 +302,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         s = _engine_runs.score(problem, estimate, crop_margin_px=SCORE_MARGIN_PX)
         scores.append({"mark_s": mark, "time_s": at_s, "passes": n_passes, **s})
     start = _engine_runs.score(problem, start_estimate, crop_margin_px=SCORE_MARGIN_PX)
+    curve = [
+        (at_s, n_passes, _engine_runs.score(problem, e, crop_margin_px=SCORE_MARGIN_PX)["abs_c"])
+        for at_s, n_passes, e in [*sampled, (wall, passes[0], final)]
+    ]
     noise = final.noise if isinstance(final.noise, dict) else None
     return {
         "method": method,
@@ -307,6 +323,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "start_abs_c": start["abs_c"],
         "flat_abs_c": start["flat_abs_c"],
         "scores": scores,
+        "curve": curve if every else None,
+        "drop": _drop([c for _, _, c in curve]) if every else None,
+        "dip": _dip([c for _, _, c in curve]) if every else None,
         "noise": noise,
         "distance_m": float(final.distance_m),
         # what the engine reports, where this version of it does (getattr: the engine changes)
@@ -314,6 +333,17 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "training": getattr(final, "training", None),
         "warnings": list(getattr(final, "warnings", ()) or ()),
     }
+
+
+def _drop(values: list[float]) -> float:
+    """The best value minus the lowest one after it (0: it never fell from its best)."""
+    best = int(np.argmax(values))
+    return float(values[best] - min(values[best:]))
+
+
+def _dip(values: list[float]) -> float:
+    """The largest fall below the best value so far (a passing dip counts too)."""
+    return float(np.max(np.maximum.accumulate(values) - values))
 
 
 def _number(value: Any) -> float | None:
@@ -324,7 +354,9 @@ def _number(value: Any) -> float | None:
 # -- orchestration ---------------------------------------------------------------------------
 
 
-def run_case(name: str, case: Case, budget_s: float, marks: tuple, done: dict) -> dict:
+def run_case(
+    name: str, case: Case, budget_s: float, marks: tuple, done: dict, every_s: float | None = None
+) -> dict:
     """The three methods on ``case``; an oracle already run on the same frames is reused."""
     out: dict[str, Any] = {"name": name, "case": dataclasses.asdict(case), "runs": {}}
     for method in METHODS:
@@ -338,6 +370,7 @@ def run_case(name: str, case: Case, budget_s: float, marks: tuple, done: dict) -
             "method": method,
             "budget_s": budget_s,
             "marks_s": list(marks),
+            "every_s": every_s,
         }
         t = time.perf_counter()
         try:
@@ -352,9 +385,12 @@ def run_case(name: str, case: Case, budget_s: float, marks: tuple, done: dict) -
             done[key] = r
         if "scores" in r:
             cs = " ".join(f"{s['abs_c']:.3f}" for s in r["scores"])
+            drop = ""
+            if r.get("drop") is not None:
+                drop = f", fell {r['drop']:.4f} from its best (dips to {r['dip']:.4f} below)"
             print(
                 f"  {name} {method}: |C| {cs} (flat {r['flat_abs_c']:.3f}), "
-                f"{r['passes']} passes, {r['child_s']:.0f} s",
+                f"{r['passes']} passes, {r['child_s']:.0f} s{drop}",
                 flush=True,
             )
     return out
@@ -520,6 +556,28 @@ def plot(results: dict, path) -> None:
     plt.close(fig)
 
 
+def plot_curves(results: dict, path) -> None:
+    """|C| against time of every run with a curve (``--every``), one panel per case."""
+    cases = [c for c in results["cases"] if any(r.get("curve") for r in c["runs"].values())]
+    if not cases:
+        return
+    plt = _harness.pyplot()
+    fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 4), squeeze=False)
+    for ax, case in zip(axes[0], cases, strict=True):
+        for method, r in case["runs"].items():
+            if r.get("curve"):
+                t, _, c = zip(*r["curve"], strict=True)
+                ax.plot(t, c, label=f"{method} (fell {r['drop']:.3f} from its best)")
+        ax.set_title(case["name"])
+        ax.set_xlabel("refine time (s)")
+        ax.set_ylabel("|C| (true lit region)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _harness.parser(
         __doc__, quick=f"smoke run: {', '.join(QUICK)}, {QUICK_BUDGET_S:g} s runs"
@@ -532,6 +590,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", choices=["farfield", "nearfield"], help="one propagation")
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="these cases")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        help=f"seconds of each run (default {BUDGET_S:g}; quick "
+        f"{QUICK_BUDGET_S:g}); marks at 30, 60, 120 s up to it, and at it",
+    )
+    parser.add_argument(
+        "--every",
+        type=float,
+        help="also score an estimate every this many seconds: the |C| "
+        "curve against time (robustness_curve.png) and its fall from its best",
+    )
     args = parser.parse_args(argv)
     if args.report:
         return _harness.report(args.report, format_table)
@@ -542,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in names if n.startswith(args.only[0] + "f-")]
     budget = QUICK_BUDGET_S if args.quick else BUDGET_S
     marks = QUICK_MARKS_S if args.quick else MARKS_S
+    if args.budget:
+        budget = args.budget
+        marks = (*(m for m in MARKS_S if m < budget), budget)
     results: dict[str, Any] = {
         "quick": args.quick,
         "machine": {
@@ -551,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "budget_s": budget,
         "marks_s": list(marks),
+        "every_s": args.every,
         "profiles": PROFILES,
         "engine_seed": ENGINE_SEED,
         "cases": [],
@@ -560,13 +634,17 @@ def main(argv: list[str] | None = None) -> int:
     done: dict = {}
     for name in names:
         print(f"{name}: {CASES[name]}", flush=True)
-        results["cases"].append(run_case(name, CASES[name], budget, marks, done))
+        results["cases"].append(run_case(name, CASES[name], budget, marks, done, args.every))
         results["total_s"] = time.perf_counter() - t0
         _harness.write_json(results, path, announce=False)  # save as it goes
     results["load_average_at_end"] = os.getloadavg()
     out = _harness.output_dir(args.quick) / f"{path.stem}.png"  # named as the JSON
     plot(results, out)
     print(f"wrote {out}")
+    if args.every:
+        curves = out.with_name(f"{path.stem}_curve.png")
+        plot_curves(results, curves)
+        print(f"wrote {curves}")
     return _harness.finish(results, format_table, path)
 
 

@@ -270,11 +270,20 @@ class EngineSettings(BaseModel):
     """Frames per optimiser step (a fixed shape, padded with a validity mask)."""
     object_learning_rate: float = Field(0.1, gt=0)
     """Adam learning rate of the object's real and imaginary parts (data normalised to max 1)."""
-    tv_weight: float = Field(3e-4, ge=0)
+    tv_weight: float = Field(1e-3, ge=0)
     """Weight of the object's total variation (on the patches of each batch) against noise
-    over-fitting; 0 disables it. Relative to the data loss, whose scale depends on ``loss``:
-    the default suits ``amplitude``. On a scan at 500 counts peak with read noise 10 it kept |C|
-    at 0.997 over 100 passes where 0 fell from 0.97 to 0.91; on clean data it costs < 0.001."""
+    over-fitting, for frames with ``tv_reference_photons`` photons at their maximum; 0
+    disables it. Relative to the data loss, whose scale depends on ``loss``: the default suits
+    ``amplitude``. AD engine: the weight used is this times ``tv_reference_photons`` over the
+    photons at the first frames' maximum, from 0.3 to 10 times: tied to the noise (3e-4 on
+    clean data, as before; 1e-3 at 500 photons; 5e-3 at 100), so that one setting serves. On
+    benchmarks/robustness.py's far-field base scan (500 counts peak, read noise 10) over 4000
+    passes (a 300 s run), a fixed 3e-4 let |C| fall from 0.986 to 0.941; the tied weight
+    ended at 0.985, 0.002 below its best."""
+    tv_reference_photons: float = Field(500.0, ge=0)
+    """AD engine: the photons at the frames' maximum that ``tv_weight`` is set for; the weight
+    scales with this over the frames' (fewer photons, more noise, more weight); 0: the weight
+    is used as it is, whatever the noise."""
     probe_learning_rate: float = Field(0.02, ge=0)
     """Adam learning rate of the probe; 0 keeps the probe fixed."""
     probe_start_step: int = Field(0, ge=0)
@@ -302,7 +311,11 @@ class EngineSettings(BaseModel):
     (:mod:`ptystream.engine.guard`); 0 (the default for now) fits every pixel, without the
     stop. 0.05 stopped the decline on a scan without TV (|C| 0.963 kept against 0.903 after 150
     passes), but on benchmarks/robustness.py's base case it stopped too early (0.954 against
-    0.986 without it), so it is not on by default yet."""
+    0.986 without it), so it is not on by default: the noise-tied ``tv_weight`` is what keeps
+    quality from falling with time. On that case over 4000 passes (TV 3e-4) the held-out
+    misfit was lowest at pass 48 (|C| 0.963) while |C| rose to 0.986 by pass 300: the pixels
+    measure gross over-fitting (their misfit rose 14 % as |C| fell to 0.938) but cannot pick
+    the best state at this noise."""
     early_stop_patience: int = Field(10, ge=0)
     """AD engine: a refinement (the final passes, ``reconstruct``, ``reprocess``) ends when the
     held-out misfit has not improved (by 0.1 %) for this many passes, and keeps the pass where

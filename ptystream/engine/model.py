@@ -373,7 +373,9 @@ class Detection:
     :meth:`use` once the noise model is known); ``offset`` (a variable, normalised
     units) is the variance offset ``3/8 + sigma^2`` of the amplitude loss; ``pixel_mask``
     ``(n, n)`` is 1 where a pixel enters the loss (ifftshifted like the frames). The total
-    variation of each slice's windows, times ``tv_weight``, is added against over-fitting noise.
+    variation of each slice's windows, times ``tv_weight`` (times the factor of
+    :meth:`scale_tv`, which the engine ties to the frames' noise), is added against
+    over-fitting noise.
 
     With ``coarse``, :attr:`blur_px` (a variable, detector pixels) low-passes the predicted and
     the measured intensities alike by a Gaussian of that sigma before the loss (masked pixels
@@ -391,8 +393,10 @@ class Detection:
         *,
         coarse: bool = False,
     ):
-        self._kind, self._offset, self._tv = kind, offset, tv_weight
+        self._kind, self._offset, self._tv_weight = kind, offset, tv_weight
         self._chosen: LossKind | None = None  # for ``auto``, once the frames have said
+        # a variable, so that the weight can follow the noise measured after compiling
+        self._tv = tf.Variable(tv_weight, trainable=False) if tv_weight > 0 else None
         self._mask = tf.constant(pixel_mask, tf.float32)
         self.blur_px = tf.Variable(0.0, trainable=False) if coarse else None
         n = pixel_mask.shape[-1]
@@ -416,6 +420,17 @@ class Detection:
             self._chosen = kind
         elif kind != self._kind:
             raise ValueError(f"the loss is {self._kind}, not {kind}")
+
+    def scale_tv(self, factor: float) -> None:
+        """Set the total variation's weight to ``tv_weight`` times ``factor`` (a weight of 0
+        stays 0)."""
+        if self._tv is not None:
+            self._tv.assign(self._tv_weight * factor)
+
+    @property
+    def tv_weight(self) -> float:
+        """The total variation's weight in use."""
+        return 0.0 if self._tv is None else float(self._tv.numpy())
 
     def _data_loss(
         self, predicted: tf.Tensor, measured: tf.Tensor, valid: tf.Tensor, mask: tf.Tensor
@@ -455,7 +470,7 @@ class Detection:
             misfit = self._data_loss(predicted, measured, valid, self._mask * (1.0 - held))
             check = self._data_loss(predicted, measured, valid, self._mask * held)
         loss = misfit
-        if self._tv > 0:
+        if self._tv is not None:
             for window in windows:
                 loss += self._tv * forward.total_variation(window, valid)
         return loss, misfit, check
