@@ -355,11 +355,18 @@ def _number(value: Any) -> float | None:
 
 
 def run_case(
-    name: str, case: Case, budget_s: float, marks: tuple, done: dict, every_s: float | None = None
+    name: str,
+    case: Case,
+    budget_s: float,
+    marks: tuple,
+    done: dict,
+    every_s: float | None = None,
+    methods: tuple[str, ...] = METHODS,
 ) -> dict:
-    """The three methods on ``case``; an oracle already run on the same frames is reused."""
+    """The ``methods`` (all three by default) on ``case``; an oracle already run on the same
+    frames is reused."""
     out: dict[str, Any] = {"name": name, "case": dataclasses.asdict(case), "runs": {}}
-    for method in METHODS:
+    for method in methods:
         key = (case.data_key(), "oracle") if method == "oracle" else None
         if key is not None and key in done:
             out["runs"][method] = {**done[key], "shared_with": done[key]["case_name"]}
@@ -602,9 +609,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also score an estimate every this many seconds: the |C| "
         "curve against time (robustness_curve.png) and its fall from its best",
     )
+    parser.add_argument(
+        "--method", action="append", choices=METHODS, help="these methods only (default all)"
+    )
     args = parser.parse_args(argv)
     if args.report:
         return _harness.report(args.report, format_table)
+    methods = tuple(m for m in METHODS if m in args.method) if args.method else METHODS
     names = list(QUICK if args.quick else (CASES if args.grid == "full" else CORE))
     if args.case:
         names = [n for n in CASES if n in args.case]
@@ -634,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     done: dict = {}
     for name in names:
         print(f"{name}: {CASES[name]}", flush=True)
-        results["cases"].append(run_case(name, CASES[name], budget, marks, done, args.every))
+        case = run_case(name, CASES[name], budget, marks, done, args.every, methods)
+        results["cases"].append(case)
         results["total_s"] = time.perf_counter() - t0
         _harness.write_json(results, path, announce=False)  # save as it goes
     results["load_average_at_end"] = os.getloadavg()

@@ -279,7 +279,10 @@ class EngineSettings(BaseModel):
     clean data, as before; 1e-3 at 500 photons; 5e-3 at 100), so that one setting serves. On
     benchmarks/robustness.py's far-field base scan (500 counts peak, read noise 10) over 4000
     passes (a 300 s run), a fixed 3e-4 let |C| fall from 0.986 to 0.941; the tied weight
-    ended at 0.985, 0.002 below its best."""
+    ended at 0.985, 0.002 below its best. With ``slices`` S > 1 each slice's windows get the
+    weight over S (the term is summed over the slices): on benchmarks/multislice.py's scans
+    (500 counts), 1e-3 on each slice gave per-layer |C| 0.920 / 0.929 for two layers and
+    0.761 / 0.704 / 0.879 for three; divided, 0.940 / 0.940 and 0.878 / 0.892 / 0.949."""
     tv_reference_photons: float = Field(500.0, ge=0)
     """AD engine: the photons at the frames' maximum that ``tv_weight`` is set for; the weight
     scales with this over the frames' (fewer photons, more noise, more weight); 0: the weight

@@ -125,6 +125,11 @@ def test_total_variation_follows_the_noise(noisy_scan):
     assert engine._model.detection.tv_weight == pytest.approx(3e-4, rel=1e-5)  # the floor
     fixed, _ = _curve(clean, 0, tv_weight=2e-4, tv_reference_photons=0)
     assert fixed._model.detection.tv_weight == pytest.approx(2e-4)
+    settings = EngineSettings(slices=2, slice_spacing_m=20e-6)
+    thick = make_engine(EngineSetup(clean.geometry, settings, clean.plan))
+    thick.add_frames(clean.frames, clean.positions_m)
+    # summed over the slices, so shared among them: a thick sample is held as a thin one
+    assert thick._model.detection.tv_weight == pytest.approx(3e-4 / 2, rel=1e-5)
     dim = far_field_problem(128, 16, seed=0, peak_counts=5.0, read_noise_counts=0.0)
     engine, _ = _curve(dim, 0)
     assert engine._model.detection.tv_weight == pytest.approx(1e-2, rel=1e-5)  # at most 10 x
