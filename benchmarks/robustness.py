@@ -143,8 +143,7 @@ CASES: dict[str, Case] = {
     "nf-overlap-40": dataclasses.replace(_NF, overlap=0.4),
     "nf-overlap-80": dataclasses.replace(_NF, overlap=0.8),
 }
-#: The default run: 19 runs (two oracles shared), 21 min measured, since the AD engine stops
-#: itself early; at most about 45 min if every run used its 120 s.
+#: The default run: 19 runs (two oracles shared), each using its 120 s: 41 min measured.
 CORE = (
     "ff-base",
     "ff-photons-50",
