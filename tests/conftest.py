@@ -9,6 +9,7 @@ the fixtures, so collecting a test loads only what it uses.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -23,6 +24,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # should fail fast (read by tiled at import).
 os.environ.setdefault("TILED_RETRY_ATTEMPTS", "2")
 os.environ.setdefault("TILED_RETRY_TIMEOUT", "2")
+# The commands the tests start must see Ctrl-C as from a terminal. Run as a background job of a
+# non-interactive shell (`make test &`), pytest inherits SIGINT ignored and so would they: a
+# SIGINT sent by a test was then lost and the command ran to its end (seen once, 120 s timeout).
+# Caught here, the signal is back to its default in every process started from now on.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from ptystream.config import Profile, load_profile  # noqa: E402
 
