@@ -62,7 +62,8 @@ def noisy_scan():
     return far_field_problem(128, 80, seed=0)
 
 
-def _run(problem, passes, **settings):
+def _engine(problem, **settings):
+    """An AD engine with ``settings`` for ``problem``, given all its frames."""
     engine = make_engine(
         EngineSetup(
             problem.geometry,
@@ -72,6 +73,11 @@ def _run(problem, passes, **settings):
         )
     )
     engine.add_frames(problem.frames, problem.positions_m)
+    return engine
+
+
+def _run(problem, passes, **settings):
+    engine = _engine(problem, **settings)
     engine.refine(passes)
     estimate = engine.estimate(final=True)
     return estimate, score_over(estimate, problem.truth, problem.lit_mask(estimate))[0].abs_c
@@ -90,15 +96,7 @@ def test_held_out_pixels_stop_the_decline_with_time(noisy_scan):
 
 def _curve(problem, passes, every=5, **settings):
     """|C| every ``every`` passes of ``refine(passes)``, the final one last, and the engine."""
-    engine = make_engine(
-        EngineSetup(
-            problem.geometry,
-            EngineSettings.model_validate(settings),
-            problem.plan,
-            probe_defocus_m=problem.probe_defocus_m,
-        )
-    )
-    engine.add_frames(problem.frames, problem.positions_m)
+    engine = _engine(problem, **settings)
     kept = []
 
     def keep(i, _loss):
