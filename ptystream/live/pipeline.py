@@ -95,17 +95,19 @@ class _LiveRun:
     def ready(self, pairs: PairedFrames | None) -> PairedFrames | None:
         """What to add to the engine now: the first frames are held back and added together,
         because the engine fits its noise model, searches the probe's defocus and checks the
-        positions' orientation on the frames it is first given. They are held until there are
-        :data:`_FIRST_FRAMES` and (unless ``instrument.orientation`` is ``off``) their
-        positions spread along both axes, which a raster's first line does not
-        (:func:`~ptystream.engine.orientation.can_judge`), or :data:`_MOST_HELD` arrived.
+        positions' orientation on the frames it is first given, and the pre-processing learns
+        from them. They are held until there are :data:`_FIRST_FRAMES` (or the
+        pre-processing's :attr:`~ptystream.preprocess.Preprocessor.frames_to_fit`) and
+        (unless ``instrument.orientation`` is ``off``) their positions spread along both axes,
+        which a raster's first line does not (:func:`~ptystream.engine.orientation.can_judge`),
+        or :data:`_MOST_HELD` arrived.
         :meth:`flush` hands over what is held at the end of intake."""
         if self.n_frames or (pairs is None and not self._first):
             return pairs
         if pairs is not None:
             self._first.append(pairs)
         held = sum(len(p) for p in self._first)
-        if held < _FIRST_FRAMES:
+        if held < max(_FIRST_FRAMES, self.prep.frames_to_fit):
             return None
         if held < _MOST_HELD and self.prep.needs_dark and not self._darks:
             return None
@@ -195,7 +197,8 @@ class _LiveRun:
 
 
 #: Frames the engine is first given at once (its noise model and probe defocus search use
-#: them; the search needs at least 8 and uses 20).
+#: them; the search needs at least 8 and uses 20); more where the pre-processing learns from
+#: the first frames (:attr:`~ptystream.preprocess.Preprocessor.frames_to_fit`).
 _FIRST_FRAMES = 20
 #: Most frames held for the orientation check to see both axes (then it runs on what it has).
 _MOST_HELD = 300

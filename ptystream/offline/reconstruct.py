@@ -47,16 +47,11 @@ def geometry_for(scan: ScanFile, profile: Profile) -> Geometry:
     )
 
 
-#: Frames the pre-processing learns the detector from (its centre, bad pixels) offline; live,
-#: the first frames held back for the engine's start-up checks (20 to 300).
-FIT_FRAMES = 100
-
-
 def preprocess_scan(
     scan: ScanFile, profile: Profile, *, dark: np.ndarray | None = None
 ) -> tuple[ScanFile, dict[str, Any]]:
     """The scan as the engine sees it after the profile's ``preprocess`` (the steps the live
-    pipeline takes, fitted on the first :data:`FIT_FRAMES` frames), and what was done
+    pipeline takes, fitted on the same first frames), and what was done
     (:meth:`~ptystream.preprocess.Preprocessor.report`, with ``rejected_saturated``).
 
     The file's own mask is kept; ``dark`` is the dark of a ``preprocess.dark_stream`` (read
@@ -73,7 +68,7 @@ def preprocess_scan(
             prep.warnings.append(
                 f"preprocess: no dark frame of stream {stream!r}: the dark is not subtracted"
             )
-    prep.fit(scan.frames[:FIT_FRAMES])
+    prep.fit(scan.frames)
     prepared = prep.apply(scan.frames)
     keep = ~prepared.saturated
     report = prep.report() | {"rejected_saturated": int(np.count_nonzero(~keep))}

@@ -21,6 +21,7 @@ from ptystream.live.pipeline import LivePipeline
 from ptystream.metrics import score_against_truth
 from ptystream.offline.jobs import tiled_jobs
 from ptystream.offline.task import reprocess_one
+from ptystream.preprocess import FIT_FRAMES
 from ptystream.sim.detector import RawDetector
 from ptystream.sim.plans import ptycho_scan
 from ptystream.sim.scan import build_simulation
@@ -106,6 +107,8 @@ def test_reprocessed_from_the_raw_run_the_same_way(tiled_client, tiled_server, s
     )
     report = reprocess_one(jobs[0])
     assert report.status == "finished", report.error
+    # fitted on the same first frames, however the live batches arrived: the same window
+    assert report.preprocess["fit_frames"] == result.preprocess["fit_frames"] == FIT_FRAMES
     assert report.preprocess["window"] == result.preprocess["window"]
     assert report.preprocess["sources"] == {"dark": "stream 'dark'"}
     assert report.preprocess["masked_px"] == result.preprocess["masked_px"] | {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ptystream.config import PreprocessSettings, load_profile
-from ptystream.preprocess import PreprocessError, Preprocessor
+from ptystream.preprocess import FIT_FRAMES, PreprocessError, Preprocessor
 from ptystream.sim.detector import RawDetector
 
 N = 64
@@ -161,3 +161,25 @@ def test_a_window_beyond_the_camera_is_masked_and_said(camera):
     assert not prep.valid_pixels[: N // 2 - 5].any() and prep.valid_pixels[N // 2 - 5 :].all()
     (warning,) = prep.warnings
     assert "reaches beyond the 96 x 112 detector" in warning
+
+
+def test_the_fit_learns_from_the_first_fit_frames_only(camera):
+    """Live, the first batch's size depends on timing; offline the whole scan is there. Both fit
+    on the first FIT_FRAMES, so both cut the same window: frames beyond them, here with their
+    pattern moved 6 px, change nothing."""
+    raw, patterns, _ = camera
+    rng = np.random.default_rng(3)
+    moved = np.roll(window_patterns(rng, n_frames=FIT_FRAMES), (6, 6), axis=(1, 2))
+    first = np.stack([raw.record(p) for p in window_patterns(rng, n_frames=FIT_FRAMES)])
+    later = np.stack([raw.record(p) for p in moved])
+    alone, more = Preprocessor(settings()), Preprocessor(settings())
+    assert alone.frames_to_fit == FIT_FRAMES
+    alone.fit(first)
+    more.fit(np.concatenate([first, later]))
+    assert more.report() == alone.report()
+    assert more.report()["fit_frames"] == FIT_FRAMES
+    # nothing learned from the frames (a centre given, no pixel search): nothing to wait for
+    assert (
+        Preprocessor(settings(centre=CENTRE, hot_pixel_sigma=None, dead_pixels=False)).frames_to_fit
+        == 1
+    )
