@@ -270,23 +270,25 @@ class EngineSettings(BaseModel):
     """Frames per optimiser step (a fixed shape, padded with a validity mask)."""
     object_learning_rate: float = Field(0.1, gt=0)
     """Adam learning rate of the object's real and imaginary parts (data normalised to max 1)."""
-    tv_weight: float = Field(1e-3, ge=0)
+    tv_weight: float = Field(3e-4, ge=0)
     """Weight of the object's total variation (on the patches of each batch) against noise
     over-fitting, for frames with ``tv_reference_photons`` photons at their maximum; 0
     disables it. Relative to the data loss, whose scale depends on ``loss``: the default suits
-    ``amplitude``. AD engine: the weight used is this times ``tv_reference_photons`` over the
-    photons at the first frames' maximum, from 0.3 to 10 times: tied to the noise (3e-4 on
-    clean data, as before; 1e-3 at 500 photons; 5e-3 at 100), so that one setting serves. On
-    benchmarks/robustness.py's far-field base scan (500 counts peak, read noise 10) over 4000
-    passes (a 300 s run), a fixed 3e-4 let |C| fall from 0.986 to 0.941; the tied weight
-    ended at 0.985, 0.002 below its best. With ``slices`` S > 1 each slice's windows get the
-    weight over S (the term is summed over the slices): on benchmarks/multislice.py's scans
-    (500 counts), 1e-3 on each slice gave per-layer |C| 0.920 / 0.929 for two layers and
-    0.761 / 0.704 / 0.879 for three; divided, 0.940 / 0.940 and 0.878 / 0.892 / 0.949."""
+    ``amplitude``. AD engine: the weight used is this times the square root of
+    ``tv_reference_photons`` over the photons at the first frames' maximum, from 1 to 10
+    times: tied to the noise (3e-4 from 500 photons up, 7.8e-4 at 73), so that one setting
+    serves. The probe's power is held once per pass (the object and probe trade a factor the
+    data cannot see, and the total variation pulled the object down along it until the fit
+    blew up). Measured with it on benchmarks/robustness.py's far-field scans over 300 s: at 500
+    counts peak (read noise 10) 3e-4 reached |C| 0.986 in 25 s and ended 0.0001 below its best
+    (0.987), where 1e-3 held at 0.974; at 50 counts peak 6.8e-4 rose without falling to 0.867,
+    where 2e-3, 5e-3 and 1e-2 peaked at 0.802, 0.753 and 0.741 and then fell by 0.02-0.03.
+    With ``slices`` S > 1 each slice's windows get the weight over S (the term is summed over
+    the slices)."""
     tv_reference_photons: float = Field(500.0, ge=0)
     """AD engine: the photons at the frames' maximum that ``tv_weight`` is set for; the weight
-    scales with this over the frames' (fewer photons, more noise, more weight); 0: the weight
-    is used as it is, whatever the noise."""
+    scales with the square root of this over the frames' (fewer photons, more noise, more
+    weight); 0: the weight is used as it is, whatever the noise."""
     probe_learning_rate: float = Field(0.02, ge=0)
     """Adam learning rate of the probe; 0 keeps the probe fixed."""
     probe_start_step: int = Field(0, ge=0)

@@ -41,9 +41,9 @@ logger = logging.getLogger(__name__)
 
 _DEFAULT_CAPACITY = 256
 #: The total variation's weight is at least and at most these times ``settings.tv_weight``
-#: however many or few the photons (:meth:`ADEngine._tv_factor`). The floor keeps the weight of
-#: before (3e-4) on clean data: it also steadies the near field, whatever the noise.
-TV_MIN_FACTOR = 0.3
+#: however many or few the photons (:meth:`ADEngine._tv_factor`). The floor keeps 3e-4 on clean
+#: data: it also steadies the near field, whatever the noise.
+TV_MIN_FACTOR = 1.0
 TV_MAX_FACTOR = 10.0
 
 
@@ -129,6 +129,8 @@ class ADEngine(FrameIntake):
         self._searching = False
         self._report = GuardReport()
         self._last_good: dict[str, np.ndarray] | None = None
+        self._unconfirmed: dict[str, np.ndarray] | None = None  # last_good once steps follow
+        self._probe_power: float | None = None  # held once per pass; None: the probe's own
         self._step_fns: dict[LossKind, Any] = {}  # compiled steps by loss kind
 
     # -- public API -----------------------------------------------------------------------
@@ -218,10 +220,14 @@ class ADEngine(FrameIntake):
         if not np.isfinite(losses).all():
             self._report.diverged("not finite", f"step {self._iteration}")
             self._fall_back(self._last_good)
+            self._unconfirmed = None
             return float(np.mean(losses))
         self._since_regularised += n_steps * self.settings.batch_size
         if self._since_regularised >= self._n_frames:  # about once per pass's worth of frames
-            self._last_good = self._weights()
+            # the state kept a pass's worth of steps ago: these steps, begun from it, were finite
+            if self._unconfirmed is not None:
+                self._last_good = self._unconfirmed
+            self._unconfirmed = self._weights()
             self._regularise()
         return float(np.mean(losses))
 
@@ -279,11 +285,11 @@ class ADEngine(FrameIntake):
             misfit = float(np.mean(self._misfit))
             held = float(np.mean(self._held)) if holding else misfit
             verdict = guard.after_pass(misfit, held, self._weights, judge=not self._coarse())
-            if verdict == "diverged":
+            if verdict in ("diverged", "give up"):
                 self._fall_back(guard.last_good)
-            elif verdict == "stop":
+            if verdict in ("stop", "give up"):
                 break
-        self._last_good = guard.last_good
+        self._last_good, self._unconfirmed = guard.last_good, None
         if guard.report.stopped_early and guard.best is not None:
             self._set_weights(guard.best)  # the pass where the held-out misfit was lowest
         return loss
@@ -291,6 +297,7 @@ class ADEngine(FrameIntake):
     def snapshot(self) -> EngineState:
         """The whole state (variables, optimiser moments, frames, bookkeeping) as numpy copies."""
         arrays, meta = self._bookkeeping()
+        meta["probe_power"] = self._probe_power
         arrays |= {name: var.numpy() for name, (_, var) in self._state_variables().items()}
         arrays["loss"] = np.asarray(self._loss, dtype=np.float64).reshape(-1, 2)
         return EngineState(arrays, meta)
@@ -312,6 +319,7 @@ class ADEngine(FrameIntake):
                 _put(*place, tf.Variable(value, trainable=var.trainable))
                 reshaped = True
         self._restore_bookkeeping(state)
+        self._probe_power = state.meta.get("probe_power")  # older states: the probe's own
         if self.noise is not None:
             self._use_noise_model()
         self._loss = [(int(i), float(v)) for i, v in state.arrays["loss"]]
@@ -503,27 +511,27 @@ class ADEngine(FrameIntake):
         self._holding.assign(self._holding_wanted())
 
     def _tv_factor(self) -> float:
-        """What ``settings.tv_weight`` is multiplied by: ``tv_reference_photons`` over the
-        photons at the first frames' maximum (the normalisation), within
-        [:data:`TV_MIN_FACTOR`, :data:`TV_MAX_FACTOR`]; 1 when ``tv_reference_photons`` is 0.
+        """What ``settings.tv_weight`` is multiplied by: the square root of
+        ``tv_reference_photons`` over the photons at the first frames' maximum (the
+        normalisation), within [:data:`TV_MIN_FACTOR`, :data:`TV_MAX_FACTOR`]; 1 when
+        ``tv_reference_photons`` is 0.
 
-        The data misfit's noise floor in the engine's normalised units is about
-        ``g / (4 scale)`` (``g`` counts per photon; the variance of a variance-stabilised
-        amplitude is 1/4 photon), so the weight keeps the same balance against the noise the
-        fit can over-fit. Measured on benchmarks/robustness.py's far-field base scan (500
-        counts peak, read noise 10) over 4000 passes (a 300 s run): weight 3e-4 let |C| fall
-        from 0.986 to 0.941 as the rates decayed, the tied weight (9.9e-4) ended at 0.985, its
-        best 0.987. The floor: on the near-field scan at 1e5 counts peak, a weight of 3e-6
-        (the ratio alone) ended at |C| 0.796 against 0.827 at 3e-4 after 130 passes; the total
-        variation also steadies what the near field leaves ill-posed, noise or not. Not
-        solved: at 50 counts peak (read noise 10) the tied weight (6.8e-3) still let |C| fall
-        from 0.823 (pass 600) to 0.705 (pass 4000), and at read noise 20 (500 counts) passes
-        at full rate dip by up to 0.013 for a few passes."""
+        Fewer photons, more noise the fit can over-fit, more weight; but less than in
+        proportion (the data misfit's noise floor, ``g / (4 scale)`` in the engine's normalised
+        units): with the probe's power held (:meth:`_regularise`), on
+        benchmarks/robustness.py's far-field scans over 300 s, 3e-4 ended 0.0001 below its best
+        |C| (0.987) at 500 counts peak, and at 50 counts peak (73 photons at the maximum) the
+        weight in proportion (2e-3) peaked at 0.802 and fell by 0.02, 5e-3 and 1e-2 lower still,
+        while 6.8e-4 rose without falling to 0.867 (the square root gives 7.8e-4). The floor:
+        on the near-field scan at 1e5 counts peak, a weight of 3e-6 ended at |C| 0.796 against
+        0.827 at 3e-4 after 130 passes; the total variation also steadies what the near field
+        leaves ill-posed, noise or not."""
         reference = self.settings.tv_reference_photons
         if not reference or self.noise is None or not self._scale:
             return 1.0
         photons = self._scale / self.noise.estimate.counts_per_photon
-        return min(max(reference / max(photons, 1e-12), TV_MIN_FACTOR), TV_MAX_FACTOR)
+        factor = float(np.sqrt(reference / max(photons, 1e-12)))
+        return min(max(factor, TV_MIN_FACTOR), TV_MAX_FACTOR)
 
     def _holding_wanted(self) -> float:
         """1 when pixels are held out: not during a distance search (a restore there must not
@@ -577,8 +585,14 @@ class ADEngine(FrameIntake):
             self._set_weights(weights)
 
     def _regularise(self) -> None:
-        """The sample's regulariser along z (multislice), on the whole stack."""
+        """Once per pass: the probe's power held where it started
+        (:meth:`~ptystream.engine.model.Illumination.hold_power`), and the sample's regulariser
+        along z (multislice), on the whole stack."""
         self._since_regularised = 0
+        illumination = self._model.illumination
+        if self._probe_power is None:  # a state saved before the power was held
+            self._probe_power = illumination.power
+        illumination.hold_power(self._probe_power)
         self._model.sample.regularise()
 
     def _next_batch(self) -> tuple[np.ndarray, np.ndarray]:
@@ -638,6 +652,7 @@ class ADEngine(FrameIntake):
         re, im = self._model.illumination.probe.parts
         re.assign(modes.real)
         im.assign(modes.imag)
+        self._probe_power = float(np.sum(np.abs(modes) ** 2))
 
     def _initial_modes(self, probe: np.ndarray) -> np.ndarray:
         """``(M, N, N)`` starting modes from a probe ``(N, N)`` or modes ``(M', N, N)``, with

@@ -216,3 +216,38 @@ def test_slice_regularisers_keep_the_mean_along_z():
         np.testing.assert_allclose(after.mean(axis=0), values.mean(axis=0), atol=1e-5)
         spread = np.abs(np.diff(values, axis=0)).mean()
         assert np.abs(np.diff(after, axis=0)).mean() < 0.8 * spread
+
+
+def test_holding_the_probe_power_scales_its_adam_moments_inversely():
+    """The object and probe trade a factor the data cannot see; the engine holds the probe's
+    power once per pass. The moments scale as the gradient does (inversely), so Adam's next
+    step, relative to the probe, is what it would have been."""
+    rng = np.random.default_rng(0)
+    illumination = model.Illumination(
+        2,
+        16,
+        4,
+        tf.Variable(0),
+        fresnel=None,
+        subpixel=False,
+        correct_positions=False,
+        max_shift_px=1.0,
+    )
+    probe = illumination.probe
+    for part, adam in zip(probe.parts, probe.adam, strict=True):
+        part.assign(rng.normal(size=part.shape).astype(np.float32))
+        adam.m.assign(rng.normal(size=part.shape).astype(np.float32))
+        adam.v.assign(rng.uniform(0.5, 1.0, size=part.shape).astype(np.float32))
+    pairs = zip(probe.parts, probe.adam, strict=True)
+    before = [(p.numpy(), a.m.numpy(), a.v.numpy()) for p, a in pairs]
+    power = illumination.power
+    illumination.hold_power(4.0 * power)
+    assert illumination.power == pytest.approx(4.0 * power, rel=1e-5)
+    for (value, m, v), part, adam in zip(before, probe.parts, probe.adam, strict=True):
+        assert np.allclose(part.numpy(), 2.0 * value, rtol=1e-6)
+        assert np.allclose(adam.m.numpy(), m / 2.0, rtol=1e-6)
+        assert np.allclose(adam.v.numpy(), v / 4.0, rtol=1e-6)
+        step_before, step_after = m / np.sqrt(v), adam.m.numpy() / np.sqrt(adam.v.numpy())
+        assert np.allclose(step_after, step_before, rtol=1e-5)
+    illumination.hold_power(0.0)  # nothing to hold to: left as it is
+    assert illumination.power == pytest.approx(4.0 * power, rel=1e-5)
