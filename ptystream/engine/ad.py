@@ -27,7 +27,7 @@ from ptystream.engine import forward, initial
 from ptystream.engine.adam import adam_update, sparse_adam_update, values_at
 from ptystream.engine.checkpoint import EngineState, read_state, write_state
 from ptystream.engine.distance import search_distance
-from ptystream.engine.guard import GuardReport, PassGuard, held_out_pixels
+from ptystream.engine.guard import GuardReport, LastGood, PassGuard, held_out_pixels
 from ptystream.engine.intake import FrameIntake
 from ptystream.engine.model import CANVAS, ELEMENTWISE, RATES, Trainable, build_model
 from ptystream.engine.schedule import PassBudget
@@ -128,8 +128,7 @@ class ADEngine(FrameIntake):
         self._holding = tf.Variable(1.0, trainable=False)  # 0: every pixel is fitted
         self._searching = False
         self._report = GuardReport()
-        self._last_good: dict[str, np.ndarray] | None = None
-        self._unconfirmed: dict[str, np.ndarray] | None = None  # last_good once steps follow
+        self._last_good = LastGood()  # for step(); refine()'s guard keeps its own
         self._probe_power: float | None = None  # held once per pass; None: the probe's own
         self._step_fns: dict[LossKind, Any] = {}  # compiled steps by loss kind
 
@@ -219,15 +218,13 @@ class ADEngine(FrameIntake):
         losses = [self._run_batch(*self._next_batch()) for _ in range(n_steps)]
         if not np.isfinite(losses).all():
             self._report.diverged("not finite", f"step {self._iteration}")
-            self._fall_back(self._last_good)
-            self._unconfirmed = None
+            self._fall_back(self._last_good.state)
+            self._last_good.discard()
             return float(np.mean(losses))
         self._since_regularised += n_steps * self.settings.batch_size
         if self._since_regularised >= self._n_frames:  # about once per pass's worth of frames
             # the state kept a pass's worth of steps ago: these steps, begun from it, were finite
-            if self._unconfirmed is not None:
-                self._last_good = self._unconfirmed
-            self._unconfirmed = self._weights()
+            self._last_good.good(self._weights())
             self._regularise()
         return float(np.mean(losses))
 
@@ -255,10 +252,11 @@ class ADEngine(FrameIntake):
         floor = self.settings.final_learning_rate_fraction
         loss = float("nan")
         holding = self._held_every and float(self._holding.numpy()) > 0
+        start = self._last_good.state
         guard = PassGuard(
             self.settings.early_stop_patience if holding else 0,
             report=self._report,
-            last_good=self._last_good if self._last_good is not None else self._weights(),
+            last_good=start if start is not None else self._weights(),
             # coarse to fine: the misfit rises as the blur shrinks, so no ceiling from the start
             ceiling=math.inf if self._coarse() else 2.0 * self._current_loss(),
         )
@@ -289,7 +287,7 @@ class ADEngine(FrameIntake):
                 self._fall_back(guard.last_good)
             if verdict in ("stop", "give up"):
                 break
-        self._last_good, self._unconfirmed = guard.last_good, None
+        self._last_good = LastGood(guard.last_good)
         if guard.report.stopped_early and guard.best is not None:
             self._set_weights(guard.best)  # the pass where the held-out misfit was lowest
         return loss

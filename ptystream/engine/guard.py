@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["MAX_RESTARTS_IN_A_ROW", "GuardReport", "PassGuard", "held_out_pixels"]
+__all__ = ["MAX_RESTARTS_IN_A_ROW", "GuardReport", "LastGood", "PassGuard", "held_out_pixels"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,29 @@ class GuardReport:
         }
 
 
+class LastGood:
+    """The state to put back after a divergence: the one the last good pass *began* from.
+
+    :meth:`good` is called with the state a good pass ends with; that state waits until the
+    next pass is judged good too (a pass's end may already be broken, its mean loss still
+    fine), and :meth:`discard` drops it after a divergence. ``state`` starts as the state to
+    fall back on before the first pass (None: none)."""
+
+    def __init__(self, state: dict[str, np.ndarray] | None = None):
+        self.state = state
+        self._pending: dict[str, np.ndarray] | None = None
+
+    def good(self, end: dict[str, np.ndarray]) -> None:
+        """A good pass ended at ``end``: the state it began from is confirmed."""
+        if self._pending is not None:
+            self.state = self._pending
+        self._pending = end
+
+    def discard(self) -> None:
+        """A divergence: the end of the last pass is not confirmed."""
+        self._pending = None
+
+
 class PassGuard:
     """Judges each pass of a refinement by its training loss and its held-out misfit.
 
@@ -136,8 +159,7 @@ class PassGuard:
         self.report = report if report is not None else GuardReport()
         self.report.passes, self.report.best_pass, self.report.stopped_early = 0, 0, False
         self.best: dict[str, np.ndarray] | None = None
-        self.last_good = last_good
-        self._unconfirmed: dict[str, np.ndarray] | None = None  # the end of the last good pass
+        self._last_good = LastGood(last_good)
         self._in_a_row = 0
         self._best_held = math.inf
         self._since_best = 0
@@ -180,6 +202,11 @@ class PassGuard:
             return "stop"
         return "go on"
 
+    @property
+    def last_good(self) -> dict[str, np.ndarray] | None:
+        """The state the last good pass began from (:class:`LastGood`)."""
+        return self._last_good.state
+
     def _growing(self, loss: float) -> bool:
         """The loss rose in each of the last ``growth_passes`` passes, to more than
         :data:`DIVERGED_FACTOR` times its lowest: a pass's loss also wanders by a few percent
@@ -191,15 +218,13 @@ class PassGuard:
         return rising and loss > DIVERGED_FACTOR * min(self._losses)
 
     def _good(self, state: dict[str, np.ndarray]) -> None:
-        """A good pass: the state it began from is confirmed; its own end waits for the next."""
-        if self._unconfirmed is not None:
-            self.last_good = self._unconfirmed
-        self._unconfirmed, self._in_a_row = state, 0
+        self._last_good.good(state)
+        self._in_a_row = 0
 
     def _diverged(self, what: str) -> Verdict:
         self.report.diverged(what, f"pass {self.report.passes}")
         self._losses.clear()
-        self._unconfirmed = None
+        self._last_good.discard()
         self._in_a_row += 1
         if self._in_a_row >= MAX_RESTARTS_IN_A_ROW:
             self.report.gave_up = True
