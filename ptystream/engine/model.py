@@ -396,9 +396,9 @@ class Detection:
     :meth:`use` once the noise model is known); ``offset`` (a variable, normalised
     units) is the variance offset ``3/8 + sigma^2`` of the amplitude loss; ``pixel_mask``
     ``(n, n)`` is 1 where a pixel enters the loss (ifftshifted like the frames). The total
-    variation of each slice's windows, times ``tv_weight`` (the settings' over the number of
-    slices, times the factor of :meth:`scale_tv`, which the engine ties to the frames' noise),
-    is added against over-fitting noise.
+    variation of each slice's windows, times ``tv_weight`` (the settings', times the factor of
+    :meth:`scale_tv`, which the engine ties to the frames' noise), is added against over-fitting
+    noise.
 
     With ``coarse``, :attr:`blur_px` (a variable, detector pixels) low-passes the predicted and
     the measured intensities alike by a Gaussian of that sigma before the loss (masked pixels
@@ -612,8 +612,7 @@ def build_model(
         LossKind(settings.loss),
         offset,
         pixel_mask,
-        # summed over the slices: divided among them, so a thick sample is held as a thin one
-        settings.tv_weight / settings.slices,
+        settings.tv_weight,  # on each slice: benchmarks/multislice.py measured the shares
         coarse=settings.train_distance and settings.distance_blur_px > 0,
     )
     return ForwardModel(illumination, sample, propagation, detection)
