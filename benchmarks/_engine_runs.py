@@ -69,6 +69,23 @@ def build_engine(problem: Problem, settings: EngineSettings, **changes: Any) -> 
     return make_engine(setup_for(problem, settings, **changes))
 
 
+def full_rate_pass(
+    engine: Engine,
+    settings: EngineSettings,
+    n_frames: int,
+    on_epoch: Callable[[int, float], None],
+) -> None:
+    """One pass over ``n_frames`` at the full learning rates, to time a pass before planning a
+    run whose rates decay over it: AD a pass's worth of ``step()`` (its ``refine`` also
+    measures the misfit it starts from, about one more pass, so timing ``refine(1)`` plans
+    about half the passes a budget buys), PIE ``refine(1)``. ``on_epoch`` is called once."""
+    if settings.algorithm == "ad":
+        engine.step(math.ceil(n_frames / settings.batch_size))
+        on_epoch(0, float("nan"))
+    else:
+        engine.refine(1, on_epoch=on_epoch)
+
+
 def score(problem: Problem, estimate: Estimate, crop_margin_px: int | None = None) -> dict:
     """|C|, amplitude and phase r of ``estimate`` over the pixels the *true* probe lights
     (:meth:`Problem.lit_mask`, the same for every run of a problem), the flat object's |C|

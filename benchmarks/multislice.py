@@ -40,7 +40,6 @@ Writes ``benchmarks/results/multislice.json`` and ``benchmarks/figures/multislic
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -58,7 +57,7 @@ from ptystream.sim.problems import Problem  # noqa: E402
 from ptystream.sim.thick import thick_far_field_problem, thick_sample  # noqa: E402
 
 import _harness  # noqa: E402
-from _engine_runs import build_engine  # noqa: E402
+from _engine_runs import build_engine, full_rate_pass  # noqa: E402
 
 FRAME_PX = 64
 N_POINTS = 100
@@ -231,17 +230,9 @@ def timed_run(
 
     record(force=True)
     passes_s = []
-    # a pass's worth of steps at the full rate, to time one pass: AD's ``refine`` also measures
-    # the misfit it starts from (about one more pass) on each call, which refine(1) would
-    # count twice and so plan about half the passes the budget buys
-    steps = math.ceil(len(problem.frames) / settings.batch_size)
     for _ in range(SIZING_PASSES):
         off, t = clock["off"], time.perf_counter()
-        if scheduled:
-            engine.step(steps)
-            on_epoch(0, float("nan"))
-        else:
-            engine.refine(1, on_epoch=on_epoch)
+        full_rate_pass(engine, settings, len(problem.frames), on_epoch)
         passes_s.append(time.perf_counter() - t - (clock["off"] - off))
     epoch_s = float(np.median(passes_s[1:]))  # the first pays one-off costs
     run.epochs_planned = max(SIZING_PASSES + 1, round(budget_s / max(epoch_s, 1e-3)))

@@ -46,7 +46,6 @@ overwrites the committed figures). ``--report JSON`` prints a saved run's table 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -64,7 +63,7 @@ from ptystream.sim.problems import NearFieldStudy, Problem, near_field_problem  
 import _engine_runs  # noqa: E402
 import _harness  # noqa: E402
 from _engine_runs import Trace as _Trace  # noqa: E402
-from _engine_runs import build_engine  # noqa: E402
+from _engine_runs import build_engine, full_rate_pass  # noqa: E402
 
 STUDY = NearFieldStudy()
 TRUE_Z_M = STUDY.distance_m
@@ -154,15 +153,8 @@ def timed_refine(
 
     record(force=True)  # the starting point
     off, t = clock["off"], time.perf_counter()
-    # AD: a pass's worth of step(), since each refine call also measures the misfit it starts
-    # from (about one more pass), which would count twice and plan half the budget's passes
-    steps = math.ceil(len(scan.frames) / trace.settings["batch_size"])
     for _ in range(2):  # two epochs at the full rate, to time one
-        if trace.settings["algorithm"] == "ad":
-            engine.step(steps)
-            on_epoch(0, float("nan"))
-        else:
-            engine.refine(1, on_epoch=on_epoch)
+        full_rate_pass(engine, engine.settings, len(scan.frames), on_epoch)
     epoch_s = (time.perf_counter() - t - (clock["off"] - off)) / 2
     trace.epochs_planned = max(3, round(budget_s / max(epoch_s, 1e-3)))
     try:
@@ -638,7 +630,7 @@ def methods(paper_probe_ratio: float) -> dict:
             object_learning_rate=0.04, probe_learning_rate=0.04 * paper_probe_ratio, **paper
         ),
         "ptystream default": EngineSettings(**common),
-        # the object rate of the near-field profile seifert2021-sim (the far field's is 0.1)
+        # tried for the near field (robustness.py) and not shipped: it lost phase here
         "ptystream, object rate 0.3": EngineSettings(object_learning_rate=0.3, **common),
         "ePIE": EngineSettings(algorithm="epie", **common),
         "mPIE": EngineSettings(algorithm="mpie", **common),
