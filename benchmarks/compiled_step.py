@@ -20,8 +20,9 @@ process, alternately ``--rounds`` times, and records:
   step's calls, and the rest, the host's Python between the steps (batch indices, learning
   rates, the once-per-pass hold of the probe's power, the guard's copy of the variables).
 
-The revision must have the engine's per-loss-kind compiled step (``ADEngine._step_fn`` taking
-``(idx, valid, rates)``; from ``10713d1`` on). Writes ``benchmarks/results/compiled_step.json``.
+Against a revision whose step has another signature or other physics the digests differ, and
+the step times are then the comparison, with the spread between processes beside them. Writes
+``benchmarks/results/compiled_step.json``.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def case_step(spec: dict[str, Any]) -> dict[str, Any]:
     engine.add_frames(frames, positions)
     engine.refine(1)  # untimed: the loss kind chosen, its step compiled
     fn = engine._step_fn
-    b = engine.settings.batch_size
-    args = (tf.range(b, dtype=tf.int32), tf.ones(b, tf.float32), tf.constant(engine._rates(1.0)))
+    # any values will do: the compiled function depends on the signature alone
+    args = [tf.zeros(spec.shape, spec.dtype) for spec in fn.input_signature]
     digests = {
         stage: hashlib.sha256(
             fn.experimental_get_compiler_ir(*args)(stage=stage).encode()
@@ -74,11 +75,14 @@ def case_step(spec: dict[str, Any]) -> dict[str, Any]:
     def timed(*a):
         t = time.perf_counter()
         out = fn(*a)
-        out.numpy()  # the step's work done (TensorFlow may return before it is)
+        tf.nest.map_structure(lambda x: x.numpy(), out)  # the step's work done
         in_step.append(time.perf_counter() - t)
         return out
 
-    engine._step_fns[engine._model.detection.kind] = timed
+    if isinstance(getattr(type(engine), "_step_fn", None), property):  # one step per loss kind
+        engine._step_fns[engine._model.detection.kind] = timed
+    else:  # revisions before 10713d1 hold one compiled step
+        engine._step_fn = timed
     stamps, marks = [time.perf_counter()], [0]
 
     def on_epoch(epoch: int, loss: float) -> None:
@@ -158,7 +162,8 @@ def format_table(results: dict[str, Any]) -> str:
         f"working tree against {results['against']}, {results['rounds']} fresh processes each,"
         " alternating; medians over passes, then the median over processes",
         "",
-        "| case | HLO | optimised HLO | step s (after / before) | host ms per pass"
+        "| case | HLO | optimised HLO | step s per pass, median (range) (after / before) |"
+        " host ms per pass"
         " (after / before) | pass s (after / before) |",
         "|---|---|---|---|---|---|",
     ]
@@ -172,7 +177,11 @@ def format_table(results: dict[str, Any]) -> str:
         def med(runs: list[dict[str, Any]], key: str) -> float:
             return float(np.median([r[key] for r in runs]))
 
-        step = f"{med(after, 'step_s_median'):.4f} / {med(before, 'step_s_median'):.4f}"
+        def spread(runs: list[dict[str, Any]]) -> str:
+            values = [r["step_s_median"] for r in runs]
+            return f"{med(runs, 'step_s_median'):.4f} ({min(values):.4f}-{max(values):.4f})"
+
+        step = f"{spread(after)} / {spread(before)}"
         host = f"{med(after, 'host_ms_median'):.1f} / {med(before, 'host_ms_median'):.1f}"
         wall = f"{med(after, 'pass_s_median'):.4f} / {med(before, 'pass_s_median'):.4f}"
         name = f"{case['frame_px']}², sub-pixel {'on' if case['subpixel'] else 'off'}"

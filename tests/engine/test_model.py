@@ -251,3 +251,9 @@ def test_holding_the_probe_power_scales_its_adam_moments_inversely():
         assert np.allclose(step_after, step_before, rtol=1e-5)
     illumination.hold_power(0.0)  # nothing to hold to: left as it is
     assert illumination.power == pytest.approx(4.0 * power, rel=1e-5)
+    for part, adam in zip(probe.parts, probe.adam, strict=True):  # no power to scale
+        part.assign(tf.zeros_like(part))
+        adam.m.assign(tf.ones_like(adam.m))
+    illumination.hold_power(4.0 * power)
+    assert illumination.power == 0.0
+    assert all(np.all(adam.m.numpy() == 1.0) for adam in probe.adam)
