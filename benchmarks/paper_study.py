@@ -632,6 +632,8 @@ def methods(paper_probe_ratio: float) -> dict:
         "ptystream default": EngineSettings(**common),
         # tried for the near field (robustness.py) and not shipped: it lost phase here
         "ptystream, object rate 0.3": EngineSettings(object_learning_rate=0.3, **common),
+        # seifert2021-sim's batch (robustness.py's near-field scans gained |C| and phase at 8)
+        "ptystream, batch 8": EngineSettings(batch_size=8, **common),
         "ePIE": EngineSettings(algorithm="epie", **common),
         "mPIE": EngineSettings(algorithm="mpie", **common),
     }
