@@ -1,8 +1,8 @@
 """Before and after a change: is the compiled AD step the same XLA function, and what does the
 host add per pass?
 
-    .venv/bin/python benchmarks/compiled_step.py --against 1c476da          # ~4 min
-    .venv/bin/python benchmarks/compiled_step.py --against 1c476da --quick  # 128² only, ~1 min
+    .venv/bin/python benchmarks/compiled_step.py --against 1c476da          # ~6 min
+    .venv/bin/python benchmarks/compiled_step.py --against 1c476da --quick  # 128² only, ~1.5 min
     .venv/bin/python benchmarks/compiled_step.py --report benchmarks/results/compiled_step.json
 
 ``engine_speed.py``'s epoch times move by up to 10 % between fresh processes of one version on
@@ -16,13 +16,16 @@ process, alternately ``--rounds`` times, and records:
 - the SHA-256 of the compiled step's HLO, as traced and after XLA's optimisation
   (``tf.function.experimental_get_compiler_ir``). Equal digests mean the same compiled
   function: its per-step time is the same whatever the clock says.
-- per pass of ``refine`` (the first untimed): the wall time, the time inside the compiled
-  step's calls, and the rest, the host's Python between the steps (batch indices, learning
-  rates, the once-per-pass hold of the probe's power, the guard's copy of the variables).
+- per pass of ``refine`` (a ``refine(1)`` before is untimed; so is the first pass, whose
+  interval also holds ``refine``'s measure of the misfit it starts from): the wall time, the
+  time inside the compiled step's calls, and the rest, the host's Python between the steps
+  (batch indices, learning rates, the once-per-pass hold of the probe's power, the guard's
+  copy of the variables).
 
 Against a revision whose step has another signature or other physics the digests differ, and
 the step times are then the comparison, with the spread between processes beside them. Writes
-``benchmarks/results/compiled_step.json``.
+``benchmarks/results/compiled_step.json``. (The other checkout's ``_engine_runs`` runs with this
+tree's ``_harness``, already imported by the child.)
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def case_step(spec: dict[str, Any]) -> dict[str, Any]:
     engine.refine(1)  # untimed: the loss kind chosen, its step compiled
     fn = engine._step_fn
     # any values will do: the compiled function depends on the signature alone
-    args = [tf.zeros(spec.shape, spec.dtype) for spec in fn.input_signature]
+    args = [tf.zeros(sig.shape, sig.dtype) for sig in fn.input_signature]
     digests = {
         stage: hashlib.sha256(
             fn.experimental_get_compiler_ir(*args)(stage=stage).encode()
@@ -89,14 +92,15 @@ def case_step(spec: dict[str, Any]) -> dict[str, Any]:
         stamps.append(time.perf_counter())
         marks.append(len(in_step))
 
-    engine.refine(spec["epochs"], on_epoch=on_epoch)
-    wall = np.diff(stamps)
-    steps = np.array([sum(in_step[a:z]) for a, z in zip(marks[:-1], marks[1:], strict=True)])
+    engine.refine(spec["epochs"] + 1, on_epoch=on_epoch)
+    # the first interval also holds refine()'s measure of the misfit it starts from (a pass)
+    wall = np.diff(stamps)[1:]
+    steps = np.array([sum(in_step[a:z]) for a, z in zip(marks[1:-1], marks[2:], strict=True)])
     host = wall - steps
     return {
         "hlo_sha256": digests["hlo"],
         "optimized_hlo_sha256": digests["optimized_hlo"],
-        "steps_per_pass": marks[1] - marks[0],
+        "steps_per_pass": int(np.median(np.diff(marks[1:]))),
         "pass_s_median": float(np.median(wall)),
         "step_s_median": float(np.median(steps)),
         "host_ms_median": 1e3 * float(np.median(host)),

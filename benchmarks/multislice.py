@@ -1,6 +1,6 @@
 """Multislice reconstruction of a thick hard X-ray sample: layers separated, at equal time.
 
-    flock /tmp/ptystream-bench.lock .venv/bin/python benchmarks/multislice.py   # ~9 min
+    flock /tmp/ptystream-bench.lock .venv/bin/python benchmarks/multislice.py   # ~10 min
     .venv/bin/python benchmarks/multislice.py --quick        # smoke run, 4 s per run
     .venv/bin/python benchmarks/multislice.py --only pie     # other mPIE settings (~5 min)
     .venv/bin/python benchmarks/multislice.py --report benchmarks/results/multislice.json
@@ -77,8 +77,9 @@ TARGET_ABS_C = 0.9
 SPACING_TOLERANCE = 0.1
 #: The AD runs' batch (the default is 16, also run as "multislice AD, batch 16"): twice the
 #: Adam steps per pass. In 60 s runs of the three-layer case it gave per-layer |C| 0.916 / 0.907
-#: / 0.952 and 0.925 / 0.907 / 0.953 against 0.886 / 0.878 / 0.948 at 16 (batch 4 with the
-#: rates decaying to 1 %: 0.931 / 0.919 / 0.954); two layers 0.933 / 0.942 against 0.938 / 0.947.
+#: / 0.952 and 0.925 / 0.907 / 0.953 against 0.886 / 0.878 / 0.948 at 16 in the same kind of
+#: run (batch 4 with the rates decaying to 1 %: 0.931 / 0.919 / 0.954); two layers 0.933 /
+#: 0.942 against 0.938 / 0.947.
 AD_BATCH = 8
 DEFAULT_BATCH = "multislice AD, batch 16"
 #: mPIE for the multislice runs: half steps (the project defaults, measured on thin scans,
@@ -400,8 +401,8 @@ def plot_images(cases: list[dict], runs: dict[str, list[Run]], path: Path) -> No
         for ax, (title, image) in zip(ax_row, images, strict=False):
             if title != "truth":
                 image = _registered(image, truth, mask)
-            shown = np.ma.masked_where(~mask[crop], np.angle(image[crop]))
-            ax.imshow(shown, cmap="twilight", vmin=-2.5, vmax=2.5)
+            masked = np.ma.masked_where(~mask[crop], np.angle(image[crop]))
+            ax.imshow(masked, cmap="twilight", vmin=-2.5, vmax=2.5)
             ax.set_title(f"{case['name']}, layer {s}: {title}", fontsize=8)
             ax.axis("off")
     fig.tight_layout()
