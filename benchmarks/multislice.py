@@ -81,7 +81,7 @@ SPACING_TOLERANCE = 0.1
 #: run (batch 4 with the rates decaying to 1 %: 0.931 / 0.919 / 0.954); two layers 0.933 /
 #: 0.942 against 0.938 / 0.947.
 AD_BATCH = 8
-DEFAULT_BATCH = "multislice AD, batch 16"
+BATCH_16_RUN = "multislice AD, batch 16"  # the name of the run at the default batch
 #: mPIE for the multislice runs: half steps (the project defaults, measured on thin scans,
 #: diverged here within 20 s; ``--only pie`` runs the alternatives).
 PIE_STEPS = {"object_step": 0.5, "probe_step": 0.5}
@@ -272,7 +272,7 @@ def methods(n_slices: int) -> dict:
     return {
         "single-slice AD": EngineSettings(batch_size=AD_BATCH),
         "multislice AD": EngineSettings(batch_size=AD_BATCH, **thick),
-        DEFAULT_BATCH: EngineSettings(**thick),
+        BATCH_16_RUN: EngineSettings(**thick),
         "multislice mPIE": EngineSettings(algorithm="mpie", pie=PieSettings(**PIE_STEPS), **thick),
     }
 
@@ -315,14 +315,14 @@ def plot_convergence(cases: list[dict], runs: dict[str, list[Run]], budget_s: fl
     fig, axes = plt.subplots(len(cases), 3, figsize=(16, 4.4 * len(cases)), squeeze=False)
     for row, case in zip(axes, cases, strict=True):
         for run in runs[case["name"]]:
-            style = "--" if "PIE" in run.method else ":" if run.method == DEFAULT_BATCH else "-"
+            style = "--" if "PIE" in run.method else ":" if run.method == BATCH_16_RUN else "-"
             if "abs_c" in run.scores[0]:
                 for s in range(case["n_slices"]):
                     for ax, key in ((row[0], "abs_c"), (row[2], "phase")):
                         values = [sc[key][s] for sc in run.scores]
                         label = f"{run.method}, layer {s}"
                         ax.plot(run.time_s, values, style, color=_COLOURS[s], label=label)
-            colour = {"single-slice AD": "k", "multislice AD": "C3", DEFAULT_BATCH: "C1"}.get(
+            colour = {"single-slice AD": "k", "multislice AD": "C3", BATCH_16_RUN: "C1"}.get(
                 run.method, "C4"
             )
             products = [sc["product"] for sc in run.scores]
