@@ -275,9 +275,9 @@ class EngineSettings(BaseModel):
     over-fitting, for frames with ``tv_reference_photons`` photons at their maximum; 0
     disables it. Relative to the data loss, whose scale depends on ``loss``: the default suits
     ``amplitude``. AD engine: the weight used is this times the square root of
-    ``tv_reference_photons`` over the photons at the first frames' maximum, from 1 to 10
-    times: tied to the noise (3e-4 from 500 photons up, 7.8e-4 at 73), so that one setting
-    serves. The probe's power is held once per pass (the object and probe trade a factor the
+    ``tv_reference_photons`` over the photons at the first frames' maximum, at most 10 times
+    and, in the near field or with several slices, at least once: tied to the noise (7.8e-4 at
+    73 photons, 3e-4 at 500, and in the far field 2.1e-5 at 1e5), so that one setting serves. The probe's power is held once per pass (the object and probe trade a factor the
     data cannot see, and the total variation pulled the object down along it until the fit
     blew up). Measured with it on benchmarks/robustness.py's far-field scans over 300 s: at 500
     counts peak (read noise 10) 3e-4 reached |C| 0.986 in 25 s and ended 0.0001 below its best

@@ -13,6 +13,7 @@ from ptystream.engine import EngineSetup, make_engine
 from ptystream.engine.guard import MAX_RESTARTS_IN_A_ROW, PassGuard, held_out_pixels
 from ptystream.metrics import score_over
 from ptystream.sim.problems import far_field_problem
+from ptystream.types import Geometry, ScanPlan
 
 
 def test_each_frame_holds_out_its_share_a_different_set_each_time():
@@ -136,18 +137,28 @@ def _curve(problem, passes, every=5, **settings):
     return engine, scores
 
 
-def test_total_variation_follows_the_noise(noisy_scan):
+def test_total_variation_follows_the_noise(noisy_scan, nearfield_scan):
     """The weight used is ``tv_weight`` (3e-4) times the square root of 500 photons over the
-    photons at the frames' maximum, from 1 to 10 times; 0 keeps it as set. On clean data it is
-    3e-4 (the floor)."""
+    photons at the frames' maximum, at most 10 times; 0 keeps it as set. On clean data a single
+    far-field slice gets less than 3e-4, several slices and the near field 3e-4 (the floor)."""
     engine, _ = _curve(noisy_scan.head(16), 0)
     photons = engine._scale / engine.noise.estimate.counts_per_photon  # 500 peak plus noise
-    expected = 3e-4 * max(np.sqrt(500 / photons), 1.0)
+    expected = 3e-4 * np.sqrt(500 / photons)
     assert engine._model.detection.tv_weight == pytest.approx(expected, rel=1e-5)
-    assert 3e-4 <= engine._model.detection.tv_weight < 3.6e-4
+    assert 2.5e-4 <= engine._model.detection.tv_weight < 3.6e-4  # 2.9e-4: 538 photons
     clean = far_field_problem(128, 16, seed=0, peak_counts=1e5, read_noise_counts=0.0)
     engine, _ = _curve(clean, 0)
-    assert engine._model.detection.tv_weight == pytest.approx(3e-4, rel=1e-5)  # the floor
+    photons = engine._scale / engine.noise.estimate.counts_per_photon
+    assert engine._model.detection.tv_weight == pytest.approx(3e-4 * np.sqrt(500 / photons))
+    assert 1e-5 < engine._model.detection.tv_weight < 5e-5  # 2.3e-5: 8.4e4 photons, no floor
+    nf = nearfield_scan.optics
+    near = Geometry(nf.wavelength_m, nf.true_z_m, nf.pixel_m, nf.n, propagation="near_field")
+    positions = nearfield_scan.positions[:16]
+    extent = tuple((positions[:, k].min(), positions[:, k].max()) for k in range(2))
+    engine = make_engine(EngineSetup(near, EngineSettings(), ScanPlan(16, extent)))
+    engine.add_frames(1e5 * nearfield_scan.frames[:16], positions)
+    assert engine._scale / engine.noise.estimate.counts_per_photon > 2e4  # far above 500 ...
+    assert engine._model.detection.tv_weight == pytest.approx(3e-4, rel=1e-5)  # ... the floor
     fixed, _ = _curve(clean, 0, tv_weight=2e-4, tv_reference_photons=0)
     assert fixed._model.detection.tv_weight == pytest.approx(2e-4)
     settings = EngineSettings(slices=2, slice_spacing_m=20e-6)
