@@ -277,9 +277,10 @@ class EngineSettings(BaseModel):
     ``amplitude``. AD engine: the weight used is this times the square root of
     ``tv_reference_photons`` over the photons at the first frames' maximum, at most 10 times
     and, in the near field or with several slices, at least once: tied to the noise (7.8e-4 at
-    73 photons, 3e-4 at 500, and in the far field 2.1e-5 at 1e5), so that one setting serves. The probe's power is held once per pass (the object and probe trade a factor the
-    data cannot see, and the total variation pulled the object down along it until the fit
-    blew up). Measured with it on benchmarks/robustness.py's far-field scans over 300 s: at 500
+    73 photons, 3e-4 at 500, and in the far field 2.1e-5 at 1e5), so that one setting serves.
+    The probe's power is held once per pass (the object and probe trade a factor the data
+    cannot see, and the total variation pulled the object down along it until the fit blew
+    up). Measured with it on benchmarks/robustness.py's far-field scans over 300 s: at 500
     counts peak (read noise 10) 3e-4 reached |C| 0.986 in 25 s and ended 0.0001 below its best
     (0.987), where 1e-3 held at 0.974; at 50 counts peak 6.8e-4 rose without falling to 0.867,
     where 2e-3, 5e-3 and 1e-2 peaked at 0.802, 0.753 and 0.741 and then fell by 0.02-0.03.

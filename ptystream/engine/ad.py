@@ -526,9 +526,10 @@ class ADEngine(FrameIntake):
         0.827 at 3e-4 after 130 passes; the total variation also steadies what the near field
         leaves ill-posed, noise or not. Several slices keep the floor too, as a precaution (not
         measured without it: benchmarks/multislice.py's scans have 500 counts, where the floor
-        does not act). A single far-field slice has no floor: on that scan at 1e5 counts peak (the weight 2.1e-5, batch 8)
-        |C| reached 0.99948 at 30 s of 120 against 0.9978 with the floor, above mPIE's 0.99924 at
-        120 s, while no total variation at all gave 0.99855."""
+        does not act). A single far-field slice has no floor: on the far-field scan at 1e5
+        counts peak (the weight 2.1e-5, batch 8) |C| reached 0.99948 at 30 s of 120 against
+        0.9978 with the floor, above mPIE's 0.99924 at 120 s, while no total variation at all
+        gave 0.99855."""
         reference = self.settings.tv_reference_photons
         if not reference or self.noise is None or not self._scale:
             return 1.0
