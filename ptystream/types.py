@@ -197,7 +197,8 @@ class Estimate:
         engine resumed from a saved state).
     training : how the last refinement went (:meth:`ptystream.engine.guard.GuardReport.
         to_metadata`: the pass kept, whether it stopped early, restarts after a divergence, the
-        rate factor); None for an engine without the guard.
+        rate factor; and ``tv_weight``, the total variation's weight the noise gave); None for
+        an engine without the guard.
     orientation : the check of the positions' axes against the first frames, as plain JSON
         types (:meth:`ptystream.engine.orientation.OrientationCheck.to_metadata`: the verdict,
         the choice used, the scores, a message, warnings); None when not checked.
@@ -237,6 +238,8 @@ class Estimate:
         if np.isfinite(self.probe_defocus_m):
             lines.append(f"initial probe: defocus {self.probe_defocus_m * 1e3:.4g} mm")
         training = dict(self.training or {})
+        if "tv_weight" in training:
+            lines.append(f"total variation weight {training['tv_weight']:.3g} (from the photons)")
         if training.get("stopped_early"):
             lines.append(
                 f"stopped early after pass {training['passes']}: the held-out misfit stopped "

@@ -25,13 +25,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 __all__ = ["MAX_RESTARTS_IN_A_ROW", "GuardReport", "LastGood", "PassGuard", "held_out_pixels"]
 
 logger = logging.getLogger(__name__)
+
+#: An engine's trained variables by name, as the engine copies them (numpy arrays, or tensors
+#: left on the device): the guard keeps and hands back states without looking inside.
+State = dict[str, Any]
 
 #: A rising loss is a divergence once it is this many times its lowest of the refinement.
 DIVERGED_FACTOR = 1.5
@@ -110,11 +114,11 @@ class LastGood:
     fine), and :meth:`discard` drops it after a divergence. ``state`` starts as the state to
     fall back on before the first pass (None: none)."""
 
-    def __init__(self, state: dict[str, np.ndarray] | None = None):
+    def __init__(self, state: State | None = None):
         self.state = state
-        self._pending: dict[str, np.ndarray] | None = None
+        self._pending: State | None = None
 
-    def good(self, end: dict[str, np.ndarray]) -> None:
+    def good(self, end: State) -> None:
         """A good pass ended at ``end``: the state it began from is confirmed."""
         if self._pending is not None:
             self.state = self._pending
@@ -147,7 +151,7 @@ class PassGuard:
         patience: int,
         *,
         report: GuardReport | None = None,
-        last_good: dict[str, np.ndarray] | None = None,
+        last_good: State | None = None,
         ceiling: float = math.inf,
         growth_passes: int = 3,
         min_improvement: float = 1e-3,
@@ -158,7 +162,7 @@ class PassGuard:
         self.min_improvement = min_improvement
         self.report = report if report is not None else GuardReport()
         self.report.passes, self.report.best_pass, self.report.stopped_early = 0, 0, False
-        self.best: dict[str, np.ndarray] | None = None
+        self.best: State | None = None
         self._last_good = LastGood(last_good)
         self._in_a_row = 0
         self._best_held = math.inf
@@ -203,7 +207,7 @@ class PassGuard:
         return "go on"
 
     @property
-    def last_good(self) -> dict[str, np.ndarray] | None:
+    def last_good(self) -> State | None:
         """The state the last good pass began from (:class:`LastGood`)."""
         return self._last_good.state
 
@@ -217,7 +221,7 @@ class PassGuard:
         )
         return rising and loss > DIVERGED_FACTOR * min(self._losses)
 
-    def _good(self, state: dict[str, np.ndarray]) -> None:
+    def _good(self, state: State) -> None:
         self._last_good.good(state)
         self._in_a_row = 0
 

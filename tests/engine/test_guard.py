@@ -151,6 +151,9 @@ def test_total_variation_follows_the_noise(noisy_scan, nearfield_scan):
     photons = engine._scale / engine.noise.estimate.counts_per_photon
     assert engine._model.detection.tv_weight == pytest.approx(3e-4 * np.sqrt(500 / photons))
     assert 1e-5 < engine._model.detection.tv_weight < 5e-5  # 2.3e-5: 8.4e4 photons, no floor
+    reported = engine.estimate().training["tv_weight"]  # in the result's metadata and notes
+    assert reported == pytest.approx(engine._model.detection.tv_weight)
+    assert f"total variation weight {reported:.3g}" in "\n".join(engine.estimate().notes())
     nf = nearfield_scan.optics
     near = Geometry(nf.wavelength_m, nf.true_z_m, nf.pixel_m, nf.n, propagation="near_field")
     positions = nearfield_scan.positions[:16]
@@ -211,3 +214,21 @@ def test_a_diverging_fit_is_undone_slowed_and_said(noisy_scan):
     assert any("diverging" in w for w in estimate.warnings)
     assert np.isfinite(estimate.object).all() and estimate.last_loss < estimate.loss[0, 1]
     assert c > 0.9
+
+
+def test_a_kept_state_is_a_copy_that_later_steps_leave_alone(noisy_scan):
+    """The states the guard keeps are tensors read from the variables (no copy to the host):
+    the compiled steps that follow write the variables, never the kept state, and putting it
+    back restores every value exactly."""
+    engine = _engine(noisy_scan.head(16))
+    engine.step(2)
+    kept = engine._weights()
+    before = {name: value.numpy().copy() for name, value in kept.items()}
+    engine.step(4)
+    moved = [n for n, v in engine._trained_variables().items() if not np.array_equal(v, before[n])]
+    assert len(moved) > len(before) // 2, moved  # the steps wrote most variables
+    for name, value in kept.items():
+        np.testing.assert_array_equal(value.numpy(), before[name])
+    engine._set_weights(kept)
+    for name, var in engine._trained_variables().items():
+        np.testing.assert_array_equal(var.numpy(), before[name])
