@@ -277,7 +277,8 @@ class EngineSettings(BaseModel):
     ``amplitude``. AD engine: the weight used is this times the square root of
     ``tv_reference_photons`` over the photons at the first frames' maximum, at most 10 times
     and, in the near field or with several slices, at least once: tied to the noise (7.8e-4 at
-    73 photons, 3e-4 at 500, and in the far field 2.1e-5 at 1e5), so that one setting serves.
+    73 photons, 3e-4 at 500, and in the far field 2.1e-5 at 1e5), so that one setting serves;
+    twice that with the Poisson loss, whose misfit is twice as stiff at a fit.
     The probe's power is held once per pass (the object and probe trade a factor the data
     cannot see, and the total variation pulled the object down along it until the fit blew
     up). Measured with it on benchmarks/robustness.py's far-field scans over 300 s: at 500

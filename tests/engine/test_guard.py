@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from ptystream.config import EngineSettings
+from ptystream.config import EngineSettings, LossKind
 from ptystream.engine import EngineSetup, make_engine
 from ptystream.engine.guard import MAX_RESTARTS_IN_A_ROW, PassGuard, held_out_pixels
 from ptystream.metrics import score_over
@@ -139,18 +139,21 @@ def _curve(problem, passes, every=5, **settings):
 
 def test_total_variation_follows_the_noise(noisy_scan, nearfield_scan):
     """The weight used is ``tv_weight`` (3e-4) times the square root of 500 photons over the
-    photons at the frames' maximum, at most 10 times; 0 keeps it as set. On clean data a single
-    far-field slice gets less than 3e-4, several slices and the near field 3e-4 (the floor)."""
+    photons at the frames' maximum, at most 10 times, and twice that with the Poisson loss (the
+    stiffer misfit); 0 keeps it as set. On clean data a single far-field slice gets less than
+    3e-4, several slices and the near field 3e-4 (the floor)."""
     engine, _ = _curve(noisy_scan.head(16), 0)
+    assert engine.noise.loss == LossKind.AMPLITUDE  # read noise 10
     photons = engine._scale / engine.noise.estimate.counts_per_photon  # 500 peak plus noise
     expected = 3e-4 * np.sqrt(500 / photons)
     assert engine._model.detection.tv_weight == pytest.approx(expected, rel=1e-5)
     assert 2.5e-4 <= engine._model.detection.tv_weight < 3.6e-4  # 2.9e-4: 538 photons
     clean = far_field_problem(128, 16, seed=0, peak_counts=1e5, read_noise_counts=0.0)
     engine, _ = _curve(clean, 0)
+    assert engine.noise.loss == LossKind.POISSON  # photon counts
     photons = engine._scale / engine.noise.estimate.counts_per_photon
-    assert engine._model.detection.tv_weight == pytest.approx(3e-4 * np.sqrt(500 / photons))
-    assert 1e-5 < engine._model.detection.tv_weight < 5e-5  # 2.3e-5: 8.4e4 photons, no floor
+    assert engine._model.detection.tv_weight == pytest.approx(2 * 3e-4 * np.sqrt(500 / photons))
+    assert 2e-5 < engine._model.detection.tv_weight < 1e-4  # 4.6e-5: 8.4e4 photons, no floor
     reported = engine.estimate().training["tv_weight"]  # in the result's metadata and notes
     assert reported == pytest.approx(engine._model.detection.tv_weight)
     assert f"total variation weight {reported:.3g}" in "\n".join(engine.estimate().notes())
@@ -158,24 +161,26 @@ def test_total_variation_follows_the_noise(noisy_scan, nearfield_scan):
     near = Geometry(nf.wavelength_m, nf.true_z_m, nf.pixel_m, nf.n, propagation="near_field")
     positions = nearfield_scan.positions[:16]
     extent = tuple((positions[:, k].min(), positions[:, k].max()) for k in range(2))
-    engine = make_engine(EngineSetup(near, EngineSettings(), ScanPlan(16, extent)))
+    settings = EngineSettings(loss=LossKind.AMPLITUDE)
+    engine = make_engine(EngineSetup(near, settings, ScanPlan(16, extent)))
     engine.add_frames(1e5 * nearfield_scan.frames[:16], positions)
     assert engine._scale / engine.noise.estimate.counts_per_photon > 2e4  # far above 500 ...
     assert engine._model.detection.tv_weight == pytest.approx(3e-4, rel=1e-5)  # ... the floor
     fixed, _ = _curve(clean, 0, tv_weight=2e-4, tv_reference_photons=0)
     assert fixed._model.detection.tv_weight == pytest.approx(2e-4)
-    settings = EngineSettings(slices=2, slice_spacing_m=20e-6)
+    settings = EngineSettings(slices=2, slice_spacing_m=20e-6, loss=LossKind.AMPLITUDE)
     thick = make_engine(EngineSetup(clean.geometry, settings, clean.plan))
     thick.add_frames(clean.frames, clean.positions_m)
     # each slice gets the whole weight (shared among three layers it was too weak there)
     assert thick._model.detection.tv_weight == pytest.approx(3e-4, rel=1e-5)
     dim = far_field_problem(128, 16, seed=0, peak_counts=50.0, read_noise_counts=0.0)
-    engine, _ = _curve(dim, 0)
+    engine, _ = _curve(dim, 0, loss=LossKind.AMPLITUDE)
     photons = engine._scale / engine.noise.estimate.counts_per_photon
     assert engine._model.detection.tv_weight == pytest.approx(3e-4 * np.sqrt(500 / photons))
     assert 6e-4 < engine._model.detection.tv_weight < 1e-3  # 7.5e-4: 80 photons
     engine, _ = _curve(dim, 0, tv_reference_photons=5e4)  # 5e4 / 73: 26 x, but ...
-    assert engine._model.detection.tv_weight == pytest.approx(3e-3, rel=1e-5)  # at most 10 x
+    assert engine.noise.loss == LossKind.POISSON
+    assert engine._model.detection.tv_weight == pytest.approx(2 * 3e-3, rel=1e-5)  # at most 10 x
 
 
 def test_the_default_does_not_decline_with_time_on_noisy_data(noisy_scan):
