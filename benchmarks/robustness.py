@@ -594,8 +594,10 @@ def plot_curves(results: dict, path) -> None:
 
 
 def engine_changes(pairs: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """``--set KEY=VALUE`` pairs as a dict (values read as YAML: 8, 3e-5, true); a key the
-    engine section lacks, or a value it rejects, is a usage error naming it."""
+    """``--set KEY=VALUE`` pairs as a dict (values read as YAML: 8, 3e-5, true, and typed as the
+    engine section types them); a key the engine section lacks, or a value it rejects (checked
+    against the defaults; the profile's own keys are checked again in each run), is a usage
+    error naming it. ``seed`` and ``tf_threads`` are the benchmark's and stay fixed."""
     import yaml
 
     from ptystream.config.models import EngineSettings
@@ -607,10 +609,10 @@ def engine_changes(pairs: list[str], parser: argparse.ArgumentParser) -> dict[st
             parser.error(f"--set {pair!r}: expected KEY=VALUE with KEY an engine setting")
         changes[key] = yaml.safe_load(value)
     try:
-        EngineSettings.model_validate(changes)
+        validated = EngineSettings.model_validate(changes).model_dump(mode="json")
     except ValueError as error:
         parser.error(f"--set: {error}")
-    return changes
+    return {key: validated[key] for key in changes}  # typed: YAML reads 3e-5 as a string
 
 
 def main(argv: list[str] | None = None) -> int:

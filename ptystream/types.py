@@ -226,8 +226,9 @@ class Estimate:
     warnings: tuple[str, ...] = ()
 
     def notes(self) -> list[str]:
-        """One line each for the noise model used, the initial probe's defocus, the orientation
-        check, an early stop and every warning: what a command prints after a reconstruction."""
+        """One line each for the noise model used, the initial probe's defocus, the total
+        variation's weight, the orientation check, an early stop and every warning: what a
+        command prints after a reconstruction."""
         lines = []
         noise = dict(self.noise or {})
         if noise:
@@ -239,7 +240,7 @@ class Estimate:
             lines.append(f"initial probe: defocus {self.probe_defocus_m * 1e3:.4g} mm")
         training = dict(self.training or {})
         if "tv_weight" in training:
-            lines.append(f"total variation weight {training['tv_weight']:.3g} (from the photons)")
+            lines.append(f"total variation weight {training['tv_weight']:.3g}")
         if training.get("stopped_early"):
             lines.append(
                 f"stopped early after pass {training['passes']}: the held-out misfit stopped "

@@ -531,11 +531,12 @@ class ADEngine(FrameIntake):
         leaves ill-posed, noise or not. Several slices keep the floor too, as a precaution (not
         measured without it: benchmarks/multislice.py's scans have 500 counts, where the floor
         does not act). A single far-field slice has no floor: on the far-field scan at 1e5
-        counts peak (the weight 2.1e-5, batch 8) |C| reached 0.99948 at 30 s of 120 against
-        0.9978 with the floor, above mPIE's 0.99924 at 120 s, while no total variation at all
-        gave 0.99855. The Poisson factor: on the far-field scan at 500 counts without read noise
-        (Poisson loss, batch 8) |C| at 30 / 60 / 120 s was 0.9929 / 0.9951 / 0.9953 with the
-        amplitude loss's weight (2.8e-4) and 0.9956 / 0.9961 / 0.9963 with twice it."""
+        counts peak (the weight 2.1e-5, batch 8) |C| reached 0.99947 at 30 s of 120 against
+        0.9977 with the floor (batch 16; 0.99912 at 16 without it), above mPIE's 0.99926 at
+        120 s, while no total variation at all gave 0.99855. The Poisson factor: on the
+        far-field scan at 500 counts without read noise (Poisson loss, batch 8) |C| at 30 / 60 /
+        120 s was 0.9929 / 0.9951 / 0.9953 with the amplitude loss's weight (2.8e-4) and
+        0.9955 / 0.9962 / 0.9965 with twice it."""
         reference = self.settings.tv_reference_photons
         if not reference or self.noise is None or not self._scale:
             return 1.0
@@ -583,7 +584,8 @@ class ADEngine(FrameIntake):
         host): a state to fall back on. A read shares the variable's buffer until the variable
         is next written, which then writes a new one, so the copy is made only if needed. Per
         pass on one CPU core, numpy copies cost 2.9 ms at 128² frames and 10.7 ms at 256², these
-        1.9 and 4.3 ms; on a GPU the guard's up to three kept states stay in its memory."""
+        1.9 and 4.3 ms; on a GPU the up to four states kept during a refinement stay in its
+        memory."""
         return {name: tf.identity(var) for name, var in self._trained_variables().items()}
 
     def _set_weights(self, weights: dict[str, tf.Tensor]) -> None:
