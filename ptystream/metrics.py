@@ -1,4 +1,4 @@
-"""Quality measures for reconstructions (numpy only).
+"""Quality measures for reconstructions (numpy; scipy for the FRC's taper).
 
 The complex correlation follows the TensorFlow AD ptychography paper: ``|C| = |sum a b*| /
 sqrt(sum |a|^2 sum |b|^2)`` over a region, after the estimate is registered to the truth with
@@ -8,6 +8,9 @@ mask biases the shift towards the mask's own edge.
 Ptychography with a reconstructed probe cannot determine a linear phase ramp of the object (the
 probe takes the opposite ramp and every diffraction pattern is unchanged), nor a global phase, so
 both are fitted and removed before the measures are taken.
+
+Without a ground truth (real data), :func:`half_set_frc` compares two reconstructions of
+disjoint halves of one scan by Fourier ring correlation and reports the half-bit resolution.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Correlation",
+    "RingCorrelation",
+    "fourier_ring_correlation",
+    "half_set_frc",
     "Truth",
     "complex_correlation",
     "fourier_shift",
@@ -30,6 +36,7 @@ __all__ = [
     "score_against_truth",
     "score_over",
     "score_slices",
+    "taper",
     "well_lit_mask",
 ]
 
@@ -209,6 +216,107 @@ def complex_correlation(
         global_phase_rad=global_phase,
         ramp_rad_per_px=(float(ramp[0]), float(ramp[1])),
     )
+
+
+@dataclass(frozen=True)
+class RingCorrelation:
+    """Result of :func:`fourier_ring_correlation`.
+
+    Attributes
+    ----------
+    frequency_per_px : ring centres, cycles per pixel (0 to 0.5).
+    frc : the correlation in each ring, in [-1, 1].
+    threshold : the half-bit threshold for each ring's pixel count (van Heel and Schatz 2005).
+    resolution_px : the period ``1 / f`` in pixels where the FRC first falls below the threshold
+        (linear between rings); 2.0 (Nyquist) when it never does. Half-period resolution is
+        half this.
+    """
+
+    frequency_per_px: np.ndarray
+    frc: np.ndarray
+    threshold: np.ndarray
+    resolution_px: float
+
+
+def fourier_ring_correlation(
+    a: np.ndarray, b: np.ndarray, window: np.ndarray | None = None
+) -> RingCorrelation:
+    """FRC of two real images of the same shape (two independent reconstructions of one
+    sample, aligned), each weighted by ``window`` (a smooth taper: a hard edge spreads power to
+    every frequency) after its weighted mean is removed. Rings are one pixel of the shorter
+    side's spectrum wide, up to Nyquist; what resolution a reconstruction supports without a
+    ground truth."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} and {b.shape}")
+    w = np.ones(a.shape) if window is None else window
+
+    def prepare(x: np.ndarray) -> np.ndarray:
+        return (x - np.sum(x * w) / np.sum(w)) * w
+
+    fa, fb = np.fft.fft2(prepare(a)), np.fft.fft2(prepare(b))
+    fy, fx = np.meshgrid(*(np.fft.fftfreq(n) for n in a.shape), indexing="ij")
+    ring = np.rint(np.hypot(fy, fx) * min(a.shape)).astype(int)
+    n_rings = min(a.shape) // 2 + 1
+    inside = ring < n_rings
+
+    def per_ring(values: np.ndarray) -> np.ndarray:
+        return np.bincount(ring[inside], values[inside], minlength=n_rings)
+
+    cross = per_ring(np.real(fa * np.conj(fb)))
+    power = np.sqrt(per_ring(np.abs(fa) ** 2) * per_ring(np.abs(fb) ** 2))
+    frc = np.divide(cross, power, out=np.zeros(n_rings), where=power > 0)
+    count = np.maximum(per_ring(np.ones(a.shape)), 1.0)
+    root = np.sqrt(count)
+    threshold = (0.2071 + 1.9102 / root) / (1.2071 + 0.9102 / root)
+    frequency = np.arange(n_rings) / min(a.shape)
+    below = np.nonzero(frc[1:] < threshold[1:])[0]
+    if below.size == 0:
+        resolution = 2.0
+    else:
+        k = below[0] + 1  # the first ring under the threshold; k - 1 was above it (or ring 0)
+        gap_before, gap_at = frc[k - 1] - threshold[k - 1], frc[k] - threshold[k]
+        t = gap_before / (gap_before - gap_at) if gap_before > gap_at else 0.0
+        crossing = frequency[k - 1] + t * (frequency[k] - frequency[k - 1])
+        resolution = 1.0 / max(crossing, 1.0 / min(a.shape))
+    return RingCorrelation(frequency, frc, threshold, float(max(resolution, 2.0)))
+
+
+def half_set_frc(
+    first: np.ndarray, second: np.ndarray, mask: np.ndarray, part: str = "phase"
+) -> RingCorrelation:
+    """FRC of two complex reconstructions of one sample from disjoint halves of a scan (same
+    grid): ``second`` is registered onto ``first`` (sub-pixel) and its phase ramp and global
+    phase removed (:func:`complex_correlation`), then the ``part`` (``phase`` or
+    ``amplitude``) of each is compared over ``mask``'s bounding box, tapered to 0 at the
+    mask's edge (:func:`taper`)."""
+    if part not in ("phase", "amplitude"):
+        raise ValueError(f"part must be 'phase' or 'amplitude', not {part!r}")
+    match = complex_correlation(second, first, mask)
+    yy, xx = np.indices(second.shape)
+    gy, gx = match.ramp_rad_per_px
+    aligned = fourier_shift(second.astype(np.complex128), match.shift_px)
+    aligned = aligned * np.exp(-1j * (gy * yy + gx * xx + match.global_phase_rad))
+    # the pair's own ramp and phase (arbitrary in ptychography) off both, so the phase does not
+    # wrap across the region
+    ry, rx = _fit_phase_ramp(first, np.ones_like(first), mask)
+    flat = np.exp(-1j * (ry * yy + rx * xx))
+    offset = np.exp(-1j * np.angle(np.sum((first * flat)[mask])))
+    first, aligned = first * flat * offset, aligned * flat * offset
+    rows, cols = np.nonzero(mask)
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    take = np.angle if part == "phase" else np.abs
+    return fourier_ring_correlation(take(first[box]), take(aligned[box]), taper(mask[box]))
+
+
+def taper(mask: np.ndarray) -> np.ndarray:
+    """1 well inside ``mask``, falling smoothly to 0 at its edge and 0 outside: the mask shrunk
+    by two widths of a Gaussian and blurred by it (width 5 % of the region's side, at least 2
+    px), so neither the mask's edge nor the array's adds power the two images share."""
+    from scipy import ndimage
+
+    sigma = max(2.0, 0.05 * np.sqrt(mask.sum()))
+    inner = ndimage.binary_erosion(mask, iterations=int(np.ceil(2 * sigma)))
+    return ndimage.gaussian_filter(inner.astype(float), sigma, mode="constant") * mask
 
 
 class Truth(Protocol):

@@ -4,7 +4,9 @@ import pytest
 from ptystream.metrics import (
     WELL_LIT_FRACTION,
     complex_correlation,
+    fourier_ring_correlation,
     fourier_shift,
+    half_set_frc,
     score_against_truth,
     score_over,
     well_lit_mask,
@@ -139,3 +141,50 @@ def test_cropping_stops_at_the_canvas_edge(ground_truth):
     mask[2:30, 100:119] = True
     c, _ = score_over(est, ground_truth, mask, crop_margin_px=16)
     assert c.abs_c == pytest.approx(1.0, abs=1e-6)
+
+
+def _band_limited(shape, cutoff_per_px, rng):
+    """White noise low-passed to ``cutoff_per_px`` cycles per pixel (a hard disc in Fourier)."""
+    fy, fx = np.meshgrid(*(np.fft.fftfreq(n) for n in shape), indexing="ij")
+    spectrum = np.fft.fft2(rng.normal(size=shape)) * (np.hypot(fy, fx) < cutoff_per_px)
+    image = np.fft.ifft2(spectrum).real
+    return image / image.std()
+
+
+def test_ring_correlation_finds_the_band_limit_of_two_noisy_copies():
+    """Two copies of an image band-limited at 1/8 cycles per pixel, each with its own white
+    noise (SNR 1 per pixel overall, high inside the band): the FRC falls below the half-bit
+    threshold at the band's edge, a period of 8 px; identical images never fall."""
+    rng = np.random.default_rng(0)
+    signal = _band_limited((128, 128), 1 / 8, rng)
+    a = signal + 0.5 * rng.normal(size=signal.shape)
+    b = signal + 0.5 * rng.normal(size=signal.shape)
+    result = fourier_ring_correlation(a, b)
+    assert 7.0 < result.resolution_px < 9.0, result.resolution_px
+    assert result.frc[5] > 0.9 and abs(result.frc[40]) < 0.2  # 5/128 inside, 40/128 outside
+    assert fourier_ring_correlation(a, a).resolution_px == 2.0  # Nyquist: never below
+    coarse = fourier_ring_correlation(_band_limited((128, 128), 1 / 16, rng) + a, a + b)
+    assert coarse.resolution_px > result.resolution_px  # less shared signal: a coarser period
+
+
+def test_half_set_frc_ignores_what_ptychography_cannot_fix():
+    """The second half's reconstruction shifted by a fraction of a pixel, with a phase ramp
+    and a global phase: its phase FRC against the first matches the one without them. The
+    phase is band-limited at a period of 6 px; the taper spreads its edge a little, so the
+    crossing lands just inside it (5.2 px measured; 4.8 px with a third of the noise)."""
+    rng = np.random.default_rng(1)
+    phase = 0.8 * _band_limited((96, 96), 1 / 6, rng)
+    truth = np.exp(1j * phase)
+    first = truth * np.exp(1j * 0.3 * rng.normal(size=truth.shape))
+    second = truth * np.exp(1j * 0.3 * rng.normal(size=truth.shape))
+    mask = np.zeros(truth.shape, bool)
+    mask[16:80, 16:80] = True
+    plain = half_set_frc(first, second, mask)
+    yy, xx = np.indices(truth.shape)
+    moved = fourier_shift(second, (0.4, -0.7)) * np.exp(1j * (0.05 * yy - 0.03 * xx + 2.0))
+    result = half_set_frc(first, moved, mask)
+    assert 4.5 < plain.resolution_px < 6.5, plain.resolution_px
+    assert result.resolution_px == pytest.approx(plain.resolution_px, rel=0.02)
+    assert half_set_frc(first, first, mask).resolution_px == 2.0  # identical: never below
+    with pytest.raises(ValueError, match="part must be"):
+        half_set_frc(first, second, mask, part="real")

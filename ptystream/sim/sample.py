@@ -38,6 +38,34 @@ def make_object(
     return ((a0 + (a1 - a0) * amp) * np.exp(1j * (p0 + (p1 - p0) * phase))).astype(np.complex64)
 
 
+def siemens_star(
+    n: int,
+    spokes: int = 36,
+    amplitude: tuple[float, float] = (0.85, 1.0),
+    phase_rad: float = 1.0,
+    rotation_rad: float | None = None,
+) -> np.ndarray:
+    """An ``n x n`` complex64 Siemens star: ``spokes`` dark wedges (amplitude ``amplitude[0]``,
+    phase ``phase_rad``) and as many clear ones (``amplitude[1]``, phase 0) around the centre,
+    out to 0.45 ``n``, clear outside; the resolution target of real beamlines. The wedges'
+    period shrinks towards the centre (``2 pi r / spokes`` pixels at radius ``r``), so one
+    image holds every spatial frequency; edges are anti-aliased over one pixel. The star is
+    turned by ``rotation_rad``, by default a quarter of the angle between two edges, so that no
+    edge lies along a pixel row or column (such edges put power on the spectrum's axes)."""
+    if rotation_rad is None:
+        rotation_rad = np.pi / (4 * spokes)
+    yy, xx = np.indices((n, n)) - (n - 1) / 2
+    radius, angle = np.hypot(yy, xx), np.arctan2(yy, xx) - rotation_rad
+    # signed distance in pixels to the nearest wedge edge, across the wedge at this radius
+    wave = np.sin(spokes * angle)
+    edge_px = wave / np.maximum(
+        np.abs(spokes * np.cos(spokes * angle)) / np.maximum(radius, 1), 1e-6
+    )
+    dark = np.clip(0.5 + edge_px, 0.0, 1.0) * (radius < 0.45 * n)
+    a0, a1 = amplitude
+    return ((a1 + (a0 - a1) * dark) * np.exp(1j * phase_rad * dark)).astype(np.complex64)
+
+
 def make_probe(settings: SimSettings, geometry: Geometry) -> np.ndarray:
     """The simulated illumination (unit total intensity) on the object grid."""
     dx = geometry.object_pixel_size_m

@@ -6,7 +6,7 @@ import pytest
 
 from ptystream import optics
 from ptystream.config import ProbeKind
-from ptystream.sim.sample import make_ground_truth, make_object
+from ptystream.sim.sample import make_ground_truth, make_object, siemens_star
 
 
 def test_object_ranges_come_from_the_settings():
@@ -41,3 +41,30 @@ def test_aligned_truth_round_trip(truth):
     out = truth.aligned_to((20, 20), origin)
     np.testing.assert_array_equal(out[:, 3:], truth.object[5:25, 0:17])
     assert not out[:, :3].any()  # outside the ground truth
+
+
+def test_siemens_star_has_half_dark_wedges_and_no_edge_on_the_axes():
+    """Inside the star's disc half the area is dark wedge (amplitude 0.85, phase 1 rad), the
+    other half clear (1, 0); outside it is clear. On a circle the phase changes 72 times (36
+    spokes). Turned by a quarter of an edge's angle, no edge lies along a row or column: on
+    the axes, 100 px out, the pixel is inside a wedge, not on an edge."""
+    star = siemens_star(256, spokes=36)
+    assert star.shape == (256, 256) and star.dtype == np.complex64
+    amp, phase = np.abs(star), np.angle(star)
+    assert amp.min() == pytest.approx(0.85, abs=1e-6) and amp.max() == pytest.approx(1.0)
+    assert phase.min() == pytest.approx(0.0, abs=1e-6) and phase.max() == pytest.approx(1.0)
+    yy, xx = np.indices(star.shape) - 127.5
+    radius = np.hypot(yy, xx)
+    dark = phase[(radius > 20) & (radius < 110)]
+    assert np.mean(dark > 0.5) == pytest.approx(0.5, abs=0.02)
+    assert np.all(phase[radius > 0.45 * 256 + 1] == 0)
+    # on a circle of radius 100 the phase changes sign 2 x 36 times
+    angles = np.linspace(0, 2 * np.pi, 4000, endpoint=False)
+    ring = phase[
+        np.rint(127.5 + 100 * np.sin(angles)).astype(int),
+        np.rint(127.5 + 100 * np.cos(angles)).astype(int),
+    ]
+    assert np.count_nonzero(np.diff((ring > 0.5).astype(int)) != 0) in (71, 72)
+    # no edge along the axes: at 0 and 90 degrees the circle is well inside a wedge
+    for y, x in ((128, 228), (228, 128), (128, 27), (27, 128)):
+        assert phase[y, x] in (pytest.approx(0.0, abs=0.01), pytest.approx(1.0, abs=0.01))
