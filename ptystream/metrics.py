@@ -227,9 +227,11 @@ class RingCorrelation:
     frequency_per_px : ring centres, cycles per pixel (0 to 0.5).
     frc : the correlation in each ring, in [-1, 1].
     threshold : the half-bit threshold for each ring's pixel count (van Heel and Schatz 2005).
-    resolution_px : the period ``1 / f`` in pixels where the FRC first falls below the threshold
-        (linear between rings); 2.0 (Nyquist) when it never does. Half-period resolution is
-        half this.
+    resolution_px : the period ``1 / f`` in pixels where the FRC first falls from above the
+        threshold to below it (linear between rings; the lowest rings, dominated by the region's
+        shape and large-scale phase, may start below it); 2.0 (Nyquist) when it never falls;
+        inf when no ring is above it (the two share nothing). Half-period resolution is half
+        this.
     """
 
     frequency_per_px: np.ndarray
@@ -269,16 +271,19 @@ def fourier_ring_correlation(
     root = np.sqrt(count)
     threshold = (0.2071 + 1.9102 / root) / (1.2071 + 0.9102 / root)
     frequency = np.arange(n_rings) / min(a.shape)
-    below = np.nonzero(frc[1:] < threshold[1:])[0]
+    above = frc >= threshold
+    above[0] = False  # ring 0 is the mean, removed: its threshold is 1
+    if not above.any():
+        return RingCorrelation(frequency, frc, threshold, float("inf"))
+    first = int(np.argmax(above))
+    below = np.nonzero(~above[first:])[0]
     if below.size == 0:
-        resolution = 2.0
-    else:
-        k = below[0] + 1  # the first ring under the threshold; k - 1 was above it (or ring 0)
-        gap_before, gap_at = frc[k - 1] - threshold[k - 1], frc[k] - threshold[k]
-        t = gap_before / (gap_before - gap_at) if gap_before > gap_at else 0.0
-        crossing = frequency[k - 1] + t * (frequency[k] - frequency[k - 1])
-        resolution = 1.0 / max(crossing, 1.0 / min(a.shape))
-    return RingCorrelation(frequency, frc, threshold, float(max(resolution, 2.0)))
+        return RingCorrelation(frequency, frc, threshold, 2.0)
+    k = first + int(below[0])  # the first ring under the threshold after one above it
+    gap_before, gap_at = frc[k - 1] - threshold[k - 1], frc[k] - threshold[k]
+    t = gap_before / (gap_before - gap_at) if gap_before > gap_at else 0.0
+    crossing = frequency[k - 1] + t * (frequency[k] - frequency[k - 1])
+    return RingCorrelation(frequency, frc, threshold, float(max(1.0 / crossing, 2.0)))
 
 
 def half_set_frc(

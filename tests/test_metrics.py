@@ -163,8 +163,9 @@ def test_ring_correlation_finds_the_band_limit_of_two_noisy_copies():
     assert 7.0 < result.resolution_px < 9.0, result.resolution_px
     assert result.frc[5] > 0.9 and abs(result.frc[40]) < 0.2  # 5/128 inside, 40/128 outside
     assert fourier_ring_correlation(a, a).resolution_px == 2.0  # Nyquist: never below
-    coarse = fourier_ring_correlation(_band_limited((128, 128), 1 / 16, rng) + a, a + b)
-    assert coarse.resolution_px > result.resolution_px  # less shared signal: a coarser period
+    coarse = _band_limited((128, 128), 1 / 16, rng)
+    pair = [coarse + 0.5 * rng.normal(size=coarse.shape) for _ in range(2)]
+    assert 14.0 < fourier_ring_correlation(*pair).resolution_px < 18.0  # a band half as wide
 
 
 def test_half_set_frc_ignores_what_ptychography_cannot_fix():
@@ -188,3 +189,19 @@ def test_half_set_frc_ignores_what_ptychography_cannot_fix():
     assert half_set_frc(first, first, mask).resolution_px == 2.0  # identical: never below
     with pytest.raises(ValueError, match="part must be"):
         half_set_frc(first, second, mask, part="real")
+
+
+def test_ring_correlation_counts_a_fall_from_above_the_threshold_only():
+    """The lowest rings can start below the threshold (a large-scale difference between the
+    halves); the resolution is where the FRC falls after it has risen above, not that first
+    ring; images that never agree above it (one the negative of the other): infinite."""
+    rng = np.random.default_rng(2)
+    signal = _band_limited((128, 128), 1 / 8, rng)
+    yy, xx = np.indices(signal.shape)
+    slope = 3.0 * np.cos(2 * np.pi * yy / 128)  # one period across: ring 1 only
+    a = signal + 0.5 * rng.normal(size=signal.shape) + slope
+    b = signal + 0.5 * rng.normal(size=signal.shape) - slope
+    result = fourier_ring_correlation(a, b)
+    assert result.frc[1] < result.threshold[1]  # the first ring disagrees ...
+    assert 7.0 < result.resolution_px < 9.0, result.resolution_px  # ... the band still counts
+    assert fourier_ring_correlation(a, -a).resolution_px == np.inf
