@@ -117,7 +117,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     )
     return {
         "wall_s": wall,
-        "passes": int(estimate.iteration),
+        # the guard's count of passes where the engine has one (AD), else updates per frame
+        "passes": int((estimate.training or {}).get("passes") or estimate.iteration // len(frames)),
         "pixel_m": estimate.pixel_size_m,
         "training": estimate.training,
         "loss": (estimate.noise or {}).get("loss"),
