@@ -16,7 +16,8 @@ interleaved half-scans of the same field) and each half is reconstructed from sc
 fresh interpreter on one thread, for ``--budget`` seconds of ``refine``:
 
 - **shipped**: the AD engine with ``hard-xray-farfield``'s engine section (the loss, read
-  noise and first probe from the data, told a defocus 20 % long);
+  noise and first probe from the data, told the problem's nominal defocus, 10 % long: 1.65
+  mm for 1.5 mm);
 - **mpie**: our numpy mPIE with the same section;
 - **ptychi-lsqml** (with ``--peer-python``, an interpreter where ``torch`` and ``ptychi`` are
   installed, e.g. ``python3.11 -m venv /tmp/peer && /tmp/peer/bin/pip install ptychi``):
@@ -128,7 +129,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 def run_peer(problem, half: int, budget_s: float, python: str, tmp: Path) -> dict[str, Any]:
     """pty-chi's LSQML (``_ptychi_peer.py``, run by ``python``, an interpreter with torch and
     ptychi) on one half: the frames, the probe centres in object pixels, and the probe a user
-    would start from (the focused probe at the told defocus, 20 % long; our engine searches
+    would start from (the focused probe at the told defocus, 10 % long; our engine searches
     the defocus from the data instead)."""
     import subprocess
 
