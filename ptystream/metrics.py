@@ -296,6 +296,7 @@ def half_set_frc(
     mask's edge (:func:`taper`)."""
     if part not in ("phase", "amplitude"):
         raise ValueError(f"part must be 'phase' or 'amplitude', not {part!r}")
+    mask = mask.astype(bool)
     match = complex_correlation(second, first, mask)
     yy, xx = np.indices(second.shape)
     gy, gx = match.ramp_rad_per_px

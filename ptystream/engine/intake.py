@@ -125,6 +125,15 @@ class FrameIntake:
     def _first_look(
         self, patterns: np.ndarray, positions_m: np.ndarray, mean: np.ndarray, offset: float
     ) -> np.ndarray:
+        """:meth:`_choose_start`, and a warning when the chosen defocus is far from the
+        profile's (:meth:`_say_if_far_from_nominal`)."""
+        positions_m = self._choose_start(patterns, positions_m, mean, offset)
+        self._say_if_far_from_nominal()
+        return positions_m
+
+    def _choose_start(
+        self, patterns: np.ndarray, positions_m: np.ndarray, mean: np.ndarray, offset: float
+    ) -> np.ndarray:
         """Choose the initial probe's defocus and check the positions' orientation on the
         first ``patterns`` (counts; far field centred) and their ``positions_m``; return those
         positions as the engine uses them (corrected where the check, in ``auto``, chose).
@@ -173,6 +182,22 @@ class FrameIntake:
         self.orientation = check_orientation(score, positions_m, self.geometry, setup, floor=floor)
         self._initial_defocus_m = found[self.orientation.used].defocus_m
         return self._corrected(positions_m)
+
+    def _say_if_far_from_nominal(self) -> None:
+        """A warning when the searched defocus is more than half the profile's own away from
+        it (or of the other sign): either the profile's value is wrong, or the search was
+        misled (on a simulated Siemens star it chose 0 mm for 1.5 mm, told 1.65 mm:
+        benchmarks/star_frc.py), and the data alone cannot say which."""
+        told, chosen = self._probe_defocus_m, self._initial_defocus_m
+        if chosen is None or not told or abs(chosen - told) <= 0.5 * abs(told):
+            return
+        self.input_warnings += (
+            f"the probe defocus search chose {chosen * 1e3:.3g} mm where the profile gives "
+            f"{told * 1e3:.3g} mm: check instrument.probe_defocus_m; a strongly scattering "
+            "sample (sharp phase edges, e.g. a Siemens star) can mislead the search, then set "
+            "engine.probe_defocus_search: false to start from the profile's value",
+        )
+        logger.warning("%s", self.input_warnings[-1])
 
     def _search_defocus(
         self, patterns: np.ndarray, positions_m: np.ndarray, mean: np.ndarray, offset: float

@@ -92,6 +92,12 @@ def test_both_engines_report_the_chosen_defocus(scan):
     engine.add_frames(problem.frames, problem.positions_m)
     assert engine.probe_defocus_m == pytest.approx(DEFOCUS_M, rel=0.1)
     assert engine.estimate().probe_defocus_m == engine.probe_defocus_m
+    # told the wrong sign, the choice is far from the profile's value: said, not silent
+    (far,) = [w for w in engine.estimate().warnings if "probe defocus search chose" in w]
+    assert "where the profile gives -1.5 mm" in far and "probe_defocus_search: false" in far
+    near = engine_for(problem, 1.1 * DEFOCUS_M)
+    near.add_frames(problem.frames, problem.positions_m)
+    assert not any("probe defocus search chose" in w for w in near.estimate().warnings)
 
 
 def test_a_given_probe_or_the_setting_off_skips_the_search(scan, monkeypatch):
