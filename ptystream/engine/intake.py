@@ -65,6 +65,10 @@ class FrameIntake:
     #: What the first frames look wrong for (zero frequency at the corner), for the warnings.
     input_warnings: tuple[str, ...] = ()
 
+    #: The defocus search on the first frames, for the orientation the engine uses (None
+    #: before them, or where none ran).
+    defocus_search: DefocusSearch | None = None
+
     _initial_defocus_m: float | None = None
 
     @property
@@ -125,10 +129,10 @@ class FrameIntake:
     def _first_look(
         self, patterns: np.ndarray, positions_m: np.ndarray, mean: np.ndarray, offset: float
     ) -> np.ndarray:
-        """:meth:`_choose_start`, and a warning when the chosen defocus is far from the
-        profile's (:meth:`_say_if_far_from_nominal`)."""
+        """:meth:`_choose_start`, and a warning where the defocus search could not choose or
+        chose far from the profile's defocus (:meth:`_say_about_the_search`)."""
         positions_m = self._choose_start(patterns, positions_m, mean, offset)
-        self._say_if_far_from_nominal()
+        self._say_about_the_search()
         return positions_m
 
     def _choose_start(
@@ -155,6 +159,7 @@ class FrameIntake:
             logger.warning("%s", self.input_warnings[-1])
         setup = self._orientation_setup
         defocus = self._search_defocus(patterns, positions_m, mean, offset)
+        self.defocus_search = defocus
         if setup.mode == "off" or not can_judge(positions_m):
             self._initial_defocus_m = defocus.defocus_m if defocus else self._nominal_defocus()
             if setup.mode != "off":
@@ -180,24 +185,37 @@ class FrameIntake:
             return min(found[choice].trials.values())
 
         self.orientation = check_orientation(score, positions_m, self.geometry, setup, floor=floor)
-        self._initial_defocus_m = found[self.orientation.used].defocus_m
+        self.defocus_search = found[self.orientation.used]
+        self._initial_defocus_m = self.defocus_search.defocus_m
         return self._corrected(positions_m)
 
-    def _say_if_far_from_nominal(self) -> None:
-        """A warning when the searched defocus is more than half the profile's own away from
-        it (or of the other sign): either the profile's value is wrong, or the search was
-        misled (on a simulated Siemens star it chose 0 mm for 1.5 mm, told 1.65 mm:
-        benchmarks/star_frc.py), and the data alone cannot say which."""
-        told, chosen = self._probe_defocus_m, self._initial_defocus_m
-        if chosen is None or not told or abs(chosen - told) <= 0.5 * abs(told):
+    def _say_about_the_search(self) -> None:
+        """A warning where the defocus search could not choose (no trial beat the flat
+        object: the profile's defocus is used unchecked), or where it chose more than half the
+        profile's own away from it (or of the other sign): then either the profile's value is
+        wrong or the search was misled, and the data alone cannot say which."""
+        search, told = self.defocus_search, self._probe_defocus_m
+        if search is None:
             return
-        self.input_warnings += (
-            f"the probe defocus search chose {chosen * 1e3:.3g} mm where the profile gives "
-            f"{told * 1e3:.3g} mm: check instrument.probe_defocus_m; a strongly scattering "
-            "sample (sharp phase edges, e.g. a Siemens star) can mislead the search, then set "
-            "engine.probe_defocus_search: false to start from the profile's value",
-        )
-        logger.warning("%s", self.input_warnings[-1])
+        chosen = search.defocus_m
+        if not search.informative:
+            message = (
+                f"the probe defocus search could not choose: no trial probe predicted the "
+                f"first frames better than a flat object (best {search.best_ratio:.3f} of its "
+                f"misfit), so the profile's {told * 1e3:.3g} mm is used unchecked: a wrong "
+                "instrument.probe_defocus_m goes unnoticed (few counts, or weak or sparse "
+                "scattering in the first frames' middle)"
+            )
+        elif told and abs(chosen - told) > 0.5 * abs(told):
+            message = (
+                f"the probe defocus search chose {chosen * 1e3:.3g} mm where the profile gives "
+                f"{told * 1e3:.3g} mm: check instrument.probe_defocus_m; if the profile's value "
+                "is right, engine.probe_defocus_search: false starts from it"
+            )
+        else:
+            return
+        self.input_warnings += (message,)
+        logger.warning("%s", message)
 
     def _search_defocus(
         self, patterns: np.ndarray, positions_m: np.ndarray, mean: np.ndarray, offset: float

@@ -93,15 +93,18 @@ class HeldOutTrial:
         self.positions_m = positions_m[chosen]
         """``(TRIAL_FRAMES, 2)`` the positions of the frames the trial uses, metres."""
 
-    def score(self, probe: np.ndarray) -> float:
+    def score(self, probe: np.ndarray, passes: int = TRIAL_PASSES) -> float:
         """Held-out misfit (normalised units, mean over bright pixels and held-out frames)
-        after fitting a flat object with ``probe`` ``(N, N)`` fixed; lower is better."""
+        after fitting a flat object with ``probe`` ``(N, N)`` fixed by ``passes`` rPIE passes;
+        lower is better. ``passes=0``: the flat object's misfit, what a trial must beat to say
+        anything (a far-field probe built from the mean pattern predicts that pattern for
+        every held-out frame, whatever its defocus)."""
         n = self._n
         power = probe.real**2 + probe.imag**2
         step = np.conj(probe) / ((1.0 - OBJECT_ALPHA) * power + OBJECT_ALPHA * power.max())
         obj = np.ones(self._canvas, np.complex64)
         rng = np.random.default_rng(0)  # the same order for every trial
-        for _ in range(TRIAL_PASSES):
+        for _ in range(passes):
             for j in rng.permutation(self._fitted):
                 r, c = self._corners[j]
                 patch = obj[r : r + n, c : c + n]  # a view: updated in place

@@ -1,9 +1,11 @@
 """The initial probe's defocus chosen from the data: found from a nominal 50 % off or of the
-wrong sign, as good a start as the truth, skipped for a given probe."""
+wrong sign, as good a start as the truth, skipped for a given probe, kept
+at the nominal where the data cannot choose."""
 
 import dataclasses
 import math
 
+import numpy as np
 import pydantic
 import pytest
 
@@ -55,6 +57,8 @@ def test_the_search_finds_the_true_defocus_from_a_wrong_nominal(scan, factor):
     )
     assert found.defocus_m == pytest.approx(DEFOCUS_M, rel=0.1)
     assert found.trials[found.defocus_m] == min(found.trials.values())
+    assert factor * DEFOCUS_M in found.trials  # the nominal is a candidate
+    assert found.informative and found.best_ratio < 0.8  # the trials learnt from the data
     assert min(found.trials) < -DEFOCUS_M and max(found.trials) > DEFOCUS_M  # both signs tried
     # the wrong sign is not a near miss: it predicts the held-out frames much worse
     assert min(v for d, v in found.trials.items() if d < 0) > 1.3 * found.trials[found.defocus_m]
@@ -98,6 +102,34 @@ def test_both_engines_report_the_chosen_defocus(scan):
     near = engine_for(problem, 1.1 * DEFOCUS_M)
     near.add_frames(problem.frames, problem.positions_m)
     assert not any("probe defocus search chose" in w for w in near.estimate().warnings)
+
+
+def test_data_that_cannot_choose_keep_the_nominal_and_say_so():
+    """A flat sample: every frame is the probe's own pattern plus noise, so no trial predicts
+    the held-out frames better than the flat object, whatever its defocus. The search keeps
+    the profile's defocus, even a wrong one, rather than choose by the noise (on a simulated
+    Siemens star it chose 0 mm for 1.5 mm and the reconstruction failed), and the engine says
+    so. Measured: best trial 1.000 of the flat object's misfit here; 0.2-0.74 on the grid's
+    scans, where the search chooses."""
+    problem = far_field_problem(64, 60, sample=np.ones((512, 512), np.complex64))
+    scale = float(problem.frames.max())
+    frames = problem.frames / scale
+    found = probe_search.search_defocus(
+        frames,
+        problem.positions_m,
+        frames.mean(axis=0),
+        problem.geometry,
+        nominal_m=-DEFOCUS_M,
+        offset=(0.375 + problem.read_noise_counts**2) / scale,
+    )
+    assert not found.informative and found.best_ratio > probe_search.INFORMATIVE_FRACTION
+    assert found.defocus_m == -DEFOCUS_M
+    engine = engine_for(problem, 0.5 * DEFOCUS_M)
+    engine.add_frames(problem.frames, problem.positions_m)
+    assert engine.probe_defocus_m == 0.5 * DEFOCUS_M
+    (said,) = [w for w in engine.estimate().warnings if "could not choose" in w]
+    assert "the profile's 0.75 mm is used unchecked" in said
+    assert not any("probe defocus search chose" in w for w in engine.estimate().warnings)
 
 
 def test_a_given_probe_or_the_setting_off_skips_the_search(scan, monkeypatch):
