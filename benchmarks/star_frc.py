@@ -4,6 +4,8 @@ and whether its amplitude shows a cross-hatch (issue 16, point 6, without the re
     .venv/bin/python benchmarks/star_frc.py              # 60 s per half and engine, ~6 min
     .venv/bin/python benchmarks/star_frc.py --quick      # 10 s per half, ~2 min
     .venv/bin/python benchmarks/star_frc.py --peer-python /tmp/peer/bin/python  # and pty-chi
+    .venv/bin/python benchmarks/star_frc.py --peak-counts 100 \
+        --json benchmarks/results/star_frc_100.json      # fewer counts: the FRC falls
     .venv/bin/python benchmarks/star_frc.py --report benchmarks/results/star_frc.json
 
 The issue measured, on a real star scanned at another facility (not on this machine), a phase
@@ -31,7 +33,8 @@ Nyquist), the same for the amplitude, each half's |C| against the truth, and the
 over the mean elsewhere, in the annulus 0.15-0.45 cycles per pixel, the truth's value beside
 it. A Siemens star's spokes run at every angle, so its spectrum has no preferred axis (about 1);
 a cross-hatch, stripes along the pixel rows and columns, puts power on the axes. Writes
-``results/star_frc.json`` and ``figures/star_frc.png`` (phase FRC curves and the amplitudes).
+``results/star_frc.json`` and ``figures/star_frc.png`` (phase FRC curves and the amplitudes;
+the figure is named as ``--json``).
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ PROFILE = "hard-xray-farfield"
 ANNULUS = (0.15, 0.45)
 
 
-def make_problem():
-    """The star scan (every seed here): the object sized to cover the spiral."""
+def make_problem(peak_counts: float = PEAK_COUNTS):
+    """The star scan at ``peak_counts`` (every seed here): the object sized to cover the
+    spiral."""
     from ptystream.sim.problems import far_field_problem
     from ptystream.sim.sample import siemens_star
 
@@ -75,7 +79,7 @@ def make_problem():
         N_POINTS,
         seed=SEED,
         trajectory="fermat",
-        peak_counts=PEAK_COUNTS,
+        peak_counts=peak_counts,
         read_noise_counts=0.0,
         sample=star,
     )
@@ -89,7 +93,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from ptystream.types import ScanPlan
 
     configure_tensorflow(1)
-    problem = make_problem()
+    problem = make_problem(spec["peak_counts"])
     take = slice(spec["half"], None, 2)
     frames, positions = problem.frames[take], problem.positions_m[take]
     settings = load_profile(PROFILE).engine.model_copy(update={"seed": 0, "tf_threads": 1})
@@ -268,7 +272,8 @@ def format_table(results: dict) -> str:
             ]
         )
     lines = [
-        f"Siemens star, {N_POINTS} Fermat points in two interleaved halves, {PEAK_COUNTS:g} "
+        f"Siemens star, {N_POINTS} Fermat points in two interleaved halves, "
+        f"{results['peak_counts']:g} "
         f"counts peak, {results['budget_s']:g} s of refine per half on one core; FRC: half-bit, "
         "period in px (2 = Nyquist); axis excess: spectral power on the axes over off them "
         f"({ANNULUS[0]}-{ANNULUS[1]} cycles/px)",
@@ -307,6 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = _harness.parser(__doc__, quick=f"{QUICK_BUDGET_S:g} s per half")
     parser.add_argument("--budget", type=float, help=f"seconds per half (default {BUDGET_S:g})")
     parser.add_argument(
+        "--peak-counts",
+        type=float,
+        default=PEAK_COUNTS,
+        help=f"counts at the brightest pixel (default {PEAK_COUNTS:g}; fewer: the FRC falls "
+        "inside the band)",
+    )
+    parser.add_argument(
         "--peer-python",
         help="an interpreter with torch and ptychi: also run pty-chi's LSQML (_ptychi_peer.py)",
     )
@@ -314,14 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         return _harness.report(args.report, format_table)
     budget = args.budget or (QUICK_BUDGET_S if args.quick else BUDGET_S)
-    problem = make_problem()
+    problem = make_problem(args.peak_counts)
     dx = problem.geometry.object_pixel_size_m
     results: dict[str, Any] = {
         "quick": args.quick,
         "machine": _harness.machine_info(),
         "budget_s": budget,
         "n_points": N_POINTS,
-        "peak_counts": PEAK_COUNTS,
+        "peak_counts": args.peak_counts,
         "spokes": SPOKES,
         "engines": {},
     }
@@ -335,7 +347,13 @@ def main(argv: list[str] | None = None) -> int:
                     halves.append(run_peer(problem, half, budget, args.peer_python, Path(tmp)))
                 else:
                     out = str(Path(tmp) / f"{method}_{half}.npz")
-                    spec = {"method": method, "half": half, "budget_s": budget, "out": out}
+                    spec = {
+                        "method": method,
+                        "half": half,
+                        "budget_s": budget,
+                        "out": out,
+                        "peak_counts": args.peak_counts,
+                    }
                     info = _harness.run_in_child("star_frc", "run", spec)
                     with np.load(out) as data:
                         halves.append({**info, **{k: data[k] for k in data.files}})
@@ -349,9 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             rows, cols = np.nonzero(field)
             images[method] = np.abs(a)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     path = _harness.json_path(args, "star_frc")
-    figure = _harness.output_dir(args.quick) / (
-        "star_frc_quick.png" if args.quick else "star_frc.png"
-    )
+    figure = _harness.output_dir(args.quick) / path.with_suffix(".png").name
     plot(results, images, figure)
     print(f"wrote {figure}")
     return _harness.finish(results, format_table, path)
