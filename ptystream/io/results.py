@@ -35,8 +35,11 @@ def write_result(
     step's number: datasets, so a history of any length fits) and the geometry, ``steps`` and
     settings as attributes (SI units in the names), plus ``attrs`` (e.g. the ``engine`` that
     made it), ``noise`` (JSON: the noise model fitted and used, with any warnings),
-    ``orientation`` (JSON: the check of the positions' axes, with its message and any warning)
-    and ``probe_defocus_m`` (the initial probe's defocus the search chose, far field).
+    ``orientation`` (JSON: the check of the positions' axes, with its message and any warning),
+    ``training`` (JSON: how the refinement went: passes, an early stop, restarts after a
+    divergence, the total variation's weight), ``warnings`` (JSON: what the engine detected
+    that may make the result wrong, e.g. a defocus it could not check) and ``probe_defocus_m``
+    (the initial probe's defocus the search chose, far field).
 
     The object and probe are in the units of :class:`~ptystream.types.Estimate` (the probe in
     square roots of counts, so that they predict the frames). A ``path`` ending in ``.cxi``
@@ -95,6 +98,10 @@ def _write(
             attrs["noise"] = json.dumps(estimate.noise)
         if estimate.orientation:
             attrs["orientation"] = json.dumps(estimate.orientation)
+        if estimate.training:
+            attrs["training"] = json.dumps(estimate.training)
+        if estimate.warnings:
+            attrs["warnings"] = json.dumps(list(estimate.warnings))
         if np.isfinite(estimate.probe_defocus_m):
             attrs["probe_defocus_m"] = estimate.probe_defocus_m
 
@@ -102,9 +109,9 @@ def _write(
 def read_result(path: str | Path) -> Estimate:
     """A result :func:`write_result` wrote (``OUT.h5``, or a ``.cxi`` one), back as an
     :class:`~ptystream.types.Estimate`: object, probe, positions (metres, probe centres), loss
-    history, the noise model and orientation check, steps; the illumination recomputed from
-    the probe and the positions. For notebooks (``ptystream.read_result``) and ``ptystream
-    show``.
+    history, the noise model, orientation check, training and warnings, steps; the
+    illumination recomputed from the probe and the positions. For notebooks
+    (``ptystream.read_result``) and ``ptystream show``.
 
     Raises FileNotFoundError for a missing file and ValueError naming the file for one that is
     not a ptystream result.
@@ -147,6 +154,8 @@ def read_result(path: str | Path) -> Estimate:
         noise=json.loads(attrs["noise"]) if "noise" in attrs else None,
         probe_defocus_m=float(attrs.get("probe_defocus_m", float("nan"))),
         orientation=json.loads(attrs["orientation"]) if "orientation" in attrs else None,
+        training=json.loads(attrs["training"]) if "training" in attrs else None,
+        warnings=tuple(json.loads(attrs["warnings"])) if "warnings" in attrs else (),
     )
 
 

@@ -92,6 +92,8 @@ def test_a_written_result_reads_back(tmp_path, estimate, suffix):
         estimate(7, n_frames=5),
         noise={"loss": "amplitude", "warnings": []},
         orientation={"verdict": "confirmed", "warnings": []},
+        training={"passes": 12, "restarts": 1, "tv_weight": 2.5e-4},
+        warnings=("the probe defocus search could not choose",),
         probe_defocus_m=1.5e-3,
     )
     geometry = Geometry(1e-10, 2.0, 75e-6, 16)
@@ -103,6 +105,7 @@ def test_a_written_result_reads_back(tmp_path, estimate, suffix):
     assert back.object_origin_m == est.object_origin_m and back.pixel_size_m == 5e-8
     assert back.iteration == 7 and back.n_frames == 5 and back.final
     assert back.noise == est.noise and back.orientation == est.orientation
+    assert back.training == est.training and back.warnings == est.warnings
     assert back.probe_defocus_m == 1.5e-3
     corners = np.rint(corner_positions_px(est, 16)).astype(int)
     assert back.illumination.shape == est.object.shape and back.illumination.max() > 0
