@@ -90,8 +90,13 @@ def test_a_written_result_reads_back(tmp_path, estimate, suffix):
 
     est = dataclasses.replace(
         estimate(7, n_frames=5),
-        noise={"loss": "amplitude", "warnings": []},
-        orientation={"verdict": "confirmed", "warnings": []},
+        noise={
+            "loss": "amplitude",
+            "read_noise_counts": 9.5,
+            "read_noise_source": "estimated",
+            "warnings": [],
+        },
+        orientation={"verdict": "confirmed", "message": "axes confirmed", "warnings": []},
         training={"passes": 12, "restarts": 1, "tv_weight": 2.5e-4},
         warnings=("the probe defocus search could not choose",),
         probe_defocus_m=1.5e-3,
@@ -106,6 +111,14 @@ def test_a_written_result_reads_back(tmp_path, estimate, suffix):
     assert back.iteration == 7 and back.n_frames == 5 and back.final
     assert back.noise == est.noise and back.orientation == est.orientation
     assert back.training == est.training and back.warnings == est.warnings
+    # ``ptystream show`` prints these notes from the file
+    assert back.notes() == [
+        "noise: amplitude loss, read noise 9.5 counts (estimated)",
+        "initial probe: defocus 1.5 mm",
+        "total variation weight 0.00025",
+        "axes confirmed",
+        "warning: the probe defocus search could not choose",
+    ]
     assert back.probe_defocus_m == 1.5e-3
     corners = np.rint(corner_positions_px(est, 16)).astype(int)
     assert back.illumination.shape == est.object.shape and back.illumination.max() > 0
