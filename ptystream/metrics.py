@@ -28,6 +28,7 @@ __all__ = [
     "Correlation",
     "RingCorrelation",
     "fourier_ring_correlation",
+    "half_bit_resolution",
     "half_set_frc",
     "Truth",
     "complex_correlation",
@@ -227,11 +228,9 @@ class RingCorrelation:
     frequency_per_px : ring centres, cycles per pixel (0 to 0.5).
     frc : the correlation in each ring, in [-1, 1].
     threshold : the half-bit threshold for each ring's pixel count (van Heel and Schatz 2005).
-    resolution_px : the period ``1 / f`` in pixels where the FRC first falls from above the
-        threshold to below it (linear between rings; the lowest rings, dominated by the region's
-        shape and large-scale phase, may start below it); 2.0 (Nyquist) when it never falls;
-        inf when no ring is above it (the two share nothing). Half-period resolution is half
-        this.
+    resolution_px : :func:`half_bit_resolution` of the curve: the period in pixels where
+        the FRC falls below the threshold at the end of its widest band above it.
+        Half-period resolution is half this.
     """
 
     frequency_per_px: np.ndarray
@@ -271,19 +270,39 @@ def fourier_ring_correlation(
     root = np.sqrt(count)
     threshold = (0.2071 + 1.9102 / root) / (1.2071 + 0.9102 / root)
     frequency = np.arange(n_rings) / min(a.shape)
-    above = frc >= threshold
-    above[0] = False  # ring 0 is the mean, removed: its threshold is 1
+    return RingCorrelation(
+        frequency, frc, threshold, half_bit_resolution(frequency, frc, threshold)
+    )
+
+
+def half_bit_resolution(
+    frequency_per_px: np.ndarray, frc: np.ndarray, threshold: np.ndarray
+) -> float:
+    """The period ``1 / f`` in pixels where ``frc`` falls below ``threshold`` at the end of
+    the widest band of rings above it (linear between rings); 2.0 (Nyquist) when that band
+    reaches the last ring; inf when no ring is above it (the two share nothing).
+
+    Why the widest band, not the first fall: the FRC also falls where the sample has little
+    power or where the halves' slow phase drifts differ, below the band where they agree.
+    Measured on ``benchmarks/star_frc.py``'s halves: the amplitude agrees in the lowest five
+    rings (the star's disc), falls at periods of 40-70 px (a Siemens star has little power
+    there), and agrees again from 0.035 cycles per pixel to its resolution; the phase can rise
+    for a ring or two and dip at 30-130 px before its band. Ring 0 (the mean, removed) never
+    counts."""
+    above = np.asarray(frc) >= np.asarray(threshold)
+    above[0] = False
     if not above.any():
-        return RingCorrelation(frequency, frc, threshold, float("inf"))
-    first = int(np.argmax(above))
-    below = np.nonzero(~above[first:])[0]
-    if below.size == 0:
-        return RingCorrelation(frequency, frc, threshold, 2.0)
-    k = first + int(below[0])  # the first ring under the threshold after one above it
+        return float("inf")
+    edges = np.diff(np.concatenate([[0], above.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    widest = int(np.argmax(ends - starts))
+    k = int(ends[widest])  # the first ring under the threshold after the band
+    if k == above.size:
+        return 2.0
     gap_before, gap_at = frc[k - 1] - threshold[k - 1], frc[k] - threshold[k]
     t = gap_before / (gap_before - gap_at) if gap_before > gap_at else 0.0
-    crossing = frequency[k - 1] + t * (frequency[k] - frequency[k - 1])
-    return RingCorrelation(frequency, frc, threshold, float(max(1.0 / crossing, 2.0)))
+    crossing = frequency_per_px[k - 1] + t * (frequency_per_px[k] - frequency_per_px[k - 1])
+    return float(max(1.0 / crossing, 2.0))
 
 
 def half_set_frc(

@@ -6,6 +6,7 @@ from ptystream.metrics import (
     complex_correlation,
     fourier_ring_correlation,
     fourier_shift,
+    half_bit_resolution,
     half_set_frc,
     score_against_truth,
     score_over,
@@ -205,3 +206,23 @@ def test_ring_correlation_counts_a_fall_from_above_the_threshold_only():
     assert result.frc[1] < result.threshold[1]  # the first ring disagrees ...
     assert 7.0 < result.resolution_px < 9.0, result.resolution_px  # ... the band still counts
     assert fourier_ring_correlation(a, -a).resolution_px == np.inf
+
+
+def test_the_resolution_is_the_end_of_the_widest_band_above_the_threshold():
+    """The FRC also falls where the sample has little power or the halves drift slowly apart
+    (measured on the star benchmark's halves: the amplitude agrees in the lowest rings, falls
+    at 40-70 px periods, then agrees again to its resolution). The resolution is the end of
+    the widest band above the threshold, wherever it starts; a band to the last ring:
+    Nyquist; no ring above: infinite."""
+    frequency = np.arange(65) / 128
+    threshold = np.full(65, 0.3)
+    frc = np.full(65, 0.9)
+    frc[6:10] = 0.0  # rings 1-5 above (the large scale), 6-9 below
+    frc[40:] = 0.1  # the band from ring 10 to 39, then below: crossing at ring 39.75
+    assert half_bit_resolution(frequency, frc, threshold) == pytest.approx(128 / 39.75)
+    frc[20:40] = 0.0  # the band is rings 10-19, still wider than 1-5: crossing at 19 + 2/3
+    assert half_bit_resolution(frequency, frc, threshold) == pytest.approx(128 / (19 + 2 / 3))
+    frc[14:20] = 0.0  # rings 10-13 now narrower than 1-5: the lowest band, to ring 5 + 2/3
+    assert half_bit_resolution(frequency, frc, threshold) == pytest.approx(128 / (5 + 2 / 3))
+    assert half_bit_resolution(frequency, np.full(65, 0.9), threshold) == 2.0
+    assert half_bit_resolution(frequency, np.zeros(65), threshold) == np.inf

@@ -361,12 +361,12 @@ class EngineSettings(BaseModel):
     """Far field: choose the initial probe's defocus from the first frames (a search over
     defocus, each candidate scored by how well it predicts held-out frames;
     ``engine/probe_search.py``) rather than take ``instrument.probe_defocus_m`` as it is, which
-    then only widens the range searched and is kept where no trial predicts better than a
-    flat object (the data cannot choose; a warning says so). A nominal defocus 50 % off or of
-    the wrong sign otherwise stalls the reconstruction. Costs about 1 s once, at the first
-    frames (128² frames); skipped for a given probe (``reuse_probe``), for fewer than 8 first
-    frames and for a multislice object (``slices`` > 1: the thin-object trials find a plane
-    inside it)."""
+    then is one candidate, widens the range searched, and is kept where no trial predicts 5 %
+    better than a flat object (the data cannot choose; a warning says so). A nominal defocus
+    50 % off or of the wrong sign otherwise stalls the reconstruction. Costs about 1 s once,
+    at the first frames (128² frames); skipped for a given probe (``reuse_probe``), for fewer
+    than 8 first frames and for a multislice object (``slices`` > 1: the thin-object trials
+    find a plane inside it)."""
     probe_defocus_search_m: tuple[float, float] | None = None
     """``(min, max)`` defocus in metres that ``probe_defocus_search`` searches; None: from minus
     to plus the larger of twice the nominal defocus and the defocus at which the beam (its

@@ -66,7 +66,7 @@ class FrameIntake:
     input_warnings: tuple[str, ...] = ()
 
     #: The defocus search on the first frames, for the orientation the engine uses (None
-    #: before them, or where none ran).
+    #: before them, where none ran, or after a restore).
     defocus_search: DefocusSearch | None = None
 
     _initial_defocus_m: float | None = None
@@ -182,7 +182,10 @@ class FrameIntake:
             if choice not in found:
                 moved = positions_m @ choice.transform(setup.rotation_deg).T
                 found[choice] = self._search_defocus(patterns, moved, mean, offset)
-            return min(found[choice].trials.values())
+            search = found[choice]
+            # an orientation whose trials learnt nothing scores as the flat object (the same
+            # for every orientation), not by its luckiest trial
+            return min(search.trials.values()) if search.informative else search.flat
 
         self.orientation = check_orientation(score, positions_m, self.geometry, setup, floor=floor)
         self.defocus_search = found[self.orientation.used]
@@ -190,10 +193,11 @@ class FrameIntake:
         return self._corrected(positions_m)
 
     def _say_about_the_search(self) -> None:
-        """A warning where the defocus search could not choose (no trial beat the flat
-        object: the profile's defocus is used unchecked), or where it chose more than half the
-        profile's own away from it (or of the other sign): then either the profile's value is
-        wrong or the search was misled, and the data alone cannot say which."""
+        """A warning where the defocus search could not choose (no trial predicted 5 % better
+        than the flat object: the profile's defocus is used unchecked), or where it chose more
+        than half the profile's own away from it (or of the other sign): then either the
+        profile's value is wrong or the search was misled, and the data alone cannot say
+        which."""
         search, told = self.defocus_search, self._probe_defocus_m
         if search is None:
             return
@@ -201,10 +205,11 @@ class FrameIntake:
         if not search.informative:
             message = (
                 f"the probe defocus search could not choose: no trial probe predicted the "
-                f"first frames better than a flat object (best {search.best_ratio:.3f} of its "
-                f"misfit), so the profile's {told * 1e3:.3g} mm is used unchecked: a wrong "
-                "instrument.probe_defocus_m goes unnoticed (few counts, or weak or sparse "
-                "scattering in the first frames' middle)"
+                f"first frames 5 % better than a flat object (the best: {search.best_ratio:.3f} "
+                f"of its misfit), so the profile's {told * 1e3:.3g} mm is used unchecked: a "
+                "wrong instrument.probe_defocus_m goes unnoticed (few counts, weak or sparse "
+                "scattering in the first frames' middle, or positions whose axes or units do "
+                "not match the frames)"
             )
         elif told and abs(chosen - told) > 0.5 * abs(told):
             message = (
@@ -331,6 +336,7 @@ class FrameIntake:
         self.orientation = OrientationCheck.from_metadata(orientation) if orientation else None
         self.input_warnings = tuple(meta.get("input_warnings", ()))
         self._initial_defocus_m = meta.get("initial_defocus_m")  # older states lack it: NaN
+        self.defocus_search = None  # its verdict is in the input warnings
         self._n_frames = meta["n_frames"]
         self._pending.clear()
         self._pending.extend(meta["pending"])

@@ -89,7 +89,8 @@ class DefocusSearch:
         best trial's, or the nominal one where the search is not :attr:`informative`.
     trials : ``{defocus_m: score}`` of every candidate (held-out amplitude misfit, normalised
         units; lower is better).
-    flat : the held-out misfit of the flat object (no fit), the same for every candidate.
+    flat : the held-out misfit of the flat object (no fit; normalised units, as ``trials``),
+        the same for every candidate.
     seconds : wall time the search took.
     """
 
@@ -189,7 +190,8 @@ def search_defocus(
     range_m: tuple[float, float] | None = None,
 ) -> DefocusSearch:
     """The defocus (metres) whose initial probe best predicts held-out frames, or
-    ``nominal_m`` where no trial beats the flat object (see the module's notes).
+    ``nominal_m`` where none predicts them :data:`INFORMATIVE_FRACTION` better than a flat
+    object (see the module's notes).
 
     Parameters
     ----------
@@ -236,6 +238,8 @@ def search_defocus(
     start = time.perf_counter()
     flat = trial.score(_candidate(mean_pattern, geometry, nominal_m), passes=0)
     if lo <= nominal_m <= hi:
+        # a candidate, not a grid point: the grid's spacing, and so the bracket Brent refines,
+        # stays that of the range (a nominal that wins is kept as given, not refined)
         score(nominal_m)
     grid_then_brent(score, np.linspace(lo, hi, points), REFINE_EVALUATIONS)
     best = min(trials, key=trials.__getitem__)

@@ -36,7 +36,7 @@ def write_result(
     settings as attributes (SI units in the names), plus ``attrs`` (e.g. the ``engine`` that
     made it), ``noise`` (JSON: the noise model fitted and used, with any warnings),
     ``orientation`` (JSON: the check of the positions' axes, with its message and any warning),
-    ``training`` (JSON: how the refinement went: passes, an early stop, restarts after a
+    ``training`` (JSON, AD engine: how the refinement went: passes, an early stop, restarts after a
     divergence, the total variation's weight), ``warnings`` (JSON: what the engine detected
     that may make the result wrong, e.g. a defocus it could not check) and ``probe_defocus_m``
     (the initial probe's defocus the search chose, far field).
