@@ -7,6 +7,7 @@ and whether its amplitude shows a cross-hatch (issue 16, point 6, without the re
     .venv/bin/python benchmarks/star_frc.py --peak-counts 100 \
         --json benchmarks/results/star_frc_100.json      # fewer counts: the FRC falls
     .venv/bin/python benchmarks/star_frc.py --report benchmarks/results/star_frc.json
+    .venv/bin/python benchmarks/star_frc.py --rescore benchmarks/results/star_frc.json
 
 The issue measured, on a real star scanned at another facility (not on this machine), a phase
 FRC of 4.37 px for our AD against 3.99 px for an LSQML peer after 60 s on one core, with a
@@ -54,6 +55,9 @@ import _harness  # noqa: E402
 
 N_POINTS = 200
 PEAK_COUNTS = 1000.0
+TRAJECTORY = "fermat"
+#: Points per pass: the spiral in one pass, the raster in two of half the points each.
+_PASSES = {"fermat": {"n_points": N_POINTS}, "raster": {"n_points": N_POINTS // 2, "passes": 2}}
 SEED = 0
 SPOKES = 36
 BUDGET_S = 60.0
@@ -64,25 +68,31 @@ PROFILE = "hard-xray-farfield"
 ANNULUS = (0.15, 0.45)
 
 
-def make_problem(peak_counts: float = PEAK_COUNTS):
-    """The star scan at ``peak_counts`` (every seed here): the object sized to cover the
-    spiral."""
+def make_problem(peak_counts: float = PEAK_COUNTS, trajectory: str = TRAJECTORY):
+    """The star scan at ``peak_counts`` along ``trajectory`` (``fermat``, or ``raster``: the
+    jittered snake of ``far_field_problem``; every seed here): the object sized to cover the
+    scan."""
     from ptystream.sim.problems import far_field_problem
     from ptystream.sim.sample import siemens_star
 
-    probe_run = far_field_problem(128, N_POINTS, seed=SEED, trajectory="fermat", peak_counts=None)
+    kind = {"trajectory": trajectory, "seed": SEED, **_PASSES[trajectory]}
+    probe_run = far_field_problem(128, **kind, peak_counts=None)
     dx = probe_run.geometry.object_pixel_size_m
     size = 2 * int(np.ceil(np.abs(probe_run.positions_m).max() / dx + 64 + 8))
     star = siemens_star(size, SPOKES)
     return far_field_problem(
-        128,
-        N_POINTS,
-        seed=SEED,
-        trajectory="fermat",
-        peak_counts=peak_counts,
-        read_noise_counts=0.0,
-        sample=star,
+        128, **kind, peak_counts=peak_counts, read_noise_counts=0.0, sample=star
     )
+
+
+def half_scan(problem, half: int, trajectory: str) -> slice:
+    """The frames of half ``half`` (0 or 1): the spiral's even or odd points (two interleaved
+    spirals), or the raster's first or second pass (each the whole raster with its own
+    jitter; every other point of one raster would leave its rows a fifth overlapped)."""
+    if trajectory == "raster":
+        middle = len(problem.frames) // 2
+        return slice(0, middle) if half == 0 else slice(middle, None)
+    return slice(half, None, 2)
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -93,8 +103,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from ptystream.types import ScanPlan
 
     configure_tensorflow(1)
-    problem = make_problem(spec["peak_counts"])
-    take = slice(spec["half"], None, 2)
+    problem = make_problem(spec["peak_counts"], spec["trajectory"])
+    take = half_scan(problem, spec["half"], spec["trajectory"])
     frames, positions = problem.frames[take], problem.positions_m[take]
     settings = load_profile(PROFILE).engine.model_copy(update={"seed": 0, "tf_threads": 1})
     if spec["method"] == "mpie":
@@ -130,7 +140,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_peer(problem, half: int, budget_s: float, python: str, tmp: Path) -> dict[str, Any]:
+def run_peer(
+    problem, half: int, budget_s: float, python: str, tmp: Path, trajectory: str = TRAJECTORY
+) -> dict[str, Any]:
     """pty-chi's LSQML (``_ptychi_peer.py``, run by ``python``, an interpreter with torch and
     ptychi) on one half: the frames, the probe centres in object pixels, and the probe a user
     would start from (the focused probe at the told defocus, 10 % long; our engine searches
@@ -142,7 +154,7 @@ def run_peer(problem, half: int, budget_s: float, python: str, tmp: Path) -> dic
 
     g = problem.geometry
     dx = g.object_pixel_size_m
-    take = slice(half, None, 2)
+    take = half_scan(problem, half, trajectory)
     probe = optics.focused_probe(
         g.frame_px, dx, g.wavelength_m, SEMI_ANGLE_RAD, problem.probe_defocus_m
     )
@@ -174,7 +186,7 @@ def run_peer(problem, half: int, budget_s: float, python: str, tmp: Path) -> dic
 
 
 def common_grid(
-    first: dict, second: dict, dx: float, positions_m: np.ndarray
+    first: dict, second: dict, dx: float, positions_m: np.ndarray, spacing_m: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Both halves' objects on one grid (the first's, cropped to where both canvases are, by
     whole pixels; the FRC registers what is left) and the scanned field (:func:`scanned`)."""
@@ -185,23 +197,32 @@ def common_grid(
     sa = tuple(slice(lo[k], hi[k]) for k in range(2))
     sb = tuple(slice(lo[k] - offset[k], hi[k] - offset[k]) for k in range(2))
     centres = (positions_m - first["origin"]) / dx - lo
-    return a[sa], b[sb], scanned(centres, a[sa].shape)
+    return a[sa], b[sb], scanned(centres, a[sa].shape, spacing_m / dx)
 
 
-def scanned(centres_px: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels of a grid of ``shape`` closer to a scan point (``centres_px``, the whole scan's
-    probe centres in its pixels) than the median spacing between neighbouring points: the field
-    both interleaved halves cover. From the scan, not from each half's estimated probe, whose
-    illumination differs between the halves (a focused probe lights separate spots)."""
-    from scipy import ndimage
+def pass_spacing_m(problem, trajectory: str) -> float:
+    """The median distance (metres) between neighbouring points of one pass of the scan: the
+    whole spiral, or the raster's first pass (its two passes lie a jitter apart)."""
     from scipy.spatial import cKDTree
 
-    spacing = float(np.median(cKDTree(centres_px).query(centres_px, k=2)[0][:, 1]))
+    positions = problem.positions_m[
+        half_scan(problem, 0, trajectory) if trajectory == "raster" else slice(None)
+    ]
+    return float(np.median(cKDTree(positions).query(positions, k=2)[0][:, 1]))
+
+
+def scanned(centres_px: np.ndarray, shape: tuple[int, int], spacing_px: float) -> np.ndarray:
+    """Pixels of a grid of ``shape`` closer to a scan point (``centres_px``, the whole scan's
+    probe centres in its pixels) than ``spacing_px`` (:func:`pass_spacing_m`): the field both
+    halves cover. From the scan, not from each half's estimated probe, whose illumination
+    differs between the halves (a focused probe lights separate spots)."""
+    from scipy import ndimage
+
     points = np.ones(shape, bool)
     inside = np.all((centres_px >= 0) & (centres_px < np.array(shape) - 1), axis=1)
     rows, cols = np.rint(centres_px[inside]).astype(int).T
     points[rows, cols] = False
-    return ndimage.distance_transform_edt(points) < spacing
+    return ndimage.distance_transform_edt(points) < spacing_px
 
 
 def axis_excess(image: np.ndarray, mask: np.ndarray) -> float:
@@ -222,17 +243,18 @@ def axis_excess(image: np.ndarray, mask: np.ndarray) -> float:
     return float(power[ring & on_axis].mean() / power[ring & ~on_axis].mean())
 
 
-def measure(problem, halves: list[dict], dx: float) -> dict[str, Any]:
-    """FRC, |C| per half and the axis excess for one engine's two halves."""
+def measure(problem, halves: list[dict], dx: float, spacing_m: float) -> dict[str, Any]:
+    """FRC, |C| per half and the axis excess for one engine's two halves (``spacing_m``:
+    :func:`pass_spacing_m`)."""
     from ptystream.metrics import complex_correlation, half_set_frc
 
-    a, b, field = common_grid(halves[0], halves[1], dx, problem.positions_m)
+    a, b, field = common_grid(halves[0], halves[1], dx, problem.positions_m, spacing_m)
     phase = half_set_frc(a, b, field, "phase")
     amplitude = half_set_frc(a, b, field, "amplitude")
     scores = []
     for h in halves:
         truth = problem.truth.aligned_to(h["object"].shape, tuple(h["origin"]))
-        own = scanned((problem.positions_m - h["origin"]) / dx, h["object"].shape)
+        own = scanned((problem.positions_m - h["origin"]) / dx, h["object"].shape, spacing_m / dx)
         scores.append(complex_correlation(h["object"], truth, own).abs_c)
     truth = problem.truth.aligned_to(a.shape, tuple(halves[0]["origin"]))
     return {
@@ -243,9 +265,27 @@ def measure(problem, halves: list[dict], dx: float) -> dict[str, Any]:
         "truth_axis_excess": axis_excess(np.abs(truth), field),
         "frequency_per_px": phase.frequency_per_px,
         "phase_frc": phase.frc,
+        "amplitude_frc": amplitude.frc,
         "threshold": phase.threshold,
         "field_px": int(field.sum()),
     }
+
+
+def rescore(path: Path) -> int:
+    """``--rescore``: the FRC resolutions of the run saved at ``path`` read again from its
+    stored phase and amplitude curves; the JSON rewritten and its table printed."""
+    from ptystream.metrics import half_bit_resolution
+
+    results = _harness.read_json(path)
+    for r in results["engines"].values():
+        curve = (np.asarray(r["frequency_per_px"]), np.asarray(r["threshold"]))
+        for part in ("phase", "amplitude"):
+            r[f"{part}_frc_px"] = half_bit_resolution(
+                curve[0], np.asarray(r[f"{part}_frc"]), curve[1]
+            )
+    _harness.write_json(results, path)
+    print(format_table(results))
+    return 0
 
 
 def format_table(results: dict) -> str:
@@ -272,7 +312,7 @@ def format_table(results: dict) -> str:
             ]
         )
     lines = [
-        f"Siemens star, {N_POINTS} Fermat points in two interleaved halves, "
+        f"Siemens star, {N_POINTS} points ({results.get('trajectory', TRAJECTORY)}) in two halves, "
         f"{results['peak_counts']:g} "
         f"counts peak, {results['budget_s']:g} s of refine per half on one core; FRC: half-bit, "
         "period in px (2 = Nyquist); axis excess: spectral power on the axes over off them "
@@ -319,21 +359,38 @@ def main(argv: list[str] | None = None) -> int:
         "inside the band)",
     )
     parser.add_argument(
+        "--trajectory",
+        choices=("fermat", "raster"),
+        default=TRAJECTORY,
+        help="the scan's path (raster: a jittered snake, the ground of a raster's cross-hatch)",
+    )
+    parser.add_argument(
         "--peer-python",
         help="an interpreter with torch and ptychi: also run pty-chi's LSQML (_ptychi_peer.py)",
+    )
+    parser.add_argument(
+        "--rescore",
+        type=Path,
+        metavar="JSON",
+        help="read the resolutions again from a saved run's curves "
+        "(ptystream.metrics.half_bit_resolution, after a change of its rule), rewrite it",
     )
     args = parser.parse_args(argv)
     if args.report:
         return _harness.report(args.report, format_table)
+    if args.rescore:
+        return rescore(args.rescore)
     budget = args.budget or (QUICK_BUDGET_S if args.quick else BUDGET_S)
-    problem = make_problem(args.peak_counts)
+    problem = make_problem(args.peak_counts, args.trajectory)
     dx = problem.geometry.object_pixel_size_m
+    spacing_m = pass_spacing_m(problem, args.trajectory)
     results: dict[str, Any] = {
         "quick": args.quick,
         "machine": _harness.machine_info(),
         "budget_s": budget,
         "n_points": N_POINTS,
         "peak_counts": args.peak_counts,
+        "trajectory": args.trajectory,
         "spokes": SPOKES,
         "engines": {},
     }
@@ -344,7 +401,11 @@ def main(argv: list[str] | None = None) -> int:
             halves = []
             for half in (0, 1):
                 if method == "ptychi-lsqml":
-                    halves.append(run_peer(problem, half, budget, args.peer_python, Path(tmp)))
+                    halves.append(
+                        run_peer(
+                            problem, half, budget, args.peer_python, Path(tmp), args.trajectory
+                        )
+                    )
                 else:
                     out = str(Path(tmp) / f"{method}_{half}.npz")
                     spec = {
@@ -353,17 +414,18 @@ def main(argv: list[str] | None = None) -> int:
                         "budget_s": budget,
                         "out": out,
                         "peak_counts": args.peak_counts,
+                        "trajectory": args.trajectory,
                     }
                     info = _harness.run_in_child("star_frc", "run", spec)
                     with np.load(out) as data:
                         halves.append({**info, **{k: data[k] for k in data.files}})
                 print(f"  {method} half {half}: {halves[-1]['passes']} passes", flush=True)
-            r = measure(problem, halves, dx)
+            r = measure(problem, halves, dx, spacing_m)
             r["halves"] = [
                 {k: h[k] for k in ("wall_s", "passes", "training", "loss")} for h in halves
             ]
             results["engines"][method] = r
-            a, _, field = common_grid(halves[0], halves[1], dx, problem.positions_m)
+            a, _, field = common_grid(halves[0], halves[1], dx, problem.positions_m, spacing_m)
             rows, cols = np.nonzero(field)
             images[method] = np.abs(a)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     path = _harness.json_path(args, "star_frc")
