@@ -280,6 +280,9 @@ def rescore(path: Path) -> int:
     for r in results["engines"].values():
         curve = (np.asarray(r["frequency_per_px"]), np.asarray(r["threshold"]))
         for part in ("phase", "amplitude"):
+            if f"{part}_frc" not in r:  # runs before the amplitude curve was stored
+                print(f"no stored {part} curve: its resolution is left as it was")
+                continue
             r[f"{part}_frc_px"] = half_bit_resolution(
                 curve[0], np.asarray(r[f"{part}_frc"]), curve[1]
             )

@@ -288,7 +288,8 @@ def half_bit_resolution(
     rings (the star's disc), falls at periods of 40-70 px (a Siemens star has little power
     there), and agrees again from 0.035 cycles per pixel to its resolution; the phase can rise
     for a ring or two and dip at 30-130 px before its band. Ring 0 (the mean, removed) never
-    counts."""
+    counts. Of bands equally wide, the lowest (the coarser reading). A single ring dipping
+    inside the main band splits it, as the usual first-crossing reading would stop there."""
     above = np.asarray(frc) >= np.asarray(threshold)
     above[0] = False
     if not above.any():
