@@ -243,9 +243,12 @@ def axis_excess(image: np.ndarray, mask: np.ndarray) -> float:
     return float(power[ring & on_axis].mean() / power[ring & ~on_axis].mean())
 
 
-def measure(problem, halves: list[dict], dx: float, spacing_m: float) -> dict[str, Any]:
+def measure(
+    problem, halves: list[dict], dx: float, spacing_m: float
+) -> tuple[dict[str, Any], np.ndarray]:
     """FRC, |C| per half and the axis excess for one engine's two halves (``spacing_m``:
-    :func:`pass_spacing_m`)."""
+    :func:`pass_spacing_m`), and the first half's amplitude over the scanned field's box (for
+    the figure)."""
     from ptystream.metrics import complex_correlation, half_set_frc
 
     a, b, field = common_grid(halves[0], halves[1], dx, problem.positions_m, spacing_m)
@@ -257,6 +260,8 @@ def measure(problem, halves: list[dict], dx: float, spacing_m: float) -> dict[st
         own = scanned((problem.positions_m - h["origin"]) / dx, h["object"].shape, spacing_m / dx)
         scores.append(complex_correlation(h["object"], truth, own).abs_c)
     truth = problem.truth.aligned_to(a.shape, tuple(halves[0]["origin"]))
+    rows, cols = np.nonzero(field)
+    image = np.abs(a)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     return {
         "phase_frc_px": phase.resolution_px,
         "amplitude_frc_px": amplitude.resolution_px,
@@ -268,7 +273,7 @@ def measure(problem, halves: list[dict], dx: float, spacing_m: float) -> dict[st
         "amplitude_frc": amplitude.frc,
         "threshold": phase.threshold,
         "field_px": int(field.sum()),
-    }
+    }, image
 
 
 def rescore(path: Path) -> int:
@@ -423,14 +428,11 @@ def main(argv: list[str] | None = None) -> int:
                     with np.load(out) as data:
                         halves.append({**info, **{k: data[k] for k in data.files}})
                 print(f"  {method} half {half}: {halves[-1]['passes']} passes", flush=True)
-            r = measure(problem, halves, dx, spacing_m)
+            r, images[method] = measure(problem, halves, dx, spacing_m)
             r["halves"] = [
                 {k: h[k] for k in ("wall_s", "passes", "training", "loss")} for h in halves
             ]
             results["engines"][method] = r
-            a, _, field = common_grid(halves[0], halves[1], dx, problem.positions_m, spacing_m)
-            rows, cols = np.nonzero(field)
-            images[method] = np.abs(a)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     path = _harness.json_path(args, "star_frc")
     figure = _harness.output_dir(args.quick) / path.with_suffix(".png").name
     plot(results, images, figure)

@@ -28,7 +28,7 @@ from ptystream.engine.orientation import (
     check_orientation,
     trial_scorer,
 )
-from ptystream.engine.probe_search import DefocusSearch
+from ptystream.engine.probe_search import INFORMATIVE_FRACTION, DefocusSearch
 from ptystream.types import FRESNEL, NEAR_FIELD, Geometry
 
 __all__ = ["FrameIntake"]
@@ -205,7 +205,8 @@ class FrameIntake:
         if not search.informative:
             message = (
                 f"the probe defocus search could not choose: no trial probe predicted the "
-                f"first frames 5 % better than a flat object (the best: {search.best_ratio:.3f} "
+                f"first frames {1 - INFORMATIVE_FRACTION:.0%} better than a flat object (the "
+                f"best: {search.best_ratio:.3f} "
                 f"of its misfit), so the profile's {told * 1e3:.3g} mm is used unchecked: a "
                 "wrong instrument.probe_defocus_m goes unnoticed (few counts, weak or sparse "
                 "scattering in the first frames' middle, or positions whose axes or units do "
